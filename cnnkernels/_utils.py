@@ -1,0 +1,50 @@
+"""Argument normalisation and validation shared by the user-facing ops.
+
+Every check runs before any kernel does, and raises ``TypeError``/``ValueError`` naming the
+argument; nothing here modifies a tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def pair(value, name: str) -> tuple[int, int]:
+    """An int or a sequence of two ints, as ``torch.nn.functional`` takes them."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return int(value[0]), int(value[1])
+    if isinstance(value, Sequence) and len(value) == 1 and isinstance(value[0], int):
+        return int(value[0]), int(value[0])
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def check_tensor(t, name: str, dims: tuple[int, ...]) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() not in dims:
+        want = " or ".join(f"{d}-D" for d in dims)
+        raise ValueError(f"{name} must be {want}, got a {t.dim()}-D tensor of shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+
+
+def check_same(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    if a.dtype != b.dtype:
+        raise TypeError(f"{name_b} dtype {b.dtype} differs from {name_a} dtype {a.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"{name_b} is on {b.device} but {name_a} is on {a.device}")
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype ``nn.Conv2d`` would be cast to under an active autocast, else None."""
+    if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)

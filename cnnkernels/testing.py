@@ -1,0 +1,82 @@
+"""Reference helpers and the one dtype -> tolerance table used by every test and check.
+
+A result passes when ``||out - ref|| / ||ref|| <= rtol`` (relative Frobenius norm, robust to
+the odd element near zero) and, elementwise, ``|out - ref| <= atol + rtol_elem * |ref|``.
+For fp16/bf16 there is also the stronger check ``err(out vs fp64) <= 2 * err(torch vs fp64) + atol``:
+the kernel may not be worse than twice torch's own rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    rtol: float  # relative-norm bound
+    atol: float  # elementwise absolute slack
+    rtol_elem: float  # elementwise relative slack
+
+
+TOLERANCES: dict[str, Tolerance] = {
+    "float64": Tolerance(rtol=1e-10, atol=1e-10, rtol_elem=1e-9),
+    "float32": Tolerance(rtol=1e-5, atol=1e-5, rtol_elem=1e-4),
+    "tf32": Tolerance(rtol=1e-3, atol=1e-2, rtol_elem=1e-2),
+    "float16": Tolerance(rtol=1e-3, atol=1e-2, rtol_elem=1e-2),
+    "bfloat16": Tolerance(rtol=1e-2, atol=5e-2, rtol_elem=5e-2),
+}
+
+
+def tolerance_key(dtype: torch.dtype, device_type: str = "cpu") -> str:
+    """The table row for ``dtype``: fp32 on a GPU is TF32 exactly when cuDNN's flag says so."""
+    if dtype == torch.float32 and device_type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return str(dtype).removeprefix("torch.")
+
+
+def tolerance(dtype: torch.dtype, device_type: str = "cpu") -> Tolerance:
+    return TOLERANCES[tolerance_key(dtype, device_type)]
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (0 when both are zero)."""
+    out, ref = out.detach().double(), ref.detach().double()
+    den = ref.norm().item()
+    num = (out - ref).norm().item()
+    return num / den if den > 0 else num
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | None = None, *, name: str = "output",
+                 torch_out: torch.Tensor | None = None, device_type: str | None = None) -> None:
+    """Assert ``out`` matches ``ref`` (ideally an fp64 reference) within the table's tolerance.
+
+    ``torch_out`` is torch's own low-precision result for the same inputs; for fp16/bf16 the
+    kernel's error against ``ref`` must then also stay within twice torch's (plus atol)."""
+    dtype = dtype or out.dtype
+    tol = tolerance(dtype, device_type or out.device.type)
+    if out.shape != ref.shape:
+        raise AssertionError(f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
+    if torch.isnan(out).any() and not torch.isnan(ref).any():
+        raise AssertionError(f"{name}: {int(torch.isnan(out).sum())} NaN element(s) (unwritten or wrong)")
+    err = rel_error(out, ref)
+    if err > tol.rtol:
+        raise AssertionError(f"{name}: relative error {err:.3e} > {tol.rtol:.0e} ({dtype})")
+    diff = (out.double() - ref.double()).abs()
+    bound = tol.atol + tol.rtol_elem * ref.double().abs()
+    if (diff > bound).any():
+        i = int((diff - bound).flatten().argmax())
+        raise AssertionError(
+            f"{name}: element {i} differs by {diff.flatten()[i]:.3e} (ref {ref.flatten()[i].item():.4g}, "
+            f"out {out.flatten()[i].item():.4g}) > {tol.atol} + {tol.rtol_elem} * |ref| ({dtype})"
+        )
+    if torch_out is not None and dtype in (torch.float16, torch.bfloat16):
+        ours, theirs = rel_error(out, ref), rel_error(torch_out, ref)
+        if ours > 2 * theirs + tol.atol:
+            raise AssertionError(f"{name}: error {ours:.3e} vs fp64 exceeds 2 x torch's {theirs:.3e} + {tol.atol}")
+
+
+def poison_(t: torch.Tensor) -> torch.Tensor:
+    """Fill with NaN so that any element a kernel fails to write shows up."""
+    return t.fill_(float("nan"))

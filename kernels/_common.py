@@ -1,0 +1,103 @@
+"""Shared pieces of every kernel file: the interpreter switch, config selection and the one
+matrix-multiply helper that every kernel's dot goes through.
+
+Triton decides at decoration time whether ``@triton.jit`` functions run compiled or under the
+interpreter (``TRITON_INTERPRET=1``), so ``INTERPRET`` is read once, at import, exactly as
+triton reads it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def pick_configs(gpu: list[triton.Config], interpreter: list[triton.Config]) -> list[triton.Config]:
+    """The GPU autotuning list, or the interpreter's single large-block config.
+
+    Under the interpreter autotuning cannot benchmark (no GPU driver) and the cost grows with
+    programs x loop steps, so it gets exactly one config with large blocks.
+    """
+    if INTERPRET:
+        if len(interpreter) != 1:
+            raise AssertionError("the interpreter config list must have exactly one entry")
+        return interpreter
+    return gpu
+
+
+def check_runnable(name: str, t: torch.Tensor) -> None:
+    """Raise unless ``t`` lives where the kernels can run: a CUDA device, or the CPU under the
+    interpreter. Never falls back to another implementation. Fake and meta tensors (shape-only
+    tracing by ``torch.compile`` or ``opcheck``) pass: no kernel runs for them."""
+    if t.device.type == "meta" or _is_fake(t):
+        return
+    if t.device.type == "cuda":
+        if INTERPRET:
+            raise RuntimeError(
+                f"{name} is a CUDA tensor but TRITON_INTERPRET=1 is set: the interpreter runs on "
+                "CPU tensors only; unset TRITON_INTERPRET to use the GPU"
+            )
+        return
+    if t.device.type == "cpu":
+        if not INTERPRET:
+            raise RuntimeError(
+                f"{name} is a CPU tensor: cnnkernels needs a CUDA device, or TRITON_INTERPRET=1 "
+                "set before triton is imported to run its kernels under Triton's interpreter"
+            )
+        return
+    raise RuntimeError(f"{name} is on device {t.device}: cnnkernels runs on CUDA (or CPU under TRITON_INTERPRET=1)")
+
+
+def shape_only(t: torch.Tensor) -> bool:
+    """True for a fake or meta tensor under the interpreter: the launcher allocates its outputs
+    (so shapes propagate) but launches nothing, since the interpreter would read the data.
+    Without the interpreter the launch goes through ``wrap_triton``, which records it for
+    ``torch.compile`` under fake tensors and runs nothing itself."""
+    return INTERPRET and (t.device.type == "meta" or _is_fake(t))
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` for ``tl.dot``: TF32 for fp32 exactly when cuDNN would use it."""
+    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not INTERPRET:
+        return "tf32"
+    return "ieee"
+
+
+def dot_upcast(dtype: torch.dtype) -> bool:
+    """bf16 ``tl.dot`` is wrong under the interpreter (it multiplies raw bit patterns), so there
+    the operands are upcast to fp32 first; exact, since a bf16 x bf16 product fits in fp32."""
+    return INTERPRET and dtype == torch.bfloat16
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulator dtype: fp64 for fp64 inputs (gradcheck), fp32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_dtype(dtype: torch.dtype):
+    return {
+        torch.float16: tl.float16,
+        torch.bfloat16: tl.bfloat16,
+        torch.float32: tl.float32,
+        torch.float64: tl.float64,
+    }[dtype]
+
+
+@triton.jit
+def mma(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc += a @ b. Every kernel's dot goes through here (see ``dot_upcast``)."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)

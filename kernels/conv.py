@@ -1,0 +1,556 @@
+"""Direct 2-D convolution as an implicit GEMM, with a fused bias + ReLU epilogue.
+
+Forward:   Y[n,p,q,k] = act(b[k] + sum_{r,s,c} X[n, p*sh - pt + r*dh, q*sw - pl + s*dw, c] W[k,c,r,s])
+           GEMM with M = N*P*Q output pixels, N = K/groups output channels, and the reduction
+           over the flattened (r, s, c) index, so a 1- or 3-channel first layer is not fed to the
+           tensor cores tap by tap, mostly padding.
+dX:        gather form over the flattened (r, s, k) index: input pixel h receives from output row
+           p = (h + pt - r*dh) / sh only where that division is exact; the stride is handled by
+           that divisibility mask, never by inserting zeros into dY.
+dW, db:    GEMM reducing over N*P*Q, split into chunks for parallelism; each chunk writes an fp32
+           partial and a second kernel sums the partials in a fixed order (no atomics, so results
+           are bit-reproducible run to run). db is summed from the same dY tiles.
+ReLU:      the backward mask is ``Y > 0`` of the saved output, applied while dY is loaded.
+
+Limits: tensors are addressed through explicit strides (NCHW, channels_last or a channel slice
+of a larger buffer all work without copies); batch offsets are 64-bit, offsets within one image
+are 32-bit (H*W*C < 2**31 elements per image). Geometry is constexpr: each layer shape is its
+own specialisation, so index arithmetic folds to constants.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    INTERPRET,
+    acc_dtype,
+    check_runnable,
+    dot_precision,
+    dot_upcast,
+    mma,
+    pick_configs,
+    shape_only,
+    tl_dtype,
+)
+
+
+def conv_configs(flat: bool) -> list[triton.Config]:
+    """Configs for the three GEMM kernels (forward, dX, dW), per reduction form.
+
+    The flattened (r, s, c) form carries 2-D window arithmetic per tile element, so it gets
+    smaller tiles; each listed config compiles for sm_90 without spills (``cnnkernels.report``).
+    """
+
+    def cfg(bm, bn, bk, warps, stages):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+    if flat:
+        gpu = [cfg(64, 64, 32, 4, 2), cfg(128, 64, 32, 8, 2), cfg(64, 64, 32, 4, 3)]
+    else:
+        gpu = [cfg(128, 128, 64, 8, 3), cfg(64, 128, 64, 4, 4), cfg(64, 64, 64, 4, 3), cfg(128, 128, 32, 4, 4)]
+    return pick_configs(gpu=gpu, interpreter=[cfg(256, 128, 64, 4, 1)])
+
+
+def _all_conv_configs() -> list[triton.Config]:
+    if INTERPRET:
+        return conv_configs(False)
+    return conv_configs(False) + conv_configs(True)
+
+
+def _prune_by_form(configs, named_args, **kwargs):
+    """Autotune only over the configs of the reduction form this launch uses."""
+    flat = kwargs.get("FLAT", named_args.get("FLAT"))
+    return conv_configs(bool(flat))
+
+
+def reduce_configs() -> list[triton.Config]:
+    return pick_configs(
+        gpu=[triton.Config({"BLOCK": 1024}, num_warps=4), triton.Config({"BLOCK": 256}, num_warps=2)],
+        interpreter=[triton.Config({"BLOCK": 4096}, num_warps=4)],
+    )
+
+
+_GEOMETRY_KEY = ["R", "S", "STRIDE_H", "STRIDE_W", "DIL_H", "DIL_W", "FLAT"]
+
+# Below this many channels per group the reduction runs over the flattened (r, s, c) index;
+# at or above it, tap by tap over channel chunks (1-D index math per tap, fewer registers).
+FLAT_BELOW = 32
+
+
+@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_by_form}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY])
+@triton.jit
+def _conv_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    N, H, W, C, P, Q, K,  # C and K are per group
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wk, stride_wc, stride_wr, stride_ws,
+    stride_b,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    # Geometry is constexpr so the tap decomposition and the window arithmetic fold.
+    R: tl.constexpr, S: tl.constexpr,
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    FLAT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2).to(tl.int64)
+
+    M = N * P * Q
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < K
+    n_idx = offs_m // (P * Q)
+    pq = (offs_m % (P * Q)).to(tl.int32)
+    ih0 = (pq // Q) * STRIDE_H - PAD_H
+    iw0 = (pq % Q) * STRIDE_W - PAD_W
+    x_base = x_ptr + g * C * stride_xc + n_idx * stride_xn
+    w_base = w_ptr + (g * K + offs_n) * stride_wk
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    if FLAT:
+        steps = tl.cdiv(R * S * C, BLOCK_K)
+    else:
+        c_blocks = tl.cdiv(C, BLOCK_K)
+        steps = R * S * c_blocks
+    for t in range(0, steps):
+        if FLAT:
+            # Reduction index kk = (r*S + s)*C + c: 2-D window arithmetic, no padding lanes.
+            kk = t * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_ok = kk < R * S * C
+            c = kk % C
+            r = (kk // C) // S
+            s = (kk // C) % S
+            ih = ih0[:, None] + (r * DIL_H)[None, :]
+            iw = iw0[:, None] + (s * DIL_W)[None, :]
+            mask_a = mask_m[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a_ptrs = x_base[:, None] + ih * stride_xh + iw * stride_xw + (c * stride_xc)[None, :]
+            w_off = c * stride_wc + r * stride_wr + s * stride_ws
+        else:
+            # One tap (r, s), channels c0 .. c0+BLOCK_K: the window test is per row only.
+            rs = t // c_blocks
+            r = rs // S
+            s = rs % S
+            c = (t % c_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_ok = c < C
+            ih = ih0 + r * DIL_H
+            iw = iw0 + s * DIL_W
+            row_ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            mask_a = row_ok[:, None] & k_ok[None, :]
+            a_ptrs = (x_base + ih * stride_xh + iw * stride_xw)[:, None] + (c * stride_xc)[None, :]
+            w_off = c * stride_wc + r * stride_wr + s * stride_ws
+        a = tl.load(a_ptrs, mask=mask_a, other=0.0)
+        b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+
+    # Epilogue on the fp32 accumulator: bias, activation, cast, strided store.
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + (g * K + offs_n) * stride_b, mask=mask_n, other=0.0)
+        acc += bias.to(ACC_DTYPE)[None, :]
+    if ACTIVATION == "relu":
+        acc = tl.maximum(acc, 0.0)
+    y_off = n_idx * stride_yn + (pq // Q) * stride_yh + (pq % Q) * stride_yw
+    y_ptrs = y_ptr + y_off[:, None] + ((g * K + offs_n) * stride_yc)[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_by_form}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY])
+@triton.jit
+def _conv_bwd_input_kernel(
+    dy_ptr, y_ptr, w_ptr, dx_ptr,
+    N, H, W, C, P, Q, K,  # C and K are per group
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    stride_wk, stride_wc, stride_wr, stride_ws,
+    stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    R: tl.constexpr, S: tl.constexpr,
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    FLAT: tl.constexpr, ACTIVATION: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dX[n,h,w,c] = sum_{r,s,k} dY'[n,(h+pt-r*dh)/sh,(w+pl-s*dw)/sw,k] W[k,c,r,s], the divisions
+    exact and in range, dY' = dY * (Y > 0) under ReLU. FLAT reduces over flattened (r, s, k)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2).to(tl.int64)
+
+    M = N * H * W
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < C
+    n_idx = offs_m // (H * W)
+    hw = (offs_m % (H * W)).to(tl.int32)
+    h = hw // W
+    w = hw % W
+    dy_base = dy_ptr + g * K * stride_dyc + n_idx * stride_dyn
+    y_base = y_ptr + g * K * stride_yc + n_idx * stride_yn
+    w_base = w_ptr + g * K * stride_wk + offs_n * stride_wc
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    if FLAT:
+        steps = tl.cdiv(R * S * K, BLOCK_K)
+    else:
+        k_blocks = tl.cdiv(K, BLOCK_K)
+        steps = R * S * k_blocks
+    for t in range(0, steps):
+        if FLAT:
+            kk = t * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_ok = kk < R * S * K
+            k = kk % K
+            r = (kk // K) // S
+            s = (kk // K) % S
+            ph = h[:, None] + PAD_H - (r * DIL_H)[None, :]
+            pw = w[:, None] + PAD_W - (s * DIL_W)[None, :]
+            p = ph // STRIDE_H
+            q = pw // STRIDE_W
+            ok = (ph >= 0) & (pw >= 0) & (p * STRIDE_H == ph) & (q * STRIDE_W == pw) & (p < P) & (q < Q)
+            mask_a = mask_m[:, None] & k_ok[None, :] & ok
+            dy_ptrs = dy_base[:, None] + p * stride_dyh + q * stride_dyw + (k * stride_dyc)[None, :]
+            y_ptrs = y_base[:, None] + p * stride_yh + q * stride_yw + (k * stride_yc)[None, :]
+        else:
+            rs = t // k_blocks
+            r = rs // S
+            s = rs % S
+            k = (t % k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_ok = k < K
+            ph = h + PAD_H - r * DIL_H
+            pw = w + PAD_W - s * DIL_W
+            p = ph // STRIDE_H
+            q = pw // STRIDE_W
+            ok = mask_m & (ph >= 0) & (pw >= 0) & (p * STRIDE_H == ph) & (q * STRIDE_W == pw) & (p < P) & (q < Q)
+            mask_a = ok[:, None] & k_ok[None, :]
+            dy_ptrs = (dy_base + p * stride_dyh + q * stride_dyw)[:, None] + (k * stride_dyc)[None, :]
+            y_ptrs = (y_base + p * stride_yh + q * stride_yw)[:, None] + (k * stride_yc)[None, :]
+        a = tl.load(dy_ptrs, mask=mask_a, other=0.0)
+        if ACTIVATION == "relu":
+            yv = tl.load(y_ptrs, mask=mask_a, other=0.0)
+            a = tl.where(yv > 0, a, tl.zeros_like(a))
+        w_off = k * stride_wk + r * stride_wr + s * stride_ws
+        b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+
+    dx_off = n_idx * stride_dxn + h * stride_dxh + w * stride_dxw
+    dx_ptrs = dx_ptr + dx_off[:, None] + ((g * C + offs_n) * stride_dxc)[None, :]
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_by_form}, key=["N", "H", "W", "C", "K", "P", "Q", "CHUNK", *_GEOMETRY_KEY])
+@triton.jit
+def _conv_bwd_weight_kernel(
+    x_ptr, dy_ptr, y_ptr, dw_part_ptr, db_part_ptr,
+    N, H, W, C, P, Q, K, G, CHUNK,  # C and K are per group; CHUNK = output pixels per split
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    R: tl.constexpr, S: tl.constexpr,
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    FLAT: tl.constexpr, ACTIVATION: tl.constexpr, NEED_DB: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Partial dW[k, (r,s,c)] = sum_{i in chunk} dY'[i, k] X[i, (r,s,c)] over output pixels i,
+    and partial db[k] = sum_i dY'[i, k]. Axis 1 runs over column tiles (one tap x a channel
+    block, or a block of the flattened (r, s, c) index when FLAT); axis 2 over (split, group)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_z = tl.program_id(2)
+    split = pid_z // G
+    g = (pid_z % G).to(tl.int64)
+
+    NPQ = N * P * Q
+    offs_k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_k = offs_k < K
+    if FLAT:
+        col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = col < R * S * C
+        c = col % C
+        r = (col // C) // S
+        s = (col // C) % S
+    else:
+        c_blocks = tl.cdiv(C, BLOCK_N)
+        rs = pid_n // c_blocks
+        r = rs // S
+        s = rs % S
+        c = (pid_n % c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = c < C
+        col = rs * C + c
+
+    dy_base = dy_ptr + (g * K + offs_k) * stride_dyc
+    y_base = y_ptr + (g * K + offs_k) * stride_yc
+    x_base = x_ptr + (g * C + c) * stride_xc
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    db_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
+    start = split.to(tl.int64) * CHUNK
+    end = tl.minimum(start + CHUNK, NPQ)
+    for i0 in range(start, end, BLOCK_K):
+        offs_i = i0 + tl.arange(0, BLOCK_K)
+        mask_i = offs_i < end
+        n_idx = offs_i // (P * Q)
+        pq = (offs_i % (P * Q)).to(tl.int32)
+        p = pq // Q
+        q = pq % Q
+        mask_a = mask_k[:, None] & mask_i[None, :]
+        a = tl.load(dy_base[:, None] + (n_idx * stride_dyn + p * stride_dyh + q * stride_dyw)[None, :], mask=mask_a, other=0.0)
+        if ACTIVATION == "relu":
+            y_pix = n_idx * stride_yn + p * stride_yh + q * stride_yw
+            yv = tl.load(y_base[:, None] + y_pix[None, :], mask=mask_a, other=0.0)
+            a = tl.where(yv > 0, a, tl.zeros_like(a))
+        if NEED_DB:
+            db_acc += tl.sum(a.to(ACC_DTYPE), axis=1)
+        if FLAT:
+            ih = (p * STRIDE_H - PAD_H)[:, None] + (r * DIL_H)[None, :]
+            iw = (q * STRIDE_W - PAD_W)[:, None] + (s * DIL_W)[None, :]
+            mask_b = mask_i[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_ptrs = x_base[None, :] + (n_idx * stride_xn)[:, None] + ih * stride_xh + iw * stride_xw
+        else:
+            ih = p * STRIDE_H - PAD_H + r * DIL_H
+            iw = q * STRIDE_W - PAD_W + s * DIL_W
+            row_ok = mask_i & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            mask_b = row_ok[:, None] & col_ok[None, :]
+            x_ptrs = x_base[None, :] + (n_idx * stride_xn + ih * stride_xh + iw * stride_xw)[:, None]
+        xb = tl.load(x_ptrs, mask=mask_b, other=0.0)
+        acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
+
+    # Partials are laid out [split, g, k, (r,s,c)] and [split, g, k], contiguous.
+    row = (split * G + g) * K + offs_k
+    part_ptrs = dw_part_ptr + row.to(tl.int64)[:, None] * (R * S * C) + col[None, :]
+    tl.store(part_ptrs, acc, mask=mask_k[:, None] & col_ok[None, :])
+    if NEED_DB:
+        if pid_n == 0:
+            tl.store(db_part_ptr + row, db_acc, mask=mask_k)
+
+
+@triton.autotune(configs=reduce_configs(), key=["E", "SPLITS"])
+@triton.jit
+def _conv_bwd_reduce_kernel(
+    part_ptr, out_ptr,
+    E, SPLITS, C,  # E = K_total * R * S * C partial elements; C per group
+    stride_ok, stride_oc, stride_or, stride_os,
+    R: tl.constexpr, S: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """out[k, c, r, s] = sum over splits of part[split, k, (r, s, c)], in split order."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < E
+    total = tl.load(part_ptr + offs, mask=mask, other=0.0)
+    for sp in range(1, SPLITS):
+        total += tl.load(part_ptr + sp * E + offs, mask=mask, other=0.0)
+    k = offs // (R * S * C)
+    j = offs % (R * S * C)
+    c = j % C
+    rs = j // C
+    out_off = k * stride_ok + c * stride_oc + (rs // S) * stride_or + (rs % S) * stride_os
+    tl.store(out_ptr + out_off, total.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers: check -> allocate -> grid -> launch.
+# ----------------------------------------------------------------------------------------------
+
+
+def _nchw_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
+    """(n, c, h, w) strides of a 4-D tensor (any memory format)."""
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
+    check_runnable("input", x)
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError("conv2d launchers take a 4-D input and a 4-D weight")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"input dtype {x.dtype} and weight dtype {weight.dtype} differ")
+
+
+def _dot_args(dtype: torch.dtype) -> dict:
+    return {
+        "INPUT_PRECISION": dot_precision(dtype),
+        "UPCAST": dot_upcast(dtype),
+        "ACC_DTYPE": tl_dtype(acc_dtype(dtype)),
+    }
+
+
+def _geometry(weight, stride, padding, dilation) -> dict:
+    return {
+        "R": weight.shape[2], "S": weight.shape[3],
+        "STRIDE_H": stride[0], "STRIDE_W": stride[1],
+        "PAD_H": padding[0], "PAD_W": padding[2],
+        "DIL_H": dilation[0], "DIL_W": dilation[1],
+    }
+
+
+def conv2d_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    activation: str = "none",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Y = act(conv(X, W) + b). ``padding`` is (top, bottom, left, right); ``out`` may be any
+    strided (N, K, P, Q) view, e.g. a channel slice of a larger NHWC buffer."""
+    _check(x, weight)
+    n, c_in, h, w = x.shape
+    k_out, cg, r, s = weight.shape
+    p = conv_output_size(h, r, stride[0], padding[0] + padding[1], dilation[0])
+    q = conv_output_size(w, s, stride[1], padding[2] + padding[3], dilation[1])
+    if out is None:
+        out = torch.empty((n, k_out, p, q), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    elif out.shape != (n, k_out, p, q) or out.dtype != x.dtype:
+        raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}, expected {(n, k_out, p, q)} {x.dtype}")
+    if out.numel() == 0 or shape_only(x):
+        return out
+    kg = k_out // groups
+    b_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False
+
+    def grid(meta):
+        return (triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(kg, meta["BLOCK_N"]), groups)
+
+    torch.library.wrap_triton(_conv_fwd_kernel)[grid](
+        x, weight, b_arg, out,
+        n, h, w, cg, p, q, kg,
+        *_nchw_strides(x), *_nchw_strides(weight),
+        bias.stride(0) if bias is not None else 0,
+        *_nchw_strides(out),
+        **_geometry(weight, stride, padding, dilation),
+        FLAT=cg < FLAT_BELOW, HAS_BIAS=bias is not None, ACTIVATION=activation,
+        **_dot_args(x.dtype),
+    )
+    return out
+
+
+def conv2d_backward_input(
+    grad_out: torch.Tensor,
+    out: torch.Tensor | None,
+    weight: torch.Tensor,
+    input_shape: tuple[int, int, int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    activation: str = "none",
+    memory_format: torch.memory_format = torch.channels_last,
+) -> torch.Tensor:
+    """dX of ``conv2d_forward``; under ReLU, ``out`` is the saved forward output."""
+    _check(grad_out, weight)
+    n, c_in, h, w = input_shape
+    k_out, cg, r, s = weight.shape
+    _, _, p, q = grad_out.shape
+    dx = torch.empty(input_shape, device=grad_out.device, dtype=grad_out.dtype, memory_format=memory_format)
+    if dx.numel() == 0 or shape_only(grad_out):
+        return dx
+    if k_out == 0 or p * q == 0:
+        return dx.zero_()
+    y = out if activation == "relu" else grad_out  # never read without ReLU
+    kg = k_out // groups
+
+    def grid(meta):
+        return (triton.cdiv(n * h * w, meta["BLOCK_M"]), triton.cdiv(cg, meta["BLOCK_N"]), groups)
+
+    torch.library.wrap_triton(_conv_bwd_input_kernel)[grid](
+        grad_out, y, weight, dx,
+        n, h, w, cg, p, q, kg,
+        *_nchw_strides(grad_out), *_nchw_strides(y), *_nchw_strides(weight), *_nchw_strides(dx),
+        **_geometry(weight, stride, padding, dilation),
+        FLAT=kg < FLAT_BELOW, ACTIVATION=activation,
+        **_dot_args(grad_out.dtype),
+    )
+    return dx
+
+
+def _dw_chunk(npq: int, tiles: int) -> int:
+    """Output pixels per dW split: enough programs to fill the GPU (about two waves of 132 SMs),
+    each with a reduction long enough to amortise its partial store. Under the interpreter the
+    chunk is small enough that modest test shapes still exercise several splits."""
+    if INTERPRET:
+        return 256
+    want_splits = max(1, 264 // max(tiles, 1))
+    chunk = triton.cdiv(npq, want_splits)
+    chunk = max(chunk, 1024)
+    return triton.cdiv(chunk, 256) * 256
+
+
+def conv2d_backward_weight(
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    out: torch.Tensor | None,
+    weight_like: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    activation: str = "none",
+    need_bias: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(dW, db) of ``conv2d_forward``. dW takes ``weight_like``'s shape and strides."""
+    _check(x, weight_like)
+    n, c_in, h, w = x.shape
+    k_out, cg, r, s = weight_like.shape
+    _, _, p, q = grad_out.shape
+    kg = k_out // groups
+    dw = torch.empty_like(weight_like)
+    db = torch.empty((k_out,), device=x.device, dtype=x.dtype) if need_bias else None
+    if dw.numel() == 0 or shape_only(x):
+        return dw, db
+    npq = n * p * q
+    rsc = r * s * cg
+    if npq == 0:
+        dw.zero_()
+        if db is not None:
+            db.zero_()
+        return dw, db
+    tiles = triton.cdiv(kg, 128) * triton.cdiv(rsc, 128) * groups
+    chunk = _dw_chunk(npq, tiles)
+    splits = triton.cdiv(npq, chunk)
+    ws_dtype = acc_dtype(x.dtype)
+    dw_part = torch.empty((splits, k_out * rsc), device=x.device, dtype=ws_dtype)
+    db_part = torch.empty((splits, k_out), device=x.device, dtype=ws_dtype) if need_bias else dw_part
+    y = out if activation == "relu" else grad_out
+
+    flat = cg < FLAT_BELOW
+
+    def grid(meta):
+        cols = triton.cdiv(rsc, meta["BLOCK_N"]) if flat else r * s * triton.cdiv(cg, meta["BLOCK_N"])
+        return (triton.cdiv(kg, meta["BLOCK_M"]), cols, splits * groups)
+
+    torch.library.wrap_triton(_conv_bwd_weight_kernel)[grid](
+        x, grad_out, y, dw_part, db_part,
+        n, h, w, cg, p, q, kg, groups, chunk,
+        *_nchw_strides(x), *_nchw_strides(grad_out), *_nchw_strides(y),
+        **_geometry(weight_like, stride, padding, dilation),
+        FLAT=flat, ACTIVATION=activation, NEED_DB=need_bias,
+        **_dot_args(x.dtype),
+    )
+    _reduce_splits(dw_part, dw, splits, cg, r, s, _nchw_strides(dw))
+    if db is not None:
+        _reduce_splits(db_part, db, splits, 1, 1, 1, (db.stride(0), 0, 0, 0))
+    return dw, db
+
+
+def _reduce_splits(part, out, splits, c, r, s, strides) -> None:
+    e = part.shape[1]
+
+    def grid(meta):
+        return (triton.cdiv(e, meta["BLOCK"]),)
+
+    torch.library.wrap_triton(_conv_bwd_reduce_kernel)[grid](part, out, e, splits, c, *strides, R=r, S=s)

@@ -39,7 +39,9 @@ def conv2d_op(
     q = _k.conv_output_size(w, s, stride[1], padding[2] + padding[3], dilation[1])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((n, k, p, q), device=x.device, dtype=x.dtype, memory_format=fmt)
-    return _k.conv2d_forward(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, activation, out=out)
+    return _k.conv2d_forward(
+        x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, activation, out=out
+    )
 
 
 @torch.library.triton_op("cnnkernels::conv2d_backward_input", mutates_args=())
@@ -57,7 +59,16 @@ def conv2d_backward_input_op(
 ) -> Tensor:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return _k.conv2d_backward_input(
-        grad_out, out, weight, tuple(input_shape), tuple(stride), tuple(padding), tuple(dilation), groups, activation, fmt
+        grad_out,
+        out,
+        weight,
+        tuple(input_shape),
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        groups,
+        activation,
+        fmt,
     )
 
 

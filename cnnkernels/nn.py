@@ -19,7 +19,9 @@ class Conv2d(nn.Conv2d):
             raise ValueError(f"padding_mode={self.padding_mode!r} is not supported; only 'zeros'")
 
     def forward(self, input):
-        return type(self)._activation(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return type(self)._activation(
+            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
 
 class Conv2dReLU(Conv2d):

@@ -48,8 +48,15 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return num / den if den > 0 else num
 
 
-def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | None = None, *, name: str = "output",
-                 torch_out: torch.Tensor | None = None, device_type: str | None = None) -> None:
+def assert_close(
+    out: torch.Tensor,
+    ref: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    *,
+    name: str = "output",
+    torch_out: torch.Tensor | None = None,
+    device_type: str | None = None,
+) -> None:
     """Assert ``out`` matches ``ref`` (ideally an fp64 reference) within the table's tolerance.
 
     ``torch_out`` is torch's own low-precision result for the same inputs; for fp16/bf16 the

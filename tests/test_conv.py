@@ -1,0 +1,307 @@
+"""Fused convolution (+ bias + ReLU): every output and gradient against torch.nn.functional."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _reference import conv2d_ref, forward_backward
+from cnnkernels.kernels import conv as kconv
+from conftest import DEVICE
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cnnkernels.functional as CF
+import cnnkernels.nn as cnn
+from cnnkernels.testing import assert_close, poison_
+
+# Geometries: the seed's layer shapes scaled down in batch and image size, plus awkward ones.
+CASES = [
+    pytest.param(dict(n=2, c=1, h=39, w=39, k=8, r=11, s=11, stride=4, padding=1), id="alexnet-11x11s4-C1"),
+    pytest.param(dict(n=2, c=1, h=21, w=19, k=8, r=7, s=7, stride=2, padding=3), id="googlenet-7x7s2-C1"),
+    pytest.param(dict(n=2, c=5, h=13, w=13, k=6, r=5, s=5, stride=1, padding=2), id="5x5-odd"),
+    pytest.param(dict(n=2, c=40, h=9, w=11, k=20, r=3, s=3, stride=1, padding=1), id="3x3-tapwise-C40"),
+    pytest.param(dict(n=3, c=48, h=7, w=7, k=24, r=1, s=1, stride=1, padding=0), id="1x1"),
+    pytest.param(dict(n=1, c=3, h=10, w=9, k=5, r=3, s=3, stride=2, padding=1, bias=False), id="batch1-stride2-nobias"),
+    pytest.param(
+        dict(n=2, c=4, h=12, w=11, k=6, r=3, s=3, stride=1, padding=2, dilation=2, groups=2), id="dilated-groups"
+    ),
+    pytest.param(dict(n=2, c=6, h=8, w=8, k=6, r=3, s=3, stride=1, padding=1, groups=6), id="depthwise"),
+    pytest.param(dict(n=2, c=3, h=9, w=10, k=4, r=4, s=2, stride=1, padding="same"), id="same-even-kernel"),
+    pytest.param(dict(n=2, c=3, h=9, w=10, k=4, r=3, s=3, stride=1, padding="same", dilation=2), id="same-dilated"),
+    pytest.param(dict(n=2, c=3, h=9, w=10, k=4, r=3, s=5, stride=(2, 1), padding=(1, 2)), id="rect-kernel-valid-pairs"),
+    pytest.param(dict(n=2, c=3, h=6, w=6, k=4, r=3, s=3, stride=1, padding="valid"), id="valid"),
+    pytest.param(dict(n=2, c=34, h=7, w=6, k=33, r=2, s=2, stride=2, padding=0), id="kernel-eq-stride-C34"),
+]
+
+
+def _make(case, dtype, device=DEVICE, channels_last=False):
+    g = case.get("groups", 1)
+    x = torch.randn(case["n"], case["c"], case["h"], case["w"], dtype=dtype, device=device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w = (
+        torch.randn(case["k"], case["c"] // g, case["r"], case["s"], dtype=dtype, device=device)
+        / (case["c"] * case["r"] * case["s"] / g) ** 0.5
+    )
+    b = torch.randn(case["k"], dtype=dtype, device=device) if case.get("bias", True) else None
+    args = dict(
+        stride=case.get("stride", 1), padding=case.get("padding", 0), dilation=case.get("dilation", 1), groups=g
+    )
+    return x, w, b, args
+
+
+def _check(case, dtype, relu, channels_last=False):
+    x, w, b, args = _make(case, dtype, channels_last=channels_last)
+    fn = CF.conv2d_relu if relu else CF.conv2d
+    out, grads, dy = forward_backward(lambda x_, w_, b_: fn(x_, w_, b_, **args), (x, w, b))
+
+    def ref_fn(x_, w_, b_):
+        return conv2d_ref(x_, w_, b_, relu=relu, **args)
+
+    # fp64 reference, backpropagating exactly the dY that was fed to the kernels.
+    leaves = [t.double().requires_grad_(True) if t is not None else None for t in (x, w, b)]
+    ref = ref_fn(*leaves)
+    ref.backward(dy.double())
+    torch_out = None
+    if dtype in (torch.float16, torch.bfloat16) and DEVICE == "cuda":
+        torch_out = ref_fn(x, w, b)
+    assert_close(out, ref, dtype, name="output", torch_out=torch_out)
+    for name, got, leaf in zip(("grad_input", "grad_weight", "grad_bias"), grads, leaves):
+        if leaf is None:
+            assert got is None
+            continue
+        assert_close(got, leaf.grad, dtype, name=name)
+    assert out.dtype == dtype
+    return out
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["conv", "conv_relu"])
+@pytest.mark.parametrize("case", CASES)
+def test_conv_fp32(case, relu):
+    _check(case, torch.float32, relu)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[6]])
+def test_conv_low_precision(case, dtype):
+    _check(case, dtype, relu=True)
+
+
+@pytest.mark.parametrize("case", [CASES[3], CASES[5]])
+def test_conv_channels_last_input(case):
+    out = _check(case, torch.float32, relu=True, channels_last=True)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_conv_nchw_output_layout_follows_input():
+    x, w, b, args = _make(CASES[4].values[0], torch.float32)
+    assert CF.conv2d(x, w, b).is_contiguous()
+
+
+def test_unbatched_input():
+    x = torch.randn(3, 9, 8, device=DEVICE)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    out = CF.conv2d_relu(x, w, None, padding=1)
+    assert out.shape == (4, 9, 8)
+    assert_close(out, F.relu(F.conv2d(x.double(), w.double(), None, padding=1)), torch.float32)
+
+
+def test_gradcheck_fp64():
+    x = torch.randn(1, 3, 6, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, c, d: CF.conv2d_relu(a, c, d, stride=2, padding=1), (x, w, b))
+    assert torch.autograd.gradcheck(lambda a, c, d: CF.conv2d(a, c, d, padding="same", dilation=2), (x, w, b))
+
+
+def test_output_into_channel_slice_of_poisoned_buffer():
+    """The launcher writes a channel slice of a larger NHWC buffer and nothing else."""
+    x = torch.randn(2, 5, 7, 7, device=DEVICE)
+    w = torch.randn(6, 5, 3, 3, device=DEVICE)
+    b = torch.randn(6, device=DEVICE)
+    buf = poison_(torch.empty(2, 16, 7, 7, device=DEVICE).to(memory_format=torch.channels_last))
+    view = buf[:, 4:10]
+    kconv.conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1, "relu", out=view)
+    assert_close(view, F.relu(F.conv2d(x.double(), w.double(), b.double(), padding=1)), torch.float32)
+    assert torch.isnan(buf[:, :4]).all() and torch.isnan(buf[:, 10:]).all()
+
+
+def test_every_output_element_written():
+    """Outputs come from torch.empty: a poisoned allocator would show unwritten elements as NaN,
+    so the check is direct: run into a NaN-filled ``out`` of the full shape."""
+    case = CASES[2].values[0]
+    x, w, b, args = _make(case, torch.float32)
+    out = poison_(torch.empty(2, 6, 13, 13, device=DEVICE).to(memory_format=torch.channels_last))
+    kconv.conv2d_forward(x, w, b, (1, 1), (2, 2, 2, 2), (1, 1), 1, "none", out=out)
+    assert not torch.isnan(out).any()
+
+
+def test_inputs_unchanged_and_backward_deterministic():
+    x, w, b, args = _make(CASES[3].values[0], torch.float32)
+    copies = [t.clone() for t in (x, w, b)]
+    _, g1, _ = forward_backward(lambda a, c, d: CF.conv2d_relu(a, c, d, **args), (x, w, b))
+    _, g2, _ = forward_backward(lambda a, c, d: CF.conv2d_relu(a, c, d, **args), (x, w, b))
+    for t, c in zip((x, w, b), copies):
+        assert torch.equal(t, c)
+    for a, c in zip(g1, g2):
+        assert torch.equal(a, c)
+
+
+def test_dw_split_reduction_used_and_exact():
+    """Enough output pixels for several dW splits: the fixed-order partial sum must match."""
+    x = torch.randn(4, 16, 12, 12, device=DEVICE)
+    w = torch.randn(8, 16, 3, 3, device=DEVICE)
+    dy = torch.randn(4, 8, 12, 12, device=DEVICE)
+    assert 4 * 12 * 12 > kconv._dw_chunk(4 * 144, 1)
+    dw, db = kconv.conv2d_backward_weight(x, dy, None, w, (1, 1), (1, 1, 1, 1), (1, 1), 1, "none", True)
+    xr = x.double().requires_grad_()
+    wr = w.double().requires_grad_()
+    br = torch.zeros(8, dtype=torch.float64, requires_grad=True)
+    F.conv2d(xr, wr, br, padding=1).backward(dy.double())
+    assert_close(dw, wr.grad, torch.float32, name="grad_weight")
+    assert_close(db, br.grad, torch.float32, name="grad_bias")
+
+
+def test_autocast_casts_like_nn_conv2d():
+    x = torch.randn(1, 3, 8, 8, device=DEVICE)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    dtype = torch.bfloat16 if DEVICE == "cpu" else torch.float16
+    with torch.autocast(DEVICE, dtype=dtype):
+        ours = CF.conv2d(x, w)
+        theirs = F.conv2d(x, w)
+    assert ours.dtype == theirs.dtype == dtype
+    assert_close(ours, F.conv2d(x.double(), w.double()), dtype)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 2),
+    c=st.integers(1, 9),
+    k=st.integers(1, 9),
+    h=st.integers(1, 11),
+    w=st.integers(1, 11),
+    r=st.integers(1, 4),
+    s=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    pad=st.integers(0, 2),
+    dil=st.integers(1, 2),
+    groups=st.sampled_from([1, 2, 3]),
+    relu=st.booleans(),
+)
+def test_conv_property(n, c, k, h, w, r, s, stride, pad, dil, groups, relu):
+    c, k = c * groups, k * groups
+    if h + 2 * pad < dil * (r - 1) + 1 or w + 2 * pad < dil * (s - 1) + 1:
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            CF.conv2d(
+                torch.randn(n, c, h, w), torch.randn(k, c // groups, r, s), padding=pad, dilation=dil, groups=groups
+            )
+        return
+    case = dict(n=n, c=c, h=h, w=w, k=k, r=r, s=s, stride=stride, padding=pad, dilation=dil, groups=groups)
+    _check(case, torch.float32, relu)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: raised before any kernel runs, naming the argument.
+# ---------------------------------------------------------------------------------------------
+
+X = torch.randn(1, 4, 8, 8)
+W = torch.randn(6, 4, 3, 3)
+BAD = [
+    pytest.param(dict(input=torch.randn(4, 8)), ValueError, "input must be 3-D or 4-D", id="rank"),
+    pytest.param(dict(weight=torch.randn(6, 4, 3)), ValueError, "weight must be 4-D", id="weight-rank"),
+    pytest.param(dict(input=X.long()), TypeError, "input must be float", id="int-input"),
+    pytest.param(dict(weight=W.double()), TypeError, "weight dtype", id="mixed-dtype"),
+    pytest.param(dict(weight=torch.randn(6, 3, 3, 3)), ValueError, "input has 4 channels", id="channels"),
+    pytest.param(dict(groups=3), ValueError, "groups=3 does not divide", id="groups"),
+    pytest.param(dict(groups=0), ValueError, "groups must be a positive int", id="groups-zero"),
+    pytest.param(dict(padding=-1), ValueError, "padding must be non-negative", id="neg-padding"),
+    pytest.param(dict(padding="full"), ValueError, "padding must be", id="bad-padding-str"),
+    pytest.param(dict(padding="same", stride=2), ValueError, "'same' is not supported for strided", id="same-strided"),
+    pytest.param(dict(stride=0), ValueError, "stride must be positive", id="zero-stride"),
+    pytest.param(dict(dilation=0), ValueError, "dilation must be positive", id="zero-dilation"),
+    pytest.param(
+        dict(weight=torch.randn(6, 4, 11, 11)), ValueError, "larger than the padded input", id="kernel-too-big"
+    ),
+    pytest.param(dict(bias=torch.randn(5)), ValueError, "bias has 5 elements", id="bias-size"),
+    pytest.param(dict(bias=torch.randn(6, dtype=torch.float64)), TypeError, "bias dtype", id="bias-dtype"),
+    pytest.param(dict(stride=(1, 2, 3)), TypeError, "stride must be an int or a pair", id="stride-triple"),
+]
+
+
+@pytest.mark.parametrize("override, exc, match", BAD)
+def test_bad_arguments(override, exc, match):
+    kw = dict(input=X.clone(), weight=W.clone(), bias=None, stride=1, padding=1, dilation=1, groups=1)
+    kw.update(override)
+    before = {k: v.clone() for k, v in kw.items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(exc, match=match):
+        CF.conv2d(**kw)
+    for k, v in before.items():
+        assert torch.equal(kw[k], v)
+
+
+def test_mixed_devices_error():
+    meta = torch.empty(6, 4, 3, 3, device="meta")
+    with pytest.raises(ValueError, match="weight is on meta"):
+        CF.conv2d(X, meta)
+
+
+def test_cpu_tensor_without_interpreter_is_an_error():
+    code = (
+        "import torch, cnnkernels.functional as CF\n"
+        "try:\n    CF.conv2d(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3))\n"
+        "except RuntimeError as e:\n    print('ERR', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300).stdout
+    assert "ERR" in out and "TRITON_INTERPRET=1" in out and "CUDA device" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules and op registration.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_modules_match_torch_state_dict_and_output():
+    ref = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)
+    ours = cnn.Conv2dReLU(3, 5, 3, stride=2, padding=1)
+    assert isinstance(ours, torch.nn.Conv2d)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 9, 9)
+    assert_close(ours(x), F.relu(ref.double()(x.double())), torch.float32)
+    lazy = cnn.LazyConv2d(5, 3, padding=1)
+    y = lazy(x)
+    assert type(lazy) is cnn.Conv2d and lazy.in_channels == 3 and y.shape == (2, 5, 9, 9)
+    with pytest.raises(ValueError, match="padding_mode"):
+        cnn.Conv2d(3, 5, 3, padding_mode="reflect")
+
+
+def test_opcheck():
+    x = torch.randn(2, 3, 7, 7)
+    w = torch.randn(4, 3, 3, 3)
+    b = torch.randn(4)
+    args = (x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], 1, "relu", False)
+    # test_aot_dispatch_dynamic compiles, which needs a GPU (see test_gpu.py).
+    for util in ("test_schema", "test_autograd_registration", "test_faketensor"):
+        torch.library.opcheck(torch.ops.cnnkernels.conv2d.default, args, test_utils=util)
+
+
+def test_static_sm90_conv_no_spills_and_hgmma():
+    """Static, sm_90: each conv config compiles for Hopper on the CPU without spills, and the
+    bf16/fp16 dots lower to HGMMA (wgmma)."""
+    code = (
+        "import sys\nfrom cnnkernels import report as R\n"
+        "specs = [s for s in R.kernel_specs() if s.name.startswith('conv')]\n"
+        "res = list(R.run_report(specs))\nprint(R.format_table(res))\n"
+        "sys.exit(0 if res and all(r.ok for r in res) else 1)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("conv_fwd") and " bf16 " in line]
+    assert rows and all(" yes " in line for line in rows)

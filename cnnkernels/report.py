@@ -99,7 +99,9 @@ def compile_sm90(spec: KernelSpec, cfg: triton.Config) -> StaticResult:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
-        res = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        res = subprocess.run(
+            [_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
         sass = subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True, check=True).stdout
     regs = int(re.search(r"REG:(\d+)", res).group(1))
     stack = int(re.search(r"STACK:(\d+)", res).group(1))
@@ -133,18 +135,53 @@ def _conv_specs() -> list[KernelSpec]:
         for flat, geo, tag in ((False, geo3, "3x3"), (True, geo11, "11x11/4 C=1")):
             odd = KernelSpec.odd + (("C",) if flat else ())
             cl = tuple(conv.conv_configs(flat))
-            specs.append(KernelSpec(f"conv_fwd {tag}", conv._conv_fwd_kernel, {}, dict(
-                **geo, FLAT=flat, HAS_BIAS=True, ACTIVATION="relu", **dot), dtype=dt,
-                unit=("stride_xc", "stride_wc", "stride_yc", "stride_b"), odd=odd, config_list=cl))
-            specs.append(KernelSpec(f"conv_bwd_input {tag}", conv._conv_bwd_input_kernel, {}, dict(
-                **geo, FLAT=flat, ACTIVATION="relu", **dot), dtype=dt,
-                unit=("stride_dyc", "stride_yc", "stride_wc", "stride_dxc"), odd=odd, config_list=cl))
-            specs.append(KernelSpec(f"conv_bwd_weight {tag}", conv._conv_bwd_weight_kernel,
-                                    {"dw_part_ptr": "fp32", "db_part_ptr": "fp32"},
-                                    dict(**geo, FLAT=flat, ACTIVATION="relu", NEED_DB=True, **dot), dtype=dt,
-                                    unit=("stride_xc", "stride_dyc", "stride_yc"), odd=odd, config_list=cl))
-        specs.append(KernelSpec("conv_bwd_reduce", conv._conv_bwd_reduce_kernel, {"part_ptr": "fp32"},
-                                dict(R=3, S=3), has_dot=False, dtype=dt, unit=("stride_oc",)))
+            specs.append(
+                KernelSpec(
+                    f"conv_fwd {tag}",
+                    conv._conv_fwd_kernel,
+                    {},
+                    dict(**geo, FLAT=flat, HAS_BIAS=True, ACTIVATION="relu", **dot),
+                    dtype=dt,
+                    unit=("stride_xc", "stride_wc", "stride_yc", "stride_b"),
+                    odd=odd,
+                    config_list=cl,
+                )
+            )
+            specs.append(
+                KernelSpec(
+                    f"conv_bwd_input {tag}",
+                    conv._conv_bwd_input_kernel,
+                    {},
+                    dict(**geo, FLAT=flat, ACTIVATION="relu", **dot),
+                    dtype=dt,
+                    unit=("stride_dyc", "stride_yc", "stride_wc", "stride_dxc"),
+                    odd=odd,
+                    config_list=cl,
+                )
+            )
+            specs.append(
+                KernelSpec(
+                    f"conv_bwd_weight {tag}",
+                    conv._conv_bwd_weight_kernel,
+                    {"dw_part_ptr": "fp32", "db_part_ptr": "fp32"},
+                    dict(**geo, FLAT=flat, ACTIVATION="relu", NEED_DB=True, **dot),
+                    dtype=dt,
+                    unit=("stride_xc", "stride_dyc", "stride_yc"),
+                    odd=odd,
+                    config_list=cl,
+                )
+            )
+        specs.append(
+            KernelSpec(
+                "conv_bwd_reduce",
+                conv._conv_bwd_reduce_kernel,
+                {"part_ptr": "fp32"},
+                dict(R=3, S=3),
+                has_dot=False,
+                dtype=dt,
+                unit=("stride_oc",),
+            )
+        )
     return specs
 
 

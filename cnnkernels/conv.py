@@ -18,6 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from cnnkernels.kernels import conv as _k
 
+from . import conv1x1
 from ._utils import autocast_dtype, check_same, check_tensor, pair
 
 
@@ -221,5 +222,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if cast is not None and x.dtype != torch.float64:
         x, weight = x.to(cast), weight.to(cast)
         bias = bias.to(cast) if bias is not None else None
-    y = _FUNCTIONS[activation].apply(x, weight, bias, stride, pads, dilation, groups)
+    if conv1x1.eligible(weight, stride, pads, groups):
+        y = conv1x1.FUNCTIONS[activation].apply(x, weight, bias)
+    else:
+        y = _FUNCTIONS[activation].apply(x, weight, bias, stride, pads, dilation, groups)
     return y.squeeze(0) if unbatched else y

@@ -450,13 +450,18 @@ def conv2d_backward_input(
     groups: int,
     activation: str = "none",
     memory_format: torch.memory_format = torch.channels_last,
+    dx: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """dX of ``conv2d_forward``; under ReLU, ``out`` is the saved forward output."""
+    """dX of ``conv2d_forward``; under ReLU, ``out`` is the saved forward output. ``dx`` may be
+    given as any strided view of ``input_shape`` (e.g. a channel slice of a larger buffer)."""
     _check(grad_out, weight)
     n, c_in, h, w = input_shape
     k_out, cg, r, s = weight.shape
     _, _, p, q = grad_out.shape
-    dx = torch.empty(input_shape, device=grad_out.device, dtype=grad_out.dtype, memory_format=memory_format)
+    if dx is None:
+        dx = torch.empty(input_shape, device=grad_out.device, dtype=grad_out.dtype, memory_format=memory_format)
+    elif tuple(dx.shape) != tuple(input_shape):
+        raise ValueError(f"dx has shape {tuple(dx.shape)}, expected {tuple(input_shape)}")
     if dx.numel() == 0 or shape_only(grad_out):
         return dx
     if k_out == 0 or p * q == 0:

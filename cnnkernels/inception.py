@@ -1,0 +1,158 @@
+"""The seed's Inception block with zero-copy concatenation.
+
+The block's NHWC output is allocated once and every branch's last convolution writes its own
+channel slice of it, so the concatenation costs no copy and no extra memory pass:
+
+    out[:, 0:c1]            <- relu(b1_1(x))                  \\  one GEMM over the three
+    scratch[:, 0:c2a]       <- relu(b2_1(x))                   } concatenated 1x1 weights,
+    scratch[:, c2a:]        <- relu(b3_1(x))                  /  x read once
+    out[:, c1:c1+c2b]       <- relu(b2_2(scratch[:, :c2a]))     3x3, pad 1
+    out[:, ...:...+c3b]     <- relu(b3_2(scratch[:, c2a:]))     5x5, pad 2
+    out[:, -c4:]            <- relu(b4_2(maxpool3x3(x)))        1x1 on the pooled input
+
+Backward hands each branch a slice (a view) of dOut, again without copies: the 3x3 and 5x5
+convs write their dX into the matching channel slices of one d_scratch buffer, and one 1x1
+backward GEMM takes dY' from dOut[:, :c1] and d_scratch together (ReLU masks from the saved
+``out`` and ``scratch``). The max-pool branch is a separate autograd node whose dX torch's
+autograd adds to the block's. Parameters stay per branch, so ``state_dict`` keys are the seed's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from cnnkernels.kernels import conv as _kc
+from cnnkernels.kernels import conv1x1 as _k1
+
+_PAD3 = (1, 1, 1, 1)
+_PAD5 = (2, 2, 2, 2)
+_ONE = (1, 1)
+
+
+@torch.library.triton_op("cnnkernels::inception", mutates_args=())
+def inception_op(
+    x: Tensor, pooled: Tensor,
+    w1: Tensor, b1: Tensor, w21: Tensor, b21: Tensor, w22: Tensor, b22: Tensor,
+    w31: Tensor, b31: Tensor, w32: Tensor, b32: Tensor, w4: Tensor, b4: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Returns (out, scratch): the block's output and the two reduce-conv outputs."""
+    n, _, h, w = x.shape
+    c1, c2a, c2b, c3a, c3b, c4 = w1.shape[0], w21.shape[0], w22.shape[0], w31.shape[0], w32.shape[0], w4.shape[0]
+    kw = dict(device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    out = torch.empty((n, c1 + c2b + c3b + c4, h, w), **kw)
+    scratch = torch.empty((n, c2a + c3a, h, w), **kw)
+    # The three input-side 1x1 weights as one [c1+c2a+c3a, C] matrix (a few KB per call).
+    w_cat = torch.cat((w1, w21, w31))
+    b_cat = torch.cat((b1, b21, b31))
+    _k1.conv1x1_forward(x, w_cat, b_cat, "relu", out[:, :c1], scratch)
+    o2, o3 = c1 + c2b, c1 + c2b + c3b
+    _kc.conv2d_forward(scratch[:, :c2a], w22, b22, _ONE, _PAD3, _ONE, 1, "relu", out=out[:, c1:o2])
+    _kc.conv2d_forward(scratch[:, c2a:], w32, b32, _ONE, _PAD5, _ONE, 1, "relu", out=out[:, o2:o3])
+    _k1.conv1x1_forward(pooled, w4, b4, "relu", out[:, o3:])
+    return out, scratch
+
+
+@torch.library.triton_op("cnnkernels::inception_backward", mutates_args=())
+def inception_backward_op(
+    grad_out: Tensor, x: Tensor, pooled: Tensor, out: Tensor, scratch: Tensor,
+    w1: Tensor, w21: Tensor, w22: Tensor, w31: Tensor, w32: Tensor, w4: Tensor,
+) -> list[Tensor]:
+    """Returns [dx, d_pooled, dw_cat, db_cat, dw22, db22, dw32, db32, dw4, db4]; dw_cat/db_cat
+    stack the grads of b1_1, b2_1, b3_1 (split into views by the caller: an op's outputs may
+    not alias one another)."""
+    c1, c2a, c2b, c3b = w1.shape[0], w21.shape[0], w22.shape[0], w32.shape[0]
+    o2, o3 = c1 + c2b, c1 + c2b + c3b
+    g1, g2, g3, g4 = grad_out[:, :c1], grad_out[:, c1:o2], grad_out[:, o2:o3], grad_out[:, o3:]
+    y1, y2, y3, y4 = out[:, :c1], out[:, c1:o2], out[:, o2:o3], out[:, o3:]
+    s2, s3 = scratch[:, :c2a], scratch[:, c2a:]
+    kw = dict(device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+
+    # Pooling branch: its 1x1 conv.
+    d_pooled = _k1.conv1x1_backward_input(g4, y4, w4, torch.empty(pooled.shape, **kw), "relu")
+    dw4, db4 = _k1.conv1x1_backward_weight(pooled, g4, y4, w4, "relu", True)
+    # The 3x3 and 5x5 convs: dX straight into the slices of one d_scratch buffer.
+    d_scratch = torch.empty(scratch.shape, **kw)
+    _kc.conv2d_backward_input(g2, y2, w22, tuple(s2.shape), _ONE, _PAD3, _ONE, 1, "relu", dx=d_scratch[:, :c2a])
+    _kc.conv2d_backward_input(g3, y3, w32, tuple(s3.shape), _ONE, _PAD5, _ONE, 1, "relu", dx=d_scratch[:, c2a:])
+    dw22, db22 = _kc.conv2d_backward_weight(s2, g2, y2, w22, _ONE, _PAD3, _ONE, 1, "relu", True)
+    dw32, db32 = _kc.conv2d_backward_weight(s3, g3, y3, w32, _ONE, _PAD5, _ONE, 1, "relu", True)
+    # The three input-side 1x1 convs: one GEMM each for dX and dW, dY' from two places.
+    w_cat = torch.cat((w1, w21, w31))
+    dx = torch.empty(x.shape, **kw)
+    _k1.conv1x1_backward_input(g1, y1, w_cat, dx, "relu", dy1=d_scratch, y1=scratch)
+    dw_cat, db_cat = _k1.conv1x1_backward_weight(x, g1, y1, w_cat, "relu", True, dy1=d_scratch, y1=scratch)
+    return [dx, d_pooled, dw_cat, db_cat, dw22, db22, dw32, db32, dw4, db4]
+
+
+class InceptionFunction(torch.autograd.Function):
+    """Inputs: x, the max-pooled x, then (weight, bias) of b1_1, b2_1, b2_2, b3_1, b3_2, b4_2."""
+
+    @staticmethod
+    def forward(ctx, x, pooled, *params):
+        out, scratch = torch.ops.cnnkernels.inception(x, pooled, *params)
+        ctx.save_for_backward(x, pooled, out, scratch, *params[0::2])
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, pooled, out, scratch, *weights = ctx.saved_tensors
+        dx, d_pooled, dw_cat, db_cat, dw22, db22, dw32, db32, dw4, db4 = torch.ops.cnnkernels.inception_backward(
+            grad_out, x, pooled, out, scratch, *weights
+        )
+        sizes = (weights[0].shape[0], weights[1].shape[0], weights[3].shape[0])
+        dw1, dw21, dw31 = dw_cat.split(sizes)
+        db1, db21, db31 = db_cat.split(sizes)
+        return dx, d_pooled, dw1, db1, dw21, db21, dw22, db22, dw31, db31, dw32, db32, dw4, db4
+
+
+class Inception(nn.Module):
+    """The seed's Inception block (c1, (c2a, c2b), (c3a, c3b), c4) on fused, zero-copy kernels.
+
+    Submodules and ``state_dict`` keys are the seed's (b1_1, b2_1, b2_2, b3_1, b3_2, b4_1, b4_2);
+    input channels are inferred at the first call like ``nn.LazyConv2d``. Output is NHWC."""
+
+    def __init__(self, c1, c2, c3, c4, **kwargs):
+        super().__init__(**kwargs)
+        from . import nn as cnn
+
+        self.b1_1 = cnn.LazyConv2dReLU(c1, kernel_size=1)
+        self.b2_1 = cnn.LazyConv2dReLU(c2[0], kernel_size=1)
+        self.b2_2 = cnn.LazyConv2dReLU(c2[1], kernel_size=3, padding=1)
+        self.b3_1 = cnn.LazyConv2dReLU(c3[0], kernel_size=1)
+        self.b3_2 = cnn.LazyConv2dReLU(c3[1], kernel_size=5, padding=2)
+        self.b4_1 = cnn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.b4_2 = cnn.LazyConv2dReLU(c4, kernel_size=1)
+
+    def _materialize(self, x: Tensor) -> None:
+        """Infer every lazy conv's in_channels from shapes alone (no computation)."""
+        c = x.shape[-3]
+        for conv, c_in in ((self.b1_1, c), (self.b2_1, c), (self.b3_1, c), (self.b4_2, c),
+                           (self.b2_2, self.b2_1.out_channels), (self.b3_2, self.b3_1.out_channels)):
+            if isinstance(conv, nn.modules.lazy.LazyModuleMixin) and conv.has_uninitialized_params():
+                conv._infer_parameters(conv, (x.new_empty((1, c_in, 1, 1)),))
+
+    def forward(self, x: Tensor) -> Tensor:
+        from . import functional as F
+        from ._utils import autocast_dtype, check_tensor
+
+        check_tensor(x, "input", (3, 4))
+        self._materialize(x)
+        unbatched = x.dim() == 3
+        x4 = x.unsqueeze(0) if unbatched else x
+        if self.b1_1.in_channels != x4.shape[1]:
+            raise ValueError(f"input has {x4.shape[1]} channels, the block was built for {self.b1_1.in_channels}")
+        params = []
+        for conv in (self.b1_1, self.b2_1, self.b2_2, self.b3_1, self.b3_2, self.b4_2):
+            params += [conv.weight, conv.bias]
+        cast = autocast_dtype(x4.device.type)
+        if cast is not None:  # like nn.Conv2d under autocast
+            x4 = x4.to(cast)
+            params = [p.to(cast) for p in params]
+        elif any(p.dtype != x4.dtype for p in params):
+            raise TypeError(f"input dtype {x4.dtype} differs from the block's parameter dtype {params[0].dtype}")
+        pooled = F.max_pool2d(x4, 3, 1, 1)
+        out = InceptionFunction.apply(x4, pooled, *params)
+        return out.squeeze(0) if unbatched else out

@@ -1,0 +1,315 @@
+"""1x1 convolution (stride 1, no padding, groups 1) as a plain GEMM, with two-way outputs.
+
+The input is read as an [N*H*W, C] matrix through its strides (channels_last makes each row
+contiguous). Several 1x1 convolutions of one input (Inception's b1_1, b2_1 and b3_1) run as one
+GEMM over their concatenated weights, so the input is read once; output columns below ``SPLIT``
+go to ``y0`` and the rest to ``y1`` (e.g. a channel slice of the block's output and a scratch
+buffer). Backward takes dY from the same two places.
+
+Forward:  Y[m, j] = act(b[j] + sum_c X[m, c] W[j, c])
+dX:       dX[m, c] = sum_j dY'[m, j] W[j, c]  (+ an existing dX, read in the epilogue, when
+          ``ACCUMULATE``: how the Inception block adds its pooling branch's gradient)
+dW, db:   dW[j, c] = sum_m dY'[m, j] X[m, c], db[j] = sum_m dY'[m, j], over M split in chunks,
+          partials summed in fixed order by ``conv._conv_bwd_reduce_kernel`` (no atomics).
+dY' = dY * (Y > 0) under ReLU, Y being the saved output.
+
+Limits: offsets within one image are 32-bit (H*W*C < 2**31); batch offsets are 64-bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import conv as _conv
+from ._common import acc_dtype, check_runnable, mma, pick_configs, shape_only
+
+
+def conv1x1_configs() -> list[triton.Config]:
+    def cfg(bm, bn, bk, warps, stages):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+    return pick_configs(
+        gpu=[cfg(128, 128, 64, 8, 3), cfg(128, 64, 64, 4, 4), cfg(64, 128, 64, 4, 4), cfg(128, 256, 64, 8, 3), cfg(64, 64, 64, 4, 3)],
+        interpreter=[cfg(256, 128, 128, 4, 1)],
+    )
+
+
+@triton.jit
+def _pixel_offsets(offs_m, HW, W, stride_n, stride_h, stride_w):
+    """Offset of output pixel m = (n, h, w) in a strided NCHW/NHWC tensor (64-bit)."""
+    n = offs_m // HW
+    hw = (offs_m % HW).to(tl.int32)
+    return n * stride_n + (hw // W) * stride_h + (hw % W) * stride_w
+
+
+@triton.jit
+def _load_dy(dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, pix_dy0, pix_dy1, pix_y0, pix_y1, j, mask,
+             stride_dy0c, stride_dy1c, stride_y0c, stride_y1c,
+             SPLIT, TWO_WAY: tl.constexpr, ACTIVATION: tl.constexpr):
+    """dY'[pix, j] from the two places the forward wrote to; ``pix_*`` and ``j`` broadcast."""
+    in0 = j < SPLIT
+    a = tl.load(dy0_ptr + pix_dy0 + j * stride_dy0c, mask=mask & in0, other=0.0)
+    if TWO_WAY:
+        a += tl.load(dy1_ptr + pix_dy1 + (j - SPLIT) * stride_dy1c, mask=mask & (j >= SPLIT), other=0.0)
+    if ACTIVATION == "relu":
+        yv = tl.load(y0_ptr + pix_y0 + j * stride_y0c, mask=mask & in0, other=0.0)
+        if TWO_WAY:
+            yv += tl.load(y1_ptr + pix_y1 + (j - SPLIT) * stride_y1c, mask=mask & (j >= SPLIT), other=0.0)
+        a = tl.where(yv > 0, a, tl.zeros_like(a))
+    return a
+
+
+@triton.autotune(configs=conv1x1_configs(), key=["M", "C", "K", "SPLIT"])
+@triton.jit
+def _conv1x1_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y0_ptr, y1_ptr,
+    M, HW, W, C, K, SPLIT,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wk, stride_wc, stride_b,
+    stride_y0n, stride_y0c, stride_y0h, stride_y0w,
+    stride_y1n, stride_y1c, stride_y1h, stride_y1w,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, TWO_WAY: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < K
+    x_rows = x_ptr + _pixel_offsets(offs_m, HW, W, stride_xn, stride_xh, stride_xw)
+    w_cols = w_ptr + offs_n * stride_wk
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for c0 in range(0, C, BLOCK_K):
+        c = c0 + tl.arange(0, BLOCK_K)
+        c_ok = c < C
+        a = tl.load(x_rows[:, None] + (c * stride_xc)[None, :], mask=mask_m[:, None] & c_ok[None, :], other=0.0)
+        b = tl.load(w_cols[None, :] + (c * stride_wc)[:, None], mask=c_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
+    if ACTIVATION == "relu":
+        acc = tl.maximum(acc, 0.0)
+    mask = mask_m[:, None] & mask_n[None, :]
+    pix0 = _pixel_offsets(offs_m, HW, W, stride_y0n, stride_y0h, stride_y0w)
+    tl.store(y0_ptr + pix0[:, None] + (offs_n * stride_y0c)[None, :], acc.to(y0_ptr.dtype.element_ty),
+             mask=mask & (offs_n < SPLIT)[None, :])
+    if TWO_WAY:
+        pix1 = _pixel_offsets(offs_m, HW, W, stride_y1n, stride_y1h, stride_y1w)
+        tl.store(y1_ptr + pix1[:, None] + ((offs_n - SPLIT) * stride_y1c)[None, :], acc.to(y1_ptr.dtype.element_ty),
+                 mask=mask & (offs_n >= SPLIT)[None, :])
+
+
+@triton.autotune(configs=conv1x1_configs(), key=["M", "C", "K", "SPLIT"])
+@triton.jit
+def _conv1x1_bwd_input_kernel(
+    dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, w_ptr, dx_ptr,
+    M, HW, W, C, K, SPLIT,
+    stride_dy0n, stride_dy0c, stride_dy0h, stride_dy0w,
+    stride_dy1n, stride_dy1c, stride_dy1h, stride_dy1w,
+    stride_y0n, stride_y0c, stride_y0h, stride_y0w,
+    stride_y1n, stride_y1c, stride_y1h, stride_y1w,
+    stride_wk, stride_wc,
+    stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    ACTIVATION: tl.constexpr, TWO_WAY: tl.constexpr, ACCUMULATE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_c = offs_c < C
+    pix_dy0 = _pixel_offsets(offs_m, HW, W, stride_dy0n, stride_dy0h, stride_dy0w)[:, None]
+    pix_dy1 = _pixel_offsets(offs_m, HW, W, stride_dy1n, stride_dy1h, stride_dy1w)[:, None]
+    pix_y0 = _pixel_offsets(offs_m, HW, W, stride_y0n, stride_y0h, stride_y0w)[:, None]
+    pix_y1 = _pixel_offsets(offs_m, HW, W, stride_y1n, stride_y1h, stride_y1w)[:, None]
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for k0 in range(0, K, BLOCK_K):
+        j = k0 + tl.arange(0, BLOCK_K)
+        j_ok = j < K
+        a = _load_dy(dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, pix_dy0, pix_dy1, pix_y0, pix_y1, j[None, :],
+                     mask_m[:, None] & j_ok[None, :], stride_dy0c, stride_dy1c, stride_y0c, stride_y1c,
+                     SPLIT, TWO_WAY, ACTIVATION)
+        b = tl.load(w_ptr + (j * stride_wk)[:, None] + (offs_c * stride_wc)[None, :],
+                    mask=j_ok[:, None] & mask_c[None, :], other=0.0)
+        acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+
+    pix_dx = _pixel_offsets(offs_m, HW, W, stride_dxn, stride_dxh, stride_dxw)
+    dx_ptrs = dx_ptr + pix_dx[:, None] + (offs_c * stride_dxc)[None, :]
+    mask = mask_m[:, None] & mask_c[None, :]
+    if ACCUMULATE:
+        acc += tl.load(dx_ptrs, mask=mask, other=0.0).to(ACC_DTYPE)
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=conv1x1_configs(), key=["M", "C", "K", "SPLIT", "CHUNK"])
+@triton.jit
+def _conv1x1_bwd_weight_kernel(
+    x_ptr, dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, dw_part_ptr, db_part_ptr,
+    M, HW, W, C, K, SPLIT, CHUNK,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_dy0n, stride_dy0c, stride_dy0h, stride_dy0w,
+    stride_dy1n, stride_dy1c, stride_dy1h, stride_dy1w,
+    stride_y0n, stride_y0c, stride_y0h, stride_y0w,
+    stride_y1n, stride_y1c, stride_y1h, stride_y1w,
+    ACTIVATION: tl.constexpr, TWO_WAY: tl.constexpr, NEED_DB: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Partial dW[j, c] over the pixels of split ``program_id(2)``; tile rows j, columns c."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    split = tl.program_id(2)
+    offs_j = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_j = offs_j < K
+    mask_c = offs_c < C
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    db_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
+    start = split.to(tl.int64) * CHUNK
+    end = tl.minimum(start + CHUNK, M)
+    for i0 in range(start, end, BLOCK_K):
+        offs_i = i0 + tl.arange(0, BLOCK_K)
+        mask_i = offs_i < end
+        pix_dy0 = _pixel_offsets(offs_i, HW, W, stride_dy0n, stride_dy0h, stride_dy0w)[None, :]
+        pix_dy1 = _pixel_offsets(offs_i, HW, W, stride_dy1n, stride_dy1h, stride_dy1w)[None, :]
+        pix_y0 = _pixel_offsets(offs_i, HW, W, stride_y0n, stride_y0h, stride_y0w)[None, :]
+        pix_y1 = _pixel_offsets(offs_i, HW, W, stride_y1n, stride_y1h, stride_y1w)[None, :]
+        a = _load_dy(dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, pix_dy0, pix_dy1, pix_y0, pix_y1, offs_j[:, None],
+                     mask_j[:, None] & mask_i[None, :], stride_dy0c, stride_dy1c, stride_y0c, stride_y1c,
+                     SPLIT, TWO_WAY, ACTIVATION)
+        if NEED_DB:
+            db_acc += tl.sum(a.to(ACC_DTYPE), axis=1)
+        pix_x = _pixel_offsets(offs_i, HW, W, stride_xn, stride_xh, stride_xw)
+        xb = tl.load(x_ptr + pix_x[:, None] + (offs_c * stride_xc)[None, :], mask=mask_i[:, None] & mask_c[None, :], other=0.0)
+        acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
+
+    row = split * K + offs_j
+    tl.store(dw_part_ptr + row.to(tl.int64)[:, None] * C + offs_c[None, :], acc, mask=mask_j[:, None] & mask_c[None, :])
+    if NEED_DB:
+        if pid_n == 0:
+            tl.store(db_part_ptr + row, db_acc, mask=mask_j)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers: check -> allocate -> grid -> launch.
+# ----------------------------------------------------------------------------------------------
+
+
+def _s4(t):
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
+    check_runnable("input", x)
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[2:] != (1, 1):
+        raise ValueError("conv1x1 launchers take a 4-D input and a [K, C, 1, 1] weight")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"input dtype {x.dtype} and weight dtype {weight.dtype} differ")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"input has {x.shape[1]} channels, weight expects {weight.shape[1]}")
+
+
+def conv1x1_forward(x, weight, bias, activation, y0, y1=None):
+    """Y = act(X W^T + b) for a [K, C, 1, 1] weight; output channels ``< y0.shape[1]`` go to
+    ``y0``, the rest to ``y1`` (both any strided (N, *, H, W) views). Returns nothing."""
+    _check(x, weight)
+    n, c, h, w = x.shape
+    k = weight.shape[0]
+    split = y0.shape[1]
+    two_way = y1 is not None
+    if split + (y1.shape[1] if two_way else 0) != k:
+        raise ValueError(f"outputs have {split} + {y1.shape[1] if two_way else 0} channels, weight has {k}")
+    m = n * h * w
+    if m == 0 or k == 0 or shape_only(x):
+        return
+    y1 = y1 if two_way else y0
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"]))
+
+    torch.library.wrap_triton(_conv1x1_fwd_kernel)[grid](
+        x, weight, bias if bias is not None else weight, y0, y1,
+        m, h * w, w, c, k, split,
+        *_s4(x), weight.stride(0), weight.stride(1), bias.stride(0) if bias is not None else 0,
+        *_s4(y0), *_s4(y1),
+        HAS_BIAS=bias is not None, ACTIVATION=activation, TWO_WAY=two_way,
+        **_conv._dot_args(x.dtype),
+    )
+
+
+def conv1x1_backward_input(dy0, y0, weight, dx, activation, dy1=None, y1=None, accumulate=False):
+    """dX = dY' W into ``dx`` (written, or added to when ``accumulate``). dY' comes from ``dy0``
+    (output channels below its width) and ``dy1`` (the rest); ``y0``/``y1`` are the saved
+    outputs for the ReLU mask (ignored without ReLU)."""
+    _check(dx, weight)
+    n, c, h, w = dx.shape
+    k = weight.shape[0]
+    if dx.numel() == 0 or shape_only(dy0):
+        return dx
+    two_way = dy1 is not None
+    y0 = y0 if activation == "relu" else dy0
+    dy1 = dy1 if two_way else dy0
+    y1 = (y1 if activation == "relu" else dy1) if two_way else y0
+
+    def grid(meta):
+        return (triton.cdiv(n * h * w, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_N"]))
+
+    torch.library.wrap_triton(_conv1x1_bwd_input_kernel)[grid](
+        dy0, dy1, y0, y1, weight, dx,
+        n * h * w, h * w, w, c, k, dy0.shape[1],
+        *_s4(dy0), *_s4(dy1), *_s4(y0), *_s4(y1), weight.stride(0), weight.stride(1), *_s4(dx),
+        ACTIVATION=activation, TWO_WAY=two_way, ACCUMULATE=accumulate,
+        **_conv._dot_args(dx.dtype),
+    )
+    return dx
+
+
+def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=None, y1=None):
+    """(dW, db) with dW shaped and strided like ``weight_like`` ([K, C, 1, 1])."""
+    _check(x, weight_like)
+    n, c, h, w = x.shape
+    k = weight_like.shape[0]
+    m = n * h * w
+    dw = torch.empty_like(weight_like)
+    db = torch.empty((k,), device=x.device, dtype=x.dtype) if need_bias else None
+    if dw.numel() == 0 or shape_only(x):
+        return dw, db
+    if m == 0:
+        dw.zero_()
+        if db is not None:
+            db.zero_()
+        return dw, db
+    two_way = dy1 is not None
+    y0 = y0 if activation == "relu" else dy0
+    dy1 = dy1 if two_way else dy0
+    y1 = (y1 if activation == "relu" else dy1) if two_way else y0
+    chunk = _conv._dw_chunk(m, triton.cdiv(k, 128) * triton.cdiv(c, 128))
+    splits = triton.cdiv(m, chunk)
+    ws = acc_dtype(x.dtype)
+    dw_part = torch.empty((splits, k * c), device=x.device, dtype=ws)
+    db_part = torch.empty((splits, k), device=x.device, dtype=ws) if need_bias else dw_part
+
+    def grid(meta):
+        return (triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_N"]), splits)
+
+    torch.library.wrap_triton(_conv1x1_bwd_weight_kernel)[grid](
+        x, dy0, dy1, y0, y1, dw_part, db_part,
+        m, h * w, w, c, k, dy0.shape[1], chunk,
+        *_s4(x), *_s4(dy0), *_s4(dy1), *_s4(y0), *_s4(y1),
+        ACTIVATION=activation, TWO_WAY=two_way, NEED_DB=need_bias,
+        **_conv._dot_args(x.dtype),
+    )
+    _conv._reduce_splits(dw_part, dw, splits, c, 1, 1, _s4(dw))
+    if db is not None:
+        _conv._reduce_splits(db_part, db, splits, 1, 1, 1, (db.stride(0), 0, 0, 0))
+    return dw, db

@@ -42,9 +42,13 @@ class KernelSpec:
 
     @property
     def configs(self) -> list[triton.Config]:
-        if self.config_list:
-            return list(self.config_list)
-        return list(getattr(self.kernel, "configs", [triton.Config({})]))
+        """The configs autotuning may pick for this dtype (after the kernels' dtype pruning)."""
+        from cnnkernels.kernels._common import fit_to_dtype
+
+        configs = list(self.config_list) or list(getattr(self.kernel, "configs", [triton.Config({})]))
+        if self.has_dot:
+            configs = fit_to_dtype(configs, 4 if self.dtype == "fp32" else 2)
+        return configs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +125,29 @@ def compile_sm90(spec: KernelSpec, cfg: triton.Config) -> StaticResult:
 
 def kernel_specs() -> list[KernelSpec]:
     """One representative specialisation of every kernel, per dtype that matters."""
-    return _conv_specs()
+    return _conv_specs() + _conv1x1_specs() + _pool_specs()
+
+
+def _conv1x1_specs() -> list[KernelSpec]:
+    from cnnkernels.kernels import conv1x1
+
+    specs = []
+    for dt in ("bf16", "fp16", "fp32"):
+        dot = dict(INPUT_PRECISION="tf32" if dt == "fp32" else "ieee", UPCAST=False, ACC_DTYPE=tl.float32)
+        odd = KernelSpec.odd + ("M", "HW", "SPLIT")
+        specs += [
+            KernelSpec("conv1x1_fwd two-way", conv1x1._conv1x1_fwd_kernel, {}, dict(
+                HAS_BIAS=True, ACTIVATION="relu", TWO_WAY=True, **dot), dtype=dt,
+                unit=("stride_xc", "stride_wc", "stride_b", "stride_y0c", "stride_y1c"), odd=odd),
+            KernelSpec("conv1x1_bwd_input two-way", conv1x1._conv1x1_bwd_input_kernel, {}, dict(
+                ACTIVATION="relu", TWO_WAY=True, ACCUMULATE=True, **dot), dtype=dt,
+                unit=("stride_dy0c", "stride_dy1c", "stride_y0c", "stride_y1c", "stride_wc", "stride_dxc"), odd=odd),
+            KernelSpec("conv1x1_bwd_weight two-way", conv1x1._conv1x1_bwd_weight_kernel,
+                       {"dw_part_ptr": "fp32", "db_part_ptr": "fp32"}, dict(
+                ACTIVATION="relu", TWO_WAY=True, NEED_DB=True, **dot), dtype=dt,
+                unit=("stride_xc", "stride_dy0c", "stride_dy1c", "stride_y0c", "stride_y1c"), odd=odd),
+        ]
+    return specs
 
 
 def _conv_specs() -> list[KernelSpec]:
@@ -182,6 +208,91 @@ def _conv_specs() -> list[KernelSpec]:
                 unit=("stride_oc",),
             )
         )
+    return specs
+
+
+def _pool_specs() -> list[KernelSpec]:
+    """Max pooling (3x3 stride 2 pad 1: AlexNet/GoogLeNet), adaptive and global average
+    pooling, and the concatenation copy, on channels_last tensors (channel stride 1)."""
+    from cnnkernels.kernels import avgpool, cat, pool
+
+    specs = []
+    geo = dict(R=3, S=3, STRIDE_H=2, STRIDE_W=2, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1)
+    acc = dict(ACC_DTYPE=tl.float32)
+    for dt in ("bf16", "fp16", "fp32"):
+        specs.append(
+            KernelSpec(
+                "max_pool2d_fwd 3x3/2",
+                pool._max_pool2d_fwd_kernel,
+                {"arg_ptr": "i8", "idx_ptr": "i8"},
+                dict(**geo, RETURN_INDICES=False, **acc),
+                has_dot=False,
+                dtype=dt,
+                unit=("stride_xc", "stride_yc"),
+            )
+        )
+        specs.append(
+            KernelSpec(
+                "max_pool2d_bwd 3x3/2",
+                pool._max_pool2d_bwd_kernel,
+                {"arg_ptr": "i8"},
+                dict(**geo, **acc),
+                has_dot=False,
+                dtype=dt,
+                unit=("stride_dyc", "stride_ac", "stride_dxc"),
+            )
+        )
+    for dt in ("bf16", "fp32"):
+        specs += [
+            KernelSpec(
+                "adaptive_avg_pool2d_fwd",
+                avgpool._adaptive_avg_pool2d_fwd_kernel,
+                {},
+                acc,
+                has_dot=False,
+                dtype=dt,
+                unit=("stride_xc", "stride_yc"),
+                odd=KernelSpec.odd + ("KH_MAX", "KW_MAX"),
+            ),
+            KernelSpec(
+                "adaptive_avg_pool2d_bwd",
+                avgpool._adaptive_avg_pool2d_bwd_kernel,
+                {},
+                acc,
+                has_dot=False,
+                dtype=dt,
+                unit=("stride_dyc", "stride_dxc"),
+                odd=KernelSpec.odd + ("PH_MAX", "QW_MAX"),
+            ),
+            KernelSpec(
+                "global_avg_pool2d_fwd",
+                avgpool._global_avg_pool2d_fwd_kernel,
+                {},
+                acc,
+                has_dot=False,
+                dtype=dt,
+                unit=("stride_xc", "stride_yc"),
+            ),
+            KernelSpec(
+                "global_avg_pool2d_bwd",
+                avgpool._global_avg_pool2d_bwd_kernel,
+                {},
+                acc,
+                has_dot=False,
+                dtype=dt,
+                unit=("stride_dyc", "stride_dxc"),
+            ),
+            KernelSpec(
+                "cat_copy",
+                cat._cat_copy_kernel,
+                {},
+                {},
+                has_dot=False,
+                dtype=dt,
+                unit=("stride_x3", "stride_y3"),
+                odd=("D0", "D1", "D2", "D3"),
+            ),
+        ]
     return specs
 
 

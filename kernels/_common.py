@@ -30,6 +30,29 @@ def pick_configs(gpu: list[triton.Config], interpreter: list[triton.Config]) -> 
     return gpu
 
 
+def fit_to_dtype(configs: list[triton.Config], element_size: int) -> list[triton.Config]:
+    """Halve BLOCK_K for 4- and 8-byte operands: a K-slice of fp32 takes twice the shared memory
+    per pipeline stage, and the bf16 tiles would overflow Hopper's 228 KB or spill."""
+    if element_size < 4 or INTERPRET:
+        return configs
+    out = []
+    for cfg in configs:
+        kw = dict(cfg.kwargs)
+        kw["BLOCK_K"] = max(16, kw["BLOCK_K"] // 2)
+        out.append(triton.Config(kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    return out
+
+
+def prune_by_dtype(first_ptr: str):
+    """An autotune ``early_config_prune`` applying ``fit_to_dtype`` for the launch's dtype."""
+
+    def prune(configs, named_args, **kwargs):
+        t = named_args.get(first_ptr, kwargs.get(first_ptr))
+        return fit_to_dtype(list(configs), t.element_size())
+
+    return prune
+
+
 def check_runnable(name: str, t: torch.Tensor) -> None:
     """Raise unless ``t`` lives where the kernels can run: a CUDA device, or the CPU under the
     interpreter. Never falls back to another implementation. Fake and meta tensors (shape-only

@@ -30,6 +30,7 @@ from ._common import (
     check_runnable,
     dot_precision,
     dot_upcast,
+    fit_to_dtype,
     mma,
     pick_configs,
     shape_only,
@@ -50,7 +51,7 @@ def conv_configs(flat: bool) -> list[triton.Config]:
     if flat:
         gpu = [cfg(64, 64, 32, 4, 2), cfg(128, 64, 32, 8, 2), cfg(64, 64, 32, 4, 3)]
     else:
-        gpu = [cfg(128, 128, 64, 8, 3), cfg(64, 128, 64, 4, 4), cfg(64, 64, 64, 4, 3), cfg(128, 128, 32, 4, 4)]
+        gpu = [cfg(128, 128, 64, 8, 3), cfg(64, 128, 64, 4, 4), cfg(64, 64, 64, 4, 3)]
     return pick_configs(gpu=gpu, interpreter=[cfg(256, 128, 64, 4, 1)])
 
 
@@ -61,9 +62,11 @@ def _all_conv_configs() -> list[triton.Config]:
 
 
 def _prune_by_form(configs, named_args, **kwargs):
-    """Autotune only over the configs of the reduction form this launch uses."""
+    """Autotune only over the configs of the reduction form this launch uses, fitted to its
+    dtype (``fit_to_dtype``)."""
     flat = kwargs.get("FLAT", named_args.get("FLAT"))
-    return conv_configs(bool(flat))
+    first = named_args[next(iter(named_args))]  # the first pointer argument
+    return fit_to_dtype(conv_configs(bool(flat)), first.element_size())
 
 
 def reduce_configs() -> list[triton.Config]:

@@ -1,0 +1,116 @@
+"""1x1 convolution on the GEMM path: routing, two-way outputs, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _reference import forward_backward
+from conftest import DEVICE
+
+import cnnkernels.functional as CF
+from cnnkernels import conv1x1 as c1
+from cnnkernels.kernels import conv1x1 as k1
+from cnnkernels.testing import assert_close, poison_
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["conv", "relu"])
+@pytest.mark.parametrize(
+    "shape",
+    [pytest.param((2, 20, 5, 7, 30), id="odd"), pytest.param((1, 3, 1, 1, 1), id="tiny"), pytest.param((3, 130, 4, 4, 70), id="C130")],
+)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_conv1x1_matches_torch(shape, relu, channels_last):
+    n, c, h, w, k = shape
+    x = torch.randn(n, c, h, w, device=DEVICE)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    wt = torch.randn(k, c, 1, 1, device=DEVICE) / c**0.5
+    b = torch.randn(k, device=DEVICE)
+    fn = CF.conv2d_relu if relu else CF.conv2d
+    out, grads, dy = forward_backward(lambda a, bb, cc: fn(a, bb, cc), (x, wt, b))
+    leaves = [t.double().requires_grad_() for t in (x, wt, b)]
+    ref = F.conv2d(*leaves)
+    ref = F.relu(ref) if relu else ref
+    ref.backward(dy.double())
+    assert_close(out, ref, torch.float32)
+    for name, g, leaf in zip(("grad_input", "grad_weight", "grad_bias"), grads, leaves):
+        assert_close(g, leaf.grad, torch.float32, name=name)
+
+
+def test_routing_picks_the_gemm_path(monkeypatch):
+    calls = []
+    real = k1.conv1x1_forward
+    monkeypatch.setattr(k1, "conv1x1_forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = torch.randn(1, 4, 5, 5, device=DEVICE)
+    CF.conv2d_relu(x, torch.randn(6, 4, 1, 1, device=DEVICE), None)
+    assert calls == [1]
+    CF.conv2d(x, torch.randn(6, 4, 1, 1, device=DEVICE), None, stride=2)  # strided: general kernel
+    CF.conv2d(x, torch.randn(6, 2, 1, 1, device=DEVICE), None, groups=2)  # grouped: general kernel
+    assert calls == [1]
+    assert c1.eligible(torch.empty(2, 2, 1, 1), [1, 1], [0, 0, 0, 0], 1)
+    assert not c1.eligible(torch.empty(2, 2, 1, 1), [1, 1], [1, 1, 1, 1], 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=["fp16", "bf16", "fp64"])
+def test_conv1x1_dtypes(dtype):
+    x = torch.randn(2, 24, 5, 5, device=DEVICE, dtype=dtype)
+    w = torch.randn(16, 24, 1, 1, device=DEVICE, dtype=dtype) / 5
+    b = torch.randn(16, device=DEVICE, dtype=dtype)
+    out = CF.conv2d_relu(x, w, b)
+    assert out.dtype == dtype
+    assert_close(out, F.relu(F.conv2d(x.double(), w.double(), b.double())), dtype)
+
+
+def test_gradcheck_fp64():
+    x = torch.randn(1, 5, 3, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w = torch.randn(3, 5, 1, 1, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    assert torch.autograd.gradcheck(CF.conv2d_relu, (x, w, b))
+
+
+def test_two_way_output_writes_only_its_slices():
+    """One GEMM over concatenated weights: columns go to a slice of one buffer and to another."""
+    x = torch.randn(2, 20, 5, 7, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(30, 20, 1, 1, device=DEVICE)
+    b = torch.randn(30, device=DEVICE)
+    out = poison_(torch.empty(2, 40, 5, 7, device=DEVICE).to(memory_format=torch.channels_last))
+    scratch = poison_(torch.empty(2, 18, 5, 7, device=DEVICE))
+    k1.conv1x1_forward(x, w, b, "relu", out[:, 3:15], scratch)
+    ref = F.relu(F.conv2d(x.double(), w.double(), b.double()))
+    assert_close(out[:, 3:15], ref[:, :12], torch.float32)
+    assert_close(scratch, ref[:, 12:], torch.float32)
+    assert torch.isnan(out[:, :3]).all() and torch.isnan(out[:, 15:]).all()
+
+
+def test_two_way_backward_with_accumulate():
+    x = torch.randn(2, 20, 5, 7, device=DEVICE)
+    w = torch.randn(30, 20, 1, 1, device=DEVICE)
+    b = torch.randn(30, device=DEVICE)
+    y = F.relu(F.conv2d(x, w, b))
+    g = torch.randn(2, 30, 5, 7, device=DEVICE)
+    xr, wr, br = (t.double().requires_grad_() for t in (x, w, b))
+    F.relu(F.conv2d(xr, wr, br)).backward(g.double())
+    dx = torch.ones(2, 20, 5, 7, device=DEVICE)
+    k1.conv1x1_backward_input(g[:, :12], y[:, :12], w, dx, "relu", dy1=g[:, 12:], y1=y[:, 12:], accumulate=True)
+    assert_close(dx - 1, xr.grad, torch.float32, name="grad_input")
+    dw, db = k1.conv1x1_backward_weight(x, g[:, :12], y[:, :12], w, "relu", True, dy1=g[:, 12:], y1=y[:, 12:])
+    assert_close(dw, wr.grad, torch.float32, name="grad_weight")
+    assert_close(db, br.grad, torch.float32, name="grad_bias")
+
+
+def test_static_sm90_conv1x1_hgmma_no_spills():
+    """Static, sm_90: the 1x1 GEMM configs compile without spills and use HGMMA for bf16/fp16."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom cnnkernels import report as R\n"
+        "specs = [s for s in R.kernel_specs() if s.name.startswith('conv1x1')]\n"
+        "res = list(R.run_report(specs))\nprint(R.format_table(res))\n"
+        "sys.exit(0 if res and all(r.ok for r in res) else 1)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

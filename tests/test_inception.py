@@ -1,0 +1,129 @@
+"""Zero-copy Inception block against the seed's torch.nn block, and proof that no
+concatenation copy runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE
+from torch import nn
+
+import cnnkernels.nn as cnn
+from cnnkernels import inception as inc
+from cnnkernels.testing import assert_close
+
+
+class SeedInception(nn.Module):
+    """The seed's block, torch.nn only (the reference)."""
+
+    def __init__(self, c1, c2, c3, c4):
+        super().__init__()
+        self.b1_1 = nn.LazyConv2d(c1, kernel_size=1)
+        self.b2_1 = nn.LazyConv2d(c2[0], kernel_size=1)
+        self.b2_2 = nn.LazyConv2d(c2[1], kernel_size=3, padding=1)
+        self.b3_1 = nn.LazyConv2d(c3[0], kernel_size=1)
+        self.b3_2 = nn.LazyConv2d(c3[1], kernel_size=5, padding=2)
+        self.b4_1 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.b4_2 = nn.LazyConv2d(c4, kernel_size=1)
+
+    def forward(self, x):
+        b1 = F.relu(self.b1_1(x))
+        b2 = F.relu(self.b2_2(F.relu(self.b2_1(x))))
+        b3 = F.relu(self.b3_2(F.relu(self.b3_1(x))))
+        b4 = F.relu(self.b4_2(self.b4_1(x)))
+        return torch.cat((b1, b2, b3, b4), dim=1)
+
+
+def _pair(c_in=12, spec=(8, (6, 10), (3, 5), 4), h=7, w=9):
+    ref = SeedInception(*spec).to(DEVICE)
+    ours = cnn.Inception(*spec).to(DEVICE)
+    x = torch.randn(2, c_in, h, w, device=DEVICE)
+    ref(x)
+    ours._materialize(x)
+    ours.load_state_dict(ref.state_dict())
+    return ours, ref, x
+
+
+@pytest.mark.parametrize("spec, c_in, hw", [
+    pytest.param((8, (6, 10), (3, 5), 4), 12, (7, 9), id="small-odd"),
+    pytest.param((16, (12, 20), (4, 8), 8), 24, (5, 5), id="googlenet-like"),
+    pytest.param((2, (3, 4), (1, 2), 1), 3, (1, 1), id="1x1-image"),
+])
+def test_inception_matches_seed_block(spec, c_in, hw):
+    ours, ref, x = _pair(c_in, spec, *hw)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    xa = x.clone().requires_grad_()
+    xb = x.double().requires_grad_()
+    refd = ref.double()
+    y = ours(xa)
+    yr = refd(xb)
+    g = torch.randn_like(yr)
+    y.backward(g.float())
+    yr.backward(g)
+    assert_close(y, yr, torch.float32)
+    assert_close(xa.grad, xb.grad, torch.float32, name="grad_input")
+    for (name, p), (_, pr) in zip(ours.named_parameters(), refd.named_parameters()):
+        assert_close(p.grad, pr.grad, torch.float32, name=f"grad {name}")
+
+
+def test_no_concatenation_copy(monkeypatch):
+    """Every branch's last conv writes straight into the block's output storage, and neither
+    torch.cat nor this library's cat touches an activation."""
+    ours, _, x = _pair()
+    writes = []
+    real_c = inc._kc.conv2d_forward
+    real_1 = inc._k1.conv1x1_forward
+
+    def conv(*a, out=None, **kw):
+        writes.append(out)
+        return real_c(*a, out=out, **kw)
+
+    def conv1(x_, w, b, act, y0, y1=None):
+        writes.append(y0)
+        return real_1(x_, w, b, act, y0, y1)
+
+    monkeypatch.setattr(inc._kc, "conv2d_forward", conv)
+    monkeypatch.setattr(inc._k1, "conv1x1_forward", conv1)
+    cat_inputs = []
+    real_cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda ts, *a, **kw: cat_inputs.append([t.shape for t in ts]) or real_cat(ts, *a, **kw))
+    import cnnkernels.kernels.cat as kcat
+
+    def no_cat(*a, **kw):
+        raise AssertionError("the concatenation kernel ran")
+
+    for name in dir(kcat):
+        if name.endswith("_forward") or name.endswith("_backward"):
+            monkeypatch.setattr(kcat, name, no_cat)
+    xa = x.clone().requires_grad_()
+    y = ours(xa)
+    y.sum().backward()
+    assert len(writes) == 4
+    storage = y.untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() == storage for t in writes)
+    # Only the tiny per-call stacking of the three 1x1 weights/biases uses torch.cat.
+    assert all(shapes[0][-2:] == (1, 1) or len(shapes[0]) == 1 for shapes in cat_inputs)
+
+
+def test_inception_unbatched_and_channel_error():
+    ours, ref, x = _pair()
+    out = ours(x[0])
+    assert out.shape == (27, 7, 9)
+    with pytest.raises(ValueError, match="input has 5 channels"):
+        ours(torch.randn(1, 5, 7, 9, device=DEVICE))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_inception_low_precision(dtype):
+    ours, ref, x = _pair()
+    y = ours.to(dtype)(x.to(dtype))
+    assert y.dtype == dtype
+    assert_close(y, ref.double()(x.to(dtype).double()), dtype)
+
+
+def test_inception_gradcheck_fp64():
+    ours, _, _ = _pair(3, (2, (2, 3), (1, 2), 1), 3, 4)
+    ours = ours.double()
+    x = torch.randn(1, 3, 3, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    assert torch.autograd.gradcheck(ours, (x,))

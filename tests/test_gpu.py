@@ -1,0 +1,86 @@
+"""GPU-only checks: the compiled kernels against cuDNN at sizes the interpreter cannot reach.
+
+Each test carries the ``gpu`` marker; without a CUDA device they are skipped with that reason
+(see conftest.py). ``make gpu-check`` runs them first."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE
+
+import cnnkernels.functional as CF
+from cnnkernels.testing import assert_close
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16"), pytest.param(torch.float32, id="fp32")]
+LAYERS = [
+    pytest.param(dict(n=32, c=1, h=224, k=96, r=11, stride=4, padding=1), id="alexnet-conv1"),
+    pytest.param(dict(n=32, c=96, h=26, k=256, r=5, stride=1, padding=2), id="alexnet-conv2"),
+    pytest.param(dict(n=16, c=64, h=112, k=128, r=3, stride=1, padding=1), id="vgg-conv2"),
+    pytest.param(dict(n=32, c=1, h=224, k=64, r=7, stride=2, padding=3), id="googlenet-stem"),
+    pytest.param(dict(n=32, c=192, h=28, k=64, r=1, stride=1, padding=0), id="inception-1x1"),
+    pytest.param(dict(n=32, c=96, h=28, k=128, r=3, stride=1, padding=1), id="inception-3x3"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", LAYERS)
+def test_conv_relu_vs_cudnn(layer, dtype):
+    x = torch.randn(layer["n"], layer["c"], layer["h"], layer["h"], device=DEVICE, dtype=dtype)
+    x = x.to(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(layer["k"], layer["c"], layer["r"], layer["r"], device=DEVICE, dtype=dtype) / (layer["c"] * layer["r"] ** 2) ** 0.5)
+    w = w.to(memory_format=torch.channels_last).requires_grad_()
+    b = torch.randn(layer["k"], device=DEVICE, dtype=dtype, requires_grad=True)
+    args = dict(stride=layer["stride"], padding=layer["padding"])
+    y = CF.conv2d_relu(x, w, b, **args)
+    dy = torch.randn_like(y)
+    gx, gw, gb = torch.autograd.grad(y, (x, w, b), dy)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    y64 = F.relu(F.conv2d(x64, w64, b64, **args))
+    rx, rw, rb = torch.autograd.grad(y64, (x64, w64, b64), dy.double())
+    torch_y = F.relu(F.conv2d(x.detach(), w.detach(), b.detach(), **args))
+    assert_close(y, y64, dtype, torch_out=torch_y)
+    assert_close(gx, rx, dtype, name="grad_input")
+    assert_close(gw, rw, dtype, name="grad_weight")
+    assert_close(gb, rb, dtype, name="grad_bias")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pools_vs_cudnn(dtype):
+    x = torch.randn(64, 96, 54, 54, device=DEVICE, dtype=dtype).to(memory_format=torch.channels_last)
+    y, idx = CF.max_pool2d(x, 3, 2, return_indices=True)
+    ry, ridx = F.max_pool2d(x, 3, 2, return_indices=True)
+    assert torch.equal(y, ry)
+    assert torch.equal(idx, ridx)
+    g = CF.adaptive_avg_pool2d(x, 1)
+    assert_close(g, F.adaptive_avg_pool2d(x.double(), 1), dtype)
+
+
+def test_more_than_2_pow_31_elements():
+    """A batch offset past 2**31 elements: the 64-bit offsets must hold (about 4.3 GB in bf16)."""
+    n, c, h = 33, 64, 1024  # 33 * 64 * 1024 * 1024 > 2**31
+    x = torch.randn(n, c, h, h, device=DEVICE, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    w = torch.randn(8, c, 1, 1, device=DEVICE, dtype=torch.bfloat16) / 8
+    y = CF.conv2d_relu(x, w, None)
+    ref_last = F.relu(F.conv2d(x[-1:].double(), w.double()))
+    assert_close(y[-1:], ref_last, torch.bfloat16)
+    del x, y
+
+
+def test_opcheck_full_on_gpu():
+    x = torch.randn(2, 3, 9, 9, device=DEVICE)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    b = torch.randn(4, device=DEVICE)
+    torch.library.opcheck(torch.ops.cnnkernels.conv2d.default, (x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], 1, "relu", True))
+
+
+def test_torch_compile_traces_the_ops():
+    x = torch.randn(4, 16, 20, 20, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(32, 16, 3, 3, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    fn = torch.compile(lambda a, c: CF.conv2d_relu(a, c, None, padding=1), fullgraph=True)
+    y = fn(x, w)
+    y.sum().backward()
+    assert_close(y, F.relu(F.conv2d(x.detach().double(), w.detach().double(), padding=1)), torch.bfloat16)

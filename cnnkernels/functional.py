@@ -18,3 +18,33 @@ def conv2d_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, group
     """``relu(conv2d(...))`` in one kernel: bias and ReLU fused on the accumulator; the
     backward takes its mask from the saved output. Same arguments as ``conv2d``."""
     return _conv.conv2d(input, weight, bias, stride, padding, dilation, groups, activation="relu")
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """``torch.nn.functional.max_pool2d``: any kernel size, stride (default kernel_size), padding
+    (at most half the kernel), dilation and ceil_mode; (N, C, H, W) or unbatched (C, H, W)
+    input, NCHW or channels_last (the output follows); fp16, bf16, fp32, fp64. NaN propagates
+    and ties pick the first maximum, as in torch; with ``return_indices`` also returns torch's
+    int64 flat indices into each input plane. The backward is deterministic (no atomics)."""
+    from . import pool as _pool
+
+    return _pool.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """``torch.nn.functional.adaptive_avg_pool2d``: ``output_size`` an int or a pair whose None
+    entries keep the input size. Output size 1 (global average pooling) runs its own
+    per-(n, c) reduction kernel. The backward is deterministic (no atomics)."""
+    from . import pool as _pool
+
+    return _pool.adaptive_avg_pool2d(input, output_size)
+
+
+def cat(tensors, dim=0):
+    """``torch.cat``: any dim (negative counts from the end), any rank >= 1, NCHW and
+    channels_last inputs (the output is channels_last exactly when torch's would be), sizes
+    that differ along ``dim``; all inputs of one float dtype and device. The backward returns
+    views (slices) of the gradient."""
+    from . import cat as _cat
+
+    return _cat.cat(tensors, dim)

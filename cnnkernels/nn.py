@@ -49,3 +49,26 @@ class LazyConv2dReLU(LazyConv2d):
 
     cls_to_become = Conv2dReLU
     _activation = F.conv2d_relu
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` on the ``cnnkernels`` max-pool kernels (same arguments and semantics)."""
+
+    def forward(self, input):
+        return F.max_pool2d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            ceil_mode=self.ceil_mode,
+            return_indices=self.return_indices,
+        )
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` on the ``cnnkernels`` kernels; output size 1 is the global
+    average-pooling reduction."""
+
+    def forward(self, input):
+        return F.adaptive_avg_pool2d(input, self.output_size)

@@ -28,13 +28,14 @@ from ._common import acc_dtype, check_runnable, pick_configs, shape_only, tl_dty
 
 def avgpool_configs() -> list[triton.Config]:
     """Tiles of BLOCK_M pixels x BLOCK_C channels for the adaptive and the global backward
-    kernels. Each GPU config compiles for sm_90 without spills (``cnnkernels.report``)."""
+    kernels, 16 elements per thread (each with its own 64-bit address: larger tiles cost
+    occupancy). Each GPU config compiles for sm_90 without spills (``cnnkernels.report``)."""
 
     def cfg(bm, bc, warps):
         return triton.Config({"BLOCK_M": bm, "BLOCK_C": bc}, num_warps=warps, num_stages=1)
 
     return pick_configs(
-        gpu=[cfg(64, 64, 4), cfg(32, 128, 4), cfg(128, 32, 4), cfg(256, 16, 4)],
+        gpu=[cfg(32, 64, 4), cfg(16, 128, 4), cfg(64, 32, 4), cfg(128, 16, 4)],
         interpreter=[cfg(256, 64, 4)],
     )
 
@@ -199,7 +200,8 @@ def _global_avg_pool2d_bwd_kernel(
     hw = (offs_m % (H * W)).to(tl.int32)
     g = tl.load(dy_ptr + (n_idx * stride_dyn)[:, None] + (offs_c * stride_dyc)[None, :], mask=mask, other=0.0)
     out = g.to(ACC_DTYPE) / (H * W)
-    dx_off = (n_idx * stride_dxn + (hw // W) * stride_dxh + (hw % W) * stride_dxw)[:, None] + (offs_c * stride_dxc)[None, :]
+    dx_pix = n_idx * stride_dxn + (hw // W) * stride_dxh + (hw % W) * stride_dxw
+    dx_off = dx_pix[:, None] + (offs_c * stride_dxc)[None, :]
     tl.store(dx_ptr + dx_off, out.to(dx_ptr.dtype.element_ty), mask=mask)
 
 

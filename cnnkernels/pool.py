@@ -1,0 +1,234 @@
+"""Max pooling and adaptive / global average pooling as ``torch.library`` ops and autograd
+functions.
+
+Ops (namespace ``cnnkernels``), each a ``triton_op`` so ``torch.compile`` traces them:
+``max_pool2d`` -> (Y, argmax, indices), ``max_pool2d_backward``, ``adaptive_avg_pool2d``,
+``adaptive_avg_pool2d_backward``, ``global_avg_pool2d``, ``global_avg_pool2d_backward``.
+
+Backward maths:
+    max pool:   dX[h,w] = sum over windows (p,q) whose saved argmax is the tap landing on (h,w)
+                of dY[p,q]; the forward saves only the small within-window argmax, not X.
+    adaptive:   dX[h,w] = sum over windows (p,q) containing (h,w) of dY[p,q] / (kh(p) kw(q)).
+    global:     dX[h,w] = dY / (H*W).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch._prims_common import suggest_memory_format
+from torch.autograd.function import once_differentiable
+
+from cnnkernels.kernels import avgpool as _ka
+from cnnkernels.kernels import pool as _k
+
+from ._utils import check_tensor, pair
+
+
+def _fmt(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    return suggest_memory_format(x) == torch.channels_last
+
+
+# ----------------------------------------------------------------------------------------------
+# Max pooling.
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.triton_op("cnnkernels::max_pool2d", mutates_args=())
+def max_pool2d_op(
+    x: Tensor,
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    ceil_mode: bool,
+    return_indices: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    y, arg, idx = _k.max_pool2d_forward(
+        x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), ceil_mode, return_indices
+    )
+    if idx is None:
+        idx = x.new_empty((0,), dtype=torch.int64)
+    return y, arg, idx
+
+
+@torch.library.triton_op("cnnkernels::max_pool2d_backward", mutates_args=())
+def max_pool2d_backward_op(
+    grad_out: Tensor,
+    argmax: Tensor,
+    input_shape: list[int],
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    channels_last: bool,
+) -> Tensor:
+    return _k.max_pool2d_backward(
+        grad_out,
+        argmax,
+        tuple(input_shape),
+        tuple(kernel_size),
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        _fmt(channels_last),
+    )
+
+
+class MaxPool2dFunction(torch.autograd.Function):
+    """(Y, indices) = max_pool2d(X) on the ``cnnkernels`` ops; 4-D X, arguments normalised by
+    ``max_pool2d_args``. Saves only the small within-window argmax for the backward; indices
+    (empty unless ``return_indices``) are not differentiable."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+        y, arg, idx = torch.ops.cnnkernels.max_pool2d(
+            x, kernel_size, stride, padding, dilation, ceil_mode, return_indices
+        )
+        ctx.geometry = (list(x.shape), kernel_size, stride, padding, dilation, _is_channels_last(x))
+        ctx.save_for_backward(arg)
+        ctx.mark_non_differentiable(idx)
+        return y, idx
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_idx):
+        (arg,) = ctx.saved_tensors
+        input_shape, kernel_size, stride, padding, dilation, channels_last = ctx.geometry
+        grad_x = torch.ops.cnnkernels.max_pool2d_backward(
+            grad_y, arg, input_shape, kernel_size, stride, padding, dilation, channels_last
+        )
+        return grad_x, None, None, None, None, None, None
+
+
+def _check_input(input, name: str = "input") -> None:
+    check_tensor(input, name, (3, 4))
+    spatial = input.shape[-3:]
+    if 0 in spatial:
+        raise ValueError(
+            f"{name} must have non-zero channel, height and width sizes (only the batch may be empty), "
+            f"got shape {tuple(input.shape)}"
+        )
+
+
+def max_pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode):
+    """Validate ``torch.nn.functional.max_pool2d`` arguments; return the 4-D input view, whether
+    it was unbatched, and normalised (kernel_size, stride, padding, dilation) as lists."""
+    _check_input(input)
+    kernel_size = pair(kernel_size, "kernel_size")
+    stride = kernel_size if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else stride
+    stride = pair(stride, "stride")
+    padding = pair(padding, "padding")
+    dilation = pair(dilation, "dilation")
+    if min(kernel_size) < 1:
+        raise ValueError(f"kernel_size must be positive, got {kernel_size}")
+    if min(stride) < 1:
+        raise ValueError(f"stride must be positive, got {stride}")
+    if min(dilation) < 1:
+        raise ValueError(f"dilation must be positive, got {dilation}")
+    if min(padding) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding}")
+    if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        raise ValueError(f"padding {padding} must be at most half of kernel_size {kernel_size}")
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    h, w = x.shape[2], x.shape[3]
+    p = _k.pool_output_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
+    q = _k.pool_output_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
+    if p < 1 or q < 1:
+        eff = (dilation[0] * (kernel_size[0] - 1) + 1, dilation[1] * (kernel_size[1] - 1) + 1)
+        raise ValueError(
+            f"kernel_size {eff} (dilated) is larger than the padded input {(h + 2 * padding[0], w + 2 * padding[1])}"
+        )
+    return x, unbatched, list(kernel_size), list(stride), list(padding), list(dilation)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Body of ``functional.max_pool2d``."""
+    if not isinstance(return_indices, bool):
+        raise TypeError(f"return_indices must be a bool, got {return_indices!r}")
+    x, unbatched, kernel_size, stride, padding, dilation = max_pool2d_args(
+        input, kernel_size, stride, padding, dilation, ceil_mode
+    )
+    y, idx = MaxPool2dFunction.apply(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    if unbatched:
+        y = y.squeeze(0)
+        idx = idx.squeeze(0) if return_indices else idx
+    return (y, idx) if return_indices else y
+
+
+# ----------------------------------------------------------------------------------------------
+# Adaptive and global average pooling.
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.triton_op("cnnkernels::adaptive_avg_pool2d", mutates_args=())
+def adaptive_avg_pool2d_op(x: Tensor, output_size: list[int]) -> Tensor:
+    return _ka.adaptive_avg_pool2d_forward(x, tuple(output_size))
+
+
+@torch.library.triton_op("cnnkernels::adaptive_avg_pool2d_backward", mutates_args=())
+def adaptive_avg_pool2d_backward_op(grad_out: Tensor, input_shape: list[int], channels_last: bool) -> Tensor:
+    return _ka.adaptive_avg_pool2d_backward(grad_out, tuple(input_shape), _fmt(channels_last))
+
+
+@torch.library.triton_op("cnnkernels::global_avg_pool2d", mutates_args=())
+def global_avg_pool2d_op(x: Tensor) -> Tensor:
+    return _ka.global_avg_pool2d_forward(x)
+
+
+@torch.library.triton_op("cnnkernels::global_avg_pool2d_backward", mutates_args=())
+def global_avg_pool2d_backward_op(grad_out: Tensor, input_shape: list[int], channels_last: bool) -> Tensor:
+    return _ka.global_avg_pool2d_backward(grad_out, tuple(input_shape), _fmt(channels_last))
+
+
+class AdaptiveAvgPool2dFunction(torch.autograd.Function):
+    """Y = adaptive_avg_pool2d(X, output_size) on the ``cnnkernels`` ops, 4-D X. Output size
+    (1, 1) runs the global-average reduction kernels; anything else the windowed ones."""
+
+    @staticmethod
+    def forward(ctx, x, output_size):
+        is_global = list(output_size) == [1, 1]
+        if is_global:
+            y = torch.ops.cnnkernels.global_avg_pool2d(x)
+        else:
+            y = torch.ops.cnnkernels.adaptive_avg_pool2d(x, output_size)
+        ctx.geometry = (list(x.shape), is_global, _is_channels_last(x))
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        input_shape, is_global, channels_last = ctx.geometry
+        if is_global:
+            grad_x = torch.ops.cnnkernels.global_avg_pool2d_backward(grad_y, input_shape, channels_last)
+        else:
+            grad_x = torch.ops.cnnkernels.adaptive_avg_pool2d_backward(grad_y, input_shape, channels_last)
+        return grad_x, None
+
+
+def adaptive_output_size(output_size, input_hw: tuple[int, int]) -> list[int]:
+    """``output_size`` as torch takes it (an int, or a pair whose None entries keep the input
+    size), normalised to a list of two positive ints."""
+    if isinstance(output_size, (list, tuple)) and len(output_size) == 2:
+        output_size = tuple(d if v is None else v for v, d in zip(output_size, input_hw))
+    size = pair(output_size, "output_size")
+    if min(size) < 1:
+        raise ValueError(f"output_size must be positive, got {size}")
+    return list(size)
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Body of ``functional.adaptive_avg_pool2d``."""
+    _check_input(input)
+    size = adaptive_output_size(output_size, tuple(input.shape[-2:]))
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    y = AdaptiveAvgPool2dFunction.apply(x, size)
+    return y.squeeze(0) if unbatched else y

@@ -1,0 +1,572 @@
+"""Shared pieces of the benchmark suites and of ``gpu_check.py``: parameter grids, the callables
+each provider runs, timing, and the ``extra_info`` every result carries.
+
+Providers
+    ``cnnkernels``                  the fused Triton kernels (``cnnkernels.functional`` / ``cnnkernels.models``)
+    ``cudnn``                       ``torch.nn`` eager on channels_last tensors (cuDNN; ``cudnn.benchmark`` on)
+    ``torch.compile``               the ``torch.nn`` reference under ``torch.compile`` (default mode)
+    ``torch.compile-max-autotune``  the same with ``mode="max-autotune"``
+
+Shapes come from ``cnnkernels.roofline.layer_table`` at the seed's 224x224x1 input and batch
+128 (one source of truth with the roofline); layers of identical geometry are benchmarked once,
+under the first layer's name, and ``extra_info["same_shape_layers"]`` lists the others.
+
+Timing
+    Warm-up calls first (compilation, autotuning and cuDNN's algorithm search stay out), then
+    ``benchmark.pedantic`` rounds of one call each, the callable ending in
+    ``torch.cuda.synchronize()`` so a round is the GPU time plus one launch/sync; the median is
+    reported. Rounds are sized from a CUDA-event estimate to ~0.5 s per benchmark (5..100).
+    Launch overhead dominates only at batch 1: the models' CUDA-graph variant removes it.
+
+Speedup vs cudnn
+    Each ``cudnn`` result stores its median in a per-session dict keyed by the benchmark group
+    (op, layer or model, dtype, mode, batch). Any other provider divides that median by its own.
+    If the cudnn case has not run yet in this session (ordering, ``-k`` selection), the cudnn
+    callable is built and timed on the spot with the same warm-up and CUDA-event median and
+    cached; ``extra_info["cudnn_median_source"]`` says which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import statistics
+from collections.abc import Callable
+
+from cnnkernels import roofline
+
+try:
+    import pytest
+except ImportError:  # gpu_check.py uses the helpers below and runs without pytest installed
+    pytest = None
+
+
+def _param(*values, id: str):
+    """A ``pytest.param`` with an id (the bare values where pytest is absent)."""
+    return pytest.param(*values, id=id) if pytest is not None else values
+
+
+DEVICE = "cuda"  # the benchmarks time GPU work only
+
+SKIP_REASON = "needs a CUDA GPU: the interpreter measures nothing about speed"
+
+PROVIDER_NAMES = ("cudnn", "cnnkernels", "torch.compile", "torch.compile-max-autotune")
+PROVIDERS = [_param(p, id=p) for p in PROVIDER_NAMES]
+
+IMAGE = (1, 224, 224)  # the seed's (C, H, W)
+LAYER_BATCH = 128
+MODEL_BATCHES = [_param(b, id=f"batch{b}") for b in (1, 32, 128)]
+DTYPE_IDS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+MODES = [_param(m, id=m) for m in ("forward", "backward", "train")]
+DTYPES = [_param(d, id=DTYPE_IDS[d]) for d in DTYPE_IDS]
+
+# Per-layer grid: bf16 in every mode, fp16 and fp32 forward only.
+_LAYER_GRID = [
+    ("bfloat16", "forward"),
+    ("bfloat16", "backward"),
+    ("bfloat16", "train"),
+    ("float16", "forward"),
+    ("float32", "forward"),
+]
+LAYER_CASES = [_param(d, m, id=f"{DTYPE_IDS[d]}-{m}") for d, m in _LAYER_GRID]
+# Pooling has no parameters: "train" would equal forward + backward.
+NO_PARAM_CASES = [_param(d, m, id=f"{DTYPE_IDS[d]}-{m}") for d, m in _LAYER_GRID if m != "train"]
+# Concatenation's backward only slices the gradient (views in torch): forward only.
+FORWARD_CASES = [_param(d, m, id=f"{DTYPE_IDS[d]}-{m}") for d, m in _LAYER_GRID if m == "forward"]
+
+
+# --------------------------------------------------------------------------------------------
+# Layer cases from the roofline tables
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCase:
+    """One benchmarked layer geometry: the first layer (of ``model``) that has it, and the rest."""
+
+    model: str
+    name: str
+    same_shape_layers: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}.{self.name}"
+
+    def layer(self, dtype: str = "bfloat16", batch: int = LAYER_BATCH) -> roofline.Layer:
+        return _layer(self.model, self.name, dtype, batch)
+
+
+@functools.cache
+def _table(model: str, dtype: str, batch: int) -> dict[str, roofline.Layer]:
+    return {r.name: r for r in roofline.layer_table(model, (batch, *IMAGE), dtype=dtype)}
+
+
+def _layer(model: str, name: str, dtype: str, batch: int) -> roofline.Layer:
+    return _table(model, dtype, batch)[name]
+
+
+def _geometry(r: roofline.Layer) -> tuple:
+    return (
+        r.kind,
+        r.in_shape,
+        r.out_shape,
+        r.kernel,
+        r.stride,
+        r.padding,
+        r.relu,
+        r.needs_input_grad,
+        r.branch_channels,
+    )
+
+
+def layer_cases(predicate: Callable[[roofline.Layer], bool]) -> list[LayerCase]:
+    """Distinct geometries of the layers (of all four models, batch 128) for which ``predicate`` holds."""
+    seen: dict[tuple, list] = {}
+    for model in roofline.MODELS:
+        for r in _table(model, "bfloat16", LAYER_BATCH).values():
+            if predicate(r):
+                seen.setdefault(_geometry(r), []).append(f"{model}.{r.name}")
+    cases = []
+    for names in seen.values():
+        model, name = names[0].split(".", 1)
+        cases.append(LayerCase(model, name, tuple(names[1:])))
+    return cases
+
+
+def layer_params(predicate: Callable[[roofline.Layer], bool]) -> list:
+    return [_param(c, id=c.id) for c in layer_cases(predicate)]
+
+
+def shape_str(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Environment
+
+
+@functools.cache
+def gpu_info() -> dict:
+    import torch
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    name = torch.cuda.get_device_name(0)
+    return {
+        "gpu": name,
+        "capability": f"{props.major}.{props.minor}",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "roofline_gpu": roofline.ceiling_for(name),
+    }
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+def cuda_median_s(fn: Callable[[], object], rounds: int) -> float:
+    """Median over ``rounds`` calls of ``fn``, each timed with CUDA events."""
+    import torch
+
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def warm_up(fn: Callable[[], object], calls: int = 3) -> float:
+    """Call ``fn`` ``calls`` times (compilation, autotuning), then return a 3-call median estimate."""
+    import torch
+
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return cuda_median_s(fn, 3)
+
+
+def rounds_for(estimate_s: float, target_s: float = 0.5, lo: int = 5, hi: int = 100) -> int:
+    return max(lo, min(hi, int(target_s / max(estimate_s, 1e-7))))
+
+
+def measure(benchmark, fn: Callable[[], object], *, warmup: int = 3) -> float:
+    """Warm ``fn`` up, time it with ``benchmark.pedantic`` (synchronised rounds), return the median (s)."""
+    import torch
+
+    est = warm_up(fn, warmup)
+    rounds = rounds_for(est)
+
+    def synced():
+        fn()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(synced, rounds=rounds, warmup_rounds=1, iterations=1)
+    stats = getattr(benchmark, "stats", None)
+    if stats:  # None or empty when pytest-benchmark is disabled: fall back to CUDA events
+        return float(stats.stats.median)
+    return cuda_median_s(fn, rounds)
+
+
+_CUDNN_MEDIANS: dict[str, tuple[float, str]] = {}
+
+
+def cudnn_median(key: str, build_cudnn: Callable[[], Callable[[], object]]) -> tuple[float, str]:
+    """The cudnn median (s) for ``key``: this session's cudnn benchmark, else measured now and cached."""
+    if key not in _CUDNN_MEDIANS:
+        fn = build_cudnn()
+        est = warm_up(fn)
+        _CUDNN_MEDIANS[key] = (cuda_median_s(fn, rounds_for(est)), "measured on the spot (CUDA events)")
+    return _CUDNN_MEDIANS[key]
+
+
+def record(
+    benchmark,
+    *,
+    provider: str,
+    median_s: float,
+    dtype: str,
+    shape: str,
+    mode: str,
+    flops: float,
+    nbytes: float,
+    flops_formula: str,
+    bytes_formula: str,
+    floor: dict[str, float],
+    build_cudnn: Callable[[], Callable[[], object]] | None,
+    **extra,
+) -> None:
+    """Fill ``benchmark.extra_info`` for one result; ``floor`` maps GPU_CEILINGS keys to floor seconds."""
+    info = dict(gpu_info())
+    key = benchmark.group
+    gpu = info["roofline_gpu"]
+    info.update(
+        provider=provider,
+        dtype=dtype,
+        shape=shape,
+        mode=mode,
+        median_ms=median_s * 1e3,
+        tflops=flops / median_s / 1e12 if flops else None,
+        tflops_formula=f"({flops_formula}) / median" if flops else None,
+        gbps=nbytes / median_s / 1e9,
+        gbps_formula=f"({bytes_formula}) / median",
+        floor_ms=floor[gpu] * 1e3 if gpu else None,
+        roofline_fraction=floor[gpu] / median_s if gpu else None,
+        roofline_note=(
+            f"floor = max(FLOPs / peak, bytes / bandwidth) with {roofline.GPU_CEILINGS[gpu].name} ceilings"
+            if gpu
+            else "no roofline ceilings for this GPU in cnnkernels.roofline.GPU_CEILINGS"
+        ),
+    )
+    if provider == "cudnn":
+        _CUDNN_MEDIANS[key] = (median_s, "this session's cudnn benchmark")
+        info.update(speedup_vs_cudnn=1.0, cudnn_median_source="itself")
+    elif build_cudnn is not None:
+        ref, source = cudnn_median(key, build_cudnn)
+        info.update(speedup_vs_cudnn=ref / median_s, cudnn_median_ms=ref * 1e3, cudnn_median_source=source)
+    info.update(extra)
+    benchmark.extra_info.update(info)
+
+
+# --------------------------------------------------------------------------------------------
+# Callables per provider. Each builder returns a zero-argument callable running one step of
+# ``mode``; tensors are channels_last on the GPU.
+
+
+def _compile(fn, provider: str):
+    import torch
+
+    # A fresh dynamo cache per benchmark: every case compiles the same code object at a new
+    # shape, and the per-code recompile limit would otherwise silently fall back to eager.
+    torch._dynamo.reset()
+    if provider == "torch.compile":
+        return torch.compile(fn, dynamic=False)
+    if provider == "torch.compile-max-autotune":
+        return torch.compile(fn, mode="max-autotune", dynamic=False)
+    raise ValueError(f"not a torch.compile provider: {provider!r}")
+
+
+def _mode_callable(op, inputs, params, mode: str):
+    """forward (no grad), backward (autograd.grad of a retained graph) or train (fwd + bwd + SGD)."""
+    import torch
+
+    if mode == "forward":
+
+        def forward():
+            with torch.no_grad():
+                return op(*inputs)
+
+        return forward
+    wants = [t for t in (*inputs, *params) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if mode == "backward":
+        y = op(*inputs)
+        g = torch.randn_like(y)
+
+        def backward():
+            return torch.autograd.grad(y, wants, g, retain_graph=True)
+
+        return backward
+    if mode == "train":
+        opt = torch.optim.SGD([p for p in params if p.requires_grad], lr=1e-4, foreach=True)
+        g = torch.randn_like(op(*inputs).detach())
+
+        grad_inputs = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+        def train():
+            opt.zero_grad(set_to_none=True)
+            for t in grad_inputs:  # as in a network: dX is a fresh tensor, not accumulated
+                t.grad = None
+            op(*inputs).backward(g)
+            opt.step()
+
+        return train
+    raise ValueError(f"mode must be forward, backward or train, got {mode!r}")
+
+
+def _activation(shape, dtype, requires_grad: bool):
+    import torch
+
+    x = torch.randn(shape, device=DEVICE, dtype=torch_dtype(dtype))
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_(requires_grad)
+
+
+def conv_callable(layer: roofline.Layer, provider: str, mode: str):
+    """Conv (+ bias + ReLU when the layer has it) of ``layer``'s geometry."""
+    import torch
+    import torch.nn.functional as F
+
+    n, c, h, w = layer.in_shape
+    k = layer.out_shape[1]
+    r, s = layer.kernel
+    grad = mode != "forward"
+    x = _activation(layer.in_shape, layer.dtype, grad and layer.needs_input_grad)
+    weight = (torch.randn(k, c, r, s, device=DEVICE) * (c * r * s) ** -0.5).to(torch_dtype(layer.dtype))
+    weight = weight.contiguous(memory_format=torch.channels_last).requires_grad_(grad)
+    bias = (0.1 * torch.randn(k, device=DEVICE)).to(torch_dtype(layer.dtype)).requires_grad_(grad)
+    stride, padding, relu = layer.stride, layer.padding, layer.relu
+    if provider == "cnnkernels":
+        import cnnkernels.functional as CF
+
+        fused = CF.conv2d_relu if relu else CF.conv2d
+
+        def op(x, w, b):
+            return fused(x, w, b, stride, padding)
+
+    else:
+
+        def op(x, w, b):
+            y = F.conv2d(x, w, b, stride, padding)
+            return F.relu(y) if relu else y
+
+        if provider != "cudnn":
+            op = _compile(op, provider)
+    return _mode_callable(op, (x, weight, bias), (weight, bias), mode)
+
+
+def pool_callable(layer: roofline.Layer, provider: str, mode: str):
+    """Max pooling or global average pooling of ``layer``'s geometry."""
+    import torch.nn.functional as F
+
+    x = _activation(layer.in_shape, layer.dtype, mode != "forward")
+    if provider == "cnnkernels":
+        import cnnkernels.functional as lib
+    else:
+        lib = F
+    if layer.kind == "maxpool":
+        kernel, stride, padding = layer.kernel, layer.stride, layer.padding
+
+        def op(x):
+            return lib.max_pool2d(x, kernel, stride, padding)
+
+    elif layer.kind == "avgpool":
+
+        def op(x):
+            return lib.adaptive_avg_pool2d(x, (1, 1))
+
+    else:
+        raise ValueError(f"not a pooling layer: {layer.kind}")
+    if provider not in ("cnnkernels", "cudnn"):
+        op = _compile(op, provider)
+    return _mode_callable(op, (x,), (), mode)
+
+
+def cat_callable(layer: roofline.Layer, provider: str, mode: str):
+    """Channel concatenation of an Inception block's four branch outputs (standalone: a copy)."""
+    import torch
+
+    n, _, h, w = layer.out_shape
+    branches = [_activation((n, ci, h, w), layer.dtype, mode != "forward") for ci in layer.branch_channels]
+    if provider == "cnnkernels":
+        import cnnkernels.functional as CF
+
+        def op(*xs):
+            return CF.cat(xs, dim=1)
+
+    else:
+
+        def op(*xs):
+            return torch.cat(xs, dim=1)
+
+        if provider != "cudnn":
+            op = _compile(op, provider)
+    return _mode_callable(op, branches, (), mode)
+
+
+def cat_bytes(layer: roofline.Layer) -> int:
+    """A standalone concatenation reads and writes every branch output once."""
+    return (
+        2
+        * layer.out_shape[0]
+        * sum(layer.branch_channels)
+        * layer.out_shape[2]
+        * layer.out_shape[3]
+        * roofline.DTYPE_BYTES[layer.dtype]
+    )
+
+
+def bench_layer(benchmark, op: str, case: LayerCase, dtype: str, mode: str, provider: str, builder) -> None:
+    """The body of every per-layer benchmark: build ``builder(layer, provider, mode)``, time it,
+    record FLOPs, bytes and the roofline floor of ``case``'s layer. Concatenation is timed as the
+    standalone copy it is outside a fused Inception block (``cat_bytes``)."""
+    layer = case.layer(dtype)
+    benchmark.group = f"{op}:{case.id}:{dtype}:{mode}"
+    median = measure(benchmark, builder(layer, provider, mode))
+    if layer.kind == "cat":
+        if mode != "forward":
+            raise ValueError("concatenation is benchmarked forward only")
+        moved, formula = cat_bytes(layer), "2*N*sum(C_i)*H*W * bytes"
+        floor = {g: moved / c.bandwidth for g, c in roofline.GPU_CEILINGS.items()}
+    else:
+        moved, formula = layer.nbytes(mode), layer.formula("bytes", mode)
+        floor = {g: layer.floor_s(g, mode) for g in roofline.GPU_CEILINGS}
+    record(
+        benchmark,
+        provider=provider,
+        median_s=median,
+        dtype=dtype,
+        shape=f"in {shape_str(layer.in_shape)} -> out {shape_str(layer.out_shape)}",
+        mode=mode,
+        flops=layer.flops(mode),
+        nbytes=moved,
+        flops_formula=layer.formula("flops", mode),
+        bytes_formula=formula,
+        floor=floor,
+        build_cudnn=lambda: builder(layer, "cudnn", mode),
+        layer=case.id,
+        kernel=layer.kernel,
+        stride=layer.stride,
+        padding=layer.padding,
+        same_shape_layers=list(case.same_shape_layers),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def _is_lazy(model) -> bool:
+    from torch.nn.parameter import is_lazy
+
+    return any(is_lazy(p) for p in model.parameters())
+
+
+def model_kwargs(name: str) -> dict:
+    return {"arch": roofline.VGG11_ARCH, "num_classes": 10} if name == "VGG" else {"num_classes": 10}
+
+
+def make_models(name: str, which: tuple[str, ...] = ("cnnkernels", "reference")) -> dict:
+    """``{"cnnkernels": model, "reference": model}`` on the CPU in fp32 with identical weights.
+
+    The reference twin (``cnnkernels.models.reference``) is built and, if lazy, materialised by a
+    CPU forward at the seed's input; the fused model is ``cnnkernels.models.from_reference`` of it
+    (same constructor arguments, ``load_state_dict``)."""
+    import cnnkernels.models as fused
+    import torch
+    from cnnkernels.models import reference
+
+    torch.manual_seed(0)
+    ref = getattr(reference, name)(**model_kwargs(name))
+    if _is_lazy(ref):
+        with torch.no_grad():
+            ref.eval()(torch.zeros(1, *IMAGE))
+    out = {}
+    if "reference" in which:
+        out["reference"] = ref
+    if "cnnkernels" in which:
+        out["cnnkernels"] = fused.from_reference(ref)
+    return out
+
+
+def model_on_gpu(name: str, provider: str, dtype: str):
+    """The model ``provider`` runs, on the GPU in ``dtype``, channels_last (not yet compiled)."""
+    import torch
+
+    impl = "cnnkernels" if provider == "cnnkernels" else "reference"
+    model = make_models(name, (impl,))[impl]
+    return model.to(device=DEVICE, dtype=torch_dtype(dtype), memory_format=torch.channels_last)
+
+
+def model_callable(name: str, provider: str, dtype: str, mode: str, batch: int):
+    """forward (eval, no grad), backward (grads of all parameters) or train (fwd + cross-entropy +
+    bwd + SGD step) of a whole model on a (batch, 1, 224, 224) input."""
+    import torch
+    import torch.nn.functional as F
+
+    model = model_on_gpu(name, provider, dtype)
+    model.train(mode != "forward")
+    net = model if provider in ("cnnkernels", "cudnn") else _compile(model, provider)
+    x = _activation((batch, *IMAGE), dtype, False)
+    if mode == "train":
+        labels = torch.randint(0, 10, (batch,), device=DEVICE)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, foreach=True)
+
+        def train():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x).float(), labels).backward()
+            opt.step()
+
+        return train
+    return _mode_callable(net, (x,), tuple(model.parameters()), mode)
+
+
+def model_cudagraph_callable(name: str, provider: str, dtype: str, batch: int):
+    """Forward (eval, no grad) replayed from a CUDA graph; torch.compile uses its own
+    ``mode="reduce-overhead"`` (CUDA graphs) instead of a manual capture."""
+    import torch
+
+    model = model_on_gpu(name, provider, dtype).eval()
+    x = _activation((batch, *IMAGE), dtype, False)
+    if provider == "torch.compile":
+        torch._dynamo.reset()
+        net = torch.compile(model, mode="reduce-overhead", dynamic=False)
+
+        def forward():
+            torch.compiler.cudagraph_mark_step_begin()  # a new inference step: replay, not re-record
+            with torch.no_grad():
+                return net(x)
+
+        return forward
+    if provider not in ("cnnkernels", "cudnn"):
+        raise ValueError(f"no CUDA-graph variant for provider {provider!r}")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(stream):
+        for _ in range(3):  # autotuning and cuDNN's search happen before the capture
+            model(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        model(x)
+    return graph.replay

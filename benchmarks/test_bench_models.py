@@ -1,0 +1,94 @@
+"""Whole models: AlexNet, VGG-11, NiN and GoogLeNet on the seed's (batch, 1, 224, 224) input.
+
+Full grid: model x batch {1, 32, 128} x mode {forward (eval, no grad), backward (gradients of all
+parameters through a retained graph, train-mode dropout), train (forward + cross-entropy +
+backward + SGD step)} x dtype {bf16, fp16, fp32} x provider {cnnkernels, cudnn,
+torch.compile, torch.compile-max-autotune}. The cudnn and torch.compile providers run the
+``torch.nn`` reference twin (``cnnkernels.models.reference``) with the same weights.
+
+Batch 1 is dominated by launch overhead when timed eagerly, so ``test_model_cudagraph`` times
+the bf16 forward replayed from a CUDA graph (torch.compile: ``mode="reduce-overhead"``).
+FLOPs, bytes and floors are ``cnnkernels.roofline.model_totals`` (sums of the per-layer counts).
+"""
+
+import pytest
+from _common import (
+    DTYPES,
+    MODEL_BATCHES,
+    MODES,
+    PROVIDERS,
+    measure,
+    model_callable,
+    model_cudagraph_callable,
+    record,
+)
+
+from cnnkernels import roofline
+
+MODELS = [pytest.param(m, id=m) for m in roofline.MODELS]
+CUDAGRAPH_PROVIDERS = [pytest.param(p, id=p) for p in ("cudnn", "cnnkernels", "torch.compile")]
+
+FLOPS_FORMULA = "sum over layers: conv 2*N*K*P*Q*C*R*S, linear 2*N*IN*OUT, pools 1 per element read; backward 2x conv/linear (1x the first layer); train adds 2 per parameter (SGD)"
+BYTES_FORMULA = "sum over layers of each input, weight and output once (ReLU fused, concatenation in place); train adds 3 per parameter (SGD) * bytes"
+
+
+def _record_model(benchmark, model, batch, dtype, mode, provider, median, build_cudnn, **extra):
+    t = roofline.model_totals(model, batch=batch, dtype=dtype)
+    record(
+        benchmark,
+        provider=provider,
+        median_s=median,
+        dtype=dtype,
+        shape=f"{batch}x1x224x224",
+        mode=mode,
+        flops=t.flops(mode),
+        nbytes=t.nbytes(mode),
+        flops_formula=FLOPS_FORMULA,
+        bytes_formula=BYTES_FORMULA,
+        floor={g: t.floor_s(g, mode) for g in roofline.GPU_CEILINGS},
+        build_cudnn=build_cudnn,
+        model=model,
+        batch=batch,
+        params=t.params,
+        unfused_extra_bytes=t.unfused_extra_bytes(mode),
+        **extra,
+    )
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch", MODEL_BATCHES)
+@pytest.mark.parametrize("model", MODELS)
+def test_model(benchmark, model, batch, mode, dtype, provider):
+    benchmark.group = f"model:{model}:batch{batch}:{dtype}:{mode}"
+    median = measure(benchmark, model_callable(model, provider, dtype, mode, batch))
+    _record_model(
+        benchmark,
+        model,
+        batch,
+        dtype,
+        mode,
+        provider,
+        median,
+        lambda: model_callable(model, "cudnn", dtype, mode, batch),
+    )
+
+
+@pytest.mark.parametrize("provider", CUDAGRAPH_PROVIDERS)
+@pytest.mark.parametrize("model", MODELS)
+def test_model_cudagraph(benchmark, model, provider):
+    batch, dtype, mode = 1, "bfloat16", "forward"
+    benchmark.group = f"model-cudagraph:{model}:batch{batch}:{dtype}:{mode}"
+    median = measure(benchmark, model_cudagraph_callable(model, provider, dtype, batch))
+    _record_model(
+        benchmark,
+        model,
+        batch,
+        dtype,
+        mode,
+        provider,
+        median,
+        lambda: model_cudagraph_callable(model, "cudnn", dtype, batch),
+        cuda_graph=True,
+    )

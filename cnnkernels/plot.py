@@ -1,0 +1,137 @@
+"""Grouped bar chart of the fused models' speedups from a ``benchmarks/gpu_check.py`` results.json.
+
+    python -m cnnkernels.plot results.json -o speedup.png [--dtype bfloat16] [--batch 128]
+
+One group of bars per (model, mode); one bar per baseline (cudnn, torch.compile,
+torch.compile-max-autotune, whichever the file holds): speedup = baseline median / cnnkernels
+median, so above 1 means the fused model is faster. A dashed line marks 1.
+
+matplotlib is imported only when drawing; it is the optional ``plot`` extra
+(``pip install 'cnnkernels[plot]'``). ``speedups`` needs nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+BASELINES = ("cudnn", "torch.compile", "torch.compile-max-autotune")
+MODES = ("forward", "backward", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class Speedup:
+    model: str
+    mode: str
+    baseline: str
+    speedup: float  # baseline median / cnnkernels median
+
+
+def load(path: str | Path) -> dict:
+    with open(path) as f:
+        results = json.load(f)
+    if not isinstance(results, dict) or not isinstance(results.get("models"), list):
+        raise ValueError(f"{path}: not a gpu_check results.json (no 'models' list)")
+    return results
+
+
+def speedups(results: dict, *, dtype: str | None = None, batch: int | None = None) -> tuple[list[Speedup], str, int]:
+    """Speedups of cnnkernels over each baseline per (model, mode), for one dtype and batch.
+
+    ``dtype`` defaults to bfloat16 when present (else the first dtype found), ``batch`` to the
+    largest batch of that dtype. Returns the speedups, the dtype and the batch used."""
+    rows = [r for r in results.get("models", []) if r.get("status", "ok") == "ok" and r.get("median_ms")]
+    if not rows:
+        raise ValueError("no successful model measurements in the results")
+    dtypes = [r["dtype"] for r in rows]
+    dtype = dtype or ("bfloat16" if "bfloat16" in dtypes else dtypes[0])
+    batches = [r["batch"] for r in rows if r["dtype"] == dtype]
+    if not batches:
+        raise ValueError(f"no model measurements in {dtype}")
+    batch = batch if batch is not None else max(batches)
+    med = {
+        (r["model"], r["mode"], r["provider"]): r["median_ms"]
+        for r in rows
+        if r["dtype"] == dtype and r["batch"] == batch
+    }
+    out = []
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for model in models:
+        for mode in MODES:
+            ours = med.get((model, mode, "cnnkernels"))
+            if not ours:
+                continue
+            for base in BASELINES:
+                if (model, mode, base) in med:
+                    out.append(Speedup(model, mode, base, med[(model, mode, base)] / ours))
+    if not out:
+        raise ValueError(f"no cnnkernels result with a baseline to compare at {dtype}, batch {batch}")
+    return out, dtype, batch
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(
+            "plotting needs matplotlib, the optional 'plot' extra: pip install 'cnnkernels[plot]'"
+        ) from None
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_speedups(
+    results: dict | str | Path, output: str | Path, *, dtype: str | None = None, batch: int | None = None
+) -> Path:
+    """Draw the grouped bar chart into ``output`` (format from its suffix, e.g. .png) and return its path."""
+    if not isinstance(results, dict):
+        results = load(results)
+    data, dtype, batch = speedups(results, dtype=dtype, batch=batch)
+    plt = _pyplot()
+    groups = list(dict.fromkeys((s.model, s.mode) for s in data))
+    bases = [b for b in BASELINES if any(s.baseline == b for s in data)]
+    value = {(s.model, s.mode, s.baseline): s.speedup for s in data}
+    width = 0.8 / len(bases)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) + 2), 4.5))
+    for i, base in enumerate(bases):
+        xs = [g + (i - (len(bases) - 1) / 2) * width for g in range(len(groups))]
+        ys = [value.get((m, mode, base), 0.0) for m, mode in groups]
+        bars = ax.bar(xs, ys, width, label=f"vs {base}")
+        ax.bar_label(bars, labels=[f"{y:.2f}" if y else "" for y in ys], fontsize=7, padding=1)
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xticks(range(len(groups)), [f"{m}\n{mode}" for m, mode in groups])
+    ax.set_ylabel("speedup of cnnkernels (baseline time / cnnkernels time)")
+    meta = results.get("meta", {})
+    ax.set_title(f"{meta.get('gpu', 'GPU ?')}, {dtype}, batch {batch} ({meta.get('date', 'undated')})")
+    ax.legend()
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cnnkernels.plot", description=__doc__.splitlines()[0])
+    ap.add_argument("results", help="results.json written by benchmarks/gpu_check.py")
+    ap.add_argument("-o", "--output", default="speedup.png", help="image to write (default speedup.png)")
+    ap.add_argument("--dtype", default=None, help="dtype to plot (default bfloat16)")
+    ap.add_argument("--batch", type=int, default=None, help="batch to plot (default the largest)")
+    args = ap.parse_args(argv)
+    try:
+        path = plot_speedups(args.results, args.output, dtype=args.dtype, batch=args.batch)
+    except (ImportError, ValueError, OSError) as exc:
+        print(f"cnnkernels.plot: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

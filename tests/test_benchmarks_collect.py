@@ -1,0 +1,135 @@
+"""The benchmark suites collect everywhere and skip without a GPU; gpu_check refuses to run
+without one and formats its report. Nothing here measures speed."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+SKIP_REASON = "needs a CUDA GPU: the interpreter measures nothing about speed"
+BENCH_FILES = (
+    "test_bench_conv.py",
+    "test_bench_conv1x1.py",
+    "test_bench_pool.py",
+    "test_bench_cat.py",
+    "test_bench_models.py",
+)
+no_gpu_only = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="with a CUDA GPU a plain run would run the benchmarks"
+)
+
+
+def _pytest(*args, timeout=120):
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def collected():
+    proc = _pytest("--collect-only", "-q")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ids = [ln for ln in proc.stdout.splitlines() if "::" in ln]
+    m = re.search(r"(\d+) tests? collected", proc.stdout)
+    assert m, proc.stdout[-2000:]
+    return int(m.group(1)), ids
+
+
+def test_collect_only_lists_every_suite(collected):
+    count, ids = collected
+    assert count == len(ids) > 1000
+    for name in BENCH_FILES:
+        assert any(i.startswith(f"benchmarks/{name}::") for i in ids), name
+    for provider in ("cnnkernels", "cudnn", "torch.compile", "torch.compile-max-autotune"):
+        assert any(i.endswith(f"-{provider}]") for i in ids), provider
+
+
+def test_model_grid_is_complete(collected):
+    _, ids = collected
+    models = [i for i in ids if "::test_model[" in i]
+    assert len(models) == 4 * 3 * 3 * 3 * 4  # model x batch x mode x dtype x provider
+    assert "benchmarks/test_bench_models.py::test_model[GoogLeNet-batch128-train-bf16-cnnkernels]" in ids
+    assert sum("::test_model_cudagraph[" in i for i in ids) == 4 * 3
+
+
+def test_layer_grids(collected):
+    _, ids = collected
+    # per-layer: bf16 forward/backward/train, fp16/fp32 forward only
+    assert "benchmarks/test_bench_conv.py::test_conv[AlexNet.conv1-bf16-train-cudnn]" in ids
+    assert "benchmarks/test_bench_conv1x1.py::test_conv1x1[GoogLeNet.b2.conv1x1-fp32-forward-cnnkernels]" in ids
+    assert not any("fp16-backward" in i or "fp32-train" in i for i in ids)
+    assert not any(i.startswith("benchmarks/test_bench_pool.py") and "-train-" in i for i in ids)
+    assert all("-forward-" in i for i in ids if i.startswith("benchmarks/test_bench_cat.py"))
+    cats = sum(i.startswith("benchmarks/test_bench_cat.py") for i in ids)
+    assert cats == 9 * 3 * 4  # Inception blocks x dtypes x providers
+
+
+@no_gpu_only
+def test_plain_run_skips_everything(collected):
+    count, _ = collected
+    proc = _pytest("-q", "-rs")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert re.search(rf"\b{count} skipped\b", summary), summary
+    assert not re.search(r"\b(passed|failed|error)", summary), summary
+    assert SKIP_REASON in proc.stdout
+
+
+@no_gpu_only
+def test_gpu_check_without_gpu_exits_2_with_one_line(tmp_path):
+    import os
+
+    env = dict(os.environ, OUT=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_check.py")], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no CUDA GPU" in lines[0], lines
+    assert not any(tmp_path.iterdir())
+
+
+def _load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", BENCH / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_markdown_reports_failures_and_ends_with_models_table():
+    gc = _load_gpu_check()
+    assert gc.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    res = {
+        "meta": {"gpu": "NVIDIA H100 80GB HBM3", "date": "2026-01-01", "torch": "t", "triton": "x", "cuda": "c"},
+        "ceilings": {"matmul_bf16_tflops": 700.0, "matmul_shape": "8192x8192x8192", "copy_gbps": 2900.0},
+        "tests": {"status": "failed", "summary": "1 failed, 10 passed", "elapsed_s": 12.0},
+        "conv": [],
+        "pool": [],
+        "accuracy": [],
+        "models": [
+            {
+                "model": "VGG",
+                "mode": "train",
+                "provider": "cnnkernels",
+                "median_ms": 10.0,
+                "speedup_vs_cudnn": 1.5,
+                "roofline_fraction": 0.5,
+            },
+            {"model": "VGG", "mode": "train", "provider": "cudnn", "median_ms": 15.0},
+        ],
+        "failures": [
+            {"section": "compile", "item": "(section)", "kind": "timeout", "message": "time budget of 10 s spent"}
+        ],
+        "skipped": [{"section": "compile", "item": "VGG torch.compile-max-autotune", "reason": "not run by default"}],
+    }
+    md = gc.markdown(res)
+    assert "**failed**: 1 failed, 10 passed" in md
+    assert "FAILED (timeout) compile" in md and "skipped compile: VGG torch.compile-max-autotune" in md
+    last_heading = md[md.rindex("\n## ") :]
+    assert last_heading.startswith("\n## Models")
+    assert "| VGG | train | 10.0 | 15.0 | – | – | 1.50x | – | 50% |" in md

@@ -1,0 +1,303 @@
+"""The analytic roofline: layer shapes against the seed's printed ``layer_summary``, FLOPs and bytes
+by hand formula, the floor as the max of its two terms, and totals that add up.
+
+The model totals pinned below (parameters, forward FLOPs) agree with ``torch.nn`` builds of the
+seed's models counted by ``torch.utils.flop_counter``."""
+
+import math
+
+import pytest
+
+from cnnkernels import roofline as R
+
+
+def _rows(model, batch=1, **kw):
+    return {r.name: r for r in R.layer_table(model, batch=batch, **kw)}
+
+
+# -- shapes against the seed -----------------------------------------------------------------
+
+ALEXNET_SEED = [  # AlexNet().layer_summary((1, 1, 224, 224)), ReLU and Dropout rows left out
+    ("conv", (1, 96, 54, 54)),
+    ("maxpool", (1, 96, 26, 26)),
+    ("conv", (1, 256, 26, 26)),
+    ("maxpool", (1, 256, 12, 12)),
+    ("conv", (1, 384, 12, 12)),
+    ("conv", (1, 384, 12, 12)),
+    ("conv", (1, 256, 12, 12)),
+    ("maxpool", (1, 256, 5, 5)),
+    ("flatten", (1, 6400)),
+    ("linear", (1, 4096)),
+    ("linear", (1, 4096)),
+    ("linear", (1, 10)),
+]
+
+
+def test_alexnet_shapes_match_seed_summary():
+    rows = R.layer_table("AlexNet", (1, 1, 224, 224))
+    assert [(r.kind, r.out_shape) for r in rows] == ALEXNET_SEED
+
+
+def test_vgg11_block_outputs_match_seed_summary():
+    rows = _rows("VGG")
+    blocks = [rows[f"block{b}.pool"].out_shape for b in range(1, 6)]
+    assert blocks == [(1, 64, 112, 112), (1, 128, 56, 56), (1, 256, 28, 28), (1, 512, 14, 14), (1, 512, 7, 7)]
+    assert rows["flatten"].out_shape == (1, 25088)
+    assert [rows[f"fc{i}"].out_shape for i in (1, 2, 3)] == [(1, 4096), (1, 4096), (1, 10)]
+    assert sum(r.kind == "conv" for r in rows.values()) == 8  # "VGG-11 has 8 conv layers and 3 fully connected"
+
+
+def test_vgg_takes_any_arch():
+    rows = _rows("VGG", vgg_arch=((1, 8), (2, 16)))
+    assert [r.out_shape for r in rows.values() if r.kind == "maxpool"] == [(1, 8, 112, 112), (1, 16, 56, 56)]
+    assert rows["flatten"].out_shape == (1, 16 * 56 * 56)
+
+
+def test_googlenet_block_outputs_match_seed():
+    rows = _rows("GoogLeNet")
+    assert rows["b1.pool"].out_shape == (1, 64, 56, 56)
+    assert rows["b2.pool"].out_shape == (1, 192, 28, 28)
+    assert rows["b3.pool"].out_shape == (1, 480, 14, 14)
+    assert rows["b4.pool"].out_shape == (1, 832, 7, 7)
+    assert rows["b5.flatten"].out_shape == (1, 1024)
+    assert rows["fc"].out_shape == (1, 10)
+    # the seed's channel sums: 480 = 128 + 192 + 96 + 64, 832 = 256 + 320 + 128 + 128, 1024 = 384 + 384 + 128 + 128
+    assert rows["b3.inc2.cat"].branch_channels == (128, 192, 96, 64)
+    assert rows["b4.inc5.cat"].branch_channels == (256, 320, 128, 128)
+    assert rows["b5.inc2.cat"].branch_channels == (384, 384, 128, 128)
+    cats = [r.out_shape[1] for r in rows.values() if r.kind == "cat"]
+    assert cats == [256, 480, 512, 512, 512, 528, 832, 832, 1024]
+
+
+def test_inception_branches_read_the_block_input():
+    rows = _rows("GoogLeNet")
+    block_in = rows["b3.pool"].out_shape
+    for b in ("b1_1", "b2_1", "b3_1", "b4_1"):
+        assert rows[f"b4.inc1.{b}"].in_shape == block_in
+    assert rows["b4.inc1.b2_2"].in_shape == rows["b4.inc1.b2_1"].out_shape
+    assert rows["b4.inc1.b4_1"].out_shape == block_in  # 3x3, stride 1, padding 1
+
+
+def test_nin_shapes():
+    rows = _rows("NiN")
+    assert [r.out_shape for r in rows.values() if r.kind == "maxpool"] == [
+        (1, 96, 26, 26),
+        (1, 256, 12, 12),
+        (1, 384, 5, 5),
+    ]
+    assert rows["nin1.conv"].out_shape == (1, 96, 54, 54)
+    assert rows["nin4.conv1x1_2"].out_shape == (1, 10, 5, 5)
+    assert rows["gap"].out_shape == (1, 10, 1, 1)
+    assert rows["flatten"].out_shape == (1, 10)
+    assert sum(r.is_1x1 for r in rows.values()) == 8
+
+
+def test_seed_parameter_counts():
+    alex, vgg = _rows("AlexNet"), _rows("VGG")
+    assert alex["fc1"].params == 6400 * 4096 + 4096  # the seed's "26M"
+    assert alex["fc2"].params == 4096 * 4096 + 4096  # "16M"
+    assert vgg["fc1"].params == 25088 * 4096 + 4096  # "103M"
+    assert alex["conv4"].params == 384 * 3 * 3 * 384 + 384
+
+
+@pytest.mark.parametrize(
+    "model,params,flops",
+    [
+        pytest.param("AlexNet", 46_764_746, 1_876_292_352, id="AlexNet"),
+        pytest.param("VGG", 128_806_154, 15_094_464_512, id="VGG"),
+        pytest.param("NiN", 1_992_166, 1_524_594_704, id="NiN"),
+        pytest.param("GoogLeNet", 5_977_530, 3_005_964_288, id="GoogLeNet"),
+    ],
+)
+def test_model_parameters_and_conv_linear_flops(model, params, flops):
+    rows = R.layer_table(model)
+    assert sum(r.params for r in rows) == params
+    assert sum(r.flops_fwd for r in rows if r.kind in ("conv", "linear")) == flops
+
+
+# -- per-layer formulas ----------------------------------------------------------------------
+
+
+def test_conv_flops_and_bytes_by_hand():
+    r = _rows("AlexNet", batch=4)["conv2"]  # 96 -> 256, 5x5, pad 2, at 26x26
+    n, c, h, w, k, p, q, rr, s = 4, 96, 26, 26, 256, 26, 26, 5, 5
+    assert r.flops_fwd == 2 * n * k * p * q * c * rr * s
+    assert r.flops_bwd == 2 * r.flops_fwd
+    assert r.bytes_fwd == (n * c * h * w + k * c * rr * s + k + n * k * p * q) * 2
+    assert r.bytes_bwd == (2 * n * k * p * q + n * c * h * w + k * c * rr * s + k + k * c * rr * s + n * c * h * w) * 2
+    assert r.unfused_extra_bytes_fwd == 2 * n * k * p * q * 2
+
+
+def test_first_layer_needs_no_input_gradient():
+    rows = R.layer_table("AlexNet", batch=2)
+    first = rows[0]
+    assert not first.needs_input_grad and all(r.needs_input_grad for r in rows[1:])
+    assert first.flops_bwd == first.flops_fwd  # dW only
+    n, c, h, w = first.in_shape
+    k, p, q = first.out_shape[1:]
+    assert first.bytes_fwd == (n * c * h * w + k * c * 11 * 11 + k + n * k * p * q) * 2
+    assert first.bytes_bwd == (2 * n * k * p * q + n * c * h * w + k * c * 11 * 11 + k) * 2
+
+
+def test_linear_and_pool_by_hand():
+    rows = _rows("VGG", batch=3, dtype="float32")
+    fc1 = rows["fc1"]
+    assert fc1.flops_fwd == 2 * 3 * 25088 * 4096
+    assert fc1.bytes_fwd == (3 * 25088 + 25088 * 4096 + 4096 + 3 * 4096) * 4
+    pool = rows["block1.pool"]
+    x, y = 3 * 64 * 224 * 224, 3 * 64 * 112 * 112
+    assert pool.bytes_fwd == (x + y) * 4
+    assert pool.bytes_fwd_train == (x + y) * 4 + y  # 1-byte argmax
+    assert pool.bytes_bwd == y * 4 + y + x * 4
+    assert pool.flops_fwd == y * 4
+
+
+def test_cat_and_flatten_cost_nothing_fused():
+    rows = _rows("GoogLeNet", batch=2)
+    cat = rows["b3.inc1.cat"]
+    assert cat.flops_fwd == cat.bytes_fwd == cat.bytes_bwd == 0
+    assert cat.unfused_extra_bytes_fwd == 2 * (2 * 256 * 28 * 28) * 2
+    assert rows["b5.flatten"].bytes_fwd == 0
+
+
+def test_bytes_scale_with_dtype_and_flops_with_batch():
+    bf16, fp32 = _rows("NiN", batch=2), _rows("NiN", batch=2, dtype="float32")
+    assert all(fp32[n].bytes_fwd == 2 * bf16[n].bytes_fwd for n in bf16)
+    one, many = _rows("NiN", batch=1), _rows("NiN", batch=8)
+    assert all(many[n].flops_fwd == 8 * one[n].flops_fwd for n in one)
+    assert _rows("NiN", batch=2, dtype="bf16")["nin1.conv"] == bf16["nin1.conv"]
+
+
+def test_input_shape_batch_and_batch_argument_agree():
+    assert R.layer_table("AlexNet", (8, 1, 224, 224)) == R.layer_table("AlexNet", (1, 1, 224, 224), batch=8)
+
+
+def test_formulas_are_strings_per_mode():
+    r = _rows("GoogLeNet", batch=2)["b2.conv3x3"]
+    assert r.formula("flops") == "2*N*K*P*Q*C*R*S"
+    assert "dX" in r.formula("flops", "backward")
+    assert r.formula("bytes", "train").startswith("[")
+    with pytest.raises(ValueError, match="mode"):
+        r.formula("flops", "sideways")
+
+
+# -- floors ----------------------------------------------------------------------------------
+
+
+def test_floor_is_max_of_compute_and_memory_terms():
+    h100, h200 = R.GPU_CEILINGS["H100"], R.GPU_CEILINGS["H200"]
+    rows = R.layer_table("VGG", batch=128)
+    for r in rows:
+        for gpu, c in (("H100", h100), ("H200", h200)):
+            assert r.floor_s(gpu) == max(r.flops_fwd / c.peak_flops("bfloat16"), r.bytes_fwd / c.bandwidth)
+    conv = next(r for r in rows if r.name == "block3.conv2")  # compute-bound
+    assert conv.floor_h100_s == conv.flops_fwd / 790e12 == conv.floor_h200_s
+    pool = next(r for r in rows if r.name == "block1.pool")  # memory-bound
+    assert pool.floor_h100_s == pool.bytes_fwd / 3.0e12
+    assert pool.floor_h200_s == pool.bytes_fwd / 4.3e12 < pool.floor_h100_s
+
+
+def test_train_floor_adds_forward_and_backward():
+    r = _rows("AlexNet", batch=32)["conv3"]
+    c = R.GPU_CEILINGS["H100"]
+    assert r.floor_s("H100", "train") == pytest.approx(
+        c.floor_s(r.flops_fwd, r.bytes_fwd_train) + c.floor_s(r.flops_bwd, r.bytes_bwd)
+    )
+
+
+def test_fp32_uses_tf32_rate():
+    r = _rows("VGG", batch=128, dtype="float32")["block3.conv2"]
+    assert r.floor_h100_s == max(r.flops_fwd / 395e12, r.bytes_fwd / 3.0e12)
+
+
+def test_ceiling_for_device_names():
+    assert R.ceiling_for("NVIDIA H100 80GB HBM3") == "H100"
+    assert R.ceiling_for("NVIDIA H200") == "H200"
+    assert R.ceiling_for("NVIDIA A100-SXM4-40GB") is None
+
+
+# -- totals ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", R.MODELS)
+def test_totals_add_up(model):
+    rows = R.layer_table(model, batch=16)
+    t = R.model_totals(model, batch=16)
+    b = 2
+    assert t.params == sum(r.params for r in rows)
+    assert t.flops_fwd == sum(r.flops_fwd for r in rows)
+    assert t.bytes_fwd == sum(r.bytes_fwd for r in rows)
+    assert t.flops_bwd == sum(r.flops_bwd for r in rows)
+    assert t.sgd_flops == 2 * t.params and t.sgd_bytes == 3 * t.params * b
+    assert t.flops_train == t.flops_fwd + t.flops_bwd + t.sgd_flops
+    assert t.bytes_train == sum(r.bytes_fwd_train for r in rows) + t.bytes_bwd + t.sgd_bytes
+    for gpu, c in R.GPU_CEILINGS.items():
+        assert t.floor_s(gpu) == pytest.approx(sum(r.floor_s(gpu) for r in rows))
+        train = sum(r.floor_s(gpu, "train") for r in rows)
+        assert t.floor_s(gpu, "train") == pytest.approx(train + c.floor_s(t.sgd_flops, t.sgd_bytes))
+    # the floor of a sum of layers is at least the floor of the summed work
+    assert t.floor_s("H100") >= max(t.flops_fwd / 790e12, t.bytes_fwd / 3.0e12) * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("model", R.MODELS)
+def test_unfused_extra_bytes(model):
+    rows = R.layer_table(model, batch=4)
+    t = R.totals_of(model, rows)
+    relu = sum(2 * math.prod(r.out_shape) * 2 for r in rows if r.kind == "conv")
+    cat = sum(2 * math.prod(r.out_shape) * 2 for r in rows if r.kind == "cat")
+    assert t.unfused_relu_bytes_fwd == relu == t.unfused_relu_bytes_bwd
+    assert t.unfused_cat_bytes_fwd == cat
+    assert (cat > 0) == (model == "GoogLeNet")
+    assert t.unfused_extra_bytes_fwd == relu + cat
+    assert t.unfused_extra_bytes_train == 2 * relu + cat
+    assert [t.unfused_extra_bytes(m) for m in ("forward", "backward", "train")] == [relu + cat, relu, 2 * relu + cat]
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="model must be one of"):
+        R.layer_table("ResNet")
+    with pytest.raises(ValueError, match="input_shape"):
+        R.layer_table("AlexNet", (1, 224, 224))
+    with pytest.raises(ValueError, match="batch"):
+        R.layer_table("AlexNet", batch=0)
+    with pytest.raises(ValueError, match="dtype"):
+        R.layer_table("AlexNet", dtype="int8")
+    with pytest.raises(ValueError, match="too small"):
+        R.layer_table("AlexNet", (1, 1, 8, 8))
+
+
+def test_import_needs_no_torch():
+    """roofline itself imports no torch (whatever the package's ``__init__`` may import)."""
+    import subprocess
+    import sys
+
+    code = "import sys, cnnkernels; before = 'torch' in sys.modules; import cnnkernels.roofline; sys.exit(not before and 'torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+# -- against the torch.nn reference twins, once they exist ------------------------------------
+
+
+@pytest.mark.parametrize("model", R.MODELS)
+def test_matches_reference_twin(model):
+    torch = pytest.importorskip("torch")
+    reference = pytest.importorskip(
+        "cnnkernels.models.reference", reason="cnnkernels.models.reference is not available"
+    )
+    cls = getattr(reference, model, None)
+    if cls is None:
+        pytest.skip(f"cnnkernels.models.reference has no {model}")
+    shapes = []
+    with torch.device("meta"):  # shapes only: no weights computed, no kernels run
+        net = cls(arch=R.VGG11_ARCH, num_classes=10) if model == "VGG" else cls(num_classes=10)
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.Conv2d | torch.nn.Linear):
+                mod.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 1, 224, 224))
+    rows = [r for r in R.layer_table(model) if r.kind in ("conv", "linear")]
+    assert shapes == [r.out_shape for r in rows]
+    assert sum(p.numel() for p in net.parameters()) == sum(r.params for r in rows)

@@ -1,0 +1,203 @@
+"""Pieces shared by the fused models and their ``torch.nn`` reference twins.
+
+* ``Classifier``: the d2l-style base (``self.net``, ``forward``, ``layer_summary``, ``hparams``).
+* ``FusedClassifier``: adds the input checks and the channels_last conversion at the entry.
+* ``FusedReLU``: the no-op placeholder that sits at a ReLU's index in ``net`` when that ReLU is
+  fused into the preceding convolution, so indices and ``state_dict`` keys stay the seed's.
+* Lazy materialisation (``Classifier.materialize``) with d2l's ``init_cnn`` (Xavier-uniform conv
+  and linear weights) before the first batch computes anything, and loading a ``state_dict``
+  into a lazy model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+
+
+class FusedReLU(nn.Identity):
+    """Placeholder at a ReLU's index in ``net``: the ReLU itself runs inside the preceding
+    ``Conv2dReLU`` kernel's epilogue, so this module passes its input through unchanged. It
+    holds no parameters, keeps the layer indices (hence ``state_dict`` keys) of the
+    ``torch.nn`` model, and prints as ``ReLU`` in ``layer_summary``."""
+
+    summary_name = "ReLU"
+
+    def extra_repr(self) -> str:
+        return "fused into the preceding convolution"
+
+
+def summary_name(layer: nn.Module) -> str:
+    """The class name ``layer_summary`` prints: the ``torch.nn`` class a ``cnnkernels`` layer
+    subclasses (``Conv2dReLU`` -> ``Conv2d``, ``MaxPool2d`` -> ``MaxPool2d``), ``ReLU`` for a
+    ``FusedReLU``, else the layer's own class name (``Sequential``, ``Inception``, ``Linear``)."""
+    name = getattr(layer, "summary_name", None)
+    if name is not None:
+        return name
+    cls = type(layer)
+    if cls.__module__.startswith("cnnkernels."):
+        for base in cls.__mro__:
+            if base.__module__.startswith("torch.nn.") and base is not nn.Module:
+                return base.__name__
+    return cls.__name__
+
+
+def init_cnn(module: nn.Module) -> None:
+    """d2l's ``init_cnn``: Xavier-uniform weights for conv and linear layers (biases keep
+    torch's default initialisation)."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)) and not isinstance(module, LazyModuleMixin):
+        nn.init.xavier_uniform_(module.weight)
+
+
+def _lazy_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {
+        name: m for name, m in model.named_modules() if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()
+    }
+
+
+def _materialise(lazy: dict[str, nn.Module], weight_shapes: dict[str, torch.Size]) -> None:
+    """Give each lazy layer its in_channels / in_features from the shape its weight must have
+    (torch's own shape inference, fed a shape-only meta dummy), and switch it to its
+    ``cls_to_become``, as its first forward would. Parameters get torch's default init."""
+    for name, m in lazy.items():
+        shape = weight_shapes.get(f"{name}.weight" if name else "weight")
+        if shape is None:
+            continue
+        if isinstance(m, nn.LazyLinear):
+            dummy = torch.empty((1, shape[1]), device="meta")
+        elif isinstance(m, nn.LazyConv2d):
+            dummy = torch.empty((1, shape[1] * m.groups, 1, 1), device="meta")
+        else:
+            continue
+        m._infer_parameters(m, (dummy,))
+
+
+def _load_pre_hook(model, state_dict, prefix, *args) -> None:
+    # Loading into lazy layers: torch would materialise the parameters but leave in_channels
+    # at 0; materialise them properly first, then the load copies the values in.
+    shapes = {k[len(prefix) :]: v.shape for k, v in state_dict.items() if k.startswith(prefix)}
+    _materialise(_lazy_modules(model), shapes)
+
+
+# Smallest height (and width) each architecture admits, worked out layer by layer (output size
+# of a conv or pool: floor((h + 2*pad - kernel) / stride) + 1, which must stay >= 1):
+#   AlexNet: three 3x3/2 max pools need 15 -> 7 -> 3 -> 1, so the 11x11/4 conv (padding 1) must
+#            give floor((H - 9) / 4) + 1 >= 15, i.e. H >= 65.
+#   NiN:     same pools, 11x11/4 conv without padding: floor((H - 11) / 4) + 1 >= 15, H >= 67.
+#   VGG:     every block ends in a 2x2/2 max pool and its convs keep the size: H >= 2**blocks
+#            (32 for VGG-11).
+#   GoogLeNet: every conv and pool pads enough that a 1x1 input stays 1x1: H >= 1.
+MIN_INPUT_SIZE = {"AlexNet": 65, "NiN": 67, "GoogLeNet": 1}
+
+
+def vgg_min_input_size(arch) -> int:
+    return 2 ** len(arch)
+
+
+class Classifier(nn.Module):
+    """Base of every model here: ``self.net`` (an ``nn.Sequential``) maps NCHW images to
+    logits; ``hparams`` holds the constructor arguments (twins are built from it)."""
+
+    net: nn.Sequential
+
+    def __init__(self, **hparams):
+        super().__init__()
+        self.hparams = dict(hparams)
+        self.register_load_state_dict_pre_hook(_load_pre_hook)
+
+    @classmethod
+    def _shape_twin(cls) -> type[Classifier]:
+        """The ``torch.nn`` class used for shape inference (itself for a reference model)."""
+        return cls
+
+    def materialize(self, X_shape) -> None:
+        """Infer every lazy layer's input size for inputs of shape ``X_shape`` and initialise
+        the weights as d2l's ``apply_init(..., init_cnn)`` does: torch's default init, then
+        Xavier-uniform conv and linear weights. The shapes come from a ``torch.nn`` twin run on
+        the ``meta`` device (no data, no kernel). No-op once materialised; ``forward`` and
+        ``layer_summary`` call it, so the first batch already runs with the final weights."""
+        if self.__dict__.get("_materialised", False):
+            return
+        lazy = _lazy_modules(self)
+        if not lazy:
+            self._materialised = True  # later forwards skip the module walk
+            return
+        with torch.device("meta"), torch.no_grad():
+            twin = self._shape_twin()(**self.hparams)
+            twin.net(torch.empty(tuple(X_shape)))
+        _materialise(lazy, {k: v.shape for k, v in twin.state_dict().items()})
+        for m in lazy.values():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(m.weight)
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest height (and width) the architecture admits; see each class's docstring."""
+        raise NotImplementedError
+
+    def _prepare(self, X: torch.Tensor) -> torch.Tensor:
+        return X
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        X = self._prepare(X)
+        self.materialize(X.shape)
+        return self.net(X)
+
+    def layer_summary(self, X_shape, *, shape_only: bool = False) -> None:
+        """Run a random batch of shape ``X_shape`` through ``net`` one layer (or block) at a
+        time and print each one's output shape in d2l's format
+        (``print(name, 'output shape:\\t', X.shape)``). Fused layers print under the name of the
+        ``torch.nn`` layer they replace (``Conv2dReLU`` as ``Conv2d``, a ``FusedReLU`` as ``ReLU``),
+        so a fused model's summary equals its reference twin's, line for line.
+
+        ``shape_only=True`` runs a fresh copy of this architecture (same constructor arguments,
+        untrained) on the ``meta`` device instead: only shapes propagate, nothing is computed
+        and no kernel launches, so a 224x224 summary is instant and needs no GPU. (The fused
+        ops support meta tensors; run that outside Triton's interpreter.) A model whose own
+        parameters live on the ``meta`` device is summarised that way too."""
+        if shape_only:
+            with torch.device("meta"):
+                twin = type(self)(**self.hparams)
+            twin.train(self.training)
+            return twin.layer_summary(X_shape)
+        param = next(self.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
+        if device.type == "meta":
+            X = torch.empty(*X_shape, device=device, dtype=dtype)
+        else:
+            X = torch.randn(*X_shape, device=device, dtype=dtype)
+        X = self._prepare(X)
+        self.materialize(X.shape)
+        for layer in self.net:
+            X = layer(X)
+            print(summary_name(layer), "output shape:\t", X.shape)
+
+
+class FusedClassifier(Classifier):
+    """A model built from ``cnnkernels.nn``: checks the input before anything runs and converts
+    it to channels_last (NHWC in memory), the layout every kernel of the library prefers."""
+
+    @classmethod
+    def _shape_twin(cls) -> type[Classifier]:
+        from . import reference
+
+        return getattr(reference, cls.__name__)
+
+    def _prepare(self, X: torch.Tensor) -> torch.Tensor:
+        if not isinstance(X, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(X).__name__}")
+        if X.dim() != 4:
+            raise ValueError(f"input must be a 4-D (N, C, H, W) tensor, got shape {tuple(X.shape)}")
+        h, w = X.shape[-2:]
+        m = self.min_input_size
+        if h < m or w < m:
+            raise ValueError(
+                f"{type(self).__name__}{self._arch_note()} needs inputs of at least {m}x{m} pixels, got {h}x{w}"
+            )
+        # ``.to`` (not ``.contiguous``) restrides even when C == 1, where both layouts coincide.
+        return X.to(memory_format=torch.channels_last)
+
+    def _arch_note(self) -> str:
+        return ""

@@ -492,8 +492,9 @@ def make_models(name: str, which: tuple[str, ...] = ("cnnkernels", "reference"))
     The reference twin (``cnnkernels.models.reference``) is built and, if lazy, materialised by a
     CPU forward at the seed's input; the fused model is ``cnnkernels.models.from_reference`` of it
     (same constructor arguments, ``load_state_dict``)."""
-    import cnnkernels.models as fused
     import torch
+
+    import cnnkernels.models as fused
     from cnnkernels.models import reference
 
     torch.manual_seed(0)

@@ -234,6 +234,7 @@ class Check:
 
     def ceilings(self, end: float) -> None:
         import torch
+
         from _common import cuda_median_s, warm_up
 
         def median_of(make):  # tensors live only inside make()'s closure
@@ -475,9 +476,10 @@ def _accuracy(model: str) -> dict:
     """bf16 logits and parameter gradients of the fused model and of torch's bf16 reference,
     both against the reference twin in fp32 with TF32 off; eval mode (no dropout), batch 32."""
     import torch
-    from _common import DEVICE, IMAGE, make_models
 
     from cnnkernels.testing import TOLERANCES, rel_error
+
+    from _common import DEVICE, IMAGE, make_models
 
     pair = make_models(model)
     cl = torch.channels_last

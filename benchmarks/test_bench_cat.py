@@ -7,6 +7,7 @@ only (bf16, fp16, fp32): the backward of a concatenation only slices the incomin
 """
 
 import pytest
+
 from _common import FORWARD_CASES, PROVIDERS, bench_layer, cat_callable, layer_params
 
 CAT_LAYERS = layer_params(lambda r: r.kind == "cat")

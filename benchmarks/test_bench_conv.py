@@ -8,6 +8,7 @@ backward, train (fwd + bwd + SGD on weight and bias); fp16 and fp32 forward}. Ba
 """
 
 import pytest
+
 from _common import LAYER_CASES, PROVIDERS, bench_layer, conv_callable, layer_params
 
 CONV_LAYERS = layer_params(lambda r: r.kind == "conv" and not r.is_1x1)

@@ -6,6 +6,7 @@ bf16 forward, backward and train, fp16 and fp32 forward.
 """
 
 import pytest
+
 from _common import LAYER_CASES, PROVIDERS, bench_layer, conv_callable, layer_params
 
 CONV1X1_LAYERS = layer_params(lambda r: r.is_1x1)

@@ -12,6 +12,9 @@ FLOPs, bytes and floors are ``cnnkernels.roofline.model_totals`` (sums of the pe
 """
 
 import pytest
+
+from cnnkernels import roofline
+
 from _common import (
     DTYPES,
     MODEL_BATCHES,
@@ -22,8 +25,6 @@ from _common import (
     model_cudagraph_callable,
     record,
 )
-
-from cnnkernels import roofline
 
 MODELS = [pytest.param(m, id=m) for m in roofline.MODELS]
 CUDAGRAPH_PROVIDERS = [pytest.param(p, id=p) for p in ("cudnn", "cnnkernels", "torch.compile")]

@@ -8,6 +8,7 @@ read GB/s and the roofline fraction (bytes / bandwidth floor) rather than TFLOP/
 """
 
 import pytest
+
 from _common import NO_PARAM_CASES, PROVIDERS, bench_layer, layer_params, pool_callable
 
 POOL_LAYERS = layer_params(lambda r: r.kind in ("maxpool", "avgpool"))

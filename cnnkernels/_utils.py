@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -52,3 +53,9 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether a 4-D tensor is laid out NHWC, judged by its strides as torch does (a 1-channel
+    tensor is contiguous in both formats; its strides still tell which one it was made in)."""
+    return x.dim() == 4 and suggest_memory_format(x) == torch.channels_last

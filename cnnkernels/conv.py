@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 from cnnkernels.kernels import conv as _k
 
 from . import conv1x1
-from ._utils import autocast_dtype, check_same, check_tensor, pair
+from ._utils import autocast_dtype, check_same, check_tensor, is_channels_last, pair
 
 
 @torch.library.triton_op("cnnkernels::conv2d", mutates_args=())
@@ -95,7 +95,7 @@ def conv2d_backward_weight_op(
 
 
 def _conv_forward(ctx, x, weight, bias, stride, padding, dilation, groups, activation):
-    channels_last = _is_channels_last(x)
+    channels_last = is_channels_last(x)
     y = torch.ops.cnnkernels.conv2d(x, weight, bias, stride, padding, dilation, groups, activation, channels_last)
     ctx.geometry = (stride, padding, dilation, groups, activation)
     ctx.has_bias = bias is not None
@@ -153,10 +153,6 @@ class Conv2dReLUFunction(torch.autograd.Function):
 
 
 _FUNCTIONS = {"none": Conv2dFunction, "relu": Conv2dReLUFunction}
-
-
-def _is_channels_last(x: Tensor) -> bool:
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def conv2d_args(input, weight, bias, stride, padding, dilation, groups):
@@ -217,11 +213,15 @@ def conv2d_args(input, weight, bias, stride, padding, dilation, groups):
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation: str = "none"):
     """Shared body of ``functional.conv2d`` and ``functional.conv2d_relu``."""
+    if isinstance(input, Tensor) and isinstance(weight, Tensor):
+        # Under autocast, cast first (as nn.Conv2d does), so fp32 weights meet a bf16 input.
+        cast = autocast_dtype(input.device.type)
+        floats = (torch.float16, torch.bfloat16, torch.float32)
+        if cast is not None and input.dtype in floats and weight.dtype in floats:
+            input, weight = input.to(cast), weight.to(cast)
+            if isinstance(bias, Tensor) and bias.dtype in floats:
+                bias = bias.to(cast)
     x, unbatched, stride, pads, dilation = conv2d_args(input, weight, bias, stride, padding, dilation, groups)
-    cast = autocast_dtype(x.device.type)
-    if cast is not None and x.dtype != torch.float64:
-        x, weight = x.to(cast), weight.to(cast)
-        bias = bias.to(cast) if bias is not None else None
     if conv1x1.eligible(weight, stride, pads, groups):
         y = conv1x1.FUNCTIONS[activation].apply(x, weight, bias)
     else:

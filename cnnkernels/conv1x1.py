@@ -13,6 +13,8 @@ from torch.autograd.function import once_differentiable
 
 from cnnkernels.kernels import conv1x1 as _k
 
+from ._utils import is_channels_last
+
 
 def _fmt(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
@@ -43,7 +45,7 @@ def conv1x1_backward_weight_op(
 
 
 def _forward(ctx, x, weight, bias, activation):
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    channels_last = is_channels_last(x)
     y = torch.ops.cnnkernels.conv1x1(x, weight, bias, activation, channels_last)
     ctx.activation, ctx.has_bias, ctx.channels_last = activation, bias is not None, channels_last
     ctx.save_for_backward(x, weight, y if activation == "relu" else None)

@@ -33,9 +33,20 @@ _ONE = (1, 1)
 
 @torch.library.triton_op("cnnkernels::inception", mutates_args=())
 def inception_op(
-    x: Tensor, pooled: Tensor,
-    w1: Tensor, b1: Tensor, w21: Tensor, b21: Tensor, w22: Tensor, b22: Tensor,
-    w31: Tensor, b31: Tensor, w32: Tensor, b32: Tensor, w4: Tensor, b4: Tensor,
+    x: Tensor,
+    pooled: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w21: Tensor,
+    b21: Tensor,
+    w22: Tensor,
+    b22: Tensor,
+    w31: Tensor,
+    b31: Tensor,
+    w32: Tensor,
+    b32: Tensor,
+    w4: Tensor,
+    b4: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """Returns (out, scratch): the block's output and the two reduce-conv outputs."""
     n, _, h, w = x.shape
@@ -56,8 +67,17 @@ def inception_op(
 
 @torch.library.triton_op("cnnkernels::inception_backward", mutates_args=())
 def inception_backward_op(
-    grad_out: Tensor, x: Tensor, pooled: Tensor, out: Tensor, scratch: Tensor,
-    w1: Tensor, w21: Tensor, w22: Tensor, w31: Tensor, w32: Tensor, w4: Tensor,
+    grad_out: Tensor,
+    x: Tensor,
+    pooled: Tensor,
+    out: Tensor,
+    scratch: Tensor,
+    w1: Tensor,
+    w21: Tensor,
+    w22: Tensor,
+    w31: Tensor,
+    w32: Tensor,
+    w4: Tensor,
 ) -> list[Tensor]:
     """Returns [dx, d_pooled, dw_cat, db_cat, dw22, db22, dw32, db32, dw4, db4]; dw_cat/db_cat
     stack the grads of b1_1, b2_1, b3_1 (split into views by the caller: an op's outputs may
@@ -129,8 +149,14 @@ class Inception(nn.Module):
     def _materialize(self, x: Tensor) -> None:
         """Infer every lazy conv's in_channels from shapes alone (no computation)."""
         c = x.shape[-3]
-        for conv, c_in in ((self.b1_1, c), (self.b2_1, c), (self.b3_1, c), (self.b4_2, c),
-                           (self.b2_2, self.b2_1.out_channels), (self.b3_2, self.b3_1.out_channels)):
+        for conv, c_in in (
+            (self.b1_1, c),
+            (self.b2_1, c),
+            (self.b3_1, c),
+            (self.b4_2, c),
+            (self.b2_2, self.b2_1.out_channels),
+            (self.b3_2, self.b3_1.out_channels),
+        ):
             if isinstance(conv, nn.modules.lazy.LazyModuleMixin) and conv.has_uninitialized_params():
                 conv._infer_parameters(conv, (x.new_empty((1, c_in, 1, 1)),))
 

@@ -74,4 +74,4 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         return F.adaptive_avg_pool2d(input, self.output_size)
 
 
-from .inception import Inception  # noqa: E402  (the zero-copy block; see inception.py)
+from .inception import Inception  # noqa: E402, F401  (the zero-copy block; see inception.py)

@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch._prims_common import suggest_memory_format
 from torch.autograd.function import once_differentiable
 
 from cnnkernels.kernels import avgpool as _ka
 from cnnkernels.kernels import pool as _k
 
-from ._utils import check_tensor, pair
+from ._utils import check_tensor, is_channels_last, pair
 
 
 def _fmt(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def _is_channels_last(x: Tensor) -> bool:
-    return suggest_memory_format(x) == torch.channels_last
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,7 +84,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         y, arg, idx = torch.ops.cnnkernels.max_pool2d(
             x, kernel_size, stride, padding, dilation, ceil_mode, return_indices
         )
-        ctx.geometry = (list(x.shape), kernel_size, stride, padding, dilation, _is_channels_last(x))
+        ctx.geometry = (list(x.shape), kernel_size, stride, padding, dilation, is_channels_last(x))
         ctx.save_for_backward(arg)
         ctx.mark_non_differentiable(idx)
         return y, idx
@@ -199,7 +194,7 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
             y = torch.ops.cnnkernels.global_avg_pool2d(x)
         else:
             y = torch.ops.cnnkernels.adaptive_avg_pool2d(x, output_size)
-        ctx.geometry = (list(x.shape), is_global, _is_channels_last(x))
+        ctx.geometry = (list(x.shape), is_global, is_channels_last(x))
         return y
 
     @staticmethod

@@ -136,16 +136,33 @@ def _conv1x1_specs() -> list[KernelSpec]:
         dot = dict(INPUT_PRECISION="tf32" if dt == "fp32" else "ieee", UPCAST=False, ACC_DTYPE=tl.float32)
         odd = KernelSpec.odd + ("M", "HW", "SPLIT")
         specs += [
-            KernelSpec("conv1x1_fwd two-way", conv1x1._conv1x1_fwd_kernel, {}, dict(
-                HAS_BIAS=True, ACTIVATION="relu", TWO_WAY=True, **dot), dtype=dt,
-                unit=("stride_xc", "stride_wc", "stride_b", "stride_y0c", "stride_y1c"), odd=odd),
-            KernelSpec("conv1x1_bwd_input two-way", conv1x1._conv1x1_bwd_input_kernel, {}, dict(
-                ACTIVATION="relu", TWO_WAY=True, ACCUMULATE=True, **dot), dtype=dt,
-                unit=("stride_dy0c", "stride_dy1c", "stride_y0c", "stride_y1c", "stride_wc", "stride_dxc"), odd=odd),
-            KernelSpec("conv1x1_bwd_weight two-way", conv1x1._conv1x1_bwd_weight_kernel,
-                       {"dw_part_ptr": "fp32", "db_part_ptr": "fp32"}, dict(
-                ACTIVATION="relu", TWO_WAY=True, NEED_DB=True, **dot), dtype=dt,
-                unit=("stride_xc", "stride_dy0c", "stride_dy1c", "stride_y0c", "stride_y1c"), odd=odd),
+            KernelSpec(
+                "conv1x1_fwd two-way",
+                conv1x1._conv1x1_fwd_kernel,
+                {},
+                dict(HAS_BIAS=True, ACTIVATION="relu", TWO_WAY=True, **dot),
+                dtype=dt,
+                unit=("stride_xc", "stride_wc", "stride_b", "stride_y0c", "stride_y1c"),
+                odd=odd,
+            ),
+            KernelSpec(
+                "conv1x1_bwd_input two-way",
+                conv1x1._conv1x1_bwd_input_kernel,
+                {},
+                dict(ACTIVATION="relu", TWO_WAY=True, ACCUMULATE=True, **dot),
+                dtype=dt,
+                unit=("stride_dy0c", "stride_dy1c", "stride_y0c", "stride_y1c", "stride_wc", "stride_dxc"),
+                odd=odd,
+            ),
+            KernelSpec(
+                "conv1x1_bwd_weight two-way",
+                conv1x1._conv1x1_bwd_weight_kernel,
+                {"dw_part_ptr": "fp32", "db_part_ptr": "fp32"},
+                dict(ACTIVATION="relu", TWO_WAY=True, NEED_DB=True, **dot),
+                dtype=dt,
+                unit=("stride_xc", "stride_dy0c", "stride_dy1c", "stride_y0c", "stride_y1c"),
+                odd=odd,
+            ),
         ]
     return specs
 
@@ -178,7 +195,7 @@ def _conv_specs() -> list[KernelSpec]:
                     f"conv_bwd_input {tag}",
                     conv._conv_bwd_input_kernel,
                     {},
-                    dict(**geo, FLAT=flat, ACTIVATION="relu", **dot),
+                    dict(**geo, FLAT=flat, RESIDUE=not flat, ACTIVATION="relu", **dot),
                     dtype=dt,
                     unit=("stride_dyc", "stride_yc", "stride_wc", "stride_dxc"),
                     odd=odd,
@@ -197,6 +214,17 @@ def _conv_specs() -> list[KernelSpec]:
                     config_list=cl,
                 )
             )
+        specs.append(  # tap-wise dX of a strided layer: the stride's residue classes
+            KernelSpec(
+                "conv_bwd_input 11x11/4 K>=32",
+                conv._conv_bwd_input_kernel,
+                {},
+                dict(**geo11, FLAT=False, RESIDUE=True, ACTIVATION="relu", **dot),
+                dtype=dt,
+                unit=("stride_dyc", "stride_yc", "stride_wc", "stride_dxc"),
+                config_list=tuple(conv.conv_configs(False)),
+            )
+        )
         specs.append(
             KernelSpec(
                 "conv_bwd_reduce",

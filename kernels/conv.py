@@ -76,7 +76,7 @@ def reduce_configs() -> list[triton.Config]:
     )
 
 
-_GEOMETRY_KEY = ["R", "S", "STRIDE_H", "STRIDE_W", "DIL_H", "DIL_W", "FLAT"]
+_GEOMETRY_KEY = ["R", "S", "STRIDE_H", "STRIDE_W", "DIL_H", "DIL_W", "FLAT"]  # RESIDUE follows from these
 
 # Below this many channels per group the reduction runs over the flattened (r, s, c) index;
 # at or above it, tap by tap over channel chunks (1-D index math per tap, fewer registers).
@@ -177,25 +177,47 @@ def _conv_bwd_input_kernel(
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,
-    FLAT: tl.constexpr, ACTIVATION: tl.constexpr,
+    FLAT: tl.constexpr, RESIDUE: tl.constexpr, ACTIVATION: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dX[n,h,w,c] = sum_{r,s,k} dY'[n,(h+pt-r*dh)/sh,(w+pl-s*dw)/sw,k] W[k,c,r,s], the divisions
-    exact and in range, dY' = dY * (Y > 0) under ReLU. FLAT reduces over flattened (r, s, k)."""
+    exact and in range, dY' = dY * (Y > 0) under ReLU. FLAT reduces over flattened (r, s, k).
+
+    RESIDUE (tap-wise, dilation 1): axis 0 also runs over the sh*sw residue classes of (h, w);
+    all pixels of a program share h % sh and w % sw, so exactly the taps r = r0, r0+sh, ... with
+    r0 = (h % sh + pt) % sh divide exactly: a stride-s layer visits R*S/(sh*sw) taps, not R*S
+    mostly masked ones. With stride 1 there is one class and every tap."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2).to(tl.int64)
 
-    M = N * H * W
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
     mask_n = offs_n < C
-    n_idx = offs_m // (H * W)
-    hw = (offs_m % (H * W)).to(tl.int32)
-    h = hw // W
-    w = hw % W
+    if RESIDUE:
+        HQ = tl.cdiv(H, STRIDE_H)
+        WQ = tl.cdiv(W, STRIDE_W)
+        m_blocks = tl.cdiv(N * HQ * WQ, BLOCK_M)
+        cls = pid_m // m_blocks
+        res_h = cls // STRIDE_W
+        res_w = cls % STRIDE_W
+        offs_m = (pid_m % m_blocks).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        n_idx = offs_m // (HQ * WQ)
+        ij = (offs_m % (HQ * WQ)).to(tl.int32)
+        h = res_h + (ij // WQ) * STRIDE_H
+        w = res_w + (ij % WQ) * STRIDE_W
+        mask_m = (offs_m < N * HQ * WQ) & (h < H) & (w < W)
+        r0 = (res_h + PAD_H) % STRIDE_H
+        s0 = (res_w + PAD_W) % STRIDE_W
+        taps_r = tl.cdiv(R - r0, STRIDE_H)
+        taps_s = tl.cdiv(S - s0, STRIDE_W)
+    else:
+        offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < N * H * W
+        n_idx = offs_m // (H * W)
+        hw = (offs_m % (H * W)).to(tl.int32)
+        h = hw // W
+        w = hw % W
     dy_base = dy_ptr + g * K * stride_dyc + n_idx * stride_dyn
     y_base = y_ptr + g * K * stride_yc + n_idx * stride_yn
     w_base = w_ptr + g * K * stride_wk + offs_n * stride_wc
@@ -203,6 +225,9 @@ def _conv_bwd_input_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     if FLAT:
         steps = tl.cdiv(R * S * K, BLOCK_K)
+    elif RESIDUE:
+        k_blocks = tl.cdiv(K, BLOCK_K)
+        steps = taps_r * taps_s * k_blocks
     else:
         k_blocks = tl.cdiv(K, BLOCK_K)
         steps = R * S * k_blocks
@@ -222,16 +247,25 @@ def _conv_bwd_input_kernel(
             dy_ptrs = dy_base[:, None] + p * stride_dyh + q * stride_dyw + (k * stride_dyc)[None, :]
             y_ptrs = y_base[:, None] + p * stride_yh + q * stride_yw + (k * stride_yc)[None, :]
         else:
-            rs = t // k_blocks
-            r = rs // S
-            s = rs % S
+            tap = t // k_blocks
             k = (t % k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
             k_ok = k < K
-            ph = h + PAD_H - r * DIL_H
-            pw = w + PAD_W - s * DIL_W
-            p = ph // STRIDE_H
-            q = pw // STRIDE_W
-            ok = mask_m & (ph >= 0) & (pw >= 0) & (p * STRIDE_H == ph) & (q * STRIDE_W == pw) & (p < P) & (q < Q)
+            if RESIDUE:
+                r = r0 + (tap // taps_s) * STRIDE_H
+                s = s0 + (tap % taps_s) * STRIDE_W
+                ph = h + PAD_H - r  # divisible by STRIDE_H by construction
+                pw = w + PAD_W - s
+                p = ph // STRIDE_H
+                q = pw // STRIDE_W
+                ok = mask_m & (ph >= 0) & (pw >= 0) & (p < P) & (q < Q)
+            else:
+                r = tap // S
+                s = tap % S
+                ph = h + PAD_H - r * DIL_H
+                pw = w + PAD_W - s * DIL_W
+                p = ph // STRIDE_H
+                q = pw // STRIDE_W
+                ok = mask_m & (ph >= 0) & (pw >= 0) & (p * STRIDE_H == ph) & (q * STRIDE_W == pw) & (p < P) & (q < Q)
             mask_a = ok[:, None] & k_ok[None, :]
             dy_ptrs = (dy_base + p * stride_dyh + q * stride_dyw)[:, None] + (k * stride_dyc)[None, :]
             y_ptrs = (y_base + p * stride_yh + q * stride_yw)[:, None] + (k * stride_yc)[None, :]
@@ -471,16 +505,23 @@ def conv2d_backward_input(
         return dx.zero_()
     y = out if activation == "relu" else grad_out  # never read without ReLU
     kg = k_out // groups
+    flat = kg < FLAT_BELOW
+    residue = not flat and dilation == (1, 1)
+    sh, sw = stride
 
     def grid(meta):
-        return (triton.cdiv(n * h * w, meta["BLOCK_M"]), triton.cdiv(cg, meta["BLOCK_N"]), groups)
+        if residue:
+            rows = sh * sw * triton.cdiv(n * triton.cdiv(h, sh) * triton.cdiv(w, sw), meta["BLOCK_M"])
+        else:
+            rows = triton.cdiv(n * h * w, meta["BLOCK_M"])
+        return (rows, triton.cdiv(cg, meta["BLOCK_N"]), groups)
 
     torch.library.wrap_triton(_conv_bwd_input_kernel)[grid](
         grad_out, y, weight, dx,
         n, h, w, cg, p, q, kg,
         *_nchw_strides(grad_out), *_nchw_strides(y), *_nchw_strides(weight), *_nchw_strides(dx),
         **_geometry(weight, stride, padding, dilation),
-        FLAT=kg < FLAT_BELOW, ACTIVATION=activation,
+        FLAT=flat, RESIDUE=residue, ACTIVATION=activation,
         **_dot_args(grad_out.dtype),
     )
     return dx

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cnnkernels.kernels import cat as kcat
-from conftest import DEVICE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cnnkernels.functional as CF
 from cnnkernels.cat import output_memory_format
+from cnnkernels.kernels import cat as kcat
 from cnnkernels.testing import poison_
+
+from conftest import DEVICE
 
 DTYPES = [
     pytest.param(torch.float16, id="fp16"),

@@ -9,15 +9,16 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from _reference import conv2d_ref, forward_backward
-from cnnkernels.kernels import conv as kconv
-from conftest import DEVICE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cnnkernels.functional as CF
 import cnnkernels.nn as cnn
+from cnnkernels.kernels import conv as kconv
 from cnnkernels.testing import assert_close, poison_
+
+from _reference import conv2d_ref, forward_backward
+from conftest import DEVICE
 
 # Geometries: the seed's layer shapes scaled down in batch and image size, plus awkward ones.
 CASES = [
@@ -36,6 +37,12 @@ CASES = [
     pytest.param(dict(n=2, c=3, h=9, w=10, k=4, r=3, s=5, stride=(2, 1), padding=(1, 2)), id="rect-kernel-valid-pairs"),
     pytest.param(dict(n=2, c=3, h=6, w=6, k=4, r=3, s=3, stride=1, padding="valid"), id="valid"),
     pytest.param(dict(n=2, c=34, h=7, w=6, k=33, r=2, s=2, stride=2, padding=0), id="kernel-eq-stride-C34"),
+    # K >= 32: dX runs tap-wise; with dilation 1 over the stride's residue classes.
+    pytest.param(dict(n=2, c=3, h=23, w=21, k=36, r=11, s=11, stride=4, padding=1), id="11x11s4-dX-residue"),
+    pytest.param(dict(n=1, c=5, h=12, w=11, k=40, r=3, s=3, stride=(3, 2), padding=(1, 0)), id="stride3x2-dX-residue"),
+    pytest.param(
+        dict(n=2, c=4, h=11, w=10, k=33, r=3, s=3, stride=2, padding=1, dilation=2), id="dilated-strided-dX-masks"
+    ),
 ]
 
 

@@ -5,19 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _reference import forward_backward
-from conftest import DEVICE
 
 import cnnkernels.functional as CF
 from cnnkernels import conv1x1 as c1
 from cnnkernels.kernels import conv1x1 as k1
 from cnnkernels.testing import assert_close, poison_
 
+from _reference import forward_backward
+from conftest import DEVICE
+
 
 @pytest.mark.parametrize("relu", [False, True], ids=["conv", "relu"])
 @pytest.mark.parametrize(
     "shape",
-    [pytest.param((2, 20, 5, 7, 30), id="odd"), pytest.param((1, 3, 1, 1, 1), id="tiny"), pytest.param((3, 130, 4, 4, 70), id="C130")],
+    [
+        pytest.param((2, 20, 5, 7, 30), id="odd"),
+        pytest.param((1, 3, 1, 1, 1), id="tiny"),
+        pytest.param((3, 130, 4, 4, 70), id="C130"),
+    ],
 )
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_conv1x1_matches_torch(shape, relu, channels_last):

@@ -8,14 +8,19 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE
 
 import cnnkernels.functional as CF
 from cnnkernels.testing import assert_close
 
+from conftest import DEVICE
+
 pytestmark = pytest.mark.gpu
 
-DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16"), pytest.param(torch.float32, id="fp32")]
+DTYPES = [
+    pytest.param(torch.bfloat16, id="bf16"),
+    pytest.param(torch.float16, id="fp16"),
+    pytest.param(torch.float32, id="fp32"),
+]
 LAYERS = [
     pytest.param(dict(n=32, c=1, h=224, k=96, r=11, stride=4, padding=1), id="alexnet-conv1"),
     pytest.param(dict(n=32, c=96, h=26, k=256, r=5, stride=1, padding=2), id="alexnet-conv2"),
@@ -31,7 +36,10 @@ LAYERS = [
 def test_conv_relu_vs_cudnn(layer, dtype):
     x = torch.randn(layer["n"], layer["c"], layer["h"], layer["h"], device=DEVICE, dtype=dtype)
     x = x.to(memory_format=torch.channels_last).requires_grad_()
-    w = (torch.randn(layer["k"], layer["c"], layer["r"], layer["r"], device=DEVICE, dtype=dtype) / (layer["c"] * layer["r"] ** 2) ** 0.5)
+    w = (
+        torch.randn(layer["k"], layer["c"], layer["r"], layer["r"], device=DEVICE, dtype=dtype)
+        / (layer["c"] * layer["r"] ** 2) ** 0.5
+    )
     w = w.to(memory_format=torch.channels_last).requires_grad_()
     b = torch.randn(layer["k"], device=DEVICE, dtype=dtype, requires_grad=True)
     args = dict(stride=layer["stride"], padding=layer["padding"])

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE
 from torch import nn
 
 import cnnkernels.nn as cnn
 from cnnkernels import inception as inc
 from cnnkernels.testing import assert_close
+
+from conftest import DEVICE
 
 
 class SeedInception(nn.Module):
@@ -45,11 +46,14 @@ def _pair(c_in=12, spec=(8, (6, 10), (3, 5), 4), h=7, w=9):
     return ours, ref, x
 
 
-@pytest.mark.parametrize("spec, c_in, hw", [
-    pytest.param((8, (6, 10), (3, 5), 4), 12, (7, 9), id="small-odd"),
-    pytest.param((16, (12, 20), (4, 8), 8), 24, (5, 5), id="googlenet-like"),
-    pytest.param((2, (3, 4), (1, 2), 1), 3, (1, 1), id="1x1-image"),
-])
+@pytest.mark.parametrize(
+    "spec, c_in, hw",
+    [
+        pytest.param((8, (6, 10), (3, 5), 4), 12, (7, 9), id="small-odd"),
+        pytest.param((16, (12, 20), (4, 8), 8), 24, (5, 5), id="googlenet-like"),
+        pytest.param((2, (3, 4), (1, 2), 1), 3, (1, 1), id="1x1-image"),
+    ],
+)
 def test_inception_matches_seed_block(spec, c_in, hw):
     ours, ref, x = _pair(c_in, spec, *hw)
     assert ours.state_dict().keys() == ref.state_dict().keys()
@@ -87,7 +91,9 @@ def test_no_concatenation_copy(monkeypatch):
     monkeypatch.setattr(inc._k1, "conv1x1_forward", conv1)
     cat_inputs = []
     real_cat = torch.cat
-    monkeypatch.setattr(torch, "cat", lambda ts, *a, **kw: cat_inputs.append([t.shape for t in ts]) or real_cat(ts, *a, **kw))
+    monkeypatch.setattr(
+        torch, "cat", lambda ts, *a, **kw: cat_inputs.append([t.shape for t in ts]) or real_cat(ts, *a, **kw)
+    )
     import cnnkernels.kernels.cat as kcat
 
     def no_cat(*a, **kw):

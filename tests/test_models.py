@@ -31,13 +31,14 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from cnnkernels.models import reference
-from cnnkernels.models._common import summary_name
-from conftest import DEVICE
 from torch import nn
 
 from cnnkernels import models
-from cnnkernels.testing import assert_close
+from cnnkernels.models import reference
+from cnnkernels.models._common import summary_name
+from cnnkernels.testing import assert_close, rel_error
+
+from conftest import DEVICE
 
 NUM_CLASSES = 4
 VGG_SMALL = ((1, 8), (1, 16))
@@ -305,13 +306,6 @@ def test_low_precision(dtype):
     assert_close(out.cpu(), ref_out, dtype, name="logits", torch_out=torch_out)
 
 
-@pytest.mark.xfail(
-    reason="cnnkernels.functional.conv2d checks that input and weight dtypes match before applying "
-    "autocast, so the second conv (bf16 activations, fp32 weights) raises TypeError where "
-    "nn.Conv2d casts both",
-    raises=TypeError,
-    strict=False,
-)
 def test_autocast():
     """Under ``torch.autocast`` the fused model computes in the autocast dtype like the
     reference, and its fp32 parameters get fp32 gradients close to the reference's."""
@@ -331,9 +325,12 @@ def test_autocast():
     assert_close(out.float().cpu(), ref_out, dtype, name="logits", torch_out=torch_out)
     out.float().sum().backward()
     ref_out.sum().backward()
-    for (name, p), p_r in zip(fused.named_parameters(), ref64.parameters()):
+    torch_out.float().sum().backward()  # torch's own autocast gradients: the error yardstick
+    for (name, p), p_r, p_t in zip(fused.named_parameters(), ref64.parameters(), ref.parameters()):
         assert p.grad.dtype == torch.float32
-        assert_close(p.grad.cpu(), p_r.grad, dtype, name=f"grad {name}")
+        # Gradients flow through every bf16 layer above: bound them by twice torch's own error.
+        ours, theirs = rel_error(p.grad.cpu(), p_r.grad), rel_error(p_t.grad, p_r.grad)
+        assert ours <= 2 * theirs + 1e-2, f"grad {name}: {ours:.3e} vs torch's {theirs:.3e}"
 
 
 def test_channels_last_inside():
@@ -349,11 +346,6 @@ def test_channels_last_inside():
         assert o.is_contiguous(memory_format=torch.channels_last) and o.stride(1) == 1
 
 
-@pytest.mark.xfail(
-    reason="a 1-channel NCHW input is also channels_last-contiguous, and the conv op then picks "
-    "NCHW for its output, so the rest of the network runs NCHW",
-    strict=False,
-)
 def test_channels_last_inside_one_channel_input():
     model = models.VGG(arch=VGG_SMALL, num_classes=NUM_CLASSES).to(DEVICE)
     seen = []

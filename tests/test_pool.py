@@ -6,15 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from cnnkernels.kernels import avgpool as kavg
-from cnnkernels.kernels import pool as kpool
-from conftest import DEVICE
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import cnnkernels.functional as CF
 import cnnkernels.nn as cnn
+from cnnkernels.kernels import avgpool as kavg
+from cnnkernels.kernels import pool as kpool
 from cnnkernels.testing import assert_close, poison_
+
+from conftest import DEVICE
 
 LOW = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
 

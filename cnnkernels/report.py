@@ -342,11 +342,19 @@ def format_table(results: list[StaticResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    results = []
-    for r in run_report():
-        results.append(r)
-    print("Static, sm_90 (compiled on the CPU for GPUTarget('cuda', 90, 32)):")
-    print(format_table(results))
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m cnnkernels.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per compiled config instead of a table")
+    args = parser.parse_args(argv)
+    results = list(run_report())
+    if args.json:
+        for r in results:
+            print(json.dumps({**dataclasses.asdict(r), "ok": r.ok}))
+    else:
+        print("Static, sm_90 (compiled on the CPU for GPUTarget('cuda', 90, 32)):")
+        print(format_table(results))
     bad = [r for r in results if not r.ok]
     if bad:
         print(f"{len(bad)} config(s) spill or lack HGMMA", file=sys.stderr)

@@ -101,6 +101,8 @@ class Classifier(nn.Module):
 
     net: nn.Sequential
 
+    nhwc_weights = False  # the fused models set it: see ``_weights_to_channels_last``
+
     def __init__(self, **hparams):
         super().__init__()
         self.hparams = dict(hparams)
@@ -142,7 +144,20 @@ class Classifier(nn.Module):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         X = self._prepare(X)
         self.materialize(X.shape)
+        if self.nhwc_weights and not self.__dict__.get("_weights_nhwc", False):
+            self._weights_to_channels_last()
         return self.net(X)
+
+    def _weights_to_channels_last(self) -> None:
+        """Keep conv weights NHWC in memory (as cuDNN prefers): the kernels then read each
+        tap's channel run contiguously instead of with a stride of R*S. Done once, in place:
+        the Parameter objects (and so any optimizer holding them) and ``state_dict`` keys and
+        values stay the same; only the strides change."""
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d) and not isinstance(m.weight, nn.parameter.UninitializedParameter):
+                    m.weight.data = m.weight.data.to(memory_format=torch.channels_last)
+        self._weights_nhwc = True
 
     def layer_summary(self, X_shape, *, shape_only: bool = False) -> None:
         """Run a random batch of shape ``X_shape`` through ``net`` one layer (or block) at a
@@ -178,6 +193,8 @@ class Classifier(nn.Module):
 class FusedClassifier(Classifier):
     """A model built from ``cnnkernels.nn``: checks the input before anything runs and converts
     it to channels_last (NHWC in memory), the layout every kernel of the library prefers."""
+
+    nhwc_weights = True
 
     @classmethod
     def _shape_twin(cls) -> type[Classifier]:

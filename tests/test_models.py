@@ -521,3 +521,18 @@ def test_summaries_shape_only_at_224():
         for ns in ("fused", "reference"):
             assert _lines("\n".join(sections[f"{ns} {name}"])) == _lines(expected), (ns, name)
         assert f"logits {name} (2, 10) meta" in sections
+
+
+def test_fused_conv_weights_become_nhwc_once_and_keep_identity():
+    """The fused model stores conv weights channels_last after its first call (the kernels'
+    preferred layout); the Parameter objects, keys and values are unchanged."""
+    case = CASES["vgg"]
+    ref = _materialised_reference(case)
+    fused = models.from_reference(ref).to(DEVICE)
+    before = {n: (p, p.detach().clone()) for n, p in fused.named_parameters()}
+    fused(torch.randn(1, 1, case.hw, case.hw, device=DEVICE))
+    for name, p in fused.named_parameters():
+        assert p is before[name][0] and torch.equal(p.detach(), before[name][1])
+        if p.dim() == 4:
+            assert p.is_contiguous(memory_format=torch.channels_last), name
+    assert all(p.is_contiguous() for p in ref.parameters())

@@ -5,35 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import cnnkernels.nn as cnn
 from cnnkernels import inception as inc
+from cnnkernels.models.reference import Inception as SeedInception  # the seed's torch.nn block
 from cnnkernels.testing import assert_close
 
 from conftest import DEVICE
-
-
-class SeedInception(nn.Module):
-    """The seed's block, torch.nn only (the reference)."""
-
-    def __init__(self, c1, c2, c3, c4):
-        super().__init__()
-        self.b1_1 = nn.LazyConv2d(c1, kernel_size=1)
-        self.b2_1 = nn.LazyConv2d(c2[0], kernel_size=1)
-        self.b2_2 = nn.LazyConv2d(c2[1], kernel_size=3, padding=1)
-        self.b3_1 = nn.LazyConv2d(c3[0], kernel_size=1)
-        self.b3_2 = nn.LazyConv2d(c3[1], kernel_size=5, padding=2)
-        self.b4_1 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
-        self.b4_2 = nn.LazyConv2d(c4, kernel_size=1)
-
-    def forward(self, x):
-        b1 = F.relu(self.b1_1(x))
-        b2 = F.relu(self.b2_2(F.relu(self.b2_1(x))))
-        b3 = F.relu(self.b3_2(F.relu(self.b3_1(x))))
-        b4 = F.relu(self.b4_2(self.b4_1(x)))
-        return torch.cat((b1, b2, b3, b4), dim=1)
 
 
 def _pair(c_in=12, spec=(8, (6, 10), (3, 5), 4), h=7, w=9):
@@ -129,7 +107,14 @@ def test_inception_low_precision(dtype):
 
 
 def test_inception_gradcheck_fp64():
-    ours, _, _ = _pair(3, (2, (2, 3), (1, 2), 1), 3, 4)
-    ours = ours.double()
-    x = torch.randn(1, 3, 3, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    assert torch.autograd.gradcheck(ours, (x,))
+    """float64 gradcheck of the block's autograd function: input and every weight and bias."""
+    import cnnkernels.functional as CF
+
+    ours, _, _ = _pair(3, (2, (2, 3), (1, 2), 1), 2, 3)
+    params = [p.detach().double().requires_grad_() for p in ours.parameters()]
+    x = torch.randn(1, 3, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+
+    def block(x_, *ps):
+        return inc.InceptionFunction.apply(x_, CF.max_pool2d(x_, 3, 1, 1), *ps)
+
+    assert torch.autograd.gradcheck(block, (x, *params), fast_mode=True)

@@ -172,15 +172,15 @@ def check_model(name: str, batch: int, size: int, dtype, device: str, seed: int 
         ref(x)  # materialise the lazy layers
     fused = models.from_reference(ref).to(dtype).eval()
     ref = ref.double().eval()
-    xf = x.to(dtype).requires_grad_()
-    xr = x.to(dtype).double().requires_grad_()
+    xf = x.to(dtype).clone().requires_grad_()
+    xr = x.to(dtype).double().requires_grad_()  # the same rounded image, as a separate leaf
     logits = fused(xf)
     ref_logits = ref(xr)
     g = torch.randn_like(ref_logits)
     logits.backward(g.to(dtype))
     ref_logits.backward(g)
     tol = tolerance(dtype, device)
-    rows = [("logits", logits, ref_logits), ("grad input", xf.grad, xr.grad)]
+    rows = [("logits", logits.detach(), ref_logits.detach()), ("grad input", xf.grad, xr.grad)]
     ref_params = dict(ref.named_parameters())
     rows += [(f"grad {n}", p.grad, ref_params[n].grad) for n, p in fused.named_parameters()]
     out = []
@@ -385,7 +385,7 @@ def cmd_report(args) -> int:
         raise UsageError("report compiles for sm_90 and cannot run with TRITON_INTERPRET=1 set")
     from cnnkernels import report
 
-    return report.main([])
+    return report.main(["--kernel", args.kernel] if args.kernel else [])
 
 
 def cmd_demo(args) -> int:
@@ -422,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", default="bf16")
     b.set_defaults(fn=cmd_bench)
     r = sub.add_parser("report", help="static sm_90 table: registers, spills, shared memory, HGMMA")
+    r.add_argument("--kernel", default="", help="only the kernels whose name starts with this")
     r.set_defaults(fn=cmd_report)
     t = sub.add_parser("train", help="a short training run on the fused kernels")
     t.add_argument("model")

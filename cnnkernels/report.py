@@ -347,8 +347,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m cnnkernels.report", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per compiled config instead of a table")
+    parser.add_argument("--kernel", default="", help="only the kernels whose name starts with this")
     args = parser.parse_args(argv)
-    results = list(run_report())
+    specs = [s for s in kernel_specs() if s.name.startswith(args.kernel)]
+    if not specs:
+        print(f"no kernel name starts with {args.kernel!r}", file=sys.stderr)
+        return 2
+    results = list(run_report(specs))
     if args.json:
         for r in results:
             print(json.dumps({**dataclasses.asdict(r), "ok": r.ok}))

@@ -95,7 +95,8 @@ def conv2d_backward_weight_op(
 
 
 def _conv_forward(ctx, x, weight, bias, stride, padding, dilation, groups, activation):
-    channels_last = is_channels_last(x)
+    # NHWC output when the input or the weight is NHWC, as cuDNN decides.
+    channels_last = is_channels_last(x) or is_channels_last(weight)
     y = torch.ops.cnnkernels.conv2d(x, weight, bias, stride, padding, dilation, groups, activation, channels_last)
     ctx.geometry = (stride, padding, dilation, groups, activation)
     ctx.has_bias = bias is not None
@@ -172,6 +173,8 @@ def conv2d_args(input, weight, bias, stride, padding, dilation, groups):
     x = input.unsqueeze(0) if unbatched else input
     c_in = x.shape[1]
     k_out, cg, r, s = weight.shape
+    if c_in == 0 or k_out == 0:
+        raise ValueError(f"input channels and output channels must be positive, got {c_in} and {k_out}")
     if k_out % groups != 0:
         raise ValueError(f"groups={groups} does not divide the weight's {k_out} output channels")
     if c_in % groups != 0:

@@ -45,7 +45,7 @@ def conv1x1_backward_weight_op(
 
 
 def _forward(ctx, x, weight, bias, activation):
-    channels_last = is_channels_last(x)
+    channels_last = is_channels_last(x) or is_channels_last(weight)  # as cuDNN decides
     y = torch.ops.cnnkernels.conv1x1(x, weight, bias, activation, channels_last)
     ctx.activation, ctx.has_bias, ctx.channels_last = activation, bias is not None, channels_last
     ctx.save_for_backward(x, weight, y if activation == "relu" else None)

@@ -160,12 +160,40 @@ class Inception(nn.Module):
             if isinstance(conv, nn.modules.lazy.LazyModuleMixin) and conv.has_uninitialized_params():
                 conv._infer_parameters(conv, (x.new_empty((1, c_in, 1, 1)),))
 
+    # (kernel, padding) of each fused conv+ReLU branch layer, as the block computes them.
+    _GEOMETRY = {"b1_1": (1, 0), "b2_1": (1, 0), "b2_2": (3, 1), "b3_1": (1, 0), "b3_2": (5, 2), "b4_2": (1, 0)}
+
+    def _check_branches(self) -> None:
+        """The block runs its branches as one fused computation from their parameters, not by
+        calling them: refuse anything it would silently ignore (a swapped or re-shaped branch,
+        a missing bias, hooks such as pruning or weight norm)."""
+        from . import nn as cnn
+
+        for name, (k, pad) in self._GEOMETRY.items():
+            conv = getattr(self, name)
+            if not isinstance(conv, cnn.Conv2dReLU):
+                raise ValueError(f"Inception.{name} must stay a cnnkernels Conv2dReLU, got {type(conv).__name__}")
+            geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups)
+            if geometry != ((k, k), (1, 1), (pad, pad), (1, 1), 1) or conv.padding_mode != "zeros":
+                raise ValueError(f"Inception.{name} must be a {k}x{k} conv with padding {pad}, stride 1, one group")
+            if conv.bias is None:
+                raise ValueError(f"Inception.{name} needs a bias")
+            if conv._forward_pre_hooks or conv._forward_hooks:
+                raise ValueError(f"Inception.{name} has forward hooks, which the fused block would not run")
+        pool = self.b4_1
+        if (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode) not in (
+            (3, 1, 1, 1, False),
+            ((3, 3), (1, 1), (1, 1), (1, 1), False),
+        ):
+            raise ValueError("Inception.b4_1 must be a 3x3 max pool with stride 1 and padding 1")
+
     def forward(self, x: Tensor) -> Tensor:
         from . import functional as F
         from ._utils import autocast_dtype, check_tensor
 
         check_tensor(x, "input", (3, 4))
         self._materialize(x)
+        self._check_branches()
         unbatched = x.dim() == 3
         x4 = x.unsqueeze(0) if unbatched else x
         if self.b1_1.in_channels != x4.shape[1]:
@@ -174,7 +202,7 @@ class Inception(nn.Module):
         for conv in (self.b1_1, self.b2_1, self.b2_2, self.b3_1, self.b3_2, self.b4_2):
             params += [conv.weight, conv.bias]
         cast = autocast_dtype(x4.device.type)
-        if cast is not None:  # like nn.Conv2d under autocast
+        if cast is not None and x4.dtype != torch.float64:  # like nn.Conv2d under autocast
             x4 = x4.to(cast)
             params = [p.to(cast) for p in params]
         elif any(p.dtype != x4.dtype for p in params):

@@ -149,7 +149,7 @@ def _conv1x1_specs() -> list[KernelSpec]:
                 "conv1x1_bwd_input two-way",
                 conv1x1._conv1x1_bwd_input_kernel,
                 {},
-                dict(ACTIVATION="relu", TWO_WAY=True, ACCUMULATE=True, **dot),
+                dict(ACTIVATION="relu", TWO_WAY=True, **dot),
                 dtype=dt,
                 unit=("stride_dy0c", "stride_dy1c", "stride_y0c", "stride_y1c", "stride_wc", "stride_dxc"),
                 odd=odd,

@@ -8,6 +8,8 @@ triton reads it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
@@ -88,6 +90,31 @@ def _is_fake(t: torch.Tensor) -> bool:
     from torch._subclasses.fake_tensor import FakeTensor
 
     return isinstance(t, FakeTensor)
+
+
+def nchw_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
+    """(n, c, h, w) strides of a 4-D tensor, whatever its memory format."""
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def on_tensor_device(launcher):
+    """Run a launcher with its first tensor argument's GPU as the current device: triton
+    launches on the current device, which need not be the tensors' (``cuda:1`` while device 0
+    is current)."""
+
+    @functools.wraps(launcher)
+    def wrapper(*args, **kwargs):
+        t = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        if t is None and args and isinstance(args[0], (list, tuple)):
+            t = next((a for a in args[0] if isinstance(a, torch.Tensor)), None)
+        if t is not None and t.device.type == "cuda" and t.device.index != torch.cuda.current_device():
+            guard = torch.cuda.device(t.device)
+        else:
+            guard = contextlib.nullcontext()
+        with guard:
+            return launcher(*args, **kwargs)
+
+    return wrapper
 
 
 def dot_precision(dtype: torch.dtype) -> str:

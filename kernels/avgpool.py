@@ -11,7 +11,8 @@ Global:    Y[n,c] = sum_{h,w} X[n,c,h,w] / (H*W): one program per (n, channel bl
            dX[n,c,h,w] = dY[n,c] / (H*W), broadcast.
 
 Limits: tensors are addressed through explicit strides (NCHW or channels_last); batch offsets
-are 64-bit, offsets within one image 32-bit (C*H*W < 2**31 elements per image). The window
+are 64-bit, offsets within one image 32-bit (C*H*W < 2**31 elements per image), and the
+pixel count of the whole batch stays below 2**31 (N*H*W, never reached by these models). The window
 loop bounds (KH_MAX, KW_MAX, the most windows per input row/column) are runtime values: large
 windows (an adaptive 224 -> 7 pool) must not unroll, and each output size needs no recompile.
 """
@@ -23,7 +24,7 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from ._common import acc_dtype, check_runnable, pick_configs, shape_only, tl_dtype
+from ._common import acc_dtype, check_runnable, nchw_strides, on_tensor_device, pick_configs, shape_only, tl_dtype
 
 
 def avgpool_configs() -> list[triton.Config]:
@@ -217,16 +218,13 @@ def adaptive_span(size: int, out_size: int) -> int:
     return size // out_size if size % out_size == 0 else size // out_size + 2
 
 
-def _nchw_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
-
-
 def _check(name: str, t: torch.Tensor) -> None:
     check_runnable(name, t)
     if t.dim() != 4:
         raise ValueError(f"avg-pool launchers take a 4-D {name}, got shape {tuple(t.shape)}")
 
 
+@on_tensor_device
 def adaptive_avg_pool2d_forward(x: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
     """Y of adaptive average pooling to ``output_size`` (P, Q), in X's memory format."""
     _check("input", x)
@@ -243,12 +241,13 @@ def adaptive_avg_pool2d_forward(x: torch.Tensor, output_size: tuple[int, int]) -
         x, y,
         n, c, h, w, p, q,
         adaptive_span(h, p), adaptive_span(w, q),
-        *_nchw_strides(x), *_nchw_strides(y),
+        *nchw_strides(x), *nchw_strides(y),
         ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
     )
     return y
 
 
+@on_tensor_device
 def adaptive_avg_pool2d_backward(
     grad_out: torch.Tensor,
     input_shape: tuple[int, int, int, int],
@@ -269,12 +268,13 @@ def adaptive_avg_pool2d_backward(
         grad_out, dx,
         n, c, h, w, p, q,
         adaptive_span(p, h), adaptive_span(q, w),
-        *_nchw_strides(grad_out), *_nchw_strides(dx),
+        *nchw_strides(grad_out), *nchw_strides(dx),
         ACC_DTYPE=tl_dtype(acc_dtype(grad_out.dtype)),
     )
     return dx
 
 
+@on_tensor_device
 def global_avg_pool2d_forward(x: torch.Tensor) -> torch.Tensor:
     """Y (N, C, 1, 1) = the mean of X over H and W, in X's memory format."""
     _check("input", x)
@@ -289,12 +289,13 @@ def global_avg_pool2d_forward(x: torch.Tensor) -> torch.Tensor:
     torch.library.wrap_triton(_global_avg_pool2d_fwd_kernel)[grid](
         x, y,
         n, c, h, w,
-        *_nchw_strides(x), y.stride(0), y.stride(1),
+        *nchw_strides(x), y.stride(0), y.stride(1),
         ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
     )
     return y
 
 
+@on_tensor_device
 def global_avg_pool2d_backward(
     grad_out: torch.Tensor,
     input_shape: tuple[int, int, int, int],
@@ -314,7 +315,7 @@ def global_avg_pool2d_backward(
         grad_out, dx,
         n, c, h, w,
         grad_out.stride(0), grad_out.stride(1),
-        *_nchw_strides(dx),
+        *nchw_strides(dx),
         ACC_DTYPE=tl_dtype(acc_dtype(grad_out.dtype)),
     )
     return dx

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_runnable, pick_configs, shape_only
+from ._common import check_runnable, on_tensor_device, pick_configs, shape_only
 
 
 def cat_configs() -> list[triton.Config]:
@@ -91,6 +91,7 @@ def copy_dims(shape, x_strides, y_strides) -> list[tuple[int, int, int]]:
     return merged
 
 
+@on_tensor_device
 def copy_into(x: torch.Tensor, y: torch.Tensor) -> None:
     """Y[...] = X[...] for two strided tensors of one shape and dtype (Y must not overlap X)."""
     check_runnable("input", x)
@@ -125,6 +126,7 @@ def is_legacy_empty(t: torch.Tensor, tensors) -> bool:
     return t.dim() == 1 and t.shape[0] == 0 and any(u.dim() != 1 for u in tensors)
 
 
+@on_tensor_device
 def cat_forward(tensors: list[torch.Tensor], dim: int, memory_format: torch.memory_format) -> torch.Tensor:
     """torch.cat(tensors, dim) for tensors of one dtype and device, of one rank and equal sizes
     off ``dim`` (``dim`` already non-negative) once legacy 1-D empties are set aside; the

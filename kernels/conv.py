@@ -14,7 +14,8 @@ ReLU:      the backward mask is ``Y > 0`` of the saved output, applied while dY 
 
 Limits: tensors are addressed through explicit strides (NCHW, channels_last or a channel slice
 of a larger buffer all work without copies); batch offsets are 64-bit, offsets within one image
-are 32-bit (H*W*C < 2**31 elements per image). Geometry is constexpr: each layer shape is its
+are 32-bit (H*W*C < 2**31 elements per image), and the pixel count of the whole batch stays
+below 2**31 (N*H*W and N*P*Q, far above these models' sizes). Geometry is constexpr: each layer shape is its
 own specialisation, so index arithmetic folds to constants.
 """
 
@@ -32,6 +33,8 @@ from ._common import (
     dot_upcast,
     fit_to_dtype,
     mma,
+    nchw_strides,
+    on_tensor_device,
     pick_configs,
     shape_only,
     tl_dtype,
@@ -158,7 +161,8 @@ def _conv_fwd_kernel(
         bias = tl.load(b_ptr + (g * K + offs_n) * stride_b, mask=mask_n, other=0.0)
         acc += bias.to(ACC_DTYPE)[None, :]
     if ACTIVATION == "relu":
-        acc = tl.maximum(acc, 0.0)
+        # NaN stays NaN, as torch's relu (a plain max would return the 0).
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     y_off = n_idx * stride_yn + (pq // Q) * stride_yh + (pq % Q) * stride_yw
     y_ptrs = y_ptr + y_off[:, None] + ((g * K + offs_n) * stride_yc)[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
@@ -272,7 +276,7 @@ def _conv_bwd_input_kernel(
         a = tl.load(dy_ptrs, mask=mask_a, other=0.0)
         if ACTIVATION == "relu":
             yv = tl.load(y_ptrs, mask=mask_a, other=0.0)
-            a = tl.where(yv > 0, a, tl.zeros_like(a))
+            a = tl.where(yv <= 0, tl.zeros_like(a), a)  # torch's threshold_backward: NaN passes
         w_off = k * stride_wk + r * stride_wr + s * stride_ws
         b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
@@ -345,7 +349,7 @@ def _conv_bwd_weight_kernel(
         if ACTIVATION == "relu":
             y_pix = n_idx * stride_yn + p * stride_yh + q * stride_yw
             yv = tl.load(y_base[:, None] + y_pix[None, :], mask=mask_a, other=0.0)
-            a = tl.where(yv > 0, a, tl.zeros_like(a))
+            a = tl.where(yv <= 0, tl.zeros_like(a), a)  # torch's threshold_backward: NaN passes
         if NEED_DB:
             db_acc += tl.sum(a.to(ACC_DTYPE), axis=1)
         if FLAT:
@@ -399,11 +403,6 @@ def _conv_bwd_reduce_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _nchw_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
-    """(n, c, h, w) strides of a 4-D tensor (any memory format)."""
-    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
-
-
 def conv_output_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
     return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
 
@@ -433,6 +432,7 @@ def _geometry(weight, stride, padding, dilation) -> dict:
     }
 
 
+@on_tensor_device
 def conv2d_forward(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -466,9 +466,9 @@ def conv2d_forward(
     torch.library.wrap_triton(_conv_fwd_kernel)[grid](
         x, weight, b_arg, out,
         n, h, w, cg, p, q, kg,
-        *_nchw_strides(x), *_nchw_strides(weight),
+        *nchw_strides(x), *nchw_strides(weight),
         bias.stride(0) if bias is not None else 0,
-        *_nchw_strides(out),
+        *nchw_strides(out),
         **_geometry(weight, stride, padding, dilation),
         FLAT=cg < FLAT_BELOW, HAS_BIAS=bias is not None, ACTIVATION=activation,
         **_dot_args(x.dtype),
@@ -476,6 +476,7 @@ def conv2d_forward(
     return out
 
 
+@on_tensor_device
 def conv2d_backward_input(
     grad_out: torch.Tensor,
     out: torch.Tensor | None,
@@ -519,7 +520,7 @@ def conv2d_backward_input(
     torch.library.wrap_triton(_conv_bwd_input_kernel)[grid](
         grad_out, y, weight, dx,
         n, h, w, cg, p, q, kg,
-        *_nchw_strides(grad_out), *_nchw_strides(y), *_nchw_strides(weight), *_nchw_strides(dx),
+        *nchw_strides(grad_out), *nchw_strides(y), *nchw_strides(weight), *nchw_strides(dx),
         **_geometry(weight, stride, padding, dilation),
         FLAT=flat, RESIDUE=residue, ACTIVATION=activation,
         **_dot_args(grad_out.dtype),
@@ -539,6 +540,7 @@ def _dw_chunk(npq: int, tiles: int) -> int:
     return triton.cdiv(chunk, 256) * 256
 
 
+@on_tensor_device
 def conv2d_backward_weight(
     x: torch.Tensor,
     grad_out: torch.Tensor,
@@ -559,7 +561,11 @@ def conv2d_backward_weight(
     kg = k_out // groups
     dw = torch.empty_like(weight_like)
     db = torch.empty((k_out,), device=x.device, dtype=x.dtype) if need_bias else None
-    if dw.numel() == 0 or shape_only(x):
+    if shape_only(x):
+        return dw, db
+    if dw.numel() == 0:
+        if db is not None:
+            db.zero_()
         return dw, db
     npq = n * p * q
     rsc = r * s * cg
@@ -585,12 +591,12 @@ def conv2d_backward_weight(
     torch.library.wrap_triton(_conv_bwd_weight_kernel)[grid](
         x, grad_out, y, dw_part, db_part,
         n, h, w, cg, p, q, kg, groups, chunk,
-        *_nchw_strides(x), *_nchw_strides(grad_out), *_nchw_strides(y),
+        *nchw_strides(x), *nchw_strides(grad_out), *nchw_strides(y),
         **_geometry(weight_like, stride, padding, dilation),
         FLAT=flat, ACTIVATION=activation, NEED_DB=need_bias,
         **_dot_args(x.dtype),
     )
-    _reduce_splits(dw_part, dw, splits, cg, r, s, _nchw_strides(dw))
+    _reduce_splits(dw_part, dw, splits, cg, r, s, nchw_strides(dw))
     if db is not None:
         _reduce_splits(db_part, db, splits, 1, 1, 1, (db.stride(0), 0, 0, 0))
     return dw, db

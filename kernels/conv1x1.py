@@ -7,8 +7,7 @@ go to ``y0`` and the rest to ``y1`` (e.g. a channel slice of the block's output 
 buffer). Backward takes dY from the same two places.
 
 Forward:  Y[m, j] = act(b[j] + sum_c X[m, c] W[j, c])
-dX:       dX[m, c] = sum_j dY'[m, j] W[j, c]  (+ an existing dX, read in the epilogue, when
-          ``ACCUMULATE``: how the Inception block adds its pooling branch's gradient)
+dX:       dX[m, c] = sum_j dY'[m, j] W[j, c]
 dW, db:   dW[j, c] = sum_m dY'[m, j] X[m, c], db[j] = sum_m dY'[m, j], over M split in chunks,
           partials summed in fixed order by ``conv._conv_bwd_reduce_kernel`` (no atomics).
 dY' = dY * (Y > 0) under ReLU, Y being the saved output.
@@ -23,7 +22,16 @@ import triton
 import triton.language as tl
 
 from . import conv as _conv
-from ._common import acc_dtype, check_runnable, mma, pick_configs, prune_by_dtype, shape_only
+from ._common import (
+    acc_dtype,
+    check_runnable,
+    mma,
+    nchw_strides,
+    on_tensor_device,
+    pick_configs,
+    prune_by_dtype,
+    shape_only,
+)
 
 
 def conv1x1_configs(kernel: str) -> list[triton.Config]:
@@ -63,7 +71,7 @@ def _load_dy(dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, pix_dy0, pix_dy1, pix_y0, pix_y1,
         yv = tl.load(y0_ptr + pix_y0 + j * stride_y0c, mask=mask & in0, other=0.0)
         if TWO_WAY:
             yv += tl.load(y1_ptr + pix_y1 + (j - SPLIT) * stride_y1c, mask=mask & (j >= SPLIT), other=0.0)
-        a = tl.where(yv > 0, a, tl.zeros_like(a))
+        a = tl.where(yv <= 0, tl.zeros_like(a), a)  # torch's threshold_backward: NaN passes
     return a
 
 
@@ -100,7 +108,8 @@ def _conv1x1_fwd_kernel(
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
     if ACTIVATION == "relu":
-        acc = tl.maximum(acc, 0.0)
+        # NaN stays NaN, as torch's relu (a plain max would return the 0).
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     mask = mask_m[:, None] & mask_n[None, :]
     pix0 = _pixel_offsets(offs_m, HW, W, stride_y0n, stride_y0h, stride_y0w)
     tl.store(y0_ptr + pix0[:, None] + (offs_n * stride_y0c)[None, :], acc.to(y0_ptr.dtype.element_ty),
@@ -122,7 +131,7 @@ def _conv1x1_bwd_input_kernel(
     stride_y1n, stride_y1c, stride_y1h, stride_y1w,
     stride_wk, stride_wc,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
-    ACTIVATION: tl.constexpr, TWO_WAY: tl.constexpr, ACCUMULATE: tl.constexpr,
+    ACTIVATION: tl.constexpr, TWO_WAY: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -150,10 +159,7 @@ def _conv1x1_bwd_input_kernel(
 
     pix_dx = _pixel_offsets(offs_m, HW, W, stride_dxn, stride_dxh, stride_dxw)
     dx_ptrs = dx_ptr + pix_dx[:, None] + (offs_c * stride_dxc)[None, :]
-    mask = mask_m[:, None] & mask_c[None, :]
-    if ACCUMULATE:
-        acc += tl.load(dx_ptrs, mask=mask, other=0.0).to(ACC_DTYPE)
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
 
 
 @triton.autotune(configs=conv1x1_configs("bwd_weight"), prune_configs_by={"early_config_prune": prune_by_dtype("x_ptr")}, key=["M", "C", "K", "SPLIT", "CHUNK"])
@@ -211,10 +217,6 @@ def _conv1x1_bwd_weight_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _s4(t):
-    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
-
-
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
     check_runnable("input", x)
     if x.dim() != 4 or weight.dim() != 4 or weight.shape[2:] != (1, 1):
@@ -225,6 +227,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
         raise ValueError(f"input has {x.shape[1]} channels, weight expects {weight.shape[1]}")
 
 
+@on_tensor_device
 def conv1x1_forward(x, weight, bias, activation, y0, y1=None):
     """Y = act(X W^T + b) for a [K, C, 1, 1] weight; output channels ``< y0.shape[1]`` go to
     ``y0``, the rest to ``y1`` (both any strided (N, *, H, W) views). Returns nothing."""
@@ -246,15 +249,16 @@ def conv1x1_forward(x, weight, bias, activation, y0, y1=None):
     torch.library.wrap_triton(_conv1x1_fwd_kernel)[grid](
         x, weight, bias if bias is not None else weight, y0, y1,
         m, h * w, w, c, k, split,
-        *_s4(x), weight.stride(0), weight.stride(1), bias.stride(0) if bias is not None else 0,
-        *_s4(y0), *_s4(y1),
+        *nchw_strides(x), weight.stride(0), weight.stride(1), bias.stride(0) if bias is not None else 0,
+        *nchw_strides(y0), *nchw_strides(y1),
         HAS_BIAS=bias is not None, ACTIVATION=activation, TWO_WAY=two_way,
         **_conv._dot_args(x.dtype),
     )
 
 
-def conv1x1_backward_input(dy0, y0, weight, dx, activation, dy1=None, y1=None, accumulate=False):
-    """dX = dY' W into ``dx`` (written, or added to when ``accumulate``). dY' comes from ``dy0``
+@on_tensor_device
+def conv1x1_backward_input(dy0, y0, weight, dx, activation, dy1=None, y1=None):
+    """dX = dY' W written into ``dx``. dY' comes from ``dy0``
     (output channels below its width) and ``dy1`` (the rest); ``y0``/``y1`` are the saved
     outputs for the ReLU mask (ignored without ReLU)."""
     _check(dx, weight)
@@ -273,13 +277,14 @@ def conv1x1_backward_input(dy0, y0, weight, dx, activation, dy1=None, y1=None, a
     torch.library.wrap_triton(_conv1x1_bwd_input_kernel)[grid](
         dy0, dy1, y0, y1, weight, dx,
         n * h * w, h * w, w, c, k, dy0.shape[1],
-        *_s4(dy0), *_s4(dy1), *_s4(y0), *_s4(y1), weight.stride(0), weight.stride(1), *_s4(dx),
-        ACTIVATION=activation, TWO_WAY=two_way, ACCUMULATE=accumulate,
+        *nchw_strides(dy0), *nchw_strides(dy1), *nchw_strides(y0), *nchw_strides(y1), weight.stride(0), weight.stride(1), *nchw_strides(dx),
+        ACTIVATION=activation, TWO_WAY=two_way,
         **_conv._dot_args(dx.dtype),
     )
     return dx
 
 
+@on_tensor_device
 def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=None, y1=None):
     """(dW, db) with dW shaped and strided like ``weight_like`` ([K, C, 1, 1])."""
     _check(x, weight_like)
@@ -288,7 +293,11 @@ def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=
     m = n * h * w
     dw = torch.empty_like(weight_like)
     db = torch.empty((k,), device=x.device, dtype=x.dtype) if need_bias else None
-    if dw.numel() == 0 or shape_only(x):
+    if shape_only(x):
+        return dw, db
+    if dw.numel() == 0:
+        if db is not None:
+            db.zero_()
         return dw, db
     if m == 0:
         dw.zero_()
@@ -311,11 +320,11 @@ def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=
     torch.library.wrap_triton(_conv1x1_bwd_weight_kernel)[grid](
         x, dy0, dy1, y0, y1, dw_part, db_part,
         m, h * w, w, c, k, dy0.shape[1], chunk,
-        *_s4(x), *_s4(dy0), *_s4(dy1), *_s4(y0), *_s4(y1),
+        *nchw_strides(x), *nchw_strides(dy0), *nchw_strides(dy1), *nchw_strides(y0), *nchw_strides(y1),
         ACTIVATION=activation, TWO_WAY=two_way, NEED_DB=need_bias,
         **_conv._dot_args(x.dtype),
     )
-    _conv._reduce_splits(dw_part, dw, splits, c, 1, 1, _s4(dw))
+    _conv._reduce_splits(dw_part, dw, splits, c, 1, 1, nchw_strides(dw))
     if db is not None:
         _conv._reduce_splits(db_part, db, splits, 1, 1, 1, (db.stride(0), 0, 0, 0))
     return dw, db

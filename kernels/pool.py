@@ -14,7 +14,8 @@ Backward:  dX[n,c,h,w] = sum over the windows (p, q) that contain (h, w) at tap 
 
 Limits: tensors are addressed through explicit strides (NCHW, channels_last, channel slices);
 the output, argmax and indices share one set of strides. Batch offsets are 64-bit, offsets
-within one image 32-bit (C*H*W < 2**31 elements per image). A window with no tap inside the
+within one image 32-bit (C*H*W < 2**31 elements per image); the batch's pixel count N*H*W
+stays below 2**31. A window with no tap inside the
 input (only possible with dilation > H or W) yields -inf, index -1 and no gradient. Geometry is
 constexpr: each pooling shape is its own specialisation, so the tap loops have constant trip
 counts and the window arithmetic folds.
@@ -27,7 +28,7 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from ._common import acc_dtype, check_runnable, pick_configs, shape_only, tl_dtype
+from ._common import acc_dtype, check_runnable, nchw_strides, on_tensor_device, pick_configs, shape_only, tl_dtype
 
 
 def pool_configs() -> list[triton.Config]:
@@ -182,10 +183,6 @@ def argmax_dtype(kernel_size: tuple[int, int]) -> torch.dtype:
     return torch.int32
 
 
-def _nchw_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
-
-
 def _geometry(kernel_size, stride, padding, dilation) -> dict:
     return {
         "R": kernel_size[0], "S": kernel_size[1],
@@ -201,6 +198,7 @@ def _check(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"max_pool2d launchers take a 4-D {name}, got shape {tuple(t.shape)}")
 
 
+@on_tensor_device
 def max_pool2d_forward(
     x: torch.Tensor,
     kernel_size: tuple[int, int],
@@ -228,13 +226,14 @@ def max_pool2d_forward(
     torch.library.wrap_triton(_max_pool2d_fwd_kernel)[grid](
         x, y, arg, idx if idx is not None else arg,  # idx is never written without RETURN_INDICES
         n, c, h, w, p, q,
-        *_nchw_strides(x), *_nchw_strides(y),
+        *nchw_strides(x), *nchw_strides(y),
         **_geometry(kernel_size, stride, padding, dilation),
         RETURN_INDICES=return_indices, ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
     )
     return y, arg, idx
 
 
+@on_tensor_device
 def max_pool2d_backward(
     grad_out: torch.Tensor,
     argmax: torch.Tensor,
@@ -261,7 +260,7 @@ def max_pool2d_backward(
     torch.library.wrap_triton(_max_pool2d_bwd_kernel)[grid](
         grad_out, argmax, dx,
         n, c, h, w, p, q,
-        *_nchw_strides(grad_out), *_nchw_strides(argmax), *_nchw_strides(dx),
+        *nchw_strides(grad_out), *nchw_strides(argmax), *nchw_strides(dx),
         **_geometry(kernel_size, stride, padding, dilation),
         ACC_DTYPE=tl_dtype(acc_dtype(grad_out.dtype)),
     )

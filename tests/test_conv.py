@@ -296,3 +296,48 @@ def test_opcheck():
     # test_aot_dispatch_dynamic compiles, which needs a GPU (see test_gpu.py).
     for util in ("test_schema", "test_autograd_registration", "test_faketensor"):
         torch.library.opcheck(torch.ops.cnnkernels.conv2d.default, args, test_utils=util)
+
+
+@pytest.mark.parametrize("k", [6, 40], ids=["flat-dX", "tapwise-dX"])
+@pytest.mark.parametrize("r", [3, 1], ids=["3x3", "1x1"])
+def test_relu_nan_propagates_like_torch(r, k):
+    """NaN stays NaN through the fused ReLU, and the backward lets dY through where Y is NaN
+    (torch's threshold_backward), so every NaN pattern equals torch's."""
+    x = torch.randn(1, 3, 6, 6, device=DEVICE)
+    x[0, 1, 2, 3] = float("nan")
+    w = torch.randn(k, 3, r, r, device=DEVICE)
+    b = torch.randn(k, device=DEVICE)
+    pad = r // 2
+    out, grads, dy = forward_backward(lambda a, c, d: CF.conv2d_relu(a, c, d, padding=pad), (x, w, b))
+    ref, ref_grads, _ = forward_backward(lambda a, c, d: F.relu(F.conv2d(a, c, d, padding=pad)), (x, w, b))
+    assert torch.isnan(out).any()
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    for got, want in zip(grads, ref_grads):
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
+
+
+def test_zero_channels_is_an_error():
+    with pytest.raises(ValueError, match="channels must be positive"):
+        CF.conv2d(torch.randn(2, 0, 5, 5), torch.randn(3, 0, 3, 3))
+
+
+@pytest.mark.parametrize("r", [3, 1], ids=["3x3", "1x1"])
+def test_output_memory_format_follows_torch(r):
+    """channels_last output when the input or the weight is channels_last, as torch decides."""
+    x = torch.randn(2, 4, 6, 6, device=DEVICE)
+    w = torch.randn(5, 4, r, r, device=DEVICE)
+    for xin, win in (
+        (x, w),
+        (x.to(memory_format=torch.channels_last), w),
+        (x, w.to(memory_format=torch.channels_last)),
+    ):
+        ours, theirs = CF.conv2d(xin, win), F.conv2d(xin, win)
+        fmt = (
+            torch.channels_last
+            if theirs.is_contiguous(memory_format=torch.channels_last) and not theirs.is_contiguous()
+            else None
+        )
+        if fmt is not None:
+            assert ours.is_contiguous(memory_format=torch.channels_last)
+        else:
+            assert ours.is_contiguous()

@@ -118,3 +118,32 @@ def test_inception_gradcheck_fp64():
         return inc.InceptionFunction.apply(x_, CF.max_pool2d(x_, 3, 1, 1), *ps)
 
     assert torch.autograd.gradcheck(block, (x, *params), fast_mode=True)
+
+
+def test_inception_refuses_what_it_would_ignore():
+    ours, _, x = _pair()
+    ours.b2_2.padding = (0, 0)
+    with pytest.raises(ValueError, match="b2_2 must be a 3x3 conv with padding 1"):
+        ours(x)
+    ours, _, x = _pair()
+    ours.b3_1.bias = None
+    with pytest.raises(ValueError, match="b3_1 needs a bias"):
+        ours(x)
+    ours, _, x = _pair()
+    ours.b1_1.register_forward_pre_hook(lambda m, a: None)
+    with pytest.raises(ValueError, match="b1_1 has forward hooks"):
+        ours(x)
+    ours, _, x = _pair()
+    ours.b4_2 = torch.nn.Conv2d(12, 4, 1)
+    with pytest.raises(ValueError, match="b4_2 must stay a cnnkernels Conv2dReLU"):
+        ours(x)
+
+
+def test_relu_keeps_nan_like_torch():
+    """A NaN reaching a fused conv+ReLU stays NaN (torch's relu keeps it), in the general conv,
+    the 1x1 GEMM and the block."""
+    ours, ref, x = _pair()
+    x[0, 0, 3, 3] = float("nan")
+    y = ours(x)
+    yr = ref(x)
+    assert torch.equal(torch.isnan(y), torch.isnan(yr))

@@ -47,8 +47,9 @@ def inception_op(
     b32: Tensor,
     w4: Tensor,
     b4: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """Returns (out, scratch): the block's output and the two reduce-conv outputs."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns (out, scratch, w_cat): the block's output, the two reduce-conv outputs, and the
+    stacked input-side 1x1 weights (kept for the backward, so it does not stack them again)."""
     n, _, h, w = x.shape
     c1, c2a, c2b, c3a, c3b, c4 = w1.shape[0], w21.shape[0], w22.shape[0], w31.shape[0], w32.shape[0], w4.shape[0]
     kw = dict(device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
@@ -62,7 +63,7 @@ def inception_op(
     _kc.conv2d_forward(scratch[:, :c2a], w22, b22, _ONE, _PAD3, _ONE, 1, "relu", out=out[:, c1:o2])
     _kc.conv2d_forward(scratch[:, c2a:], w32, b32, _ONE, _PAD5, _ONE, 1, "relu", out=out[:, o2:o3])
     _k1.conv1x1_forward(pooled, w4, b4, "relu", out[:, o3:])
-    return out, scratch
+    return out, scratch, w_cat
 
 
 @torch.library.triton_op("cnnkernels::inception_backward", mutates_args=())
@@ -72,17 +73,16 @@ def inception_backward_op(
     pooled: Tensor,
     out: Tensor,
     scratch: Tensor,
-    w1: Tensor,
-    w21: Tensor,
+    w_cat: Tensor,
     w22: Tensor,
-    w31: Tensor,
     w32: Tensor,
     w4: Tensor,
+    c1: int,
 ) -> list[Tensor]:
     """Returns [dx, d_pooled, dw_cat, db_cat, dw22, db22, dw32, db32, dw4, db4]; dw_cat/db_cat
     stack the grads of b1_1, b2_1, b3_1 (split into views by the caller: an op's outputs may
-    not alias one another)."""
-    c1, c2a, c2b, c3b = w1.shape[0], w21.shape[0], w22.shape[0], w32.shape[0]
+    not alias one another). ``w_cat`` is the forward's stacked 1x1 weights, b1_1's first."""
+    c2a, c2b, c3b = w22.shape[1], w22.shape[0], w32.shape[0]
     o2, o3 = c1 + c2b, c1 + c2b + c3b
     g1, g2, g3, g4 = grad_out[:, :c1], grad_out[:, c1:o2], grad_out[:, o2:o3], grad_out[:, o3:]
     y1, y2, y3, y4 = out[:, :c1], out[:, c1:o2], out[:, o2:o3], out[:, o3:]
@@ -99,7 +99,6 @@ def inception_backward_op(
     dw22, db22 = _kc.conv2d_backward_weight(s2, g2, y2, w22, _ONE, _PAD3, _ONE, 1, "relu", True)
     dw32, db32 = _kc.conv2d_backward_weight(s3, g3, y3, w32, _ONE, _PAD5, _ONE, 1, "relu", True)
     # The three input-side 1x1 convs: one GEMM each for dX and dW, dY' from two places.
-    w_cat = torch.cat((w1, w21, w31))
     dx = torch.empty(x.shape, **kw)
     _k1.conv1x1_backward_input(g1, y1, w_cat, dx, "relu", dy1=d_scratch, y1=scratch)
     dw_cat, db_cat = _k1.conv1x1_backward_weight(x, g1, y1, w_cat, "relu", True, dy1=d_scratch, y1=scratch)
@@ -111,20 +110,21 @@ class InceptionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, pooled, *params):
-        out, scratch = torch.ops.cnnkernels.inception(x, pooled, *params)
-        ctx.save_for_backward(x, pooled, out, scratch, *params[0::2])
+        out, scratch, w_cat = torch.ops.cnnkernels.inception(x, pooled, *params)
+        w1, w21, w22, w31, w32, w4 = params[0::2]
+        ctx.sizes = (w1.shape[0], w21.shape[0], w31.shape[0])
+        ctx.save_for_backward(x, pooled, out, scratch, w_cat, w22, w32, w4)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, pooled, out, scratch, *weights = ctx.saved_tensors
+        x, pooled, out, scratch, w_cat, w22, w32, w4 = ctx.saved_tensors
         dx, d_pooled, dw_cat, db_cat, dw22, db22, dw32, db32, dw4, db4 = torch.ops.cnnkernels.inception_backward(
-            grad_out, x, pooled, out, scratch, *weights
+            grad_out, x, pooled, out, scratch, w_cat, w22, w32, w4, ctx.sizes[0]
         )
-        sizes = (weights[0].shape[0], weights[1].shape[0], weights[3].shape[0])
-        dw1, dw21, dw31 = dw_cat.split(sizes)
-        db1, db21, db31 = db_cat.split(sizes)
+        dw1, dw21, dw31 = dw_cat.split(ctx.sizes)
+        db1, db21, db31 = db_cat.split(ctx.sizes)
         return dx, d_pooled, dw1, db1, dw21, db21, dw22, db22, dw31, db31, dw32, db32, dw4, db4
 
 

@@ -59,3 +59,8 @@ def is_channels_last(x: torch.Tensor) -> bool:
     """Whether a 4-D tensor is laid out NHWC, judged by its strides as torch does (a 1-channel
     tensor is contiguous in both formats; its strides still tell which one it was made in)."""
     return x.dim() == 4 and suggest_memory_format(x) == torch.channels_last
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The allocation format an op's ``channels_last`` flag stands for."""
+    return torch.channels_last if channels_last else torch.contiguous_format

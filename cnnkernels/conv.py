@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 from cnnkernels.kernels import conv as _k
 
 from . import conv1x1
-from ._utils import autocast_dtype, check_same, check_tensor, is_channels_last, pair
+from ._utils import autocast_dtype, check_same, check_tensor, is_channels_last, memory_format, pair
 
 
 @torch.library.triton_op("cnnkernels::conv2d", mutates_args=())
@@ -38,7 +38,7 @@ def conv2d_op(
     k, _, r, s = weight.shape
     p = _k.conv_output_size(h, r, stride[0], padding[0] + padding[1], dilation[0])
     q = _k.conv_output_size(w, s, stride[1], padding[2] + padding[3], dilation[1])
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = memory_format(channels_last)
     out = torch.empty((n, k, p, q), device=x.device, dtype=x.dtype, memory_format=fmt)
     return _k.conv2d_forward(
         x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, activation, out=out
@@ -58,7 +58,7 @@ def conv2d_backward_input_op(
     activation: str,
     channels_last: bool,
 ) -> Tensor:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = memory_format(channels_last)
     return _k.conv2d_backward_input(
         grad_out,
         out,

@@ -13,17 +13,15 @@ from torch.autograd.function import once_differentiable
 
 from cnnkernels.kernels import conv1x1 as _k
 
-from ._utils import is_channels_last
-
-
-def _fmt(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.contiguous_format
+from ._utils import is_channels_last, memory_format
 
 
 @torch.library.triton_op("cnnkernels::conv1x1", mutates_args=())
 def conv1x1_op(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str, channels_last: bool) -> Tensor:
     n, _, h, w = x.shape
-    y = torch.empty((n, weight.shape[0], h, w), device=x.device, dtype=x.dtype, memory_format=_fmt(channels_last))
+    y = torch.empty(
+        (n, weight.shape[0], h, w), device=x.device, dtype=x.dtype, memory_format=memory_format(channels_last)
+    )
     _k.conv1x1_forward(x, weight, bias, activation, y)
     return y
 
@@ -32,7 +30,9 @@ def conv1x1_op(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str, 
 def conv1x1_backward_input_op(
     grad_out: Tensor, out: Tensor, weight: Tensor, input_shape: list[int], activation: str, channels_last: bool
 ) -> Tensor:
-    dx = torch.empty(input_shape, device=grad_out.device, dtype=grad_out.dtype, memory_format=_fmt(channels_last))
+    dx = torch.empty(
+        input_shape, device=grad_out.device, dtype=grad_out.dtype, memory_format=memory_format(channels_last)
+    )
     return _k.conv1x1_backward_input(grad_out, out, weight, dx, activation)
 
 

@@ -21,12 +21,7 @@ from torch.autograd.function import once_differentiable
 from cnnkernels.kernels import avgpool as _ka
 from cnnkernels.kernels import pool as _k
 
-from ._utils import check_tensor, is_channels_last, pair
-
-
-def _fmt(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.contiguous_format
-
+from ._utils import check_tensor, is_channels_last, memory_format, pair
 
 # ----------------------------------------------------------------------------------------------
 # Max pooling.
@@ -70,7 +65,7 @@ def max_pool2d_backward_op(
         tuple(stride),
         tuple(padding),
         tuple(dilation),
-        _fmt(channels_last),
+        memory_format(channels_last),
     )
 
 
@@ -170,7 +165,7 @@ def adaptive_avg_pool2d_op(x: Tensor, output_size: list[int]) -> Tensor:
 
 @torch.library.triton_op("cnnkernels::adaptive_avg_pool2d_backward", mutates_args=())
 def adaptive_avg_pool2d_backward_op(grad_out: Tensor, input_shape: list[int], channels_last: bool) -> Tensor:
-    return _ka.adaptive_avg_pool2d_backward(grad_out, tuple(input_shape), _fmt(channels_last))
+    return _ka.adaptive_avg_pool2d_backward(grad_out, tuple(input_shape), memory_format(channels_last))
 
 
 @torch.library.triton_op("cnnkernels::global_avg_pool2d", mutates_args=())
@@ -180,7 +175,7 @@ def global_avg_pool2d_op(x: Tensor) -> Tensor:
 
 @torch.library.triton_op("cnnkernels::global_avg_pool2d_backward", mutates_args=())
 def global_avg_pool2d_backward_op(grad_out: Tensor, input_shape: list[int], channels_last: bool) -> Tensor:
-    return _ka.global_avg_pool2d_backward(grad_out, tuple(input_shape), _fmt(channels_last))
+    return _ka.global_avg_pool2d_backward(grad_out, tuple(input_shape), memory_format(channels_last))
 
 
 class AdaptiveAvgPool2dFunction(torch.autograd.Function):

@@ -15,6 +15,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import FakeTensor
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -87,8 +88,6 @@ def shape_only(t: torch.Tensor) -> bool:
 
 
 def _is_fake(t: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
     return isinstance(t, FakeTensor)
 
 

@@ -87,3 +87,54 @@ def assert_close(
 def poison_(t: torch.Tensor) -> torch.Tensor:
     """Fill with NaN so that any element a kernel fails to write shows up."""
     return t.fill_(float("nan"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelVerdict:
+    """One tensor of a model compared with its ``torch.nn`` twin (see ``model_verdict``)."""
+
+    name: str
+    err: float  # ||ours - fp64 twin|| / ||fp64 twin||
+    torch_err: float  # the same for torch's own twin run in the model's dtype
+    bound: float  # 2 * torch_err + floor
+    max_abs: float  # max |ours - fp64 twin|
+    ok: bool
+    problem: str = ""  # why it failed when the error alone does not say (shape, NaN)
+
+    def __str__(self) -> str:
+        verdict = "pass" if self.ok else f"FAIL{': ' + self.problem if self.problem else ''}"
+        return (
+            f"{self.name}: error {self.err:.3e} vs fp64, torch's own {self.torch_err:.3e}, "
+            f"bound {self.bound:.3e} -> {verdict}"
+        )
+
+
+def model_verdict(
+    name: str,
+    out: torch.Tensor,
+    ref64: torch.Tensor,
+    torch_out: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    device_type: str | None = None,
+) -> ModelVerdict:
+    """The one pass rule for a whole model against its ``torch.nn`` twin (logits, or one gradient).
+
+    ``out`` is the fused model's tensor, ``ref64`` the twin's run in float64 and ``torch_out``
+    the twin's run in the model's dtype (``dtype``, default ``out.dtype``). The tensor passes when
+    ``err(out vs ref64) <= 2 * err(torch_out vs ref64) + floor`` (relative Frobenius norms), the
+    floor being the dtype's ``rtol`` in ``TOLERANCES``: a whole model's rounding compounds over its
+    layers, so a per-op bound alone would fail correct bf16 models, while in fp32/fp64, where
+    torch's own error is tiny, the per-dtype tolerance is what still bounds the result."""
+    dtype = dtype or out.dtype
+    floor = tolerance(dtype, device_type or out.device.type).rtol
+    out, ref64, torch_out = out.detach().cpu(), ref64.detach().cpu(), torch_out.detach().cpu()
+    if out.shape != ref64.shape or torch_out.shape != ref64.shape:
+        nan = float("nan")
+        shapes = f"shape {tuple(out.shape)}, twin {tuple(ref64.shape)}, torch {tuple(torch_out.shape)}"
+        return ModelVerdict(name, nan, nan, nan, nan, False, shapes)
+    err, torch_err = rel_error(out, ref64), rel_error(torch_out, ref64)
+    bound = 2 * torch_err + floor
+    max_abs = float((out.double() - ref64.double()).abs().max()) if out.numel() else 0.0
+    bad = int((torch.isnan(out) & ~torch.isnan(ref64)).sum())
+    problem = f"{bad} NaN element(s) where the twin has none" if bad else ""
+    return ModelVerdict(name, err, torch_err, bound, max_abs, bool(err <= bound) and not bad, problem)

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -60,6 +61,7 @@ def check_runnable(name: str, t: torch.Tensor) -> None:
     """Raise unless ``t`` lives where the kernels can run: a CUDA device, or the CPU under the
     interpreter. Never falls back to another implementation. Fake and meta tensors (shape-only
     tracing by ``torch.compile`` or ``opcheck``) pass: no kernel runs for them."""
+    _refuse_compile_under_interpreter(t)
     if t.device.type == "meta" or _is_fake(t):
         return
     if t.device.type == "cuda":
@@ -84,7 +86,21 @@ def shape_only(t: torch.Tensor) -> bool:
     (so shapes propagate) but launches nothing, since the interpreter would read the data.
     Without the interpreter the launch goes through ``wrap_triton``, which records it for
     ``torch.compile`` under fake tensors and runs nothing itself."""
+    _refuse_compile_under_interpreter(t)
     return INTERPRET and (t.device.type == "meta" or _is_fake(t))
+
+
+def _refuse_compile_under_interpreter(t: torch.Tensor) -> None:
+    """Under the interpreter ``wrap_triton`` cannot record a kernel into a graph (it hands back
+    the interpreted function), so what ``torch.compile`` traces (fake tensors inside a tracing
+    context, functional tensors) would be a graph without the kernel: refuse, in one line."""
+    if INTERPRET and (
+        isinstance(t, FunctionalTensor) or (_is_fake(t) and torch._guards.TracingContext.try_get() is not None)
+    ):
+        raise RuntimeError(
+            "torch.compile of cnnkernels ops needs a CUDA GPU: under TRITON_INTERPRET=1 Triton kernels "
+            "cannot be captured into a compiled graph; call the model without torch.compile"
+        )
 
 
 def _is_fake(t: torch.Tensor) -> bool:

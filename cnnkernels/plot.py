@@ -31,8 +31,12 @@ class Speedup:
 
 
 def load(path: str | Path) -> dict:
-    with open(path) as f:
-        results = json.load(f)
+    """The results in ``path``; a file that is not valid JSON is a ``ValueError`` naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(results, dict) or not isinstance(results.get("models"), list):
         raise ValueError(f"{path}: not a gpu_check results.json (no 'models' list)")
     return results
@@ -85,35 +89,44 @@ def _pyplot():
     return plt
 
 
-def plot_speedups(
-    results: dict | str | Path, output: str | Path, *, dtype: str | None = None, batch: int | None = None
-) -> Path:
-    """Draw the grouped bar chart into ``output`` (format from its suffix, e.g. .png) and return its path."""
-    if not isinstance(results, dict):
-        results = load(results)
+def draw(results: dict, *, dtype: str | None = None, batch: int | None = None):
+    """The grouped bar chart as a matplotlib figure (its caller closes it). The legend sits to the
+    right of the axes and the y-axis leaves headroom above the tallest bar, so no bar label runs
+    into the legend or the title."""
     data, dtype, batch = speedups(results, dtype=dtype, batch=batch)
     plt = _pyplot()
     groups = list(dict.fromkeys((s.model, s.mode) for s in data))
     bases = [b for b in BASELINES if any(s.baseline == b for s in data)]
     value = {(s.model, s.mode, s.baseline): s.speedup for s in data}
     width = 0.8 / len(bases)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) + 2) + 2.0, 4.5))
     for i, base in enumerate(bases):
         xs = [g + (i - (len(bases) - 1) / 2) * width for g in range(len(groups))]
         ys = [value.get((m, mode, base), 0.0) for m, mode in groups]
         bars = ax.bar(xs, ys, width, label=f"vs {base}")
         ax.bar_label(bars, labels=[f"{y:.2f}" if y else "" for y in ys], fontsize=7, padding=1)
     ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+    ax.set_ylim(0, 1.15 * max(1.0, max(s.speedup for s in data)))
     ax.set_xticks(range(len(groups)), [f"{m}\n{mode}" for m, mode in groups])
-    ax.set_ylabel("speedup of cnnkernels (baseline time / cnnkernels time)")
+    ax.set_ylabel("speedup of cnnkernels\n(baseline time / cnnkernels time)")
     meta = results.get("meta", {})
     ax.set_title(f"{meta.get('gpu', 'GPU ?')}, {dtype}, batch {batch} ({meta.get('date', 'undated')})")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     fig.tight_layout()
+    return fig
+
+
+def plot_speedups(
+    results: dict | str | Path, output: str | Path, *, dtype: str | None = None, batch: int | None = None
+) -> Path:
+    """Draw the grouped bar chart into ``output`` (format from its suffix, e.g. .png) and return its path."""
+    if not isinstance(results, dict):
+        results = load(results)
+    fig = draw(results, dtype=dtype, batch=batch)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return output
 
 
@@ -126,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         path = plot_speedups(args.results, args.output, dtype=args.dtype, batch=args.batch)
-    except (ImportError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # bad input: the file, its content, --dtype/--batch
+        print(f"cnnkernels.plot: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # the optional 'plot' extra is missing
         print(f"cnnkernels.plot: {exc}", file=sys.stderr)
         return 1
     print(path)

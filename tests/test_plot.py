@@ -77,7 +77,48 @@ def test_not_a_results_file(tmp_path):
     bad.write_text(json.dumps({"benchmarks": []}))
     with pytest.raises(ValueError, match="models"):
         plot.load(bad)
-    assert plot.main([str(bad), "-o", str(tmp_path / "x.png")]) == 1
+    assert plot.main([str(bad), "-o", str(tmp_path / "x.png")]) == 2
+
+
+@pytest.mark.parametrize(
+    "content", [b"{not json", b"", b"\x89PNG\r\n\x1a\n\xff\xfe"], ids=["malformed", "empty", "binary"]
+)
+def test_malformed_json_names_the_file(tmp_path, capsys, content):
+    bad = tmp_path / "broken-results.json"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match="broken-results.json"):
+        plot.load(bad)
+    assert plot.main([str(bad), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "broken-results.json" in err and err.count("\n") == 1
+
+
+def test_bar_labels_and_bars_clear_of_legend_and_title(tmp_path):
+    """No bar label or bar overlaps the legend, and no label the title (data on which a legend
+    placed inside the axes covered a label)."""
+    pytest.importorskip("matplotlib", reason="matplotlib (the optional 'plot' extra) is not installed")
+    import matplotlib.pyplot as plt
+
+    rows = [_row("AlexNet", mode, "cnnkernels", 1.0) for mode in ("forward", "train")]
+    rows += [_row("AlexNet", "forward", "cudnn", 1.75), _row("AlexNet", "forward", "torch.compile", 0.89)]
+    rows += [_row("AlexNet", "train", "cudnn", 1.96), _row("AlexNet", "train", "torch.compile", 0.59)]
+    fig = plot.draw({"meta": {"gpu": "Test GPU", "date": "2026-01-01"}, "models": rows})
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        (ax,) = fig.axes
+        legend = ax.get_legend().get_window_extent(renderer)
+        title = ax.title.get_window_extent(renderer)
+        labels = [t for t in ax.texts if t.get_text()]  # bar_label's annotations
+        assert len(labels) == 4
+        for t in labels:
+            box = t.get_window_extent(renderer)
+            assert not box.overlaps(legend), f"bar label {t.get_text()!r} overlaps the legend"
+            assert not box.overlaps(title), f"bar label {t.get_text()!r} overlaps the title"
+        for bar in ax.patches:
+            assert not bar.get_window_extent(renderer).overlaps(legend), "a bar overlaps the legend"
+    finally:
+        plt.close(fig)
 
 
 def test_png_written(results_json, tmp_path):

@@ -46,15 +46,33 @@ class CatFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        grads = []
-        offset = 0
-        for size in ctx.sizes:
-            if size is None:  # a legacy 1-D empty input took no part
-                grads.append(grad_y.new_empty((0,)))
-                continue
-            grads.append(grad_y.narrow(ctx.dim, offset, size))
-            offset += size
-        return (None, *grads)
+        return (None, *_slices(ctx, grad_y))
+
+
+def _slices(ctx, grad_y) -> list[Tensor]:
+    grads = []
+    offset = 0
+    for size in ctx.sizes:
+        if size is None:  # a legacy 1-D empty input took no part
+            grads.append(grad_y.new_empty((0,)))
+            continue
+        grads.append(grad_y.narrow(ctx.dim, offset, size))
+        offset += size
+    return grads
+
+
+def _setup_cat(ctx, inputs, output):
+    tensors, dim = inputs
+    ctx.dim = dim
+    ctx.sizes = [None if _k.is_legacy_empty(t, tensors) else t.shape[dim] for t in tensors]
+
+
+def _cat_op_backward(ctx, grad_y):
+    return _slices(ctx, grad_y), None
+
+
+# The op is differentiable on its own too, for callers of torch.ops.cnnkernels.
+torch.library.register_autograd("cnnkernels::cat", _cat_op_backward, setup_context=_setup_cat)
 
 
 def cat_args(tensors, dim) -> tuple[list[Tensor], int]:

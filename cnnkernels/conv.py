@@ -2,7 +2,9 @@
 
 Ops (namespace ``cnnkernels``): ``conv2d``, ``conv2d_backward_input``,
 ``conv2d_backward_weight``; each is a ``triton_op``, so ``torch.compile`` traces them.
-``Conv2dFunction`` calls them in forward and backward.
+``Conv2dFunction`` calls them in forward and backward; with ``create_graph=True`` the backward
+runs through ``Conv2dBackwardInputFunction`` and ``Conv2dBackwardWeightFunction``, themselves
+differentiable, so second- and higher-order gradients are exact.
 
 Backward maths, for Y = act(conv(X, W) + b) and dY' = dY * (Y > 0) under ReLU (else dY):
     dX = conv_transpose(dY', W)       gathered per input pixel, strides by divisibility masks
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from cnnkernels.kernels import conv as _k
 
@@ -94,66 +95,196 @@ def conv2d_backward_weight_op(
     return dw, db
 
 
-def _conv_forward(ctx, x, weight, bias, stride, padding, dilation, groups, activation):
-    # NHWC output when the input or the weight is NHWC, as cuDNN decides.
-    channels_last = is_channels_last(x) or is_channels_last(weight)
-    y = torch.ops.cnnkernels.conv2d(x, weight, bias, stride, padding, dilation, groups, activation, channels_last)
-    ctx.geometry = (stride, padding, dilation, groups, activation)
+def relu_mask(grad_y: Tensor, y: Tensor | None) -> Tensor:
+    """dY' = dY where Y > 0 else 0, as torch's ``threshold_backward`` (a NaN in Y passes dY);
+    differentiable in dY, the mask a constant. ``y`` None means no activation."""
+    return grad_y if y is None else torch.where(y <= 0, torch.zeros_like(grad_y), grad_y)
+
+
+def _setup_conv(ctx, inputs, y):
+    """Shared by ``Conv2dFunction`` and the ``conv2d`` op's registered autograd."""
+    x, weight, bias, stride, padding, dilation, groups, activation, channels_last = inputs
+    ctx.geometry = (list(stride), list(padding), list(dilation), groups)
+    ctx.activation = activation
     ctx.has_bias = bias is not None
     ctx.channels_last = channels_last
     # Under ReLU the output itself is saved: its sign is the backward mask.
     ctx.save_for_backward(x, weight, y if activation == "relu" else None)
-    return y
 
 
-def _conv_backward(ctx, grad_y):
+def _conv_grads(ctx, grad_y):
+    """(dX, dW, db) of ``_setup_conv``'s convolution. Plain backward: the fused kernels (ReLU
+    mask applied as dY is loaded). With ``create_graph=True``: the differentiable family below."""
     x, weight, y = ctx.saved_tensors
-    stride, padding, dilation, groups, activation = ctx.geometry
-    y = grad_y if y is None else y  # the ops read ``out`` only under ReLU
+    stride, padding, dilation, groups = ctx.geometry
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_b = need_b and ctx.has_bias
     grad_x = grad_w = grad_b = None
-    if ctx.needs_input_grad[0]:
+    if torch.is_grad_enabled():  # create_graph=True: differentiable all the way down
+        g = relu_mask(grad_y, y)
+        if need_x:
+            grad_x = Conv2dBackwardInputFunction.apply(
+                g, weight, list(x.shape), stride, padding, dilation, groups, ctx.channels_last
+            )
+        if need_w:
+            grad_w = Conv2dBackwardWeightFunction.apply(x, g, weight, stride, padding, dilation, groups)
+        if need_b:
+            grad_b = g.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b
+    y = grad_y if y is None else y  # the ops read ``out`` only under ReLU
+    if need_x:
         grad_x = torch.ops.cnnkernels.conv2d_backward_input(
-            grad_y, y, weight, list(x.shape), stride, padding, dilation, groups, activation, ctx.channels_last
+            grad_y, y, weight, list(x.shape), stride, padding, dilation, groups, ctx.activation, ctx.channels_last
         )
-    need_b = ctx.has_bias and ctx.needs_input_grad[2]
-    if ctx.needs_input_grad[1] or need_b:
+    if need_w or need_b:
         dw, db = torch.ops.cnnkernels.conv2d_backward_weight(
-            x, grad_y, y, weight, stride, padding, dilation, groups, activation, need_b
+            x, grad_y, y, weight, stride, padding, dilation, groups, ctx.activation, need_b
         )
-        grad_w = dw if ctx.needs_input_grad[1] else None
+        grad_w = dw if need_w else None
         grad_b = db if need_b else None
-    return grad_x, grad_w, grad_b, None, None, None, None
+    return grad_x, grad_w, grad_b
 
 
 class Conv2dFunction(torch.autograd.Function):
-    """Y = conv2d(X, W) + b on the ``cnnkernels`` Triton ops, forward and backward.
-    Arguments are normalised by ``conv2d_args`` (padding as (top, bottom, left, right))."""
+    """Y = act(conv2d(X, W) + b) on the ``cnnkernels`` ops, ``act`` "none" or "relu" (fused into
+    the epilogue; the backward masks dY with Y > 0 of the saved output while loading it).
+    Arguments are normalised by ``conv2d_args`` (padding as (top, bottom, left, right)).
+
+    With ``create_graph=True`` the backward is built from differentiable ops of the same family
+    (``Conv2dBackwardInputFunction``, ``Conv2dBackwardWeightFunction``, this one), so gradients
+    of any order are exact; the ReLU mask is a constant of the second pass."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        return _conv_forward(ctx, x, weight, bias, stride, padding, dilation, groups, "none")
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, activation):
+        # NHWC output when the input or the weight is NHWC, as cuDNN decides.
+        channels_last = is_channels_last(x) or is_channels_last(weight)
+        args = (x, weight, bias, stride, padding, dilation, groups, activation, channels_last)
+        y = torch.ops.cnnkernels.conv2d(*args)
+        _setup_conv(ctx, args, y)
+        return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y):
-        return _conv_backward(ctx, grad_y)
+        return *_conv_grads(ctx, grad_y), None, None, None, None, None
 
 
-class Conv2dReLUFunction(torch.autograd.Function):
-    """Y = relu(conv2d(X, W) + b), the ReLU fused into the epilogue; backward masks dY with
-    Y > 0 while loading it."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        return _conv_forward(ctx, x, weight, bias, stride, padding, dilation, groups, "relu")
+class Conv2dBackwardInputFunction(torch.autograd.Function):
+    """dX = conv_transpose(dY', W) for an input of ``input_shape``: the dX kernel without
+    activation. Bilinear in (dY', W); its own backward is a convolution and a dW:
+        d(dY') = conv2d(g, W),   dW = conv2d_backward_weight(X=g, dY=dY')."""
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y):
-        return _conv_backward(ctx, grad_y)
+    def forward(ctx, grad_y, weight, input_shape, stride, padding, dilation, groups, channels_last):
+        ctx.geometry = (list(stride), list(padding), list(dilation), groups)
+        ctx.save_for_backward(grad_y, weight)
+        return torch.ops.cnnkernels.conv2d_backward_input(
+            grad_y, grad_y, weight, input_shape, stride, padding, dilation, groups, "none", channels_last
+        )
+
+    @staticmethod
+    def backward(ctx, g):
+        grad_y, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        d_dy, d_w = backward_input_grads(need[0], need[1], g, grad_y, None, weight, ctx.geometry)
+        return d_dy, d_w, None, None, None, None, None, None
 
 
-_FUNCTIONS = {"none": Conv2dFunction, "relu": Conv2dReLUFunction}
+class Conv2dBackwardWeightFunction(torch.autograd.Function):
+    """dW[k,c,r,s] = sum_{n,p,q} dY'[n,k,p,q] X[n,c,p*sh-pt+r*dh,q*sw-pl+s*dw], shaped and strided
+    like ``weight_like`` (which takes no gradient). Bilinear in (X, dY'); its backward:
+        dX = conv_transpose(dY', g),   d(dY') = conv2d(X, g)."""
+
+    @staticmethod
+    def forward(ctx, x, grad_y, weight_like, stride, padding, dilation, groups):
+        ctx.geometry = (list(stride), list(padding), list(dilation), groups)
+        ctx.channels_last = is_channels_last(x)
+        ctx.save_for_backward(x, grad_y)
+        dw, _ = torch.ops.cnnkernels.conv2d_backward_weight(
+            x, grad_y, grad_y, weight_like, stride, padding, dilation, groups, "none", False
+        )
+        return dw
+
+    @staticmethod
+    def backward(ctx, g):
+        x, grad_y = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        d_x, d_dy = backward_weight_grads(
+            need[0], need[1], g, None, x, grad_y, None, ctx.geometry, ctx.channels_last, False
+        )
+        return d_x, d_dy, None, None, None, None, None
+
+
+def backward_input_grads(need_dy, need_w, g, grad_out, out, weight, geometry):
+    """Gradients of dX = conv_transpose(mask(dY), W) with respect to (dY, W), given g = d(dX);
+    the mask (``out`` > 0 under ReLU, else none) is a constant."""
+    d_dy = d_w = None
+    if need_dy:
+        d_dy = relu_mask(Conv2dFunction.apply(g, weight, None, *geometry, "none"), out)
+    if need_w:
+        d_w = Conv2dBackwardWeightFunction.apply(g, relu_mask(grad_out, out), weight, *geometry)
+    return d_dy, d_w
+
+
+def backward_weight_grads(need_x, need_dy, gdw, gdb, x, grad_out, out, geometry, channels_last, need_bias):
+    """Gradients of (dW, db) = (corr(X, mask(dY)), sum mask(dY)) with respect to (X, dY), given
+    (gdw, gdb)."""
+    d_x = d_dy = None
+    if need_x:
+        d_x = Conv2dBackwardInputFunction.apply(relu_mask(grad_out, out), gdw, list(x.shape), *geometry, channels_last)
+    if need_dy:
+        t = Conv2dFunction.apply(x, gdw, None, *geometry, "none")
+        if need_bias and gdb is not None and gdb.numel():
+            t = t + gdb.view(1, -1, 1, 1)
+        d_dy = relu_mask(t, out)
+    return d_x, d_dy
+
+
+def _setup_conv_op(ctx, inputs, output):
+    _setup_conv(ctx, inputs, output)
+
+
+def _conv_op_backward(ctx, grad_y):
+    return *_conv_grads(ctx, grad_y), None, None, None, None, None, None
+
+
+def _setup_bwd_input(ctx, inputs, output):
+    grad_out, out, weight, _, stride, padding, dilation, groups, activation, _ = inputs
+    ctx.geometry = (list(stride), list(padding), list(dilation), groups)
+    ctx.save_for_backward(grad_out, out if activation == "relu" else None, weight)
+
+
+def _bwd_input_op_backward(ctx, g):
+    grad_out, out, weight = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    d_dy, d_w = backward_input_grads(need[0], need[2], g, grad_out, out, weight, ctx.geometry)
+    return d_dy, None, d_w, None, None, None, None, None, None, None
+
+
+def _setup_bwd_weight(ctx, inputs, output):
+    x, grad_out, out, weight, stride, padding, dilation, groups, activation, need_bias = inputs
+    ctx.geometry = (list(stride), list(padding), list(dilation), groups)
+    ctx.need_bias = need_bias
+    ctx.channels_last = is_channels_last(x)
+    ctx.save_for_backward(x, grad_out, out if activation == "relu" else None)
+
+
+def _bwd_weight_op_backward(ctx, gdw, gdb):
+    x, grad_out, out = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    d_x, d_dy = backward_weight_grads(
+        need[0], need[1], gdw, gdb, x, grad_out, out, ctx.geometry, ctx.channels_last, ctx.need_bias
+    )
+    return d_x, d_dy, None, None, None, None, None, None, None, None
+
+
+# The ops are differentiable on their own too (to any order), for callers of torch.ops.cnnkernels.
+torch.library.register_autograd("cnnkernels::conv2d", _conv_op_backward, setup_context=_setup_conv_op)
+torch.library.register_autograd(
+    "cnnkernels::conv2d_backward_input", _bwd_input_op_backward, setup_context=_setup_bwd_input
+)
+torch.library.register_autograd(
+    "cnnkernels::conv2d_backward_weight", _bwd_weight_op_backward, setup_context=_setup_bwd_weight
+)
 
 
 def conv2d_args(input, weight, bias, stride, padding, dilation, groups):
@@ -226,7 +357,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
                 bias = bias.to(cast)
     x, unbatched, stride, pads, dilation = conv2d_args(input, weight, bias, stride, padding, dilation, groups)
     if conv1x1.eligible(weight, stride, pads, groups):
-        y = conv1x1.FUNCTIONS[activation].apply(x, weight, bias)
+        y = conv1x1.Conv1x1Function.apply(x, weight, bias, activation)
     else:
-        y = _FUNCTIONS[activation].apply(x, weight, bias, stride, pads, dilation, groups)
+        y = Conv2dFunction.apply(x, weight, bias, stride, pads, dilation, groups, activation)
     return y.squeeze(0) if unbatched else y

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from cnnkernels.kernels import conv1x1 as _k
 
@@ -44,57 +43,108 @@ def conv1x1_backward_weight_op(
     return dw, (db if db is not None else grad_out.new_empty((0,)))
 
 
-def _forward(ctx, x, weight, bias, activation):
-    channels_last = is_channels_last(x) or is_channels_last(weight)  # as cuDNN decides
-    y = torch.ops.cnnkernels.conv1x1(x, weight, bias, activation, channels_last)
+_GEOMETRY = ([1, 1], [0, 0, 0, 0], [1, 1], 1)  # (stride, padding, dilation, groups) of a 1x1 conv
+
+
+def _setup(ctx, inputs, y):
+    """Shared by ``Conv1x1Function`` and the ``conv1x1`` op's registered autograd."""
+    x, weight, bias, activation, channels_last = inputs
     ctx.activation, ctx.has_bias, ctx.channels_last = activation, bias is not None, channels_last
     ctx.save_for_backward(x, weight, y if activation == "relu" else None)
-    return y
 
 
-def _backward(ctx, grad_y):
+def _grads(ctx, grad_y):
+    """(dX, dW, db): the GEMM kernels; with ``create_graph=True`` the differentiable convolution
+    family of ``conv.py`` at 1x1 geometry."""
     x, weight, y = ctx.saved_tensors
-    y = grad_y if y is None else y
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_b = need_b and ctx.has_bias
     grad_x = grad_w = grad_b = None
-    if ctx.needs_input_grad[0]:
+    if torch.is_grad_enabled():  # create_graph=True
+        from .conv import Conv2dBackwardInputFunction, Conv2dBackwardWeightFunction, relu_mask
+
+        g = relu_mask(grad_y, y)
+        if need_x:
+            grad_x = Conv2dBackwardInputFunction.apply(g, weight, list(x.shape), *_GEOMETRY, ctx.channels_last)
+        if need_w:
+            grad_w = Conv2dBackwardWeightFunction.apply(x, g, weight, *_GEOMETRY)
+        if need_b:
+            grad_b = g.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b
+    y = grad_y if y is None else y
+    if need_x:
         grad_x = torch.ops.cnnkernels.conv1x1_backward_input(
             grad_y, y, weight, list(x.shape), ctx.activation, ctx.channels_last
         )
-    need_b = ctx.has_bias and ctx.needs_input_grad[2]
-    if ctx.needs_input_grad[1] or need_b:
+    if need_w or need_b:
         dw, db = torch.ops.cnnkernels.conv1x1_backward_weight(x, grad_y, y, weight, ctx.activation, need_b)
-        grad_w = dw if ctx.needs_input_grad[1] else None
+        grad_w = dw if need_w else None
         grad_b = db if need_b else None
     return grad_x, grad_w, grad_b
 
 
 class Conv1x1Function(torch.autograd.Function):
-    """Y = X W^T + b for a [K, C, 1, 1] weight, as one GEMM over the NHWC pixels."""
+    """Y = act(X W^T + b) for a [K, C, 1, 1] weight, as one GEMM over the NHWC pixels; ``act``
+    "none" or "relu" (fused; the backward masks dY with Y > 0 while loading it). With
+    ``create_graph=True`` the backward runs through the differentiable convolution family of
+    ``conv.py`` (stride 1, no padding), so higher-order gradients are exact."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
-        return _forward(ctx, x, weight, bias, "none")
+    def forward(ctx, x, weight, bias, activation):
+        channels_last = is_channels_last(x) or is_channels_last(weight)  # as cuDNN decides
+        args = (x, weight, bias, activation, channels_last)
+        y = torch.ops.cnnkernels.conv1x1(*args)
+        _setup(ctx, args, y)
+        return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y):
-        return _backward(ctx, grad_y)
+        return *_grads(ctx, grad_y), None
 
 
-class Conv1x1ReLUFunction(torch.autograd.Function):
-    """Y = relu(X W^T + b), the ReLU fused; backward masks dY with Y > 0 while loading it."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        return _forward(ctx, x, weight, bias, "relu")
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y):
-        return _backward(ctx, grad_y)
+def _op_backward(ctx, grad_y):
+    return *_grads(ctx, grad_y), None, None
 
 
-FUNCTIONS = {"none": Conv1x1Function, "relu": Conv1x1ReLUFunction}
+def _setup_bwd_input(ctx, inputs, output):
+    grad_out, out, weight, _, activation, _ = inputs
+    ctx.save_for_backward(grad_out, out if activation == "relu" else None, weight)
+
+
+def _bwd_input_op_backward(ctx, g):
+    from .conv import backward_input_grads
+
+    grad_out, out, weight = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    d_dy, d_w = backward_input_grads(need[0], need[2], g, grad_out, out, weight, _GEOMETRY)
+    return d_dy, None, d_w, None, None, None
+
+
+def _setup_bwd_weight(ctx, inputs, output):
+    x, grad_out, out, _, activation, need_bias = inputs
+    ctx.need_bias, ctx.channels_last = need_bias, is_channels_last(x)
+    ctx.save_for_backward(x, grad_out, out if activation == "relu" else None)
+
+
+def _bwd_weight_op_backward(ctx, gdw, gdb):
+    from .conv import backward_weight_grads
+
+    x, grad_out, out = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    d_x, d_dy = backward_weight_grads(
+        need[0], need[1], gdw, gdb, x, grad_out, out, _GEOMETRY, ctx.channels_last, ctx.need_bias
+    )
+    return d_x, d_dy, None, None, None, None
+
+
+# The ops are differentiable on their own too (to any order), for callers of torch.ops.cnnkernels.
+torch.library.register_autograd("cnnkernels::conv1x1", _op_backward, setup_context=_setup)
+torch.library.register_autograd(
+    "cnnkernels::conv1x1_backward_input", _bwd_input_op_backward, setup_context=_setup_bwd_input
+)
+torch.library.register_autograd(
+    "cnnkernels::conv1x1_backward_weight", _bwd_weight_op_backward, setup_context=_setup_bwd_weight
+)
 
 
 def eligible(weight: Tensor, stride, pads, groups: int) -> bool:

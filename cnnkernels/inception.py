@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from cnnkernels.kernels import conv as _kc
 from cnnkernels.kernels import conv1x1 as _k1
@@ -106,26 +105,131 @@ def inception_backward_op(
 
 
 class InceptionFunction(torch.autograd.Function):
-    """Inputs: x, the max-pooled x, then (weight, bias) of b1_1, b2_1, b2_2, b3_1, b3_2, b4_2."""
+    """Inputs: x, the max-pooled x, then (weight, bias) of b1_1, b2_1, b2_2, b3_1, b3_2, b4_2.
+
+    With ``create_graph=True`` the backward re-runs the block as separate differentiable
+    ``cnnkernels`` ops (conv + ReLU per branch, then ``cat``) from the saved inputs and takes
+    their gradients with the graph kept, so higher-order gradients are exact."""
 
     @staticmethod
     def forward(ctx, x, pooled, *params):
         out, scratch, w_cat = torch.ops.cnnkernels.inception(x, pooled, *params)
         w1, w21, w22, w31, w32, w4 = params[0::2]
         ctx.sizes = (w1.shape[0], w21.shape[0], w31.shape[0])
-        ctx.save_for_backward(x, pooled, out, scratch, w_cat, w22, w32, w4)
+        ctx.n_params = len(params)
+        ctx.save_for_backward(x, pooled, out, scratch, w_cat, *params)
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
-        x, pooled, out, scratch, w_cat, w22, w32, w4 = ctx.saved_tensors
+        x, pooled, out, scratch, w_cat, *params = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            return _composed_grads(ctx, grad_out, x, pooled, params)
+        w22, w32, w4 = params[4], params[8], params[10]
         dx, d_pooled, dw_cat, db_cat, dw22, db22, dw32, db32, dw4, db4 = torch.ops.cnnkernels.inception_backward(
             grad_out, x, pooled, out, scratch, w_cat, w22, w32, w4, ctx.sizes[0]
         )
         dw1, dw21, dw31 = dw_cat.split(ctx.sizes)
         db1, db21, db31 = db_cat.split(ctx.sizes)
         return dx, d_pooled, dw1, db1, dw21, db21, dw22, db22, dw31, db31, dw32, db32, dw4, db4
+
+
+def _composed_grads(ctx, grad_out, x, pooled, params):
+    """The block's gradients through its separate differentiable ops, graph kept."""
+    return recompute_grads(_block, (x, pooled, *params), (grad_out,), ctx.needs_input_grad)
+
+
+def recompute_grads(fn, inputs, grad_outputs, needs, create_graph=True):
+    """Gradients of ``fn(*inputs)`` (a tuple of tensors) for the inputs flagged in ``needs``,
+    by re-running ``fn`` from differentiable ``cnnkernels`` ops and taking ``autograd.grad``.
+    An input that takes part in an outer graph enters as an alias (``view_as``), so its
+    gradient counts only its own uses here (not paths through other inputs computed from it,
+    such as the pooled input from x) and stays connected to that graph: with ``create_graph``
+    the result is differentiable again. None for the inputs not flagged."""
+    with torch.enable_grad():
+        leaves = [t.view_as(t) if t.requires_grad else t.detach().requires_grad_(n) for t, n in zip(inputs, needs)]
+        outs = fn(*leaves)
+        pairs = [(o, g) for o, g in zip(outs, grad_outputs) if g is not None and o.requires_grad]
+        wanted = [t for t, n in zip(leaves, needs) if n]
+        if not pairs or not wanted:
+            return tuple(None for _ in needs)
+        grads = iter(
+            torch.autograd.grad(
+                [o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=create_graph, allow_unused=True
+            )
+        )
+    return tuple(next(grads) if n else None for n in needs)
+
+
+def _block(x, pooled, w1, b1, w21, b21, w22, b22, w31, b31, w32, b32, w4, b4):
+    """The block as separate differentiable ops: (out, scratch, w_cat) as ``inception_op``."""
+    from .cat import cat
+    from .conv import conv2d
+
+    s2 = conv2d(x, w21, b21, activation="relu")
+    s3 = conv2d(x, w31, b31, activation="relu")
+    y1 = conv2d(x, w1, b1, activation="relu")
+    y2 = conv2d(s2, w22, b22, padding=1, activation="relu")
+    y3 = conv2d(s3, w32, b32, padding=2, activation="relu")
+    y4 = conv2d(pooled, w4, b4, activation="relu")
+    return cat((y1, y2, y3, y4), 1), cat((s2, s3), 1), cat((w1, w21, w31), 0)
+
+
+def _block_backward(grad_out, x, pooled, out, scratch, w_cat, w22, w32, w4, c1):
+    """``inception_backward_op`` as separate differentiable ops (ReLU masks from ``out`` and
+    ``scratch`` are constants; ``scratch`` is also the 3x3/5x5 convs' input)."""
+    from .cat import cat
+    from .conv import Conv2dBackwardInputFunction as BwdX
+    from .conv import Conv2dBackwardWeightFunction as BwdW
+    from .conv import relu_mask
+
+    c2a, c2b, c3b = w22.shape[1], w22.shape[0], w32.shape[0]
+    o2, o3 = c1 + c2b, c1 + c2b + c3b
+    g1, g2, g3, g4 = (relu_mask(grad_out[:, a:b], out[:, a:b]) for a, b in ((0, c1), (c1, o2), (o2, o3), (o3, None)))
+    s2, s3 = scratch[:, :c2a], scratch[:, c2a:]
+    one, none = [1, 1], [0, 0, 0, 0]
+    d_pooled = BwdX.apply(g4, w4, list(pooled.shape), one, none, one, 1, True)
+    dw4, db4 = BwdW.apply(pooled, g4, w4, one, none, one, 1), g4.sum((0, 2, 3))
+    ds2 = BwdX.apply(g2, w22, list(s2.shape), one, list(_PAD3), one, 1, True)
+    ds3 = BwdX.apply(g3, w32, list(s3.shape), one, list(_PAD5), one, 1, True)
+    dw22, db22 = BwdW.apply(s2, g2, w22, one, list(_PAD3), one, 1), g2.sum((0, 2, 3))
+    dw32, db32 = BwdW.apply(s3, g3, w32, one, list(_PAD5), one, 1), g3.sum((0, 2, 3))
+    g_cat = cat((g1, relu_mask(cat((ds2, ds3), 1), scratch)), 1)
+    dx = BwdX.apply(g_cat, w_cat, list(x.shape), one, none, one, 1, True)
+    dw_cat, db_cat = BwdW.apply(x, g_cat, w_cat, one, none, one, 1), g_cat.sum((0, 2, 3))
+    return dx, d_pooled, dw_cat, db_cat, dw22, db22, dw32, db32, dw4, db4
+
+
+def _setup_block(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _block_op_backward(ctx, g_out, g_scratch, g_wcat):
+    return recompute_grads(
+        _block, ctx.saved_tensors, (g_out, g_scratch, g_wcat), ctx.needs_input_grad, torch.is_grad_enabled()
+    )
+
+
+def _setup_block_backward(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:9])
+    ctx.c1 = inputs[9]
+
+
+def _block_backward_op_backward(ctx, grads):
+    def fn(*tensors):
+        return _block_backward(*tensors, ctx.c1)
+
+    return (
+        *recompute_grads(fn, ctx.saved_tensors, grads, ctx.needs_input_grad[:9], torch.is_grad_enabled()),
+        None,
+    )
+
+
+# The ops are differentiable on their own too (to any order), for callers of torch.ops.cnnkernels.
+torch.library.register_autograd("cnnkernels::inception", _block_op_backward, setup_context=_setup_block)
+torch.library.register_autograd(
+    "cnnkernels::inception_backward", _block_backward_op_backward, setup_context=_setup_block_backward
+)
 
 
 class Inception(nn.Module):

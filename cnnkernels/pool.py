@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from cnnkernels.kernels import avgpool as _ka
 from cnnkernels.kernels import pool as _k
@@ -72,7 +71,8 @@ def max_pool2d_backward_op(
 class MaxPool2dFunction(torch.autograd.Function):
     """(Y, indices) = max_pool2d(X) on the ``cnnkernels`` ops; 4-D X, arguments normalised by
     ``max_pool2d_args``. Saves only the small within-window argmax for the backward; indices
-    (empty unless ``return_indices``) are not differentiable."""
+    (empty unless ``return_indices``) are not differentiable. With ``create_graph=True`` the
+    backward is ``MaxPool2dBackwardFunction``, itself differentiable."""
 
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
@@ -85,14 +85,69 @@ class MaxPool2dFunction(torch.autograd.Function):
         return y, idx
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y, grad_idx):
         (arg,) = ctx.saved_tensors
-        input_shape, kernel_size, stride, padding, dilation, channels_last = ctx.geometry
-        grad_x = torch.ops.cnnkernels.max_pool2d_backward(
+        if torch.is_grad_enabled():  # create_graph=True
+            grad_x = MaxPool2dBackwardFunction.apply(grad_y, arg, *ctx.geometry)
+        else:
+            grad_x = torch.ops.cnnkernels.max_pool2d_backward(grad_y, arg, *ctx.geometry)
+        return grad_x, None, None, None, None, None, None
+
+
+class MaxPool2dBackwardFunction(torch.autograd.Function):
+    """dX = the max-pool backward of dY (a scatter to each window's saved argmax). Linear in dY;
+    its backward is the matching gather: d(dY)[p, q] = g[argmax position of window (p, q)], zero
+    for a window that covers no input pixel."""
+
+    @staticmethod
+    def forward(ctx, grad_y, arg, input_shape, kernel_size, stride, padding, dilation, channels_last):
+        ctx.geometry = (input_shape, kernel_size, stride, padding, dilation)
+        ctx.save_for_backward(arg)
+        return torch.ops.cnnkernels.max_pool2d_backward(
             grad_y, arg, input_shape, kernel_size, stride, padding, dilation, channels_last
         )
-        return grad_x, None, None, None, None, None, None
+
+    @staticmethod
+    def backward(ctx, g):
+        (arg,) = ctx.saved_tensors
+        return max_pool_gather(g, arg, *ctx.geometry), None, None, None, None, None, None, None
+
+
+def max_pool_gather(g, arg, input_shape, kernel_size, stride, padding, dilation):
+    """out[n, c, p, q] = g[n, c, argmax position of window (p, q)], zero for a window that covers
+    no input pixel: the adjoint of the max-pool backward's scatter (torch ops, differentiable)."""
+    n, c, h, w = input_shape
+    s = kernel_size[1]
+    p, q = arg.shape[2], arg.shape[3]
+    a = arg.long()
+    rows = torch.arange(p, device=arg.device).view(1, 1, p, 1) * stride[0] - padding[0]
+    cols = torch.arange(q, device=arg.device).view(1, 1, 1, q) * stride[1] - padding[1]
+    ih = rows + (a // s) * dilation[0]
+    iw = cols + (a % s) * dilation[1]
+    valid = a >= 0
+    flat = torch.where(valid, ih * w + iw, 0).reshape(n, c, p * q)
+    picked = g.reshape(n, c, h * w).gather(2, flat).view(n, c, p, q)
+    return torch.where(valid, picked, torch.zeros_like(picked))
+
+
+def _setup_max_pool(ctx, inputs, output):
+    x, kernel_size, stride, padding, dilation, _, _ = inputs
+    ctx.geometry = (list(x.shape), list(kernel_size), list(stride), list(padding), list(dilation), is_channels_last(x))
+    ctx.save_for_backward(output[1])
+
+
+def _max_pool_op_backward(ctx, grad_y, grad_arg, grad_idx):
+    return MaxPool2dFunction.backward(ctx, grad_y, None)
+
+
+def _setup_max_pool_bwd(ctx, inputs, output):
+    _, arg, input_shape, kernel_size, stride, padding, dilation, _ = inputs
+    ctx.geometry = (list(input_shape), list(kernel_size), list(stride), list(padding), list(dilation))
+    ctx.save_for_backward(arg)
+
+
+def _max_pool_bwd_op_backward(ctx, g):
+    return MaxPool2dBackwardFunction.backward(ctx, g)
 
 
 def _check_input(input, name: str = "input") -> None:
@@ -180,7 +235,8 @@ def global_avg_pool2d_backward_op(grad_out: Tensor, input_shape: list[int], chan
 
 class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     """Y = adaptive_avg_pool2d(X, output_size) on the ``cnnkernels`` ops, 4-D X. Output size
-    (1, 1) runs the global-average reduction kernels; anything else the windowed ones."""
+    (1, 1) runs the global-average reduction kernels; anything else the windowed ones. With
+    ``create_graph=True`` the backward is ``AdaptiveAvgPool2dBackwardFunction``."""
 
     @staticmethod
     def forward(ctx, x, output_size):
@@ -189,18 +245,67 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
             y = torch.ops.cnnkernels.global_avg_pool2d(x)
         else:
             y = torch.ops.cnnkernels.adaptive_avg_pool2d(x, output_size)
-        ctx.geometry = (list(x.shape), is_global, is_channels_last(x))
+        ctx.geometry = (list(x.shape), list(output_size), is_channels_last(x))
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y):
-        input_shape, is_global, channels_last = ctx.geometry
-        if is_global:
-            grad_x = torch.ops.cnnkernels.global_avg_pool2d_backward(grad_y, input_shape, channels_last)
-        else:
-            grad_x = torch.ops.cnnkernels.adaptive_avg_pool2d_backward(grad_y, input_shape, channels_last)
-        return grad_x, None
+        if torch.is_grad_enabled():  # create_graph=True
+            return AdaptiveAvgPool2dBackwardFunction.apply(grad_y, *ctx.geometry), None
+        return _avg_pool_backward(grad_y, *ctx.geometry), None
+
+
+def _avg_pool_backward(grad_y, input_shape, output_size, channels_last):
+    if output_size == [1, 1]:
+        return torch.ops.cnnkernels.global_avg_pool2d_backward(grad_y, input_shape, channels_last)
+    return torch.ops.cnnkernels.adaptive_avg_pool2d_backward(grad_y, input_shape, channels_last)
+
+
+class AdaptiveAvgPool2dBackwardFunction(torch.autograd.Function):
+    """dX = the adaptive-average spread of dY. Linear in dY, and the adjoint of the spread is
+    the pooling itself: d(dY) = adaptive_avg_pool2d(g, output_size)."""
+
+    @staticmethod
+    def forward(ctx, grad_y, input_shape, output_size, channels_last):
+        ctx.output_size = output_size
+        return _avg_pool_backward(grad_y, input_shape, output_size, channels_last)
+
+    @staticmethod
+    def backward(ctx, g):
+        return AdaptiveAvgPool2dFunction.apply(g, ctx.output_size), None, None, None
+
+
+def _setup_avg(ctx, inputs, output):
+    x = inputs[0]
+    ctx.geometry = (list(x.shape), list(output.shape[2:]), is_channels_last(x))
+
+
+def _avg_op_backward(ctx, grad_y):
+    return AdaptiveAvgPool2dFunction.backward(ctx, grad_y)
+
+
+def _global_op_backward(ctx, grad_y):
+    return AdaptiveAvgPool2dFunction.backward(ctx, grad_y)[0]
+
+
+def _setup_avg_bwd(ctx, inputs, output):
+    ctx.output_size = list(inputs[0].shape[2:])
+
+
+def _avg_bwd_op_backward(ctx, g):
+    return AdaptiveAvgPool2dFunction.apply(g, ctx.output_size), None, None
+
+
+# The ops are differentiable on their own too (to any order), for callers of torch.ops.cnnkernels.
+for _name, _backward, _setup in (
+    ("max_pool2d", _max_pool_op_backward, _setup_max_pool),
+    ("max_pool2d_backward", _max_pool_bwd_op_backward, _setup_max_pool_bwd),
+    ("adaptive_avg_pool2d", _avg_op_backward, _setup_avg),
+    ("global_avg_pool2d", _global_op_backward, _setup_avg),
+    ("adaptive_avg_pool2d_backward", _avg_bwd_op_backward, _setup_avg_bwd),
+    ("global_avg_pool2d_backward", _avg_bwd_op_backward, _setup_avg_bwd),
+):
+    torch.library.register_autograd(f"cnnkernels::{_name}", _backward, setup_context=_setup)
 
 
 def adaptive_output_size(output_size, input_hw: tuple[int, int]) -> list[int]:

@@ -166,3 +166,9 @@ def mma(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def nonfinite(x):
+    """Elementwise: x is NaN or +-inf."""
+    return (x != x) | (tl.abs(x) == float("inf"))

@@ -6,7 +6,9 @@ Forward:   Y[n,p,q,k] = act(b[k] + sum_{r,s,c} X[n, p*sh - pt + r*dh, q*sw - pl 
            tensor cores tap by tap, mostly padding.
 dX:        gather form over the flattened (r, s, k) index: input pixel h receives from output row
            p = (h + pt - r*dh) / sh only where that division is exact; the stride is handled by
-           that divisibility mask, never by inserting zeros into dY.
+           that divisibility mask, never by inserting zeros into dY. A tile whose result is
+           non-finite is recomputed tap by tap without the (pixel, tap) pairs that no output
+           reaches, so a NaN or inf weight poisons exactly the pixels it touches, as in torch.
 dW, db:    GEMM reducing over N*P*Q, split into chunks for parallelism; each chunk writes an fp32
            partial and a second kernel sums the partials in a fixed order (no atomics, so results
            are bit-reproducible run to run). db is summed from the same dY tiles.
@@ -34,6 +36,7 @@ from ._common import (
     fit_to_dtype,
     mma,
     nchw_strides,
+    nonfinite,
     on_tensor_device,
     pick_configs,
     shape_only,
@@ -280,6 +283,37 @@ def _conv_bwd_input_kernel(
         w_off = k * stride_wk + r * stride_wr + s * stride_ws
         b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+
+    # A (pixel, tap) pair that no output reaches still multiplies its zeroed dY' lane by the
+    # weight: exact for finite weights, but 0 * inf and 0 * NaN would turn pixels NaN that torch
+    # leaves finite. Such a tile is non-finite, and only then is it recomputed tap by tap with
+    # the unreached pixels excluded from each tap's sum (torch's col2im semantics).
+    tile = mask_m[:, None] & mask_n[None, :]
+    if tl.sum((nonfinite(acc) & tile).to(tl.int32)) > 0:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+        for tap in range(0, R * S):
+            r = tap // S
+            s = tap % S
+            ph = h + PAD_H - r * DIL_H
+            pw = w + PAD_W - s * DIL_W
+            p = ph // STRIDE_H
+            q = pw // STRIDE_W
+            ok = mask_m & (ph >= 0) & (pw >= 0) & (p * STRIDE_H == ph) & (q * STRIDE_W == pw) & (p < P) & (q < Q)
+            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+            for k0 in range(0, K, BLOCK_K):
+                k = k0 + tl.arange(0, BLOCK_K)
+                k_ok = k < K
+                mask_a = ok[:, None] & k_ok[None, :]
+                pix = p * stride_dyh + q * stride_dyw
+                a = tl.load((dy_base + pix)[:, None] + (k * stride_dyc)[None, :], mask=mask_a, other=0.0)
+                if ACTIVATION == "relu":
+                    ypix = p * stride_yh + q * stride_yw
+                    yv = tl.load((y_base + ypix)[:, None] + (k * stride_yc)[None, :], mask=mask_a, other=0.0)
+                    a = tl.where(yv <= 0, tl.zeros_like(a), a)
+                w_off = k * stride_wk + r * stride_wr + s * stride_ws
+                b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+                part = mma(a, b, part, INPUT_PRECISION, UPCAST)
+            acc += tl.where(ok[:, None], part, 0.0)
 
     dx_off = n_idx * stride_dxn + h * stride_dxh + w * stride_dxw
     dx_ptrs = dx_ptr + dx_off[:, None] + ((g * C + offs_n) * stride_dxc)[None, :]

@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 
-.PHONY: demo test lint format report gpu-check bench clean
+.PHONY: demo test lint format report report-quick venv36 report36 gpu-check bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,6 +34,26 @@ format: $(VENV)/.installed
 
 report: $(VENV)/.installed
 	$(VENV)/bin/cnnkernels report
+
+report-quick: $(VENV)/.installed
+	$(PY) -m cnnkernels.report --quick
+
+# The GPU machine runs Triton 3.6; this side venv (CPU torch, triton 3.6.0, this checkout
+# installed editable, inside .venv so it stays untracked) compiles the same static sm_90 report
+# with that version. `make report36` runs it; tests/test_static_sm90.py uses it when it exists.
+VENV36 ?= $(VENV)/triton36
+TRITON36 ?= triton==3.6.0
+
+$(VENV36)/.installed: pyproject.toml
+	python3 -m venv $(VENV36)
+	$(VENV36)/bin/pip install -q "torch==2.13.0" "$(TRITON36)" numpy
+	$(VENV36)/bin/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+venv36: $(VENV36)/.installed
+
+report36: $(VENV36)/.installed
+	$(VENV36)/bin/python -m cnnkernels.report
 
 bench: $(VENV)/.installed
 	$(PY) -m pytest benchmarks --benchmark-only

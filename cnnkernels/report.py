@@ -1,370 +1,974 @@
-"""Static sm_90 report: every kernel, at each of its GPU configs, compiled for Hopper on the CPU.
+"""Static sm_90 report: what a launch compiles, measured against Triton's own GEMM.
 
-``python -m cnnkernels.report`` prints kernel, config, registers, spills, shared memory and whether
-the dot lowered to HGMMA (wgmma), and exits 1 if any config spills or a bf16/fp16 dot kernel lacks
-HGMMA. No GPU is needed: triton compiles for ``GPUTarget("cuda", 90, 32)`` with the ``ptxas``,
-``cuobjdump`` and ``nvdisasm`` shipped in its wheel. Figures are static, sm_90.
+``python -m cnnkernels.report`` (or ``cnnkernels report``) needs no GPU. It
+
+1. runs every model (AlexNet, VGG-11, NiN, GoogLeNet; batch 1 and 128; bf16, fp16, fp32) and the
+   functional API's documented cases forward and backward on the ``meta`` device with the Triton
+   launch intercepted at ``torch.library.wrap_triton`` (every launcher launches through it), so
+   each launch's kernel, arguments and grid are the real ones;
+2. compiles each distinct launch, at every config its autotuner keeps after ``prune_configs_by``,
+   through Triton's own ``JITFunction.warmup`` with the active driver replaced by one whose target
+   is ``GPUTarget("cuda", 90, 32)``: Triton's binder specialises the real argument values exactly
+   as at a launch (an int equal to 1 becomes a constant, ints and pointers divisible by 16 are
+   marked so), and a kernel signature change needs no edit here;
+3. reads each cubin with the ``cuobjdump`` shipped in the triton wheel and runs the wheel's
+   ``ptxas`` on the PTX with warnings on: registers, spills, shared memory, CTAs per SM, the HGMMA
+   shape and operand source, and the main loop (found from the SASS back-branch): instructions,
+   HGMMAs, instructions per HGMMA, loads by kind, wgmma waits to zero, ptxas warning codes;
+4. compiles Triton's tutorial pointer GEMM and a descriptor (TMA) GEMM the same way as anchors.
+
+It exits 1 when a row breaks a rule of ``LIMITS``. Every figure is static, sm_90. The report
+always compiles, so it re-runs itself without ``TRITON_INTERPRET`` when that is set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
+import math
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 
-import triton
-import triton.language as tl
+TARGET = ("cuda", 90, 32)
+
+# The rules every compiled row is held to, and the ceilings later work tightens. ``None``: shown,
+# not enforced yet.
+LIMITS: dict[str, object] = {
+    # spilled registers (ptxas spill stores/loads, local memory, stack): none
+    "max_spills": 0,
+    # a dot kernel in these dtypes must lower to HGMMA (wgmma)
+    "hgmma_dtypes": ("bf16", "fp16"),
+    # ptxas performance warnings that fail a row; C7515: wgmma.mma_async serialised
+    "forbidden_warnings": ("C7515",),
+    # a global load of at most this many bits in a main loop is scalar (one fp32, or at most two
+    # 16-bit elements); none is allowed where every tensor of the launch allows 16-byte loads
+    "scalar_load_bits": 32,
+    # except this one: a TF32 wgmma reads both operands K-major from shared memory, so an operand
+    # that is contiguous along M or N in global memory can only be copied 4 bytes at a time (the
+    # tutorial GEMM anchor in fp32 does the same); no 16-byte copy exists for that layout
+    "tf32_mn_major_copy": "LDGSTS.32",
+    # shared memory per CTA (Hopper: 227 KB)
+    "max_smem": 227 * 1024,
+    # main-loop instructions per HGMMA as a ratio to the pointer anchor: a ceiling to tighten
+    "max_loop_ratio": None,
+    # wgmma waits to zero per main-loop iteration
+    "max_loop_wait0": None,
+}
+
+# Hopper (H100/H200) per-SM resources for CTAs per SM.
+SM90 = dict(regs=65536, reg_unit=256, max_warps=64, max_ctas=32, smem=228 * 1024, smem_reserved=1024)
+
+DTYPES = ("bf16", "fp16", "fp32")
+BATCHES = (1, 128)
+MODELS = ("AlexNet", "VGG", "NiN", "GoogLeNet")
+IMAGE = (1, 224, 224)  # the course's Fashion-MNIST images resized to 224
 
 
-@dataclasses.dataclass(frozen=True)
-class KernelSpec:
-    """One kernel specialisation to compile: pointer dtypes by argument name, constexprs."""
+# ----------------------------------------------------------------------------------------------
+# Capturing launches on the meta device
+# ----------------------------------------------------------------------------------------------
 
-    name: str
-    kernel: object  # a triton Autotuner or JITFunction
-    ptr_dtypes: dict[str, str]
-    constexprs: dict[str, object]
-    has_dot: bool = True
-    dtype: str = "bf16"
-    config_list: tuple = ()
-    # Mirrors how triton specialises a real launch on channels_last tensors: these strides are
-    # 1 (constexpr), other pointers and integers are divisible by 16 except the listed sizes.
-    unit: tuple[str, ...] = ()
-    odd: tuple[str, ...] = ("N", "H", "W", "P", "Q", "E", "SPLITS", "G", "CHUNK")
+
+@dataclasses.dataclass
+class Launch:
+    """One Triton launch as a launcher made it: kernel (Autotuner or JITFunction), arguments,
+    grid, the layer it belongs to and the dtype of its first tensor."""
+
+    kernel: object
+    args: tuple
+    kwargs: dict
+    grid: object
+    layer: str
 
     @property
     def jit_fn(self):
-        return getattr(self.kernel, "fn", self.kernel)
+        from triton.runtime.jit import JITFunction
+
+        fn = self.kernel
+        while not isinstance(fn, JITFunction):
+            fn = fn.fn
+        return fn
 
     @property
-    def configs(self) -> list[triton.Config]:
-        """The configs autotuning may pick for this dtype (after the kernels' dtype pruning)."""
-        from cnnkernels.kernels._common import fit_to_dtype
-
-        configs = list(self.config_list) or list(getattr(self.kernel, "configs", [triton.Config({})]))
-        if self.has_dot:
-            configs = fit_to_dtype(configs, 4 if self.dtype == "fp32" else 2)
-        return configs
-
-
-@dataclasses.dataclass(frozen=True)
-class StaticResult:
-    name: str
-    dtype: str
-    config: str
-    registers: int
-    spills: int
-    shared: int
-    hgmma: bool
-    has_dot: bool
+    def family(self) -> str:
+        name = self.jit_fn.__name__
+        return name.strip("_").removesuffix("_kernel")
 
     @property
-    def ok(self) -> bool:
-        needs_hgmma = self.has_dot and self.dtype in ("bf16", "fp16")
-        return self.spills == 0 and (self.hgmma or not needs_hgmma)
+    def dtype(self) -> str:
+        import torch
+
+        t = next(a for a in (*self.args, *self.kwargs.values()) if isinstance(a, torch.Tensor))
+        return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}[t.dtype]
+
+
+class _Recorder:
+    """Replaces ``torch.library.wrap_triton`` while capturing: ``wrap_triton(k)[grid](...)``
+    records the launch instead of running it."""
+
+    def __init__(self):
+        self.launches: list[Launch] = []
+        self.stack: list[str] = []
+        self.backward_label = "?"
+
+    def label(self) -> str:
+        return self.stack[-1] if self.stack else self.backward_label
+
+    def wrap(self, kernel):
+        rec = self
+
+        class _Wrapped:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    rec.launches.append(Launch(kernel, args, kwargs, grid, rec.label()))
+
+                return launch
+
+        return _Wrapped()
+
+
+@contextlib.contextmanager
+def capturing() -> Iterator[_Recorder]:
+    import torch
+
+    rec = _Recorder()
+    saved = torch.library.wrap_triton
+    torch.library.wrap_triton = rec.wrap
+    try:
+        yield rec
+    finally:
+        torch.library.wrap_triton = saved
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+
+
+def _meta_model(name: str, batch: int, dtype: str):
+    import torch
+
+    from cnnkernels import models
+
+    model = getattr(models, name)()
+    model.materialize((batch, *IMAGE))
+    model = model.to(_torch_dtype(dtype)).to("meta")
+    x = torch.empty((batch, *IMAGE), device="meta", dtype=_torch_dtype(dtype))
+    return model, x
+
+
+def _label_modules(model, prefix: str, rec: _Recorder) -> list:
+    """Forward and backward hooks that tell the recorder which module a launch belongs to. A fused
+    block (Inception) runs its branches itself and refuses hooks on them: it is labelled whole."""
+    from cnnkernels.inception import Inception
+
+    handles = []
+    fused = [name for name, mod in model.named_modules() if isinstance(mod, Inception)]
+    for name, mod in model.named_modules():
+        if any(name.startswith(f + ".") for f in fused):
+            continue
+        label = f"{prefix} {name}" if name else prefix
+
+        def pre(m, a, label=label):
+            rec.stack.append(label)
+
+        def post(m, a, o):
+            rec.stack.pop()
+
+        def bwd(m, g, label=label):
+            rec.backward_label = f"{label} (backward)"
+
+        handles += [
+            mod.register_forward_pre_hook(pre),
+            mod.register_forward_hook(post),
+            mod.register_full_backward_pre_hook(bwd),
+        ]
+    return handles
+
+
+@dataclasses.dataclass
+class ModelCounts:
+    model: str
+    launches_forward: int
+    launches_train_step: int
+    torch_ops_forward: int
+
+
+def model_launches(name: str, batch: int, dtype: str) -> list[Launch]:
+    """Every launch of one training step (forward and backward) of a model, labelled by layer."""
+    model, x = _meta_model(name, batch, dtype)
+    model.train()
+    with capturing() as rec:
+        handles = _label_modules(model, f"{name} b{batch}", rec)
+        try:
+            model(x).float().sum().backward()
+        finally:
+            for h in handles:
+                h.remove()
+    return rec.launches
+
+
+def model_counts(name: str, batch: int = 128, dtype: str = "bf16") -> ModelCounts:
+    """Triton launches per forward and per training step, and the other torch ops (not
+    ``cnnkernels`` ops) per forward, counted on the meta device (train mode: dropout runs)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops: Counter = Counter()
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops[func.namespace] += 1
+            return func(*args, **(kwargs or {}))
+
+    model, x = _meta_model(name, batch, dtype)
+    model.train()
+    model(x)  # first call: weights to channels_last, once
+    with capturing() as rec:
+        with _Count():
+            y = model(x)
+        forward = len(rec.launches)
+        y.float().sum().backward()
+    other = sum(n for ns, n in ops.items() if ns != "cnnkernels")
+    return ModelCounts(name, forward, len(rec.launches), other)
+
+
+def functional_launches(batch: int, dtype: str) -> list[Launch]:
+    """The functional API's documented cases (README, "Functions and modules"), forward and
+    backward, on channels_last activations."""
+    import torch
+
+    import cnnkernels.functional as CF
+
+    dt = _torch_dtype(dtype)
+    cl = torch.channels_last
+
+    def t(*shape, fmt=None):
+        x = torch.empty(shape, device="meta", dtype=dt)
+        return (x.to(memory_format=fmt) if fmt else x).requires_grad_()
+
+    x = t(batch, 64, 56, 56, fmt=cl)
+    cases: list[tuple[str, Callable]] = [
+        ("conv2d_relu 3x3 same", lambda: CF.conv2d_relu(x, t(128, 64, 3, 3, fmt=cl), t(128), stride=1, padding="same")),
+        (
+            "conv2d 3x3/2 pad (1,2) groups 2",
+            lambda: CF.conv2d(x, t(128, 32, 3, 3, fmt=cl), t(128), stride=2, padding=(1, 2), dilation=1, groups=2),
+        ),
+        ("max_pool2d 3/2 ceil indices", lambda: CF.max_pool2d(x, 3, stride=2, ceil_mode=True, return_indices=True)[0]),
+        ("adaptive_avg_pool2d 1", lambda: CF.adaptive_avg_pool2d(x, 1)),
+        ("adaptive_avg_pool2d 7", lambda: CF.adaptive_avg_pool2d(x, 7)),
+        ("cat dim 1", lambda: CF.cat([x, t(batch, 32, 56, 56, fmt=cl)], dim=1)),
+    ]
+    launches = []
+    for label, case in cases:
+        with capturing() as rec:
+            rec.stack.append(f"functional {label} b{batch}")
+            y = case()
+            rec.stack.clear()
+            rec.backward_label = f"functional {label} b{batch} (backward)"
+            y.float().sum().backward()
+        launches += rec.launches
+    return launches
+
+
+# ----------------------------------------------------------------------------------------------
+# Anchors: Triton's tutorial pointer GEMM (03) and a descriptor (TMA) GEMM
+# ----------------------------------------------------------------------------------------------
+
+
+def _anchor_kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def anchor_pointer_gemm(
+        a_ptr, b_ptr, c_ptr, M, N, K,
+        stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+        BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+        GROUP_SIZE_M: tl.constexpr,
+    ):  # fmt: skip
+        """Triton's tutorial 03 matmul: pointer loads, grouped program order."""
+        pid = tl.program_id(axis=0)
+        num_pid_m = tl.cdiv(M, BLOCK_SIZE_M)
+        num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
+        num_pid_in_group = GROUP_SIZE_M * num_pid_n
+        group_id = pid // num_pid_in_group
+        first_pid_m = group_id * GROUP_SIZE_M
+        group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
+        pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+        pid_n = (pid % num_pid_in_group) // group_size_m
+        offs_am = (pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)) % M
+        offs_bn = (pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)) % N
+        offs_k = tl.arange(0, BLOCK_SIZE_K)
+        a_ptrs = a_ptr + (offs_am[:, None] * stride_am + offs_k[None, :] * stride_ak)
+        b_ptrs = b_ptr + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
+        accumulator = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < K - k * BLOCK_SIZE_K, other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < K - k * BLOCK_SIZE_K, other=0.0)
+            accumulator = tl.dot(a, b, accumulator)
+            a_ptrs += BLOCK_SIZE_K * stride_ak
+            b_ptrs += BLOCK_SIZE_K * stride_bk
+        c = accumulator.to(c_ptr.dtype.element_ty)
+        offs_cm = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
+        offs_cn = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+        c_ptrs = c_ptr + stride_cm * offs_cm[:, None] + stride_cn * offs_cn[None, :]
+        c_mask = (offs_cm[:, None] < M) & (offs_cn[None, :] < N)
+        tl.store(c_ptrs, c, mask=c_mask)
+
+    @triton.jit
+    def anchor_tma_gemm(
+        a_ptr, b_ptr, c_ptr, M, N, K,
+        BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+        GROUP_SIZE_M: tl.constexpr,
+    ):  # fmt: skip
+        """The same GEMM with tensor descriptors (TMA loads and store)."""
+        pid = tl.program_id(axis=0)
+        num_pid_m = tl.cdiv(M, BLOCK_SIZE_M)
+        num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
+        num_pid_in_group = GROUP_SIZE_M * num_pid_n
+        group_id = pid // num_pid_in_group
+        first_pid_m = group_id * GROUP_SIZE_M
+        group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
+        pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+        pid_n = (pid % num_pid_in_group) // group_size_m
+        a_desc = tl.make_tensor_descriptor(
+            a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_SIZE_M, BLOCK_SIZE_K]
+        )
+        b_desc = tl.make_tensor_descriptor(
+            b_ptr, shape=[K, N], strides=[N, 1], block_shape=[BLOCK_SIZE_K, BLOCK_SIZE_N]
+        )
+        c_desc = tl.make_tensor_descriptor(
+            c_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_SIZE_M, BLOCK_SIZE_N]
+        )
+        accumulator = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
+            a = a_desc.load([pid_m * BLOCK_SIZE_M, k * BLOCK_SIZE_K])
+            b = b_desc.load([k * BLOCK_SIZE_K, pid_n * BLOCK_SIZE_N])
+            accumulator = tl.dot(a, b, accumulator)
+        c_desc.store([pid_m * BLOCK_SIZE_M, pid_n * BLOCK_SIZE_N], accumulator.to(c_desc.dtype))
+
+    return anchor_pointer_gemm, anchor_tma_gemm
+
+
+ANCHOR_CONFIG = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=64, GROUP_SIZE_M=8, num_warps=8, num_stages=3)
+
+
+def anchor_launches(dtypes=DTYPES) -> list[Launch]:
+    """The pointer GEMM per dtype and the descriptor GEMM in bf16, 4096^3, row-major operands."""
+    import torch
+
+    pointer, descriptor = _anchor_kernels()
+    size = 4096
+    out = []
+    for dtype in dtypes:
+        a, b, c = (torch.empty(size, size, device="meta", dtype=_torch_dtype(dtype)) for _ in range(3))
+        args = (a, b, c, size, size, size, *a.stride(), *b.stride(), *c.stride())
+        out.append(Launch(pointer, args, dict(ANCHOR_CONFIG), (1,), "anchor: tutorial pointer GEMM 4096^3"))
+        if dtype == "bf16":
+            out.append(
+                Launch(descriptor, (a, b, c, size, size, size), dict(ANCHOR_CONFIG), (1,), "anchor: TMA GEMM 4096^3")
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiling through Triton's own binder for sm_90
+# ----------------------------------------------------------------------------------------------
+
+
+class _Sm90Driver:
+    """Stands in for the active driver: Triton's launch path asks it for the device, the stream
+    and the target, and nothing else when it only compiles (``warmup``)."""
+
+    def __init__(self):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget(*TARGET)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_active_torch_device(self):
+        import torch
+
+        return torch.device("meta")
+
+
+@contextlib.contextmanager
+def sm90_driver():
+    from triton.runtime.driver import driver
+
+    saved = driver._active
+    driver.set_active(_Sm90Driver())
+    try:
+        yield
+    finally:
+        driver._active = saved
+
+
+def configs_kept(launch: Launch) -> list:
+    """The configs the launch's autotuner keeps after its early prune (``None`` for a plain
+    ``JITFunction`` launch, whose kwargs carry everything)."""
+    tuner = launch.kernel
+    if not hasattr(tuner, "prune_configs"):
+        return [None]
+    tuner.nargs = dict(zip(tuner.arg_names, launch.args))
+    try:
+        return list(tuner.prune_configs(dict(launch.kwargs)))
+    finally:
+        tuner.nargs = None
+
+
+def _launch_kwargs(launch: Launch, cfg) -> dict:
+    kwargs = dict(launch.kwargs)
+    if cfg is not None:
+        kwargs.update(cfg.all_kwargs())
+    return kwargs
+
+
+def compile_launch(launch: Launch, cfg):
+    """Compile one launch at one config exactly as ``JITFunction.run`` would, for sm_90."""
+    with sm90_driver():
+        return launch.jit_fn.warmup(*launch.args, grid=launch.grid, **_launch_kwargs(launch, cfg))
+
+
+def config_label(launch: Launch, cfg) -> str:
+    kw = dict(cfg.kwargs) if cfg is not None else {}
+    opts = cfg.all_kwargs() if cfg is not None else launch.kwargs
+    if cfg is None:
+        kw = {k: v for k, v in launch.kwargs.items() if k.startswith("BLOCK")}
+    short = ",".join(f"{re.sub(r'^BLOCK_(SIZE_)?', '', k)}={v}" for k, v in kw.items())
+    return f"{short} w{opts.get('num_warps', 4)} s{opts.get('num_stages', 3)}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the compiled code
+# ----------------------------------------------------------------------------------------------
 
 
 def _tool(name: str) -> str:
+    import triton
+
+    if name == "ptxas":
+        try:  # the ptxas Triton itself runs for this architecture
+            from triton.backends.nvidia.compiler import get_ptxas
+
+            return get_ptxas(TARGET[1]).path
+        except ImportError:
+            pass
+        with contextlib.suppress(Exception):
+            from triton import knobs
+
+            return knobs.nvidia.ptxas.path
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def _config_label(cfg: triton.Config) -> str:
-    kw = ",".join(f"{k[6:] if k.startswith('BLOCK_') else k}={v}" for k, v in cfg.kwargs.items())
-    return f"{kw} w{cfg.num_warps} s{cfg.num_stages}"
+def _cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "cnnkernels", "static-sm90")
 
 
-def compile_sm90(spec: KernelSpec, cfg: triton.Config) -> StaticResult:
-    """Compile one (kernel, config) for sm_90 and read its resource usage from the cubin."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.+?)\s*;")
 
-    fn = spec.jit_fn
-    constexprs = {**spec.constexprs, **cfg.kwargs, **dict.fromkeys(spec.unit, 1)}
-    signature = {}
-    attrs = {}
-    for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
+
+def parse_sass(sass: str) -> list[tuple[int, str]]:
+    """(address, instruction) for every SASS instruction of the (single) kernel."""
+    return [(int(m.group(1), 16), m.group(2)) for m in _SASS_LINE.finditer(sass)]
+
+
+def _opcode(ins: str) -> str:
+    return re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0]
+
+
+def main_loop(instrs: list[tuple[int, str]]) -> list[str] | None:
+    """The instructions of the main loop: of the loops closed by a backward branch, the one with
+    the most HGMMAs, then the innermost (shortest); without HGMMA, the longest loop."""
+    loops = []
+    for addr, ins in instrs:
+        if not _opcode(ins).startswith("BRA"):
             continue
-        if name.endswith("_ptr"):
-            signature[name] = "*" + spec.ptr_dtypes.get(name, spec.dtype)
-        else:
-            signature[name] = "i32"
-        if name not in spec.odd:
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(
-        src, target=GPUTarget("cuda", 90, 32), options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        m = re.search(r"0x([0-9a-f]+)", ins)
+        if not m or int(m.group(1), 16) >= addr:
+            continue
+        start = int(m.group(1), 16)
+        body = [i for a, i in instrs if start <= a <= addr]
+        loops.append(body)
+    if not loops:
+        return None
+    hg = [sum(_opcode(i).startswith("HGMMA") for i in body) for body in loops]
+    if max(hg) > 0:
+        return min((b for b, n in zip(loops, hg) if n == max(hg)), key=len)
+    return max(loops, key=len)
+
+
+def _load_kind(ins: str) -> str | None:
+    op = _opcode(ins)
+    base = op.split(".")[0]
+    if base == "UTMALDG":
+        return "UTMALDG"
+    if base not in ("LDG", "LDGSTS"):
+        return None
+    parts = op.split(".")[1:]
+    bits = 32
+    for p in parts:
+        if p in ("128", "64"):
+            bits = int(p)
+        elif p in ("U16", "S16"):
+            bits = 16
+        elif p in ("U8", "S8"):
+            bits = 8
+    return f"{base}.{bits}"
+
+
+def analyse_sass(sass: str) -> dict:
+    instrs = parse_sass(sass)
+    ops = [_opcode(i) for _, i in instrs]
+    hgmma = [i for _, i in instrs if _opcode(i).startswith("HGMMA")]
+    shape = operands = None
+    if hgmma:
+        m = re.match(r"HGMMA\.(\d+x\d+x\d+)", _opcode(hgmma[0]))
+        shape = m.group(1) if m else _opcode(hgmma[0])
+        srcs = [s.strip() for s in re.sub(r"^@!?U?P\w+\s+", "", hgmma[0]).split(None, 1)[1].split(",")]
+        operands = "SS" if len(srcs) > 1 and srcs[1].startswith("gdesc") else "RS"
+    loop = main_loop(instrs)
+    out = dict(
+        hgmma=shape,
+        operands=operands,
+        spill_ops=sum(op.split(".")[0] in ("LDL", "STL") for op in ops),
+        loop_instr=None,
+        loop_hgmma=None,
+        loop_loads={},
+        loop_wait0=None,
     )
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
+    if loop is not None:
+        loads = Counter(k for k in map(_load_kind, loop) if k)
+        out.update(
+            loop_instr=len(loop),
+            loop_hgmma=sum(_opcode(i).startswith("HGMMA") for i in loop),
+            loop_loads=dict(sorted(loads.items())),
+            loop_wait0=sum(bool(re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x0\b", i)) for i in loop),
+        )
+    return out
+
+
+def _ptxas_warnings(ptx: str, fp_fusion: bool) -> list[str]:
+    """ptxas warning codes for this PTX, compiled as Triton compiles it, warnings on."""
+    import inspect
+
+    from triton.backends.nvidia import compiler as nv
+
+    arch = "sm_90a"
+    extra = ["--regAllocOptLevel=2"] if "regAllocOptLevel" in inspect.getsource(nv.CUDABackend.make_cubin) else []
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        cmd = [_tool("ptxas"), "-lineinfo", "-v", "--warn-on-spills", *(["--fmad=false"] if not fp_fusion else [])]
+        cmd += [*extra, f"--gpu-name={arch}", src, "-o", os.path.join(d, "k.o")]
+        log = subprocess.run(cmd, capture_output=True, text=True).stderr
+    # C7515 and its kin come as "info : (C7515) Potential Performance Loss: ..."
+    return sorted(set(re.findall(r"\((C\d{4})\)", log)) | _spill_warning(log))
+
+
+def _spill_warning(log: str) -> set[str]:
+    return {"spill"} if re.search(r"warning\s*:.*spill", log, re.IGNORECASE) else set()
+
+
+_ANALYSIS_VERSION = 2  # bump when ``analyse`` changes what it stores
+
+
+def analyse(kernel) -> dict:
+    """Everything the report reads from one compiled kernel, cached on disk by its code."""
+    ptx = kernel.asm["ptx"]
+    cubin = kernel.asm["cubin"]
+    key = hashlib.sha256(cubin + ptx.encode() + f"{_tool('ptxas')} {_ANALYSIS_VERSION}".encode()).hexdigest()[:32]
+    path = os.path.join(_cache_dir(), key + ".json")
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as f:
+            return json.load(f)
+    with tempfile.TemporaryDirectory() as d:
+        fbin = os.path.join(d, "k.cubin")
+        with open(fbin, "wb") as f:
+            f.write(cubin)
         res = subprocess.run(
-            [_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True, check=True
+            [_tool("cuobjdump"), "-res-usage", fbin], capture_output=True, text=True, check=True
         ).stdout
-        sass = subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True, check=True).stdout
-    regs = int(re.search(r"REG:(\d+)", res).group(1))
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", fbin], capture_output=True, text=True, check=True).stdout
+    out = analyse_sass(sass)
+    out["regs"] = int(re.search(r"REG:(\d+)", res).group(1))
     stack = int(re.search(r"STACK:(\d+)", res).group(1))
     local = int(re.search(r"LOCAL:(\d+)", res).group(1))
-    spill_ops = len(re.findall(r"\b(?:LDL|STL)\b", sass))
-    return StaticResult(
-        name=spec.name,
-        dtype=spec.dtype,
-        config=_config_label(cfg),
-        registers=regs,
-        spills=spill_ops + stack + local,
-        shared=int(compiled.metadata.shared),
-        hgmma="HGMMA" in sass,
-        has_dot=spec.has_dot,
+    out["spills"] = out.pop("spill_ops") + stack + local
+    out["warnings"] = _ptxas_warnings(ptx, getattr(kernel.metadata, "enable_fp_fusion", True))
+    out["has_dot"] = bool(re.search(r"\btt\.dot(_scaled)?\b", kernel.asm.get("ttir", "")))
+    with contextlib.suppress(OSError):
+        os.makedirs(_cache_dir(), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(out, f)
+        os.replace(tmp, path)
+    return out
+
+
+def ctas_per_sm(regs: int, smem: int, warps: int) -> int:
+    """Resident CTAs per SM on sm_90 from registers, shared memory and warps."""
+    per_warp = math.ceil(max(regs, 1) * 32 / SM90["reg_unit"]) * SM90["reg_unit"]
+    by_regs = (SM90["regs"] // per_warp) // warps
+    by_smem = SM90["smem"] // (smem + SM90["smem_reserved"]) if smem else SM90["max_ctas"]
+    return max(0, min(by_regs, by_smem, SM90["max_warps"] // warps, SM90["max_ctas"]))
+
+
+def allows_16_byte_loads(launch: Launch) -> bool:
+    """True when every tensor of the launch has a contiguous run of whole 16-byte vectors: a
+    16-byte-aligned base, a unit-stride dimension (the channels of a 4-D NCHW-shaped tensor) whose
+    extent is a multiple of 16 bytes, and every other stride a multiple of 16 bytes."""
+    import torch
+
+    tensors = [a for a in (*launch.args, *launch.kwargs.values()) if isinstance(a, torch.Tensor)]
+    for t in tensors:
+        es = t.element_size()
+        if t.data_ptr() % 16:
+            return False
+        dim = 1 if t.dim() == 4 else t.dim() - 1
+        if t.stride(dim) != 1 or (t.shape[dim] * es) % 16:
+            return False
+        if any((st * es) % 16 for d, (st, n) in enumerate(zip(t.stride(), t.shape)) if d != dim and n > 1):
+            return False
+    return bool(tensors)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Row:
+    kernel: str
+    layer: str
+    dtype: str
+    config: str
+    regs: int
+    spills: int
+    smem: int
+    ctas_per_sm: int
+    hgmma: str | None
+    operands: str | None
+    loop_instr: int | None
+    loop_hgmma: int | None
+    loop_ratio: float | None
+    loop_loads: dict
+    loop_wait0: int | None
+    warnings: list
+    anchor: bool
+    ok: bool = True
+    has_dot: bool = False
+    vector_layout: bool = False
+    layers: int = 1
+    failures: list = dataclasses.field(default_factory=list)
+    hash: str = ""
+
+    @property
+    def instr_per_hgmma(self) -> float | None:
+        return self.loop_instr / self.loop_hgmma if self.loop_hgmma else None
+
+
+def check(row: Row) -> list[str]:
+    """The rules of ``LIMITS`` that ``row`` breaks."""
+    bad = []
+    if row.spills > LIMITS["max_spills"]:
+        bad.append(f"spills {row.spills}")
+    if row.has_dot and row.dtype in LIMITS["hgmma_dtypes"] and not row.hgmma:
+        bad.append("dot without HGMMA")
+    for w in row.warnings:
+        if w in LIMITS["forbidden_warnings"]:
+            bad.append(f"ptxas {w}")
+    if row.vector_layout:
+        tf32 = row.dtype == "fp32" and row.hgmma is not None
+        scalar = {
+            k: n
+            for k, n in row.loop_loads.items()
+            if k != "UTMALDG"
+            and int(k.split(".")[1]) <= LIMITS["scalar_load_bits"]
+            and not (tf32 and k == LIMITS["tf32_mn_major_copy"])
+        }
+        if scalar:
+            bad.append("scalar loads in main loop " + ",".join(f"{k}x{n}" for k, n in scalar.items()))
+    if row.smem > LIMITS["max_smem"]:
+        bad.append(f"smem {row.smem}")
+    if (
+        LIMITS["max_loop_ratio"] is not None
+        and row.loop_ratio is not None
+        and row.loop_ratio > LIMITS["max_loop_ratio"]
+    ):
+        bad.append(f"loop ratio {row.loop_ratio:.2f}")
+    if LIMITS["max_loop_wait0"] is not None and (row.loop_wait0 or 0) > LIMITS["max_loop_wait0"]:
+        bad.append(f"{row.loop_wait0} wgmma waits to zero per iteration")
+    return bad
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def collect_launches(quick: bool, dtypes=DTYPES) -> list[Launch]:
+    """Every launch of the four models (batch 1 and 128) and the functional cases, per dtype; with
+    ``quick``, per kernel family the specialisation most layers share, GoogLeNet and the
+    functional cases at batch 128."""
+    launches = []
+    for dtype in dtypes:
+        if quick:
+            group = model_launches("GoogLeNet", 128, dtype) + functional_launches(128, dtype)
+            launches += _most_common_per_family(group)
+        else:
+            for batch in BATCHES:
+                for name in MODELS:
+                    launches += model_launches(name, batch, dtype)
+                launches += functional_launches(batch, dtype)
+    return launches
+
+
+def _most_common_per_family(launches: list[Launch]) -> list[Launch]:
+    """Per kernel family, a launch of the specialisation the most launches share."""
+    keys = [specialisation_key(lc, configs_kept(lc)[0]) for lc in launches]
+    by_key = Counter(keys)
+    best: dict[str, tuple[Launch, str]] = {}
+    for lc, key in zip(launches, keys):
+        if lc.family not in best or by_key[key] > by_key[best[lc.family][1]]:
+            best[lc.family] = (lc, key)
+    return [lc for lc, _ in best.values()]
+
+
+def run_report(
+    quick: bool = False, kernel_prefix: str = "", dtypes=DTYPES, jobs: int = 1
+) -> tuple[list[Row], list[ModelCounts]]:
+    """Compile and read every row; progress (one line per kernel family, a totals line) to stderr."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # Triton 3.9 warns once that TRITON_DEFAULT_FP_FUSION is unset (a launch compiles with the
+        # same default); the backward hooks that label layers warn on the first layer's input.
+        warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION.*")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing.*")
+        return _run_report(quick, kernel_prefix, dtypes, jobs)
+
+
+def specialisation_key(launch: Launch, cfg) -> str:
+    """Triton's own cache key for this launch at this config on sm_90 (its binder's
+    specialisation and options): launches with equal keys compile to the same kernel."""
+    fn = launch.jit_fn
+    with sm90_driver():
+        binder = fn.device_caches[0][-1]
+        _, specialization, options = binder(*launch.args, **_launch_kwargs(launch, cfg))
+    return f"{fn.__name__}|{specialization}|{sorted(options.items())}"
+
+
+_JOBS: list[tuple[Launch, object]] = []  # read by forked workers
+
+
+def _compile_job(i: int) -> tuple[int, str, int, dict]:
+    launch, cfg = _JOBS[i]
+    kernel = compile_launch(launch, cfg)
+    return i, kernel.hash, int(kernel.metadata.shared), analyse(kernel)
+
+
+def _run_report(quick: bool, kernel_prefix: str, dtypes, jobs: int = 1) -> tuple[list[Row], list[ModelCounts]]:
+    t_all = time.perf_counter()
+    t0 = time.perf_counter()
+    anchors = anchor_launches(dtypes)
+    launches = [lc for lc in collect_launches(quick, dtypes) if lc.family.startswith(kernel_prefix)]
+    counts = [model_counts(name) for name in MODELS]
+
+    # One job per distinct (specialisation, config); the launches sharing it are its layers.
+    groups: dict[str, list] = {}
+    for lc in [*anchors, *launches]:
+        for cfg in configs_kept(lc):
+            groups.setdefault(specialisation_key(lc, cfg), [lc, cfg, 0])[2] += 1
+    _JOBS[:] = [(lc, cfg) for lc, cfg, _ in groups.values()]
+    layers = [n for _, _, n in groups.values()]
+    _progress(
+        f"{'captured launches':<28} {len(launches):>5} launches, {len(_JOBS)} distinct compiles "
+        f"{time.perf_counter() - t0:7.1f} s"
     )
 
+    families: dict[str, list[int]] = {}
+    for i, (lc, _) in enumerate(_JOBS):
+        families.setdefault("anchor" if lc.layer.startswith("anchor") else lc.family, []).append(i)
 
-def kernel_specs() -> list[KernelSpec]:
-    """One representative specialisation of every kernel, per dtype that matters."""
-    return _conv_specs() + _conv1x1_specs() + _pool_specs()
+    results: dict[int, tuple] = {}
+    pool = None
+    if jobs > 1:
+        import multiprocessing
 
+        # fork: the workers inherit the captured launches (nothing but job numbers is pickled)
+        pool = multiprocessing.get_context("fork").Pool(jobs)
+    try:
+        for family, idx in families.items():
+            t0 = time.perf_counter()
+            done = pool.imap_unordered(_compile_job, idx) if pool else map(_compile_job, idx)
+            for i, *res in done:
+                results[i] = res
+            _progress(f"{family:<28} {len(idx):>5} compiles {time.perf_counter() - t0:7.1f} s")
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
 
-def _conv1x1_specs() -> list[KernelSpec]:
-    from cnnkernels.kernels import conv1x1
-
-    specs = []
-    for dt in ("bf16", "fp16", "fp32"):
-        dot = dict(INPUT_PRECISION="tf32" if dt == "fp32" else "ieee", UPCAST=False, ACC_DTYPE=tl.float32)
-        odd = KernelSpec.odd + ("M", "HW", "SPLIT")
-        specs += [
-            KernelSpec(
-                "conv1x1_fwd two-way",
-                conv1x1._conv1x1_fwd_kernel,
-                {},
-                dict(HAS_BIAS=True, ACTIVATION="relu", TWO_WAY=True, **dot),
-                dtype=dt,
-                unit=("stride_xc", "stride_wc", "stride_b", "stride_y0c", "stride_y1c"),
-                odd=odd,
-            ),
-            KernelSpec(
-                "conv1x1_bwd_input two-way",
-                conv1x1._conv1x1_bwd_input_kernel,
-                {},
-                dict(ACTIVATION="relu", TWO_WAY=True, **dot),
-                dtype=dt,
-                unit=("stride_dy0c", "stride_dy1c", "stride_y0c", "stride_y1c", "stride_wc", "stride_dxc"),
-                odd=odd,
-            ),
-            KernelSpec(
-                "conv1x1_bwd_weight two-way",
-                conv1x1._conv1x1_bwd_weight_kernel,
-                {"dw_part_ptr": "fp32", "db_part_ptr": "fp32"},
-                dict(ACTIVATION="relu", TWO_WAY=True, NEED_DB=True, **dot),
-                dtype=dt,
-                unit=("stride_xc", "stride_dy0c", "stride_dy1c", "stride_y0c", "stride_y1c"),
-                odd=odd,
-            ),
-        ]
-    return specs
-
-
-def _conv_specs() -> list[KernelSpec]:
-    from cnnkernels.kernels import conv
-
-    specs = []
-    geo3 = dict(R=3, S=3, STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1)
-    geo11 = dict(R=11, S=11, STRIDE_H=4, STRIDE_W=4, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1)
-    for dt in ("bf16", "fp16", "fp32"):
-        dot = dict(INPUT_PRECISION="tf32" if dt == "fp32" else "ieee", UPCAST=False, ACC_DTYPE=tl.float32)
-        for flat, geo, tag in ((False, geo3, "3x3"), (True, geo11, "11x11/4 C=1")):
-            odd = KernelSpec.odd + (("C",) if flat else ())
-            cl = tuple(conv.conv_configs(flat))
-            specs.append(
-                KernelSpec(
-                    f"conv_fwd {tag}",
-                    conv._conv_fwd_kernel,
-                    {},
-                    dict(**geo, FLAT=flat, HAS_BIAS=True, ACTIVATION="relu", **dot),
-                    dtype=dt,
-                    unit=("stride_xc", "stride_wc", "stride_yc", "stride_b"),
-                    odd=odd,
-                    config_list=cl,
-                )
-            )
-            specs.append(
-                KernelSpec(
-                    f"conv_bwd_input {tag}",
-                    conv._conv_bwd_input_kernel,
-                    {},
-                    dict(**geo, FLAT=flat, RESIDUE=not flat, ACTIVATION="relu", **dot),
-                    dtype=dt,
-                    unit=("stride_dyc", "stride_yc", "stride_wc", "stride_dxc"),
-                    odd=odd,
-                    config_list=cl,
-                )
-            )
-            specs.append(
-                KernelSpec(
-                    f"conv_bwd_weight {tag}",
-                    conv._conv_bwd_weight_kernel,
-                    {"dw_part_ptr": "fp32", "db_part_ptr": "fp32"},
-                    dict(**geo, FLAT=flat, ACTIVATION="relu", NEED_DB=True, **dot),
-                    dtype=dt,
-                    unit=("stride_xc", "stride_dyc", "stride_yc"),
-                    odd=odd,
-                    config_list=cl,
-                )
-            )
-        specs.append(  # tap-wise dX of a strided layer: the stride's residue classes
-            KernelSpec(
-                "conv_bwd_input 11x11/4 K>=32",
-                conv._conv_bwd_input_kernel,
-                {},
-                dict(**geo11, FLAT=False, RESIDUE=True, ACTIVATION="relu", **dot),
-                dtype=dt,
-                unit=("stride_dyc", "stride_yc", "stride_wc", "stride_dxc"),
-                config_list=tuple(conv.conv_configs(False)),
-            )
+    rows: dict[tuple, Row] = {}
+    anchor_ratio: dict[str, float] = {}
+    for i, (lc, cfg) in enumerate(_JOBS):
+        khash, smem, a = results[i]
+        key = (khash, lc.dtype)
+        if key in rows:
+            rows[key].layers += layers[i]
+            continue
+        opts = cfg.all_kwargs() if cfg is not None else lc.kwargs
+        row = Row(
+            kernel=lc.family,
+            layer=lc.layer,
+            dtype=lc.dtype,
+            config=config_label(lc, cfg),
+            regs=a["regs"],
+            spills=a["spills"],
+            smem=smem,
+            ctas_per_sm=ctas_per_sm(a["regs"], smem, opts.get("num_warps", 4)),
+            hgmma=a["hgmma"],
+            operands=a["operands"],
+            loop_instr=a["loop_instr"],
+            loop_hgmma=a["loop_hgmma"],
+            loop_ratio=None,
+            loop_loads=a["loop_loads"],
+            loop_wait0=a["loop_wait0"],
+            warnings=a["warnings"],
+            anchor=lc.layer.startswith("anchor"),
+            has_dot=a["has_dot"],
+            vector_layout=allows_16_byte_loads(lc),
+            layers=layers[i],
+            hash=khash,
         )
-        specs.append(
-            KernelSpec(
-                "conv_bwd_reduce",
-                conv._conv_bwd_reduce_kernel,
-                {"part_ptr": "fp32"},
-                dict(R=3, S=3),
-                has_dot=False,
-                dtype=dt,
-                unit=("stride_oc",),
-            )
-        )
-    return specs
+        if row.kernel == "anchor_pointer_gemm" and row.instr_per_hgmma:
+            anchor_ratio[row.dtype] = row.instr_per_hgmma
+        rows[key] = row
+
+    out = list(rows.values())
+    for row in out:
+        base = anchor_ratio.get(row.dtype)
+        if base and row.instr_per_hgmma:
+            row.loop_ratio = round(row.instr_per_hgmma / base, 2)
+        row.failures = check(row)
+        row.ok = not row.failures
+    bad = sum(not r.ok for r in out)
+    _progress(
+        f"{'total':<28} {len(out):>5} rows {time.perf_counter() - t_all:7.1f} s: {len(launches)} launches, "
+        f"{len(_JOBS)} compiles, {bad} row(s) failing LIMITS"
+    )
+    return out, counts
 
 
-def _pool_specs() -> list[KernelSpec]:
-    """Max pooling (3x3 stride 2 pad 1: AlexNet/GoogLeNet), adaptive and global average
-    pooling, and the concatenation copy, on channels_last tensors (channel stride 1)."""
-    from cnnkernels.kernels import avgpool, cat, pool
+# ----------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------
 
-    specs = []
-    geo = dict(R=3, S=3, STRIDE_H=2, STRIDE_W=2, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1)
-    acc = dict(ACC_DTYPE=tl.float32)
-    for dt in ("bf16", "fp16", "fp32"):
-        specs.append(
-            KernelSpec(
-                "max_pool2d_fwd 3x3/2",
-                pool._max_pool2d_fwd_kernel,
-                {"arg_ptr": "i8", "idx_ptr": "i8"},
-                dict(**geo, RETURN_INDICES=False, **acc),
-                has_dot=False,
-                dtype=dt,
-                unit=("stride_xc", "stride_yc"),
-            )
-        )
-        specs.append(
-            KernelSpec(
-                "max_pool2d_bwd 3x3/2",
-                pool._max_pool2d_bwd_kernel,
-                {"arg_ptr": "i8"},
-                dict(**geo, **acc),
-                has_dot=False,
-                dtype=dt,
-                unit=("stride_dyc", "stride_ac", "stride_dxc"),
-            )
-        )
-    for dt in ("bf16", "fp32"):
-        specs += [
-            KernelSpec(
-                "adaptive_avg_pool2d_fwd",
-                avgpool._adaptive_avg_pool2d_fwd_kernel,
-                {},
-                acc,
-                has_dot=False,
-                dtype=dt,
-                unit=("stride_xc", "stride_yc"),
-                odd=KernelSpec.odd + ("KH_MAX", "KW_MAX"),
-            ),
-            KernelSpec(
-                "adaptive_avg_pool2d_bwd",
-                avgpool._adaptive_avg_pool2d_bwd_kernel,
-                {},
-                acc,
-                has_dot=False,
-                dtype=dt,
-                unit=("stride_dyc", "stride_dxc"),
-                odd=KernelSpec.odd + ("PH_MAX", "QW_MAX"),
-            ),
-            KernelSpec(
-                "global_avg_pool2d_fwd",
-                avgpool._global_avg_pool2d_fwd_kernel,
-                {},
-                acc,
-                has_dot=False,
-                dtype=dt,
-                unit=("stride_xc", "stride_yc"),
-            ),
-            KernelSpec(
-                "global_avg_pool2d_bwd",
-                avgpool._global_avg_pool2d_bwd_kernel,
-                {},
-                acc,
-                has_dot=False,
-                dtype=dt,
-                unit=("stride_dyc", "stride_dxc"),
-            ),
-            KernelSpec(
-                "cat_copy",
-                cat._cat_copy_kernel,
-                {},
-                {},
-                has_dot=False,
-                dtype=dt,
-                unit=("stride_x3", "stride_y3"),
-                odd=("D0", "D1", "D2", "D3"),
-            ),
-        ]
-    return specs
+JSON_KEYS = (
+    "kernel layer dtype config regs spills smem ctas_per_sm hgmma operands loop_instr loop_hgmma loop_ratio "
+    "loop_loads loop_wait0 warnings anchor ok"
+).split()
 
 
-def run_report(specs: list[KernelSpec] | None = None) -> Iterator[StaticResult]:
-    for spec in specs if specs is not None else kernel_specs():
-        for cfg in spec.configs:
-            yield compile_sm90(spec, cfg)
+def row_json(row: Row) -> dict:
+    d = {k: getattr(row, k) for k in JSON_KEYS}
+    d.update(layers=row.layers, failures=row.failures, vector_layout=row.vector_layout, has_dot=row.has_dot)
+    return d
 
 
-def format_table(results: list[StaticResult]) -> str:
-    head = f"{'kernel':<30} {'dtype':<5} {'config':<28} {'regs':>4} {'spills':>6} {'smem':>7} {'HGMMA':>5}  ok"
-    lines = [head, "-" * len(head)]
-    for r in results:
+def _loads(loads: dict) -> str:
+    return " ".join(f"{k}x{n}" for k, n in loads.items()) or "-"
+
+
+def format_table(rows: list[Row], counts: list[ModelCounts]) -> str:
+    head = (
+        f"{'kernel':<22} {'dtype':<5} {'config':<22} {'regs':>4} {'spl':>3} {'smem':>6} {'cta':>3} "
+        f"{'HGMMA':<11} {'op':<2} {'loop':>4} {'hg':>3} {'/hg':>5} {'xanc':>5} {'w0':>2} {'loads':<26} "
+        f"{'warn':<6} {'ok':<4} layer"
+    )
+    lines = ["static, sm_90 (GPUTarget('cuda', 90, 32), compiled as a launch compiles)", head, "-" * len(head)]
+
+    def fmt(v, spec=""):
+        return "-" if v is None else format(v, spec)
+
+    for r in sorted(rows, key=lambda r: (not r.anchor, r.kernel, r.dtype, r.layer, r.config)):
+        layer = r.layer + (f" (+{r.layers - 1} more)" if r.layers > 1 else "")
         lines.append(
-            f"{r.name:<30} {r.dtype:<5} {r.config:<28} {r.registers:>4} {r.spills:>6} {r.shared:>7} "
-            f"{('yes' if r.hgmma else 'no'):>5}  {'ok' if r.ok else 'FAIL'}"
+            f"{r.kernel:<22} {r.dtype:<5} {r.config:<22} {r.regs:>4} {r.spills:>3} {r.smem:>6} {r.ctas_per_sm:>3} "
+            f"{fmt(r.hgmma):<11} {fmt(r.operands):<2} {fmt(r.loop_instr):>4} {fmt(r.loop_hgmma):>3} "
+            f"{fmt(r.instr_per_hgmma, '.1f'):>5} {fmt(r.loop_ratio, '.2f'):>5} {fmt(r.loop_wait0):>2} "
+            f"{_loads(r.loop_loads):<26} {','.join(r.warnings) or '-':<6} {'ok' if r.ok else 'FAIL':<4} {layer}"
         )
+    lines += ["", "per model (static counts, meta device, batch 128, train mode):"]
+    lines.append(f"{'model':<10} {'launches/forward':>16} {'launches/train step':>19} {'other torch ops/forward':>23}")
+    for c in counts:
+        lines.append(f"{c.model:<10} {c.launches_forward:>16} {c.launches_train_step:>19} {c.torch_ops_forward:>23}")
+    failing = [r for r in rows if not r.ok]
+    if failing:
+        lines += ["", f"{len(failing)} row(s) break LIMITS:"]
+        lines += [f"  {r.kernel} {r.dtype} {r.config} [{r.layer}]: {'; '.join(r.failures)}" for r in failing]
     return "\n".join(lines)
+
+
+def _reexec_without_interpreter(argv: list[str]) -> int | None:
+    """The report compiles for sm_90: under ``TRITON_INTERPRET`` Triton's jit functions are
+    interpreter objects, so run again in a fresh process without it."""
+    if os.environ.get("TRITON_INTERPRET", "") in ("", "0"):
+        return None
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-m", "cnnkernels.report", *argv], env=env).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import json
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rc = _reexec_without_interpreter(argv)
+    if rc is not None:
+        return rc
     parser = argparse.ArgumentParser(prog="python -m cnnkernels.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="one JSON object per compiled config instead of a table")
-    parser.add_argument("--kernel", default="", help="only the kernels whose name starts with this")
+    parser.add_argument("--json", action="store_true", help="one JSON object per row, then one per model")
+    parser.add_argument("--quick", action="store_true", help="one representative layer per kernel family")
+    parser.add_argument("--kernel", default="", help="only the kernel families whose name starts with this")
+    parser.add_argument("--dtype", choices=DTYPES, action="append", help="only these dtypes (repeatable)")
+    parser.add_argument(
+        "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile in this many processes (default: 2)"
+    )
     args = parser.parse_args(argv)
-    specs = [s for s in kernel_specs() if s.name.startswith(args.kernel)]
-    if not specs:
-        print(f"no kernel name starts with {args.kernel!r}", file=sys.stderr)
+    rows, counts = run_report(
+        quick=args.quick, kernel_prefix=args.kernel, dtypes=tuple(args.dtype or DTYPES), jobs=max(1, args.jobs)
+    )
+    if len([r for r in rows if not r.anchor]) == 0:
+        print(f"no kernel family starts with {args.kernel!r}", file=sys.stderr)
         return 2
-    results = list(run_report(specs))
     if args.json:
-        for r in results:
-            print(json.dumps({**dataclasses.asdict(r), "ok": r.ok}))
+        for r in rows:
+            print(json.dumps(row_json(r)))
+        for c in counts:
+            print(json.dumps(dataclasses.asdict(c)))
     else:
-        print("Static, sm_90 (compiled on the CPU for GPUTarget('cuda', 90, 32)):")
-        print(format_table(results))
-    bad = [r for r in results if not r.ok]
-    if bad:
-        print(f"{len(bad)} config(s) spill or lack HGMMA", file=sys.stderr)
-        return 1
-    return 0
+        print(format_table(rows, counts))
+    return 1 if any(not r.ok for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
-"""Static, sm_90: every kernel at each of its GPU configs compiles for Hopper on the CPU (triton's
-own ``GPUTarget("cuda", 90, 32)``, ``cuobjdump`` from the triton wheel) with no register spills,
-and every bf16/fp16 dot lowers to HGMMA (wgmma). Compiling needs a process without
-TRITON_INTERPRET, so the report runs in a subprocess once for the whole module."""
+"""Static, sm_90: the quick report (one representative layer per kernel family, bf16/fp16/fp32,
+every config its autotuner keeps) compiled as a launch compiles, held to ``report.LIMITS``.
+
+The report runs in a subprocess with ``TRITON_INTERPRET=1`` still set (this suite sets it): the
+report must re-run itself without the interpreter. When the Triton 3.6 side venv exists
+(``make venv36``), the same quick report runs under Triton 3.6 and is held to the same limits.
+Rows that break a limit today are listed in ``KNOWN_FAILING`` with the kernel work they wait on;
+each is an ``xfail(strict=True)``, so fixing one makes its entry fail until it is removed.
+"""
 
 from __future__ import annotations
 
@@ -9,71 +14,557 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from cnnkernels.report import StaticResult
+from cnnkernels import report
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHONS = {"3.9": sys.executable, "3.6": str(ROOT / ".venv" / "triton36" / "bin" / "python")}
+
+# (triton, kernel, dtype, config) of the quick report: the limit it breaks today (static, sm_90) and
+# where the kernel work to fix it lies. Remove an entry once its row passes.
+KNOWN_FAILING: dict[tuple[str, str, str, str], str] = {
+    (
+        "3.9",
+        "conv1x1_bwd_input",
+        "bf16",
+        "M=64,N=64,K=64 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.9",
+        "conv1x1_bwd_weight",
+        "bf16",
+        "M=64,N=64,K=64 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.9",
+        "conv_bwd_input",
+        "bf16",
+        "M=64,N=128,K=64 w4 s4",
+    ): "spills 12 at 255 registers (kernels/conv.py config list or register pressure)",
+    (
+        "3.9",
+        "conv_bwd_weight",
+        "bf16",
+        "M=64,N=64,K=64 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv.py main loop)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "bf16",
+        "M=32,C=64 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "bf16",
+        "M=16,C=128 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "bf16",
+        "M=64,C=32 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "bf16",
+        "M=64,C=64 w8 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "bf16",
+        "M=128,C=16 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "conv1x1_bwd_input",
+        "fp16",
+        "M=64,N=64,K=64 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.9",
+        "conv1x1_bwd_weight",
+        "fp16",
+        "M=64,N=64,K=64 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.9",
+        "conv_bwd_input",
+        "fp16",
+        "M=64,N=128,K=64 w4 s4",
+    ): "spills 12 at 255 registers (kernels/conv.py config list or register pressure)",
+    (
+        "3.9",
+        "conv_bwd_weight",
+        "fp16",
+        "M=64,N=64,K=64 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv.py main loop)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "fp16",
+        "M=32,C=64 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "fp16",
+        "M=16,C=128 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "fp16",
+        "M=64,C=32 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "fp16",
+        "M=64,C=64 w8 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "fp16",
+        "M=128,C=16 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "conv1x1_bwd_input",
+        "fp32",
+        "M=128,N=128,K=32 w8 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.9",
+        "conv1x1_bwd_input",
+        "fp32",
+        "M=64,N=128,K=32 w4 s4",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.9",
+        "conv1x1_bwd_input",
+        "fp32",
+        "M=64,N=64,K=32 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.9",
+        "conv1x1_bwd_weight",
+        "fp32",
+        "M=64,N=64,K=32 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.9",
+        "conv_bwd_weight",
+        "fp32",
+        "M=64,N=64,K=32 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv.py main loop)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "fp32",
+        "M=32,C=64 w4 s1",
+    ): "scalar loads in main loop LDG.32x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "fp32",
+        "M=16,C=128 w4 s1",
+    ): "scalar loads in main loop LDG.32x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "fp32",
+        "M=64,C=32 w4 s1",
+    ): "scalar loads in main loop LDG.32x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "fp32",
+        "M=64,C=64 w8 s1",
+    ): "scalar loads in main loop LDG.32x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "max_pool2d_bwd",
+        "fp32",
+        "M=128,C=16 w4 s1",
+    ): "scalar loads in main loop LDG.32x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.9",
+        "adaptive_avg_pool2d_fwd",
+        "fp32",
+        "M=32,C=64 w4 s1",
+    ): "spills 10 at 96 registers (kernels/avgpool.py config list or register pressure)",
+    (
+        "3.6",
+        "conv1x1_bwd_input",
+        "bf16",
+        "M=64,N=64,K=64 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.6",
+        "conv_bwd_input",
+        "bf16",
+        "M=128,N=128,K=64 w8 s3",
+    ): "spills 28 at 255 registers (kernels/conv.py config list or register pressure)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "bf16",
+        "M=32,C=64 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "bf16",
+        "M=16,C=128 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "bf16",
+        "M=64,C=32 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "bf16",
+        "M=64,C=64 w8 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "bf16",
+        "M=128,C=16 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "conv1x1_bwd_input",
+        "fp16",
+        "M=64,N=64,K=64 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.6",
+        "conv_bwd_input",
+        "fp16",
+        "M=128,N=128,K=64 w8 s3",
+    ): "spills 28 at 255 registers (kernels/conv.py config list or register pressure)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "fp16",
+        "M=32,C=64 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "fp16",
+        "M=16,C=128 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "fp16",
+        "M=64,C=32 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "fp16",
+        "M=64,C=64 w8 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "fp16",
+        "M=128,C=16 w4 s1",
+    ): "scalar loads in main loop LDG.16x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "conv_fwd",
+        "fp32",
+        "M=128,N=128,K=32 w8 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv.py main loop)",
+    (
+        "3.6",
+        "conv1x1_fwd",
+        "fp32",
+        "M=64,N=128,K=32 w8 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.6",
+        "conv1x1_bwd_input",
+        "fp32",
+        "M=128,N=128,K=32 w8 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.6",
+        "conv1x1_bwd_input",
+        "fp32",
+        "M=64,N=128,K=32 w4 s4",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.6",
+        "conv1x1_bwd_input",
+        "fp32",
+        "M=64,N=64,K=32 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.6",
+        "conv1x1_bwd_weight",
+        "fp32",
+        "M=64,N=64,K=32 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv1x1.py main loop)",
+    (
+        "3.6",
+        "conv_bwd_weight",
+        "fp32",
+        "M=64,N=128,K=32 w4 s4",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv.py main loop)",
+    (
+        "3.6",
+        "conv_bwd_weight",
+        "fp32",
+        "M=64,N=64,K=32 w4 s3",
+    ): "C7515 wgmma serialised, 4 waits to zero per iteration (kernels/conv.py main loop)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "fp32",
+        "M=32,C=64 w4 s1",
+    ): "scalar loads in main loop LDG.32x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "fp32",
+        "M=16,C=128 w4 s1",
+    ): "scalar loads in main loop LDG.32x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "fp32",
+        "M=64,C=32 w4 s1",
+    ): "scalar loads in main loop LDG.32x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "fp32",
+        "M=64,C=64 w8 s1",
+    ): "scalar loads in main loop LDG.32x16: gather not vectorised along channels (kernels/pool.py)",
+    (
+        "3.6",
+        "max_pool2d_bwd",
+        "fp32",
+        "M=128,C=16 w4 s1",
+    ): "scalar loads in main loop LDG.32x16: gather not vectorised along channels (kernels/pool.py)",
+}
 
 
-@pytest.fixture(scope="module")
-def report():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "cnnkernels.report", "--json"], env=env, capture_output=True, text=True, timeout=1500
+def _run(python: str, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    return subprocess.run(
+        [python, "-m", "cnnkernels.report", *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    return proc, rows
 
 
-FAMILIES = [
-    "conv_fwd",
-    "conv_bwd_input",
-    "conv_bwd_weight",
-    "conv_bwd_reduce",
-    "conv1x1_fwd",
-    "conv1x1_bwd_input",
-    "conv1x1_bwd_weight",
-    "max_pool2d_fwd",
-    "max_pool2d_bwd",
-    "adaptive_avg_pool2d",
-    "global_avg_pool2d",
-    "cat",
-]
+def _parse(stdout: str) -> tuple[list[dict], list[dict]]:
+    objs = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return [o for o in objs if "kernel" in o], [o for o in objs if "model" in o]
 
 
-def test_report_exits_zero(report):
-    proc, rows = report
+@pytest.fixture(scope="module", params=sorted(PYTHONS))
+def quick(request):
+    python = PYTHONS[request.param]
+    if not os.path.exists(python):
+        pytest.skip(f"no Triton {request.param} side venv: `make venv36` builds it")
+    proc = _run(python, "--quick", "--json")
+    rows, models = _parse(proc.stdout)
+    if not rows:
+        pytest.fail(f"the report printed no rows (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return request.param, proc, rows, models
+
+
+def _key(version: str, row: dict) -> tuple[str, str, str, str]:
+    return (version, row["kernel"], row["dtype"], row["config"])
+
+
+def _kernel_families() -> set[str]:
+    """Every ``*_kernel`` of the kernel modules: each must show up in the quick report."""
+    import importlib
+    import pkgutil
+
+    import cnnkernels.kernels as pkg
+
+    out = set()
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        m = importlib.import_module(f"cnnkernels.kernels.{mod.name}")
+        for name, obj in vars(m).items():
+            if name.endswith("_kernel") and (hasattr(obj, "fn") or hasattr(obj, "arg_names")):
+                out.add(name.strip("_").removesuffix("_kernel"))
+    return out
+
+
+def test_exit_status_matches_rows(quick):
+    _, proc, rows, _ = quick
+    assert proc.returncode == (1 if any(not r["ok"] for r in rows) else 0), proc.stderr[-3000:]
+
+
+def test_schema(quick):
+    _, _, rows, models = quick
+    for r in rows:
+        assert set(report.JSON_KEYS) <= set(r), sorted(set(report.JSON_KEYS) - set(r))
+        assert r["operands"] in ("SS", "RS", None)
+        assert (r["hgmma"] is None) == (r["operands"] is None)
+        assert isinstance(r["loop_loads"], dict) and isinstance(r["warnings"], list)
+    assert [m["model"] for m in models] == list(report.MODELS)
+    for m in models:
+        assert 0 < m["launches_forward"] < m["launches_train_step"]
+        assert m["torch_ops_forward"] >= 0
+
+
+def test_every_kernel_family_compiles(quick):
+    _, _, rows, _ = quick
+    missing = _kernel_families() - {r["kernel"] for r in rows}
+    assert not missing, f"no sm_90 compile of {sorted(missing)}"
+
+
+def test_anchors_first_and_ratios(quick):
+    _, _, rows, _ = quick
+    anchors = [r for r in rows if r["anchor"]]
+    assert rows[: len(anchors)] == anchors
+    assert {r["kernel"] for r in anchors} == {"anchor_pointer_gemm", "anchor_tma_gemm"}
+    pointer = next(r for r in anchors if r["kernel"] == "anchor_pointer_gemm" and r["dtype"] == "bf16")
+    assert pointer["hgmma"] and pointer["operands"] == "SS" and pointer["loop_ratio"] == 1.0
+    tma = next(r for r in anchors if r["kernel"] == "anchor_tma_gemm")
+    assert tma["loop_loads"].get("UTMALDG", 0) > 0
+    for r in rows:
+        if r["hgmma"]:
+            assert r["loop_hgmma"] and r["loop_ratio"] is not None, r
+
+
+def test_half_precision_dots_use_hgmma(quick):
+    _, _, rows, _ = quick
+    for family in ("conv_fwd", "conv_bwd_input", "conv_bwd_weight", "conv1x1_fwd", "conv1x1_bwd_weight"):
+        assert any(r["kernel"] == family and r["dtype"] == "bf16" and r["hgmma"] for r in rows), family
+
+
+def test_no_unexpected_failures(quick):
+    version, _, rows, _ = quick
+    bad = {_key(version, r): r["failures"] for r in rows if not r["ok"] and _key(version, r) not in KNOWN_FAILING}
+    assert not bad, "\n".join(f"{k}: {v}" for k, v in bad.items())
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=why), id="-".join(k))
+        for k, why in KNOWN_FAILING.items()
+    ],
+)
+def test_known_failing_row(quick, key):
+    version, _, rows, _ = quick
+    if key[0] != version:
+        pytest.skip(f"a Triton {key[0]} row; this run is Triton {version}")
+    matching = [r for r in rows if _key(version, r) == key]
+    assert matching and all(r["ok"] for r in matching), [r["failures"] for r in matching]
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules and the SASS reading, on synthetic input (no compile)
+# ---------------------------------------------------------------------------------------------
+
+
+def _row(**kw) -> report.Row:
+    base = dict(
+        kernel="k",
+        layer="l",
+        dtype="bf16",
+        config="c",
+        regs=128,
+        spills=0,
+        smem=0,
+        ctas_per_sm=1,
+        hgmma="64x128x16",
+        operands="SS",
+        loop_instr=100,
+        loop_hgmma=4,
+        loop_ratio=1.0,
+        loop_loads={"LDGSTS.128": 8},
+        loop_wait0=0,
+        warnings=[],
+        anchor=False,
+        has_dot=True,
+        vector_layout=True,
+    )
+    return report.Row(**{**base, **kw})
+
+
+def test_rules():
+    assert report.check(_row()) == []
+    assert report.check(_row(spills=4))
+    assert report.check(_row(hgmma=None, operands=None))
+    assert report.check(_row(hgmma=None, operands=None, dtype="fp32")) == []
+    assert report.check(_row(warnings=["C7515"]))
+    assert report.check(_row(loop_loads={"LDGSTS.128": 8, "LDG.16": 16}))
+    assert report.check(_row(loop_loads={"LDG.32": 16}, dtype="fp32", hgmma=None, has_dot=False))
+    # the layout does not allow 16-byte loads: scalar loads are shown, not failed
+    assert report.check(_row(loop_loads={"LDG.16": 16}, vector_layout=False)) == []
+    # a TF32 wgmma's MN-major operand is copied 4 bytes at a time; any other narrow load fails
+    assert report.check(_row(dtype="fp32", hgmma="64x128x8", loop_loads={"LDGSTS.32": 16})) == []
+    assert report.check(_row(dtype="fp32", hgmma="64x128x8", loop_loads={"LDG.32": 16}))
+
+
+SASS = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   LDGSTS.E.BYPASS.LTC128B.128 [R3], desc[UR4][R4.64] ;
+        /*0020*/                   LDG.E.U16 R5, desc[UR4][R6.64] ;
+        /*0030*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8], R24, gsb0 ;
+        /*0040*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+        /*0050*/               @P0 BRA 0x10 ;
+        /*0060*/                   STG.E.128 desc[UR4][R8.64], R12 ;
+        /*0070*/                   EXIT ;
+        /*0080*/                   BRA 0x80;
+"""
+
+
+def test_sass_reading():
+    a = report.analyse_sass(SASS)
+    assert a["hgmma"] == "64x128x16" and a["operands"] == "SS"
+    assert a["loop_instr"] == 5 and a["loop_hgmma"] == 1 and a["loop_wait0"] == 1
+    assert a["loop_loads"] == {"LDG.16": 1, "LDGSTS.128": 1}
+    rs = report.analyse_sass(SASS.replace("R24, gdesc[UR8]", "R24, R88, gdesc[UR8]"))
+    assert rs["operands"] == "RS"
+    assert report.analyse_sass(SASS.replace("@P0 BRA 0x10", "NOP"))["loop_instr"] is None
+
+
+def test_ctas_per_sm():
+    assert report.ctas_per_sm(regs=122, smem=98304, warps=8) == 2
+    assert report.ctas_per_sm(regs=255, smem=0, warps=4) == 2
+    assert report.ctas_per_sm(regs=32, smem=0, warps=4) == 16
+
+
+def test_layout_allows_16_byte_loads():
+    import torch
+
+    def launch(*tensors):
+        return report.Launch(None, tensors, {}, (1,), "l")
+
+    cl = torch.channels_last
+    x = torch.empty(8, 64, 7, 7, device="meta", dtype=torch.bfloat16).to(memory_format=cl)
+    assert report.allows_16_byte_loads(launch(x))
+    assert not report.allows_16_byte_loads(launch(torch.empty(8, 3, 7, 7, device="meta").to(memory_format=cl)))
+    assert not report.allows_16_byte_loads(launch(torch.empty(8, 64, 7, 7, device="meta")))  # NCHW
+    assert not report.allows_16_byte_loads(launch(torch.empty(100, device="meta", dtype=torch.bfloat16)[3:]))
+
+
+def test_reexecs_without_the_interpreter():
+    """With TRITON_INTERPRET=1 in the environment the report still compiles for sm_90."""
+    proc = _run(sys.executable, "--quick", "--kernel", "conv_bwd_reduce", "--dtype", "fp32", "--json", timeout=600)
+    rows, _ = _parse(proc.stdout)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(rows) > 50
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_kernel_family_compiles(report, family):
-    _, rows = report
-    assert any(r["name"].startswith(family) for r in rows), f"no sm_90 compile of {family}"
-
-
-def test_no_config_spills(report):
-    _, rows = report
-    spilling = [f"{r['name']} {r['dtype']} {r['config']}" for r in rows if r["spills"]]
-    assert not spilling
-
-
-def test_half_precision_dots_use_hgmma(report):
-    _, rows = report
-    dots = [r for r in rows if r["has_dot"] and r["dtype"] in ("bf16", "fp16")]
-    assert dots and all(r["hgmma"] for r in dots), [r["name"] for r in dots if not r["hgmma"]]
-    assert all(not r["hgmma"] for r in rows if not r["has_dot"])
-
-
-def test_shared_memory_fits_hopper(report):
-    _, rows = report
-    assert all(r["shared"] <= 227 * 1024 for r in rows)
-
-
-def test_ok_flags_spills_and_missing_hgmma():
-    base = dict(name="k", dtype="bf16", config="c", registers=128, shared=0, has_dot=True)
-    assert StaticResult(**base, spills=0, hgmma=True).ok
-    assert not StaticResult(**base, spills=4, hgmma=True).ok
-    assert not StaticResult(**base, spills=0, hgmma=False).ok
-    assert StaticResult(**{**base, "dtype": "fp32"}, spills=0, hgmma=False).ok
+    assert any(r["kernel"] == "conv_bwd_reduce" for r in rows)

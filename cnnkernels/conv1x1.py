@@ -46,11 +46,11 @@ def conv1x1_backward_weight_op(
 _GEOMETRY = ([1, 1], [0, 0, 0, 0], [1, 1], 1)  # (stride, padding, dilation, groups) of a 1x1 conv
 
 
-def _setup(ctx, inputs, y):
+def _setup(ctx, inputs, output):
     """Shared by ``Conv1x1Function`` and the ``conv1x1`` op's registered autograd."""
     x, weight, bias, activation, channels_last = inputs
     ctx.activation, ctx.has_bias, ctx.channels_last = activation, bias is not None, channels_last
-    ctx.save_for_backward(x, weight, y if activation == "relu" else None)
+    ctx.save_for_backward(x, weight, output if activation == "relu" else None)
 
 
 def _grads(ctx, grad_y):

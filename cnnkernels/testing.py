@@ -1,6 +1,7 @@
 """Reference helpers and the one dtype -> tolerance table used by every test and check.
 
-A result passes when ``||out - ref|| / ||ref|| <= rtol`` (relative Frobenius norm, robust to
+NaN, +inf and -inf must sit exactly where the reference has them (both ways); over the finite
+elements a result passes when ``||out - ref|| / ||ref|| <= rtol`` (relative Frobenius norm, robust to
 the odd element near zero) and, elementwise, ``|out - ref| <= atol + rtol_elem * |ref|``.
 For fp16/bf16 there is also the stronger check ``err(out vs fp64) <= 2 * err(torch vs fp64) + atol``:
 the kernel may not be worse than twice torch's own rounding.
@@ -65,21 +66,38 @@ def assert_close(
     tol = tolerance(dtype, device_type or out.device.type)
     if out.shape != ref.shape:
         raise AssertionError(f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
-    if torch.isnan(out).any() and not torch.isnan(ref).any():
-        raise AssertionError(f"{name}: {int(torch.isnan(out).sum())} NaN element(s) (unwritten or wrong)")
-    err = rel_error(out, ref)
+    out_d, ref_d = out.detach().double(), ref.detach().double()
+    # Non-finite values must sit exactly where the reference has them, both ways.
+    for label, pick in (
+        ("NaN", torch.isnan),
+        ("+inf", lambda t: t == float("inf")),
+        ("-inf", lambda t: t == float("-inf")),
+    ):
+        got, want = pick(out_d), pick(ref_d)
+        if not torch.equal(got, want):
+            extra, missing = int((got & ~want).sum()), int((want & ~got).sum())
+            first = int((got != want).flatten().nonzero()[0])
+            raise AssertionError(
+                f"{name}: {label} pattern differs from the reference ({extra} unexpected, {missing} missing; "
+                f"first at flat index {first})"
+            )
+    finite = torch.isfinite(ref_d)
+    out_f, ref_f = out_d[finite], ref_d[finite]
+    err = rel_error(out_f, ref_f)
     if err > tol.rtol:
         raise AssertionError(f"{name}: relative error {err:.3e} > {tol.rtol:.0e} ({dtype})")
-    diff = (out.double() - ref.double()).abs()
-    bound = tol.atol + tol.rtol_elem * ref.double().abs()
+    diff = (out_f - ref_f).abs()
+    bound = tol.atol + tol.rtol_elem * ref_f.abs()
     if (diff > bound).any():
-        i = int((diff - bound).flatten().argmax())
+        i = int((diff - bound).argmax())
         raise AssertionError(
-            f"{name}: element {i} differs by {diff.flatten()[i]:.3e} (ref {ref.flatten()[i].item():.4g}, "
-            f"out {out.flatten()[i].item():.4g}) > {tol.atol} + {tol.rtol_elem} * |ref| ({dtype})"
+            f"{name}: element {i} of the finite ones differs by {diff[i]:.3e} (ref {ref_f[i].item():.4g}, "
+            f"out {out_f[i].item():.4g}) > {tol.atol} + {tol.rtol_elem} * |ref| ({dtype})"
         )
     if torch_out is not None and dtype in (torch.float16, torch.bfloat16):
-        ours, theirs = rel_error(out, ref), rel_error(torch_out, ref)
+        theirs_d = torch_out.detach().double()
+        keep = finite & torch.isfinite(theirs_d)
+        ours, theirs = rel_error(out_d[keep], ref_d[keep]), rel_error(theirs_d[keep], ref_d[keep])
         if ours > 2 * theirs + tol.atol:
             raise AssertionError(f"{name}: error {ours:.3e} vs fp64 exceeds 2 x torch's {theirs:.3e} + {tol.atol}")
 

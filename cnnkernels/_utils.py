@@ -6,6 +6,7 @@ argument; nothing here modifies a tensor.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -14,21 +15,30 @@ from torch._prims_common import suggest_memory_format
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def pair(value, name: str) -> tuple[int, int]:
-    """An int or a sequence of two ints, as ``torch.nn.functional`` takes them."""
+def as_int(value, name: str) -> int:
+    """An integral argument as torch takes it: anything ``operator.index`` accepts (``int``,
+    ``numpy.int64``, a 0-d integer tensor), but not ``bool``."""
     if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        return value, value
-    if (
-        isinstance(value, Sequence)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return int(value[0]), int(value[1])
-    if isinstance(value, Sequence) and len(value) == 1 and isinstance(value[0], int):
-        return int(value[0]), int(value[0])
-    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+
+
+def pair(value, name: str) -> tuple[int, int]:
+    """An int or a sequence of one or two ints, as ``torch.nn.functional`` takes them."""
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) in (1, 2):
+        try:
+            ints = [as_int(v, name) for v in value]
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+        return (ints[0], ints[-1])
+    try:
+        v = as_int(value, name)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    return v, v
 
 
 def check_tensor(t, name: str, dims: tuple[int, ...]) -> None:

@@ -15,7 +15,7 @@ from torch._prims_common import suggest_memory_format
 
 from cnnkernels.kernels import cat as _k
 
-from ._utils import FLOAT_DTYPES
+from ._utils import FLOAT_DTYPES, as_int
 
 
 def output_memory_format(tensors: Sequence[Tensor]) -> torch.memory_format:
@@ -98,8 +98,7 @@ def cat_args(tensors, dim) -> tuple[list[Tensor], int]:
     ref_i = skip.index(False)
     ref = tensors[ref_i]
     rank = ref.dim()
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an int, got {dim!r}")
+    dim = as_int(dim, "dim")
     if not -rank <= dim < rank:
         raise ValueError(f"dim {dim} is out of range for tensors of rank {rank} (expected {-rank} .. {rank - 1})")
     dim %= rank

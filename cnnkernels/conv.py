@@ -20,7 +20,7 @@ from torch import Tensor
 from cnnkernels.kernels import conv as _k
 
 from . import conv1x1
-from ._utils import autocast_dtype, check_same, check_tensor, is_channels_last, memory_format, pair
+from ._utils import as_int, autocast_dtype, check_same, check_tensor, is_channels_last, memory_format, pair
 
 
 @torch.library.triton_op("cnnkernels::conv2d", mutates_args=())
@@ -289,7 +289,8 @@ torch.library.register_autograd(
 
 def conv2d_args(input, weight, bias, stride, padding, dilation, groups):
     """Validate ``torch.nn.functional.conv2d`` arguments; return the 4-D input view, whether
-    the input was unbatched, and normalised (stride, padding(top, bottom, left, right), dilation)."""
+    the input was unbatched, and normalised (stride, padding(top, bottom, left, right), dilation,
+    groups)."""
     check_tensor(input, "input", (3, 4))
     check_tensor(weight, "weight", (4,))
     check_same(input, weight, "input", "weight")
@@ -298,7 +299,8 @@ def conv2d_args(input, weight, bias, stride, padding, dilation, groups):
         check_same(input, bias, "input", "bias")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias has {bias.shape[0]} elements but weight has {weight.shape[0]} output channels")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+    groups = as_int(groups, "groups")
+    if groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
@@ -342,7 +344,7 @@ def conv2d_args(input, weight, bias, stride, padding, dilation, groups):
             f"kernel size {(eff_r, eff_s)} (dilated) is larger than the padded input "
             f"{(h + pads[0] + pads[1], w + pads[2] + pads[3])}"
         )
-    return x, unbatched, list(stride), list(pads), list(dilation)
+    return x, unbatched, list(stride), list(pads), list(dilation), groups
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation: str = "none"):
@@ -355,7 +357,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             input, weight = input.to(cast), weight.to(cast)
             if isinstance(bias, Tensor) and bias.dtype in floats:
                 bias = bias.to(cast)
-    x, unbatched, stride, pads, dilation = conv2d_args(input, weight, bias, stride, padding, dilation, groups)
+    x, unbatched, stride, pads, dilation, groups = conv2d_args(input, weight, bias, stride, padding, dilation, groups)
     if conv1x1.eligible(weight, stride, pads, groups):
         y = conv1x1.Conv1x1Function.apply(x, weight, bias, activation)
     else:

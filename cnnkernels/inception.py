@@ -282,14 +282,34 @@ class Inception(nn.Module):
                 raise ValueError(f"Inception.{name} must be a {k}x{k} conv with padding {pad}, stride 1, one group")
             if conv.bias is None:
                 raise ValueError(f"Inception.{name} needs a bias")
+            want = (conv.out_channels, conv.in_channels, k, k)
+            if tuple(conv.weight.shape) != want or tuple(conv.bias.shape) != (conv.out_channels,):
+                raise ValueError(
+                    f"Inception.{name} has a weight of shape {tuple(conv.weight.shape)} and a bias of shape "
+                    f"{tuple(conv.bias.shape)}; the block needs {want} and ({conv.out_channels},)"
+                )
             if conv._forward_pre_hooks or conv._forward_hooks:
                 raise ValueError(f"Inception.{name} has forward hooks, which the fused block would not run")
+        for name, reduce in (("b2_2", self.b2_1), ("b3_2", self.b3_1)):
+            conv = getattr(self, name)
+            if conv.in_channels != reduce.out_channels:
+                raise ValueError(
+                    f"Inception.{name} takes {conv.in_channels} channels but its reduce conv gives "
+                    f"{reduce.out_channels}"
+                )
         pool = self.b4_1
-        if (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode) not in (
-            (3, 1, 1, 1, False),
-            ((3, 3), (1, 1), (1, 1), (1, 1), False),
+        if not isinstance(pool, nn.MaxPool2d) or type(pool).forward not in (
+            nn.MaxPool2d.forward,
+            cnn.MaxPool2d.forward,
+        ):
+            raise ValueError(f"Inception.b4_1 must stay a 3x3 max pool, got {type(pool).__name__}")
+        if (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, pool.return_indices) not in (
+            (3, 1, 1, 1, False, False),
+            ((3, 3), (1, 1), (1, 1), (1, 1), False, False),
         ):
             raise ValueError("Inception.b4_1 must be a 3x3 max pool with stride 1 and padding 1")
+        if pool._forward_pre_hooks or pool._forward_hooks:
+            raise ValueError("Inception.b4_1 has forward hooks, which the fused block would not run")
 
     def forward(self, x: Tensor) -> Tensor:
         from . import functional as F

@@ -14,6 +14,8 @@ Backward maths:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -311,7 +313,9 @@ for _name, _backward, _setup in (
 def adaptive_output_size(output_size, input_hw: tuple[int, int]) -> list[int]:
     """``output_size`` as torch takes it (an int, or a pair whose None entries keep the input
     size), normalised to a list of two positive ints."""
-    if isinstance(output_size, (list, tuple)) and len(output_size) == 2:
+    if isinstance(output_size, Sequence) and not isinstance(output_size, str):
+        if len(output_size) != 2:
+            raise ValueError(f"output_size must be an int or a pair, got {output_size!r}")
         output_size = tuple(d if v is None else v for v, d in zip(output_size, input_hw))
     size = pair(output_size, "output_size")
     if min(size) < 1:
@@ -320,8 +324,11 @@ def adaptive_output_size(output_size, input_hw: tuple[int, int]) -> list[int]:
 
 
 def adaptive_avg_pool2d(input, output_size):
-    """Body of ``functional.adaptive_avg_pool2d``."""
-    _check_input(input)
+    """Body of ``functional.adaptive_avg_pool2d``. As in torch, zero channels (like a zero
+    batch) give an empty result; a zero height or width is refused."""
+    check_tensor(input, "input", (3, 4))
+    if 0 in input.shape[-2:]:
+        raise ValueError(f"input must have non-zero height and width, got shape {tuple(input.shape)}")
     size = adaptive_output_size(output_size, tuple(input.shape[-2:]))
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input

@@ -137,6 +137,19 @@ def test_inception_refuses_what_it_would_ignore():
     ours.b4_2 = torch.nn.Conv2d(12, 4, 1)
     with pytest.raises(ValueError, match="b4_2 must stay a cnnkernels Conv2dReLU"):
         ours(x)
+    ours, _, x = _pair()
+    ours.b4_1 = torch.nn.AvgPool2d(3, 1, 1)
+    with pytest.raises(ValueError, match="b4_1 must stay a 3x3 max pool, got AvgPool2d"):
+        ours(x)
+    ours, _, x = _pair()
+    with torch.no_grad():
+        ours.b2_2.weight = torch.nn.Parameter(torch.randn(ours.b2_2.out_channels, ours.b2_2.in_channels, 5, 5))
+    with pytest.raises(ValueError, match=r"b2_2 has a weight of shape .* the block needs"):
+        ours(x)
+    ours, _, x = _pair()
+    ours.b4_1.register_forward_hook(lambda m, a, o: None)
+    with pytest.raises(ValueError, match="b4_1 has forward hooks"):
+        ours(x)
 
 
 def test_relu_keeps_nan_like_torch():

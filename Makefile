@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/cnnkernels demo
 
 test: $(VENV)/.installed lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -1,13 +1,20 @@
 """The ``cnnkernels`` command line: summary, check, bench, report, train, demo.
 
 Without a GPU the kernels run under Triton's interpreter: the CLI switches it on before triton
-is imported, and says so. Bad input (an unknown model, an input too small for the
-architecture) is one line on stderr and exit code 2.
+is imported, and says so. Bad input (an unknown model, a non-positive size, an input too small
+for the architecture, an unreadable data file) is one line on stderr naming the argument and
+exit code 2, before any work starts.
+
+Output is plain text, one line per finished step with its time, so that progress shows on a
+terminal and in a log alike; with the optional ``cli`` extra (rich) installed, tables get boxes
+and verdicts colours.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import sys
 import time
@@ -17,10 +24,117 @@ ALIASES = {"vgg11": "vgg", "vgg-11": "vgg", "inception": "googlenet"}
 # Default image side per model for ``check`` and ``train`` on the CPU (interpreter): about the
 # smallest size the architecture admits, so each model finishes in about a minute.
 CPU_SIZE = {"alexnet": 67, "vgg": 32, "nin": 67, "googlenet": 32}
+# --dtype spellings -> torch dtype names.
+DTYPES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp64": "float64",
+    "float64": "float64",
+}
+RICH_HINT = "colours and boxed tables: pip install 'cnnkernels[cli]' (rich)"
 
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# argument types: each rejects bad input at parse time, naming the argument
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def dtype_name(text: str) -> str:
+    if text.lower() not in DTYPES:
+        raise argparse.ArgumentTypeError(f"must be one of fp32, fp16, bf16, fp64, got {text!r}")
+    return DTYPES[text.lower()]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (``prog: message``) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# output: plain text, with rich's boxes and colours on top when it is installed
+
+
+class Out:
+    def __init__(self) -> None:
+        try:
+            from rich.console import Console
+        except ImportError:
+            self.console = None
+        else:
+            # Wide enough for the tables when the output is a pipe or a log (rich assumes 80 there).
+            self.console = Console(width=None if sys.stdout.isatty() else 150, highlight=False)
+
+    def line(self, text: str, style: str | None = None) -> None:
+        if self.console is None:
+            print(text, flush=True)
+        else:
+            self.console.print(text, style=style, markup=False)
+
+    def table(self, title: str, columns: list[str], rows: list[list[str]], *, right=(), total=None) -> None:
+        """``right``: indices of right-aligned columns; ``total``: a last row set apart."""
+        if self.console is not None:
+            from rich.table import Table
+
+            t = Table(title=title)
+            for i, col in enumerate(columns):
+                t.add_column(col, justify="right" if i in right else "left")
+            for row in rows:
+                t.add_row(*row)
+            if total is not None:
+                t.add_section()
+                t.add_row(*total)
+            self.console.print(t)
+            return
+        body = rows + ([total] if total is not None else [])
+        widths = [max(len(str(c)) for c in col) for col in zip(columns, *body)]
+
+        def fmt(row):
+            cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+            return "  ".join(cells).rstrip()
+
+        rule = "-" * len(fmt(["-" * w for w in widths]))
+        lines = [title, fmt(columns), rule, *map(fmt, rows)]
+        if total is not None:
+            lines += [rule, fmt(total)]
+        print("\n".join(lines), flush=True)
+
+
+def _secs(s: float) -> str:
+    return f"{s:.1f} s" if s < 60 else f"{int(s // 60)} min {s % 60:02.0f} s"
+
+
+# ---------------------------------------------------------------------------------------------
+# shared checks
 
 
 def _backend() -> str:
@@ -54,10 +168,10 @@ def _build(name: str, num_classes: int = 10, reference: bool = False):
     )
 
 
-def _check_size(name: str, model, h: int, w: int) -> None:
+def _check_size(name: str, model, h: int, w: int, arg: str = "--size") -> None:
     low = model.min_input_size
     if min(h, w) < low:
-        raise UsageError(f"{name}: input {h}x{w} is too small; the architecture needs at least {low}x{low}")
+        raise UsageError(f"{arg}: {name} input {h}x{w} is too small; the architecture needs at least {low}x{low}")
 
 
 def _parse_shape(text: str) -> tuple[int, int, int, int]:
@@ -70,11 +184,10 @@ def _parse_shape(text: str) -> tuple[int, int, int, int]:
     return dims
 
 
-def _console():
-    from rich.console import Console
+def _torch_dtype(name: str):
+    import torch
 
-    # Wide enough for the tables when the output is a pipe or a log (rich assumes 80 there).
-    return Console(width=None if sys.stdout.isatty() else 150)
+    return getattr(torch, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,50 +195,41 @@ def _console():
 
 
 def cmd_summary(args) -> int:
-    from rich.table import Table
-
     from cnnkernels import roofline
 
     (name,) = _model_names(args.model, allow_all=False)
     shape = _parse_shape(args.input)
-    model = _build(name)
-    _check_size(name, model, shape[2], shape[3])
+    _check_size(name, _build(name), shape[2], shape[3], arg="--input")
     rows = roofline.layer_table(name, shape, dtype=args.dtype)
     totals = roofline.totals_of(name, rows)
-    table = Table(title=f"{name} at input {shape}, {totals.dtype}: roofline floor on an H100 (analytic)")
-    for col, just in (
-        ("layer", "left"),
-        ("kind", "left"),
-        ("output shape", "left"),
-        ("params", "right"),
-        ("GFLOP fwd", "right"),
-        ("MB fwd", "right"),
-        ("floor fwd (us)", "right"),
-    ):
-        table.add_column(col, justify=just)
-    for r in rows:
-        table.add_row(
-            r.name,
-            r.kind,
-            "x".join(map(str, r.out_shape)),
-            f"{r.params:,}",
-            f"{r.flops_fwd / 1e9:.3f}",
-            f"{r.bytes_fwd / 1e6:.2f}",
-            f"{r.floor_s('H100') * 1e6:.1f}",
-        )
-    table.add_section()
-    table.add_row(
-        "total",
-        "",
-        "",
-        f"{totals.params:,}",
-        f"{totals.flops_fwd / 1e9:.3f}",
-        f"{totals.bytes_fwd / 1e6:.2f}",
-        f"{totals.floor_s('H100') * 1e6:.1f}",
+    out = Out()
+    out.table(
+        f"{name} at input {shape}, {totals.dtype}: roofline floor on an H100 (analytic)",
+        ["layer", "kind", "output shape", "params", "GFLOP fwd", "MB fwd", "floor fwd (us)"],
+        [
+            [
+                r.name,
+                r.kind,
+                "x".join(map(str, r.out_shape)),
+                f"{r.params:,}",
+                f"{r.flops_fwd / 1e9:.3f}",
+                f"{r.bytes_fwd / 1e6:.2f}",
+                f"{r.floor_s('H100') * 1e6:.1f}",
+            ]
+            for r in rows
+        ],
+        right=(3, 4, 5, 6),
+        total=[
+            "total",
+            "",
+            "",
+            f"{totals.params:,}",
+            f"{totals.flops_fwd / 1e9:.3f}",
+            f"{totals.bytes_fwd / 1e6:.2f}",
+            f"{totals.floor_s('H100') * 1e6:.1f}",
+        ],
     )
-    console = _console()
-    console.print(table)
-    console.print(
+    out.line(
         f"training step floor: {totals.floor_s('H100', 'train') * 1e6:.1f} us on an H100; fusion saves "
         f"{totals.unfused_extra_bytes_fwd / 1e6:.1f} MB of memory traffic per forward "
         f"({totals.unfused_extra_bytes_train / 1e6:.1f} MB per training step) against layer-by-layer execution"
@@ -137,33 +241,25 @@ def cmd_summary(args) -> int:
 # check
 
 
-def _dtype(text: str):
-    import torch
-
-    table = {
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp64": torch.float64,
-        "float64": torch.float64,
-    }
-    if text not in table:
-        raise UsageError(f"--dtype must be one of fp32, fp16, bf16, fp64, got {text!r}")
-    return table[text]
-
-
-def check_model(name: str, batch: int, size: int, dtype, device: str, seed: int = 0) -> list[dict]:
+def check_model(name: str, batch: int, size: int, dtype, device: str, seed: int = 0, progress=None) -> list:
     """Fused model vs its ``torch.nn`` twin with the same weights, eval mode (no dropout):
-    logits, input gradient and every parameter gradient. Returns one row per tensor compared.
-    The twin runs in float64 so that its own rounding stays out of the comparison."""
+    logits, input gradient and every parameter gradient, each judged by
+    ``cnnkernels.testing.model_verdict`` against a float64 run of the twin and the twin run in
+    ``dtype`` (torch's own error). Returns one ``ModelVerdict`` per tensor. ``progress(label,
+    seconds)`` is called after each stage."""
+    import copy
+
     import torch
 
     from cnnkernels import models
-    from cnnkernels.testing import rel_error, tolerance
+    from cnnkernels.testing import model_verdict
 
+    def stage(label, t0):
+        if progress is not None:
+            progress(label, time.perf_counter() - t0)
+        return time.perf_counter()
+
+    t0 = time.perf_counter()
     torch.manual_seed(seed)
     ref = _build(name, reference=True).to(device)
     _check_size(name, ref, size, size)
@@ -171,75 +267,101 @@ def check_model(name: str, batch: int, size: int, dtype, device: str, seed: int 
     with torch.no_grad():
         ref(x)  # materialise the lazy layers
     fused = models.from_reference(ref).to(dtype).eval()
-    ref = ref.double().eval()
+    twins = {"fp64": copy.deepcopy(ref).double().eval(), "torch": copy.deepcopy(ref).to(dtype).eval()}
+    # The same rounded image for all three, each its own leaf.
     xf = x.to(dtype).clone().requires_grad_()
-    xr = x.to(dtype).double().requires_grad_()  # the same rounded image, as a separate leaf
+    xs = {"fp64": x.to(dtype).double().requires_grad_(), "torch": x.to(dtype).clone().requires_grad_()}
     logits = fused(xf)
-    ref_logits = ref(xr)
-    g = torch.randn_like(ref_logits)
+    t0 = stage("fused forward", t0)
+    g = torch.randn(logits.shape, dtype=torch.float64, device=device)
     logits.backward(g.to(dtype))
-    ref_logits.backward(g)
-    tol = tolerance(dtype, device)
-    rows = [("logits", logits.detach(), ref_logits.detach()), ("grad input", xf.grad, xr.grad)]
-    ref_params = dict(ref.named_parameters())
-    rows += [(f"grad {n}", p.grad, ref_params[n].grad) for n, p in fused.named_parameters()]
-    out = []
-    for label, got, want in rows:
-        err = rel_error(got, want)
-        out.append(
-            {
-                "model": name,
-                "tensor": label,
-                "max_abs": float((got.double() - want).abs().max()),
-                "rel": err,
-                "ok": bool(err <= tol.rtol and not torch.isnan(got).any()),
-            }
-        )
-    return out
+    t0 = stage("fused backward", t0)
+    outs = {}
+    for key, twin in twins.items():
+        out = twin(xs[key])
+        out.backward(g.to(out.dtype))
+        outs[key] = out.detach()
+    stage(f"torch.nn twin in float64 and in {str(dtype).removeprefix('torch.')}", t0)
+    rows = [
+        ("logits", logits.detach(), outs["fp64"], outs["torch"]),
+        ("grad input", xf.grad, xs["fp64"].grad, xs["torch"].grad),
+    ]
+    p64, pt = dict(twins["fp64"].named_parameters()), dict(twins["torch"].named_parameters())
+    rows += [(f"grad {n}", p.grad, p64[n].grad, pt[n].grad) for n, p in fused.named_parameters()]
+    return [model_verdict(label, got, want, theirs, dtype, device) for label, got, want, theirs in rows]
+
+
+def _check_plan(args, device: str) -> list[tuple[str, int, int]]:
+    """(model, batch, size) per model, every size checked before anything runs."""
+    plan = []
+    for name in _model_names(args.model, allow_all=True):
+        size = args.size or (224 if device == "cuda" else CPU_SIZE[name])
+        batch = args.batch or (32 if device == "cuda" else 2)
+        _check_size(name, _build(name, reference=True), size, size)
+        plan.append((name, batch, size))
+    return plan
 
 
 def cmd_check(args) -> int:
-    from rich.progress import Progress
-    from rich.table import Table
-
-    names = _model_names(args.model, allow_all=True)
     device = _backend()
-    import torch
-
-    dtype = _dtype(args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
-    console = _console()
+    plan = _check_plan(args, device)
+    dtype = _torch_dtype(args.dtype or ("bfloat16" if device == "cuda" else "float32"))
+    dname = str(dtype).removeprefix("torch.")
+    out = Out()
     if device == "cpu":
-        console.print(
-            "[bold]No GPU: running the real Triton kernels under Triton's interpreter on the CPU, at small "
-            "sizes[/bold] (correctness only; this says nothing about speed)."
+        out.line(
+            "No GPU: running the real Triton kernels under Triton's interpreter on the CPU, at small "
+            "sizes (correctness only; this says nothing about speed).",
+            style="bold",
         )
-    results, failed = [], False
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("checking", total=len(names))
-        for name in names:
-            size = args.size or (224 if device == "cuda" else CPU_SIZE[name])
-            batch = args.batch or (32 if device == "cuda" else 2)
-            progress.update(task, description=f"{name} (batch {batch}, {size}x{size}, {str(dtype)[6:]})")
-            t0 = time.perf_counter()
-            rows = check_model(name, batch, size, dtype, device)
-            results.append((name, batch, size, rows, time.perf_counter() - t0))
-            progress.advance(task)
-    for name, batch, size, rows, secs in results:
-        table = Table(
-            title=f"{name}: fused vs torch.nn twin, batch {batch}, {size}x{size}, {str(dtype)[6:]} ({secs:.0f} s)"
+    out.line(
+        "Pass rule per tensor: error vs a float64 run of the torch.nn twin <= 2 x the twin's own error "
+        f"in {dname} + the {dname} tolerance (cnnkernels.testing.model_verdict)."
+    )
+    failed, start = [], time.perf_counter()
+    for i, (name, batch, size) in enumerate(plan, 1):
+        out.line(f"[{i}/{len(plan)}] {name}: batch {batch}, {size}x{size}, {dname} ...")
+        t0 = time.perf_counter()
+        verdicts = check_model(
+            name, batch, size, dtype, device, progress=lambda label, s: out.line(f"    {label}: {_secs(s)}")
         )
-        for col in ("tensor", "max abs err", "rel err", "ok"):
-            table.add_column(col)
-        worst = {}
-        for r in rows:
-            worst[r["tensor"]] = r
-            failed |= not r["ok"]
-        for r in rows:
-            table.add_row(
-                r["tensor"], f"{r['max_abs']:.2e}", f"{r['rel']:.2e}", "pass" if r["ok"] else "[red]FAIL[/red]"
+        secs = time.perf_counter() - t0
+        bad = [v for v in verdicts if not v.ok]
+        worst = max(verdicts, key=lambda v: v.err / v.bound if v.bound > 0 else math.inf)
+        if bad:
+            failed.append(name)
+            out.line(
+                f"{name}: FAILED, {len(bad)} of {len(verdicts)} tensors outside their bound "
+                f"(first: {bad[0].name}) ({_secs(secs)})",
+                style="bold red",
             )
-        console.print(table)
-    console.print("[red]FAILED[/red]" if failed else "all checks passed")
+        else:
+            out.line(
+                f"{name}: PASS, all {len(verdicts)} tensors within their bound "
+                f"(closest: {worst.name} at {worst.err / worst.bound:.0%} of it) ({_secs(secs)})",
+                style="bold green",
+            )
+        out.table(
+            f"{name}: fused vs torch.nn twin, batch {batch}, {size}x{size}, {dname}",
+            ["tensor", "max abs err", "rel err", f"torch {dname} rel err", "bound", "ok"],
+            [
+                [
+                    v.name,
+                    f"{v.max_abs:.2e}",
+                    f"{v.err:.2e}",
+                    f"{v.torch_err:.2e}",
+                    f"{v.bound:.2e}",
+                    "pass" if v.ok else "FAIL",
+                ]
+                for v in verdicts
+            ],
+            right=(1, 2, 3, 4),
+        )
+    total = _secs(time.perf_counter() - start)
+    if failed:
+        out.line(f"FAILED: {', '.join(failed)} ({total})", style="bold red")
+    else:
+        out.line(f"all checks passed: {len(plan)} model(s) in {total}", style="bold green")
     return 1 if failed else 0
 
 
@@ -254,16 +376,15 @@ def cmd_bench(args) -> int:
     if not torch.cuda.is_available():
         print("cnnkernels bench: a CUDA GPU is needed (the interpreter measures nothing about speed)", file=sys.stderr)
         return 2
-    from rich.table import Table
-
+    for name in names:
+        _check_size(name, _build(name, reference=True), args.size, args.size)
     from cnnkernels import models
 
-    console = _console()
-    dtype = _dtype(args.dtype)
-    table = Table(title=f"{torch.cuda.get_device_name()}, {str(dtype)[6:]}, batch {args.batch}, forward")
-    for col in ("model", "provider", "ms", "images/s", "speedup vs cudnn"):
-        table.add_column(col)
+    out = Out()
+    dtype = _torch_dtype(args.dtype)
+    rows = []
     for name in names:
+        t0 = time.perf_counter()
         ref = _build(name, reference=True).cuda()
         x = torch.randn(args.batch, 1, args.size, args.size, device="cuda")
         with torch.no_grad():
@@ -275,8 +396,14 @@ def cmd_bench(args) -> int:
         for provider, model in (("cudnn", ref), ("cnnkernels", fused), ("torch.compile", torch.compile(ref))):
             times[provider] = _time_ms(lambda m=model, inp=xd: m(inp))
         for provider, ms in times.items():
-            table.add_row(name, provider, f"{ms:.3f}", f"{args.batch / ms * 1e3:,.0f}", f"{times['cudnn'] / ms:.2f}x")
-    console.print(table)
+            rows.append([name, provider, f"{ms:.3f}", f"{args.batch / ms * 1e3:,.0f}", f"{times['cudnn'] / ms:.2f}x"])
+        out.line(f"{name}: measured ({_secs(time.perf_counter() - t0)})")
+    out.table(
+        f"{torch.cuda.get_device_name()}, {args.dtype}, batch {args.batch}, forward",
+        ["model", "provider", "ms", "images/s", "speedup vs cudnn"],
+        rows,
+        right=(2, 3, 4),
+    )
     return 0
 
 
@@ -303,57 +430,84 @@ def _time_ms(fn, warmup: int = 5, reps: int = 20) -> float:
 # train
 
 
-def _read_idx(path: str):
-    """An idx file (the MNIST/Fashion-MNIST format), gzipped or not, as a numpy array."""
+def _read_idx(path: str, ndim: int):
+    """An idx file (the MNIST/Fashion-MNIST format) of unsigned bytes with ``ndim`` dimensions,
+    gzipped or not (told by its first bytes, not its name), as a numpy array. Anything else is a
+    ``UsageError`` naming the file."""
     import gzip
+    import zlib
 
     import numpy as np
 
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    magic = int.from_bytes(data[0:4], "big")
-    ndim = magic & 0xFF
-    if magic >> 8 != 0x08:
-        raise UsageError(f"{path}: not an idx file of unsigned bytes")
+    where = f"--data: {path}"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        elif path.endswith(".gz"):
+            raise UsageError(f"{where}: named .gz but not gzip-compressed")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UsageError(f"{where}: cannot read it ({exc})") from None
+    if len(data) < 4 or data[0:2] != b"\0\0" or data[2] != 0x08:
+        raise UsageError(f"{where}: not an idx file of unsigned bytes")
+    if data[3] != ndim:
+        raise UsageError(f"{where}: holds a {data[3]}-dimensional array, expected {ndim} dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise UsageError(f"{where}: truncated header")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    expected = header + math.prod(dims)
+    if len(data) != expected or 0 in dims:
+        raise UsageError(
+            f"{where}: {len(data)} bytes, expected {expected} for shape {tuple(dims)} (truncated or corrupt)"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def _fashion_mnist(directory: str):
+    """The training images and labels in ``directory``, checked against each other."""
     import glob
 
+    if not os.path.isdir(directory):
+        raise UsageError(f"--data: {directory} is not a directory")
+
     def find(stem):
-        hits = sorted(glob.glob(os.path.join(directory, stem + "*")))
+        hits = sorted(glob.glob(os.path.join(glob.escape(directory), stem + "*")))
         if not hits:
-            raise UsageError(f"--data {directory}: no {stem}* idx file found")
+            raise UsageError(f"--data: no {stem}* idx file in {directory}")
         return hits[0]
 
-    return _read_idx(find("train-images-idx3-ubyte")), _read_idx(find("train-labels-idx1-ubyte"))
+    images = _read_idx(find("train-images-idx3-ubyte"), 3)
+    labels = _read_idx(find("train-labels-idx1-ubyte"), 1)
+    if len(images) != len(labels):
+        raise UsageError(f"--data: {len(images)} images but {len(labels)} labels in {directory}")
+    if labels.max() > 9:
+        raise UsageError(f"--data: labels must be 0..9 (Fashion-MNIST's ten classes), found {int(labels.max())}")
+    return images, labels
 
 
 def cmd_train(args) -> int:
     (name,) = _model_names(args.model, allow_all=False)
+    images = labels = None
+    if args.data:
+        images, labels = _fashion_mnist(args.data)
     device = _backend()
-    import torch
-    import torch.nn.functional as F
-
-    console = _console()
     size = args.size or (224 if device == "cuda" else CPU_SIZE[name])
     model = _build(name).to(device)
     _check_size(name, model, size, size)
+    import torch
+    import torch.nn.functional as F
+
+    out = Out()
     if device == "cpu":
-        console.print(f"No GPU: training under Triton's interpreter at {size}x{size} (slow; correctness only).")
-    if args.data:
-        images, labels = _fashion_mnist(args.data)
-        source = f"Fashion-MNIST from {args.data}"
-    else:
-        images = labels = None
-        source = "synthetic data (class-dependent patterns)"
-    console.print(f"training {name} on {source}, batch {args.batch}, lr {args.lr}, {args.steps} steps")
+        out.line(f"No GPU: training under Triton's interpreter at {size}x{size} (slow; correctness only).")
+    source = f"Fashion-MNIST from {args.data}" if args.data else "synthetic data (class-dependent patterns)"
+    out.line(f"training {name} on {source}, batch {args.batch}, lr {args.lr}, {args.steps} steps")
     gen = torch.Generator().manual_seed(0)
     protos = torch.randn(10, 1, size, size, generator=gen)
     optimizer = None
+    start = time.perf_counter()
     for step in range(1, args.steps + 1):
         if images is not None:
             idx = torch.randint(0, len(images), (args.batch,), generator=gen)
@@ -372,7 +526,13 @@ def cmd_train(args) -> int:
         loss.backward()
         optimizer.step()
         acc = (logits.argmax(1) == y).float().mean().item()
-        console.print(f"step {step:4d}  loss {loss.item():.4f}  accuracy {acc:.3f}")
+        elapsed = time.perf_counter() - start
+        eta = elapsed / step * (args.steps - step)
+        out.line(
+            f"step {step:4d}/{args.steps}  loss {loss.item():.4f}  accuracy {acc:.3f}  "
+            f"{_secs(elapsed)} elapsed, ETA {_secs(eta)}"
+        )
+    out.line(f"done: {args.steps} steps in {_secs(time.perf_counter() - start)}")
     return 0
 
 
@@ -392,44 +552,54 @@ def cmd_demo(args) -> int:
     """The main job: on a GPU, ``bench all``; without one, ``check all`` then ``summary googlenet``."""
     import torch
 
+    parser = build_parser()
     if torch.cuda.is_available():
-        return cmd_bench(argparse.Namespace(model="all", dtype="bf16", batch=128, size=224))
-    status = cmd_check(argparse.Namespace(model="all", batch=None, size=None, dtype=None))
-    cmd_summary(argparse.Namespace(model="googlenet", input="1,1,224,224", dtype="bf16"))
+        return cmd_bench(parser.parse_args(["bench", "all"]))
+    print("demo: cnnkernels check all (no GPU), then cnnkernels summary googlenet", flush=True)
+    status = cmd_check(parser.parse_args(["check", "all"]))
+    cmd_summary(parser.parse_args(["summary", "googlenet"]))
     return status
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cnnkernels", description="Fused Triton kernels for AlexNet, VGG, NiN and GoogLeNet"
+    p = OneLineParser(
+        prog="cnnkernels",
+        description="Fused Triton kernels for AlexNet, VGG, NiN and GoogLeNet",
+        epilog=f"Output is plain text; {RICH_HINT}.",
     )
     sub = p.add_subparsers(dest="verb", required=True)
     s = sub.add_parser("summary", help="per-layer output shape, parameters, FLOPs and roofline floor")
     s.add_argument("model")
     s.add_argument("--input", default="1,1,224,224", help="N,C,H,W (default: the course's 1,1,224,224)")
-    s.add_argument("--dtype", default="bf16", help="element type for byte counts (default bf16)")
+    s.add_argument("--dtype", type=dtype_name, default="bfloat16", help="element type for byte counts (default bf16)")
     s.set_defaults(fn=cmd_summary)
     c = sub.add_parser("check", help="fused model vs its torch.nn twin: logits and every gradient")
     c.add_argument("model", help="alexnet, vgg, nin, googlenet or all")
-    c.add_argument("--batch", type=int, default=None)
-    c.add_argument("--size", type=int, default=None, help="image side (default 224 on a GPU, small on the CPU)")
-    c.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default bf16 on a GPU, fp32 on the CPU)")
+    c.add_argument("--batch", type=positive_int, default=None, help="default 32 on a GPU, 2 on the CPU")
+    c.add_argument(
+        "--size", type=positive_int, default=None, help="image side (default 224 on a GPU, small on the CPU)"
+    )
+    c.add_argument(
+        "--dtype", type=dtype_name, default=None, help="fp32, fp16, bf16, fp64 (default bf16 on a GPU, fp32 on the CPU)"
+    )
     c.set_defaults(fn=cmd_check)
     b = sub.add_parser("bench", help="speed against cuDNN and torch.compile (needs a GPU)")
     b.add_argument("model")
-    b.add_argument("--batch", type=int, default=128)
-    b.add_argument("--size", type=int, default=224)
-    b.add_argument("--dtype", default="bf16")
+    b.add_argument("--batch", type=positive_int, default=128)
+    b.add_argument("--size", type=positive_int, default=224)
+    b.add_argument("--dtype", type=dtype_name, default="bfloat16")
     b.set_defaults(fn=cmd_bench)
     r = sub.add_parser("report", help="static sm_90 table: registers, spills, shared memory, HGMMA")
     r.add_argument("--kernel", default="", help="only the kernels whose name starts with this")
     r.set_defaults(fn=cmd_report)
     t = sub.add_parser("train", help="a short training run on the fused kernels")
     t.add_argument("model")
-    t.add_argument("--steps", type=int, default=5)
-    t.add_argument("--batch", type=int, default=8)
-    t.add_argument("--lr", type=float, default=0.01)
-    t.add_argument("--size", type=int, default=None)
+    t.add_argument("--steps", type=positive_int, default=5)
+    t.add_argument("--batch", type=positive_int, default=8)
+    t.add_argument("--lr", type=positive_float, default=0.01)
+    t.add_argument(
+        "--size", type=positive_int, default=None, help="image side (default 224 on a GPU, small on the CPU)"
+    )
     t.add_argument("--data", default=None, help="folder with Fashion-MNIST idx files (default: synthetic data)")
     t.set_defaults(fn=cmd_train)
     d = sub.add_parser("demo", help="the main job: bench all on a GPU; else check all + summary googlenet")
@@ -438,17 +608,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, see OneLineParser) or --help
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.fn(args)
     except UsageError as e:
         print(f"cnnkernels {args.verb}: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # e.g. a model's own input check
-        if "too small" in str(e) or "at least" in str(e):
-            print(f"cnnkernels {args.verb}: {e}", file=sys.stderr)
-            return 2
-        raise
+    except BrokenPipeError:  # e.g. `cnnkernels summary vgg | head`: stop quietly, as a Unix tool does
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

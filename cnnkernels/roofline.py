@@ -722,15 +722,40 @@ def model_totals(
     )
 
 
-def _main() -> None:  # pragma: no cover - a printed summary for the README
+def _positive_int(text: str) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--dtype", default="bfloat16")
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _dtype_arg(text: str) -> str:
+    import argparse
+
+    try:
+        return _dtype_name(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be one of fp32, fp16, bf16, fp64, got {text!r}") from None
+
+
+def _main(argv: Sequence[str] | None = None) -> int:  # a printed summary for the README
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line on stderr, exit 2
+            self.exit(2, f"{self.prog}: {message}\n")
+
+    ap = Parser(prog="python -m cnnkernels.roofline", description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=_positive_int, default=128)
+    ap.add_argument("--dtype", type=_dtype_arg, default="bfloat16")
     ap.add_argument("--gpu", default="H100", choices=sorted(GPU_CEILINGS))
     ap.add_argument("--layers", action="store_true", help="print every layer, not only the totals")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     print(f"batch {args.batch}, {args.dtype}, floors on {GPU_CEILINGS[args.gpu].name}")
     for m in MODELS:
         rows = layer_table(m, batch=args.batch, dtype=args.dtype)
@@ -747,7 +772,8 @@ def _main() -> None:  # pragma: no cover - a printed summary for the README
             f"floor {t.floor_s(args.gpu, 'train') * 1e3:7.3f} ms | unfused extra fwd {t.unfused_extra_bytes_fwd / 1e9:6.3f} GB "
             f"train {t.unfused_extra_bytes_train / 1e9:6.3f} GB"
         )
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    _main()
+    raise SystemExit(_main())

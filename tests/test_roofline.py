@@ -269,6 +269,39 @@ def test_bad_arguments():
         R.layer_table("AlexNet", (1, 1, 8, 8))
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch", "0"], "argument --batch: must be a positive integer, got '0'"),
+        (["--batch", "-2"], "argument --batch"),
+        (["--dtype", "float8"], "argument --dtype: must be one of"),
+    ],
+)
+def test_command_line_bad_input_is_one_line_exit_2(argv, message):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnkernels.roofline", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert message in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_command_line_prints_every_model():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnkernels.roofline", "--batch", "2", "--dtype", "fp16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("batch 2, float16") and all(m in proc.stdout for m in R.MODELS)
+
+
 def test_import_needs_no_torch():
     """roofline itself imports no torch (whatever the package's ``__init__`` may import)."""
     import subprocess

@@ -541,11 +541,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_report(args) -> int:
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        raise UsageError("report compiles for sm_90 and cannot run with TRITON_INTERPRET=1 set")
+    """The static sm_90 report; it compiles without the interpreter whatever the environment
+    says (``cnnkernels.report`` re-runs itself without ``TRITON_INTERPRET``)."""
     from cnnkernels import report
 
-    return report.main(["--kernel", args.kernel] if args.kernel else [])
+    argv = ["--kernel", args.kernel] if args.kernel else []
+    argv += ["--quick"] * args.quick + ["--json"] * args.json + ["--jobs", str(args.jobs)]
+    for dtype in args.dtype or []:
+        argv += ["--dtype", dtype]
+    return report.main(argv)
 
 
 def cmd_demo(args) -> int:
@@ -589,8 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=positive_int, default=224)
     b.add_argument("--dtype", type=dtype_name, default="bfloat16")
     b.set_defaults(fn=cmd_bench)
-    r = sub.add_parser("report", help="static sm_90 table: registers, spills, shared memory, HGMMA")
+    r = sub.add_parser("report", help="static sm_90 table: registers, spills, HGMMA, main-loop cost")
     r.add_argument("--kernel", default="", help="only the kernels whose name starts with this")
+    r.add_argument("--quick", action="store_true", help="one representative layer per kernel family")
+    r.add_argument("--json", action="store_true", help="one JSON object per row, then one per model")
+    r.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), action="append", help="only these dtypes")
+    r.add_argument("--jobs", type=positive_int, default=2, help="parallel compiles (default 2)")
     r.set_defaults(fn=cmd_report)
     t = sub.add_parser("train", help="a short training run on the fused kernels")
     t.add_argument("model")

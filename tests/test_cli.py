@@ -105,19 +105,16 @@ def test_bench_without_gpu_is_one_line(capsys):
     assert code == 2 and "GPU is needed" in err and err.count("\n") == 1
 
 
-def test_report_refuses_under_interpreter(capsys):
-    code, _, err = _run(capsys, "report")
-    assert code == 2 and "TRITON_INTERPRET" in err
-
-
-def test_report_verb_compiles_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+def test_report_verb_compiles_for_sm90_even_under_the_interpreter():
+    """``TRITON_INTERPRET=1`` in the environment (as the tests set it) does not stop the report:
+    it compiles for sm_90 in a process without the interpreter."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "cnnkernels.cli", "report", "--kernel", "conv_bwd_reduce"],
+        [sys.executable, "-m", "cnnkernels.cli", "report", "--quick", "--kernel", "conv_bwd_reduce", "--dtype", "bf16"],
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr
     assert "sm_90" in proc.stdout and "conv_bwd_reduce" in proc.stdout and "regs" in proc.stdout

@@ -430,110 +430,87 @@ def _time_ms(fn, warmup: int = 5, reps: int = 20) -> float:
 # train
 
 
-def _read_idx(path: str, ndim: int):
-    """An idx file (the MNIST/Fashion-MNIST format) of unsigned bytes with ``ndim`` dimensions,
-    gzipped or not (told by its first bytes, not its name), as a numpy array. Anything else is a
-    ``UsageError`` naming the file."""
-    import gzip
-    import zlib
-
-    import numpy as np
-
-    where = f"--data: {path}"
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        elif path.endswith(".gz"):
-            raise UsageError(f"{where}: named .gz but not gzip-compressed")
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UsageError(f"{where}: cannot read it ({exc})") from None
-    if len(data) < 4 or data[0:2] != b"\0\0" or data[2] != 0x08:
-        raise UsageError(f"{where}: not an idx file of unsigned bytes")
-    if data[3] != ndim:
-        raise UsageError(f"{where}: holds a {data[3]}-dimensional array, expected {ndim} dimensions")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise UsageError(f"{where}: truncated header")
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + math.prod(dims)
-    if len(data) != expected or 0 in dims:
-        raise UsageError(
-            f"{where}: {len(data)} bytes, expected {expected} for shape {tuple(dims)} (truncated or corrupt)"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def _fashion_mnist(directory: str):
-    """The training images and labels in ``directory``, checked against each other."""
-    import glob
-
-    if not os.path.isdir(directory):
-        raise UsageError(f"--data: {directory} is not a directory")
-
-    def find(stem):
-        hits = sorted(glob.glob(os.path.join(glob.escape(directory), stem + "*")))
-        if not hits:
-            raise UsageError(f"--data: no {stem}* idx file in {directory}")
-        return hits[0]
-
-    images = _read_idx(find("train-images-idx3-ubyte"), 3)
-    labels = _read_idx(find("train-labels-idx1-ubyte"), 1)
-    if len(images) != len(labels):
-        raise UsageError(f"--data: {len(images)} images but {len(labels)} labels in {directory}")
-    if labels.max() > 9:
-        raise UsageError(f"--data: labels must be 0..9 (Fashion-MNIST's ten classes), found {int(labels.max())}")
-    return images, labels
-
-
 def cmd_train(args) -> int:
-    (name,) = _model_names(args.model, allow_all=False)
-    images = labels = None
-    if args.data:
-        images, labels = _fashion_mnist(args.data)
-    device = _backend()
-    size = args.size or (224 if device == "cuda" else CPU_SIZE[name])
-    model = _build(name).to(device)
-    _check_size(name, model, size, size)
-    import torch
-    import torch.nn.functional as F
+    """Training on the fused kernels (``cnnkernels.train``): one process, or one rank of a
+    ``torchrun`` job. A usage error is printed by rank 0 only (every rank refuses it, before the
+    process group exists); another rank's exception propagates, so torchrun reports that rank."""
+    rank = os.environ.get("RANK", "0")
+    try:
+        _backend()
+        from cnnkernels import train
 
-    out = Out()
-    if device == "cpu":
-        out.line(f"No GPU: training under Triton's interpreter at {size}x{size} (slow; correctness only).")
-    source = f"Fashion-MNIST from {args.data}" if args.data else "synthetic data (class-dependent patterns)"
-    out.line(f"training {name} on {source}, batch {args.batch}, lr {args.lr}, {args.steps} steps")
-    gen = torch.Generator().manual_seed(0)
-    protos = torch.randn(10, 1, size, size, generator=gen)
-    optimizer = None
-    start = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        if images is not None:
-            idx = torch.randint(0, len(images), (args.batch,), generator=gen)
-            x = torch.from_numpy(images[idx.numpy()].copy()).float().div_(255).unsqueeze(1)
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)  # the course resizes
-            y = torch.from_numpy(labels[idx.numpy()].astype("int64"))
-        else:
-            y = torch.randint(0, 10, (args.batch,), generator=gen)
-            x = protos[y] + 0.5 * torch.randn(args.batch, 1, size, size, generator=gen)
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        if optimizer is None:  # after the first forward has materialised the lazy layers
-            optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        acc = (logits.argmax(1) == y).float().mean().item()
-        elapsed = time.perf_counter() - start
-        eta = elapsed / step * (args.steps - step)
-        out.line(
-            f"step {step:4d}/{args.steps}  loss {loss.item():.4f}  accuracy {acc:.3f}  "
-            f"{_secs(elapsed)} elapsed, ETA {_secs(eta)}"
+        cfg = train.TrainConfig(
+            **{
+                f.name: getattr(args, f.name)
+                for f in train.dataclasses.fields(train.TrainConfig)
+                if hasattr(args, f.name)
+            }
         )
-    out.line(f"done: {args.steps} steps in {_secs(time.perf_counter() - start)}")
-    return 0
+        status, _ = train.train(cfg)
+    except UsageError:
+        if rank == "0":
+            raise
+        return 2
+    return status
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _add_train_parser(sub) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train on the fused kernels: one process, or every rank of a torchrun job (DDP)",
+        description="Train on the fused kernels. Runs unchanged under torchrun --nproc-per-node N "
+        "(DistributedDataParallel, NCCL on GPUs, Gloo on CPUs); --batch is the global batch.",
+    )
+    t.add_argument("model", help="alexnet, vgg, nin, googlenet, or MODULE:FUNCTION / FILE.py:FUNCTION (num_classes=10)")
+    t.add_argument("--steps", type=positive_int, default=5, help="optimizer steps in all (default 5)")
+    t.add_argument("--batch", type=positive_int, default=8, help="global batch, split evenly across ranks (default 8)")
+    t.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate (default 0.01)")
+    t.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
+    t.add_argument(
+        "--size", type=positive_int, default=None, help="image side (default 224 on a GPU, small on the CPU)"
+    )
+    t.add_argument("--data", default=None, help="folder with Fashion-MNIST idx files (default: synthetic data)")
+    t.add_argument(
+        "--dtype",
+        type=dtype_name,
+        default=None,
+        help="fp32, bf16 or fp16: autocast with fp32 master weights, fp16 with a GradScaler (default bf16 on a GPU, fp32 on the CPU)",
+    )
+    t.add_argument("--seed", type=nonnegative_int, default=0, help="weights, data order and synthetic data (default 0)")
+    t.add_argument("--checkpoint", default=None, help="checkpoint file, written atomically by rank 0")
+    t.add_argument(
+        "--save-every", type=nonnegative_int, default=0, help="save every N steps (default 0: at the end only)"
+    )
+    t.add_argument(
+        "--resume", action="store_true", help="continue from --checkpoint when it exists (start fresh when not)"
+    )
+    t.add_argument("--log-every", type=positive_int, default=1, help="a progress line every N steps (default 1)")
+    t.add_argument(
+        "--accum", type=positive_int, default=1, help="micro-batches per step: gradient accumulation (DDP no_sync)"
+    )
+    t.add_argument(
+        "--workers", type=nonnegative_int, default=None, help="DataLoader workers (default 4 on a GPU, 0 on the CPU)"
+    )
+    t.add_argument(
+        "--val-images",
+        type=positive_int,
+        default=None,
+        help="validation images (default all on a GPU, one batch on the CPU)",
+    )
+    t.add_argument("--synthetic", type=positive_int, default=60000, help="synthetic training images (default 60000)")
+    t.add_argument("--bucket-cap-mb", type=positive_float, default=25.0, help="DDP gradient bucket size (default 25)")
+    t.add_argument("--fuse", action="store_true", help="run cnnkernels.fuse on a MODULE:FUNCTION model first")
+    t.set_defaults(fn=cmd_train)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,16 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), action="append", help="only these dtypes")
     r.add_argument("--jobs", type=positive_int, default=2, help="parallel compiles (default 2)")
     r.set_defaults(fn=cmd_report)
-    t = sub.add_parser("train", help="a short training run on the fused kernels")
-    t.add_argument("model")
-    t.add_argument("--steps", type=positive_int, default=5)
-    t.add_argument("--batch", type=positive_int, default=8)
-    t.add_argument("--lr", type=positive_float, default=0.01)
-    t.add_argument(
-        "--size", type=positive_int, default=None, help="image side (default 224 on a GPU, small on the CPU)"
-    )
-    t.add_argument("--data", default=None, help="folder with Fashion-MNIST idx files (default: synthetic data)")
-    t.set_defaults(fn=cmd_train)
+    _add_train_parser(sub)
     d = sub.add_parser("demo", help="the main job: bench all on a GPU; else check all + summary googlenet")
     d.set_defaults(fn=cmd_demo)
     return p

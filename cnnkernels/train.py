@@ -1,0 +1,700 @@
+"""The training loop behind ``cnnkernels train``: one process, or many under ``torchrun``.
+
+* **Processes.** Under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
+  ``MASTER_ADDR``/``MASTER_PORT`` in the environment) ``torch.distributed`` is initialised from
+  the environment, NCCL on GPUs and Gloo on CPUs (the interpreter), the model is wrapped in
+  ``DistributedDataParallel`` and the data read through a ``DistributedSampler``. ``--batch`` is
+  the *global* batch, split evenly across the ranks; each rank's loss is the mean over its
+  share, so DDP's all-reduced mean of the ranks' gradients is the gradient of the whole batch.
+  Logging and checkpoints happen on rank 0 only; the process group is destroyed on exit and on
+  error. Without ``torchrun`` the same loop runs in one process (the sampler with one replica,
+  so the data order is the same for any number of ranks).
+* **Precision.** ``--dtype bf16`` (the default on a GPU) and ``fp16`` run the forward under
+  ``torch.autocast`` with fp32 master weights; fp16 scales the loss with ``torch.amp.GradScaler``.
+  ``fp32`` (the default on the CPU) runs without autocast.
+* **Data.** Fashion-MNIST idx files from ``--data`` (plain or gzip; ``t10k-*`` files, when
+  present, are the validation set), resized as the course does (bilinear), or synthetic images
+  that are a pure function of ``--seed`` and the index. Read with a ``DataLoader`` (workers and
+  pinned memory on a GPU).
+* **Checkpoints.** One ``torch.save`` dict at ``--checkpoint``: the unwrapped model's
+  ``state_dict`` under ``"model"``, the optimizer, the scaler, the step and epoch and every
+  rank's RNG states. Written to a temporary file in the same folder, flushed and fsynced, then
+  renamed over the old one (``os.replace`` is atomic), so a kill at any moment leaves either the
+  previous checkpoint or the new one. ``--resume`` continues from it, bit for bit: the data order
+  depends only on the seed, the epoch and the step, and the RNG states are restored. SIGTERM
+  finishes the current step, saves, and exits with status 143.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import itertools
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+
+from cnnkernels import cli as _cli
+from cnnkernels.cli import CPU_SIZE, MODELS, UsageError, _secs
+
+__all__ = ["TrainConfig", "train", "save_checkpoint", "load_checkpoint", "build_model", "SyntheticImages"]
+
+CHECKPOINT_FORMAT = 1
+SIGTERM_EXIT = 128 + signal.SIGTERM  # the shell's status for a process ended by SIGTERM
+AMP = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """What one run needs; ``cnnkernels train``'s options, one field each."""
+
+    model: str
+    steps: int = 5
+    batch: int = 8  # global: split evenly across the ranks
+    lr: float = 0.01
+    momentum: float = 0.0
+    size: int | None = None  # image side; default 224 on a GPU, small on the CPU
+    data: str | None = None
+    dtype: str | None = None  # float32, bfloat16 or float16; default bf16 on a GPU, fp32 on the CPU
+    seed: int = 0
+    checkpoint: str | None = None
+    save_every: int = 0  # 0: only at the end (and on SIGTERM)
+    resume: bool = False
+    log_every: int = 1
+    accum: int = 1  # micro-batches per step (gradient accumulation, DDP's no_sync between them)
+    workers: int | None = None  # DataLoader workers; default 4 on a GPU, 0 on the CPU
+    val_images: int | None = None  # default: all on a GPU, one global batch on the CPU
+    synthetic: int = 60000  # size of the synthetic training set
+    bucket_cap_mb: float = 25.0  # DDP's gradient bucket size
+    fuse: bool = False  # run cnnkernels.fuse on a MODULE:FUNCTION model
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+@dataclasses.dataclass
+class Dist:
+    """This process's place in the run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def launch_env() -> Dist:
+    """Rank, world size and local rank from torchrun's environment (one process without it)."""
+    values = {}
+    for key, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        text = os.environ.get(key, str(default))
+        try:
+            values[key] = int(text)
+        except ValueError:
+            raise UsageError(f"environment variable {key} must be an integer, got {text!r}") from None
+    return Dist(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+
+
+def _device(where: Dist) -> torch.device:
+    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(where.local_rank)
+    return torch.device("cuda", where.local_rank)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+class SyntheticImages(Dataset):
+    """``n`` images of one channel: a class prototype plus noise, and their labels, each a pure
+    function of ``(seed, index)``, so any rank or worker builds the same item."""
+
+    def __init__(self, n: int, size: int, seed: int, offset: int = 0):
+        self.n, self.size, self.seed, self.offset = n, size, seed, offset
+        gen = torch.Generator().manual_seed(seed)
+        self.protos = torch.randn(10, 1, size, size, generator=gen)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.offset + int(i)) % (2**63))
+        y = int(torch.randint(0, 10, (), generator=gen))
+        x = self.protos[y] + 0.5 * torch.randn(1, self.size, self.size, generator=gen)
+        return x, y
+
+
+class IdxImages(Dataset):
+    """Fashion-MNIST arrays (uint8 images N x 28 x 28, labels N) as float images in [0, 1],
+    resized to ``size`` x ``size`` as the course does (bilinear)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, size: int):
+        self.images, self.labels, self.size = images, labels, size
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = torch.from_numpy(self.images[i].copy()).float().div_(255)[None, None]
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x[0], int(self.labels[i])
+
+
+def read_idx(path: str, ndim: int) -> np.ndarray:
+    """An idx file (the MNIST/Fashion-MNIST format) of unsigned bytes with ``ndim`` dimensions,
+    gzipped or not (told by its first bytes, not its name), as a numpy array. Anything else is a
+    ``UsageError`` naming the file and what is wrong with it."""
+    import gzip
+    import zlib
+
+    where = f"--data: {path}"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        elif path.endswith(".gz"):
+            raise UsageError(f"{where}: named .gz but not gzip-compressed")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UsageError(f"{where}: cannot read it ({exc})") from None
+    if len(data) < 4 or data[0:2] != b"\0\0" or data[2] != 0x08:
+        raise UsageError(f"{where}: not an idx file of unsigned bytes")
+    if data[3] != ndim:
+        raise UsageError(f"{where}: holds a {data[3]}-dimensional array, expected {ndim} dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise UsageError(f"{where}: truncated header")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + math.prod(dims)
+    if len(data) != expected or 0 in dims:
+        raise UsageError(
+            f"{where}: {len(data)} bytes, expected {expected} for shape {tuple(dims)} (truncated or corrupt)"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def fashion_mnist(directory: str, prefix: str = "train", required: bool = True):
+    """The images and labels of one Fashion-MNIST split (``prefix`` ``train`` or ``t10k``) in
+    ``directory``, checked against each other; ``None`` for a missing split that is not
+    ``required``."""
+    import glob
+
+    if not os.path.isdir(directory):
+        raise UsageError(f"--data: {directory} is not a directory")
+
+    def find(stem):
+        hits = sorted(glob.glob(os.path.join(glob.escape(directory), stem + "*")))
+        return hits[0] if hits else None
+
+    paths = [find(f"{prefix}-images-idx3-ubyte"), find(f"{prefix}-labels-idx1-ubyte")]
+    if not required and paths == [None, None]:
+        return None
+    for stem, path in zip(("images-idx3-ubyte", "labels-idx1-ubyte"), paths):
+        if path is None:
+            raise UsageError(f"--data: no {prefix}-{stem}* idx file in {directory}")
+    images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1)
+    if len(images) != len(labels):
+        raise UsageError(f"--data: {len(images)} images but {len(labels)} labels in {directory} ({prefix})")
+    if labels.max() > 9:
+        raise UsageError(f"--data: labels must be 0..9 (Fashion-MNIST's ten classes), found {int(labels.max())}")
+    return images, labels
+
+
+def load_data(cfg: TrainConfig, size: int) -> tuple[Dataset, Dataset | None, str]:
+    """(training set, validation set or None, a description). Bad files are ``UsageError``s."""
+    if cfg.data is None:
+        train = SyntheticImages(cfg.synthetic, size, cfg.seed)
+        val = SyntheticImages(10000, size, cfg.seed, offset=1 << 40)  # disjoint from training items
+        return train, val, f"synthetic data ({cfg.synthetic} images, seed {cfg.seed})"
+    images, labels = fashion_mnist(cfg.data)
+    val = None
+    test = fashion_mnist(cfg.data, prefix="t10k", required=False)
+    if test is not None:
+        val = IdxImages(*test, size)
+    return IdxImages(images, labels, size), val, f"Fashion-MNIST from {cfg.data}"
+
+
+class SkipSampler(Sampler):
+    """``sampler``'s indices without the first ``skip``: where a resumed epoch picks up."""
+
+    def __init__(self, sampler: Sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+def _load_factory(spec: str):
+    """``package.module:function`` or ``path/to/file.py:function``."""
+    where, _, attr = spec.rpartition(":")
+    try:
+        if where.endswith(".py"):
+            if not os.path.isfile(where):
+                raise UsageError(f"model: no file {where}")
+            name = "_cnnkernels_model_" + os.path.splitext(os.path.basename(where))[0]
+            module_spec = importlib.util.spec_from_file_location(name, where)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ImportError as exc:
+        raise UsageError(f"model: cannot import {where} ({exc})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UsageError(f"model: {where} has no callable {attr!r}")
+    return factory
+
+
+def build_model(cfg: TrainConfig, size: int) -> tuple[nn.Module, str]:
+    """The model named by ``cfg.model`` (one of the four, or ``MODULE:FUNCTION`` called with
+    ``num_classes=10``; with ``cfg.fuse`` rewritten by ``cnnkernels.fuse``) and its display
+    name. Checks the image size against the architecture's minimum."""
+    if ":" in cfg.model:
+        name = cfg.model
+        model = _load_factory(cfg.model)(num_classes=10)
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"model: {cfg.model} returned a {type(model).__name__}, not a torch.nn.Module")
+        if cfg.fuse:
+            import cnnkernels
+
+            fuse = getattr(cnnkernels, "fuse", None)
+            if not callable(fuse):
+                raise UsageError("--fuse: this version of cnnkernels has no cnnkernels.fuse")
+            model = fuse(model)
+    else:
+        try:
+            (name,) = _cli._model_names(cfg.model, allow_all=False)
+        except UsageError as exc:
+            raise UsageError(f"{exc}, or MODULE:FUNCTION") from None
+        if cfg.fuse:
+            raise UsageError("--fuse: the named models are fused already; --fuse is for a MODULE:FUNCTION model")
+        model = _cli._build(name)
+    low = getattr(model, "min_input_size", 1)
+    if isinstance(low, int) and size < low:
+        _cli._check_size(name, model, size, size)
+    return model, name
+
+
+def _materialise(model: nn.Module, size: int, device: torch.device) -> None:
+    """Give lazy layers their shapes before DDP sees the parameters, and put conv weights in
+    channels_last (the layout the kernels prefer and the fused models switch to at their first
+    call) so that DDP's gradient buckets are laid out for the final strides."""
+    if hasattr(model, "materialize"):
+        model.materialize((1, 1, size, size))
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        with torch.no_grad():
+            model(torch.zeros(1, 1, size, size, device=device))
+    model.to(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """``torch.save(state)`` to ``path`` atomically: a temporary file in the same folder,
+    flushed and fsynced, then ``os.replace``d over ``path``. A failure or a kill at any point
+    leaves the previous file as it was (and no temporary file, unless killed mid-write)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by ``save_checkpoint``; anything else is a ``UsageError`` naming the
+    file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated, not a torch file, unpicklable...
+        raise UsageError(f"--checkpoint: {path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
+        raise UsageError(f"--checkpoint: {path} is not a cnnkernels training checkpoint")
+    return state
+
+
+def _rng_state(device: torch.device) -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# Settings a resumed run must share with the run that saved the checkpoint, for the resumed
+# run to continue that run rather than start a different one.
+_RESUME_MUST_MATCH = ("model", "batch", "seed", "size", "dtype", "data", "synthetic", "accum", "fuse")
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+
+
+class Progress:
+    """Step lines on rank 0: a rich progress bar above the lines on a terminal (with rich
+    installed), plain lines otherwise (a pipe or a log gets each line as the step ends)."""
+
+    def __init__(self, total: int, enabled: bool):
+        from cnnkernels.cli import Out
+
+        self.enabled = enabled
+        self.out = Out() if enabled else None
+        self.bar = None
+        if enabled and self.out.console is not None and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.out.console,
+            )
+            self.task = self.bar.add_task("training", total=total)
+            self.bar.start()
+
+    def line(self, text: str, style: str | None = None) -> None:
+        if self.enabled:
+            self.out.line(text, style=style)
+
+    def advance(self, completed: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=completed)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+class _Stop:
+    """Set by SIGTERM; the loop checks it after each step (all ranks agree through a MAX
+    all-reduce, so they stop at the same step)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+
+
+def _agree(flag: bool, where: Dist, device: torch.device) -> bool:
+    if not where.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _mean_over_ranks(values: list[float], where: Dist, device: torch.device) -> list[float]:
+    if not where.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / where.world).tolist()
+
+
+def _evaluate(model: nn.Module, val: Dataset, n: int, batch: int, where: Dist, device, amp) -> tuple[float, int]:
+    """Accuracy on the first ``n`` validation images, each rank taking every world-th one."""
+    n = min(n, len(val))
+    part = Subset(val, range(where.rank, n, where.world))
+    correct = torch.zeros(2, dtype=torch.float64, device=device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for x, y in DataLoader(part, batch_size=batch, shuffle=False):
+            x, y = x.to(device), y.to(device)
+            with _autocast(device, amp):
+                logits = model(x)
+            correct[0] += (logits.argmax(1) == y).sum().item()
+            correct[1] += len(y)
+    model.train(was_training)
+    if where.enabled:
+        dist.all_reduce(correct)
+    return (correct[0] / correct[1]).item() if correct[1] > 0 else float("nan"), int(correct[1].item())
+
+
+def _autocast(device: torch.device, amp):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp)
+
+
+def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
+    """Run ``cfg`` in this process (rank ``where.rank`` of ``where.world``), initialising and
+    destroying the process group when there are several. Returns ``(exit status, unwrapped
+    model)``: 0 when done, 143 when stopped by SIGTERM (after saving a checkpoint when
+    ``cfg.checkpoint`` is set). Bad settings are ``UsageError``s raised before any work."""
+    where = where or launch_env()
+    # Settings first: every rank refuses the same bad input before the process group exists.
+    if cfg.batch % where.world:
+        raise UsageError(f"--batch: the global batch {cfg.batch} does not split evenly across {where.world} processes")
+    local_batch = cfg.batch // where.world
+    if local_batch % cfg.accum:
+        raise UsageError(
+            f"--accum: each process's batch of {local_batch} does not split into {cfg.accum} equal micro-batches"
+        )
+    if (cfg.resume or cfg.save_every) and not cfg.checkpoint:
+        raise UsageError(f"{'--resume' if cfg.resume else '--save-every'} needs --checkpoint PATH")
+    if cfg.checkpoint and os.path.isdir(cfg.checkpoint):
+        raise UsageError(f"--checkpoint: {cfg.checkpoint} is a directory; give a file path")
+    if cfg.checkpoint and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.checkpoint))):
+        raise UsageError(f"--checkpoint: the folder of {cfg.checkpoint} does not exist")
+    device = _device(where)
+    key = cfg.model.lower() if ":" not in cfg.model else None
+    default_size = 224 if device.type == "cuda" else CPU_SIZE.get(key, 28) if key in MODELS else 28
+    size = cfg.size or default_size
+    dtype = cfg.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    if dtype not in AMP:
+        raise UsageError(f"--dtype: training runs in fp32, bf16 or fp16 (fp32 master weights), got {dtype}")
+    train_set, val_set, source = load_data(cfg, size)
+    steps_per_epoch = len(train_set) // cfg.batch
+    if steps_per_epoch == 0:
+        raise UsageError(f"--batch: the global batch {cfg.batch} is larger than the {len(train_set)} training images")
+    resume_state = None
+    if cfg.resume and os.path.exists(cfg.checkpoint):
+        resume_state = load_checkpoint(cfg.checkpoint)
+        saved = resume_state.get("config", {})
+        now = dict(dataclasses.asdict(cfg), size=size, dtype=dtype)
+        for k in _RESUME_MUST_MATCH:
+            if k in saved and saved[k] != now[k]:
+                flag = "model" if k == "model" else f"--{k.replace('_', '-')}"
+                raise UsageError(
+                    f"{flag}: {now[k]!r} differs from the checkpoint's {saved[k]!r} ({cfg.checkpoint}); "
+                    "a resumed run must use the same settings"
+                )
+    _seed_everything(cfg.seed)
+    model, name = build_model(cfg, size)
+
+    if where.enabled:
+        from datetime import timedelta
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = timedelta(seconds=float(os.environ.get("CNNKERNELS_DIST_TIMEOUT", "1800")))
+        dist.init_process_group(backend, timeout=timeout)
+    log = Progress(cfg.steps, where.main)
+    stop = _Stop()
+    previous_handler = signal.signal(signal.SIGTERM, stop)
+    try:
+        return _run(
+            cfg,
+            where,
+            device,
+            size,
+            dtype,
+            model,
+            name,
+            train_set,
+            val_set,
+            source,
+            steps_per_epoch,
+            log,
+            stop,
+            resume_state,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        log.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(
+    cfg, where, device, size, dtype, model, name, train_set, val_set, source, steps_per_epoch, log, stop, resume_state
+):
+    amp = AMP[dtype]
+    model.to(device)
+    _materialise(model, size, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    step = 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        if resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        step = int(resume_state["step"])
+        rngs = resume_state.get("rng") or []
+        if len(rngs) == where.world:  # the same ranks: each continues its own random streams
+            _set_rng_state(rngs[where.rank], device)
+    net = model
+    if where.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            bucket_cap_mb=cfg.bucket_cap_mb,
+        )
+    local_batch = cfg.batch // where.world
+    micro = local_batch // cfg.accum
+    workers = cfg.workers if cfg.workers is not None else (min(4, os.cpu_count() or 1) if device.type == "cuda" else 0)
+    val_images = cfg.val_images if cfg.val_images is not None else (10**9 if device.type == "cuda" else cfg.batch)
+
+    if device.type == "cpu":
+        log.line(f"No GPU: training under Triton's interpreter at {size}x{size} (slow; correctness only).")
+    ranks = f" on {where.world} processes ({local_batch} each)" if where.enabled else ""
+    log.line(
+        f"training {name} on {source}, batch {cfg.batch}{ranks}, lr {cfg.lr}, {cfg.steps} steps, "
+        f"{dtype}{'' if amp is None else ' autocast, fp32 master weights'}"
+    )
+    if resume_state is not None:
+        log.line(f"resumed from {cfg.checkpoint} at step {step}")
+
+    def state(at_step: int) -> dict:
+        rngs = [_rng_state(device)]
+        if where.enabled:
+            rngs = [None] * where.world
+            dist.all_gather_object(rngs, _rng_state(device))
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "step": at_step,
+            "epoch": at_step // steps_per_epoch,
+            "step_in_epoch": at_step % steps_per_epoch,
+            "world_size": where.world,
+            "rng": rngs,
+            "config": dict(dataclasses.asdict(cfg), size=size, dtype=dtype),
+        }
+
+    def checkpoint(at_step: int) -> None:
+        if not cfg.checkpoint:
+            return
+        s = state(at_step)  # a collective: every rank takes part
+        if where.main:
+            save_checkpoint(cfg.checkpoint, s)
+        if where.enabled:
+            dist.barrier()
+
+    sampler = DistributedSampler(train_set, num_replicas=where.world, rank=where.rank, shuffle=True, seed=cfg.seed)
+    start, first_step = time.perf_counter(), step
+    images = 0
+    val_acc, val_n = None, 0
+    while step < cfg.steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(
+            train_set,
+            batch_size=local_batch,
+            sampler=SkipSampler(sampler, offset * local_batch),
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),
+        )
+        for x, y in itertools.islice(loader, min(steps_per_epoch - offset, cfg.steps - step)):
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum, correct = 0.0, 0
+            for j in range(cfg.accum):
+                xs, ys = x[j * micro : (j + 1) * micro], y[j * micro : (j + 1) * micro]
+                # DDP all-reduces in the backward of the last micro-batch only.
+                sync = net.no_sync() if where.enabled and j < cfg.accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with _autocast(device, amp):
+                        logits = net(xs)
+                        loss = F.cross_entropy(logits.float(), ys) / cfg.accum
+                    scaler.scale(loss).backward()
+                loss_sum += loss.item()
+                correct += (logits.argmax(1) == ys).sum().item()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            images += cfg.batch
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                loss_avg, acc = _mean_over_ranks([loss_sum, correct / local_batch], where, device)
+                elapsed = time.perf_counter() - start
+                per_step = elapsed / (step - first_step)
+                eta = per_step * (cfg.steps - step)
+                log.line(
+                    f"step {step:4d}/{cfg.steps}  loss {loss_avg:.4f}  accuracy {acc:.3f}  "
+                    f"{images / elapsed:,.1f} images/s  {_secs(elapsed)} elapsed, ETA {_secs(eta)}"
+                )
+            log.advance(step)
+            if step % steps_per_epoch == 0 and val_set is not None:
+                val_acc, val_n = _evaluate(model, val_set, val_images, local_batch, where, device, amp)
+                log.line(f"epoch {step // steps_per_epoch}: validation accuracy {val_acc:.3f} on {val_n} images")
+            if _agree(stop.requested, where, device):
+                checkpoint(step)
+                saved = f"checkpoint saved at step {step} to {cfg.checkpoint}" if cfg.checkpoint else "no --checkpoint"
+                log.line(f"SIGTERM: stopped after step {step}/{cfg.steps}; {saved}", style="bold")
+                return SIGTERM_EXIT, model
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                checkpoint(step)
+    checkpoint(step)
+    if val_set is not None and (val_acc is None or step % steps_per_epoch):
+        val_acc, val_n = _evaluate(model, val_set, val_images, local_batch, where, device, amp)
+    total = _secs(time.perf_counter() - start)
+    done = f"done: {step} steps in {total}"
+    if val_acc is not None:
+        done += f", validation accuracy {val_acc:.3f} on {val_n} images"
+    else:
+        done += f", no validation set (no t10k-* idx files in {cfg.data})"
+    if cfg.checkpoint:
+        done += f"; checkpoint {cfg.checkpoint}"
+    log.line(done, style="bold green")
+    return 0, model

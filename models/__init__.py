@@ -1,5 +1,6 @@
-"""AlexNet, VGG, NiN and GoogLeNet assembled from the ``cnnkernels`` kernels, and their
-``torch.nn`` twins in ``cnnkernels.models.reference``.
+"""AlexNet, VGG, NiN and GoogLeNet on the ``cnnkernels`` kernels, and their ``torch.nn`` twins in
+``cnnkernels.models.reference``. Each architecture is written once, in ``torch.nn``
+(``models/<name>.py``); the fused class is ``cnnkernels.fuse`` of it (``fused_model``).
 
 A fused model has the same constructor arguments, layer order and ``state_dict`` keys as its
 twin: each ReLU fused into its convolution leaves a ``FusedReLU`` placeholder at the ReLU's
@@ -21,11 +22,12 @@ from __future__ import annotations
 from torch import nn
 
 from . import reference
-from ._common import FusedReLU, init_cnn
-from .alexnet import AlexNet
-from .googlenet import GoogLeNet
-from .nin import NiN
-from .vgg import VGG
+from ._common import FusedReLU, fused_model, init_cnn
+
+AlexNet = fused_model(reference.AlexNet)
+VGG = fused_model(reference.VGG)
+NiN = fused_model(reference.NiN)
+GoogLeNet = fused_model(reference.GoogLeNet)
 
 __all__ = [
     "AlexNet",

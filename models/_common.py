@@ -1,12 +1,12 @@
-"""Pieces shared by the fused models and their ``torch.nn`` reference twins.
+"""Pieces shared by the models.
 
-* ``Classifier``: the d2l-style base (``self.net``, ``forward``, ``layer_summary``, ``hparams``).
-* ``FusedClassifier``: adds the input checks and the channels_last conversion at the entry.
-* ``FusedReLU``: the no-op placeholder that sits at a ReLU's index in ``net`` when that ReLU is
-  fused into the preceding convolution, so indices and ``state_dict`` keys stay the seed's.
-* Lazy materialisation (``Classifier.materialize``) with d2l's ``init_cnn`` (Xavier-uniform conv
-  and linear weights) before the first batch computes anything, and loading a ``state_dict``
-  into a lazy model.
+* ``Classifier``: the d2l-style base of the ``torch.nn`` models (``self.net``, ``forward``,
+  ``layer_summary``, ``hparams``, lazy materialisation with d2l's ``init_cnn``).
+* ``fused_model(cls)``: the fused class of a ``torch.nn`` model class, i.e. ``cls`` whose ``net``
+  is rewritten by ``cnnkernels.fuse`` at construction, with the input checks and the
+  channels_last conversion at the entry (``FusedClassifier``).
+* ``FusedReLU`` (from ``cnnkernels.fusion``): the placeholder at a fused ReLU's index in ``net``, so
+  indices and ``state_dict`` keys stay the seed's.
 """
 
 from __future__ import annotations
@@ -15,17 +15,9 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from cnnkernels.fusion import FusedReLU, fuse
 
-class FusedReLU(nn.Identity):
-    """Placeholder at a ReLU's index in ``net``: the ReLU itself runs inside the preceding
-    ``Conv2dReLU`` kernel's epilogue, so this module passes its input through unchanged. It
-    holds no parameters, keeps the layer indices (hence ``state_dict`` keys) of the
-    ``torch.nn`` model, and prints as ``ReLU`` in ``layer_summary``."""
-
-    summary_name = "ReLU"
-
-    def extra_repr(self) -> str:
-        return "fused into the preceding convolution"
+__all__ = ["Classifier", "FusedClassifier", "FusedReLU", "fused_model", "init_cnn", "summary_name", "MIN_INPUT_SIZE"]
 
 
 def summary_name(layer: nn.Module) -> str:
@@ -89,10 +81,6 @@ def _load_pre_hook(model, state_dict, prefix, *args) -> None:
 #            (32 for VGG-11).
 #   GoogLeNet: every conv and pool pads enough that a 1x1 input stays 1x1: H >= 1.
 MIN_INPUT_SIZE = {"AlexNet": 65, "NiN": 67, "GoogLeNet": 1}
-
-
-def vgg_min_input_size(arch) -> int:
-    return 2 ** len(arch)
 
 
 class Classifier(nn.Module):
@@ -191,16 +179,16 @@ class Classifier(nn.Module):
 
 
 class FusedClassifier(Classifier):
-    """A model built from ``cnnkernels.nn``: checks the input before anything runs and converts
-    it to channels_last (NHWC in memory), the layout every kernel of the library prefers."""
+    """Base of the fused models (see ``fused_model``): checks the input before anything runs and
+    converts it to channels_last (NHWC in memory), the layout every kernel of the library
+    prefers."""
 
     nhwc_weights = True
+    _twin: type[Classifier]  # the torch.nn class this one fuses
 
     @classmethod
     def _shape_twin(cls) -> type[Classifier]:
-        from . import reference
-
-        return getattr(reference, cls.__name__)
+        return cls._twin
 
     def _prepare(self, X: torch.Tensor) -> torch.Tensor:
         if not isinstance(X, torch.Tensor):
@@ -218,3 +206,28 @@ class FusedClassifier(Classifier):
 
     def _arch_note(self) -> str:
         return ""
+
+
+def fused_model(twin: type[Classifier]) -> type[FusedClassifier]:
+    """The fused class of the ``torch.nn`` model class ``twin``: same name, constructor
+    arguments, layers and ``state_dict`` keys; its constructor runs ``twin``'s and then
+    ``cnnkernels.fuse(self.net, inplace=True)`` (conv + ReLU pairs fused with a ``FusedReLU`` at
+    each ReLU's index, pools on the kernels, the seed's Inception blocks zero-copy)."""
+
+    def __init__(self, *args, **kwargs):
+        twin.__init__(self, *args, **kwargs)
+        fuse(self.net, inplace=True)
+
+    doc = (
+        f"{twin.__name__} on the ``cnnkernels`` kernels: ``cnnkernels.fuse`` of "
+        f"``cnnkernels.models.reference.{twin.__name__}`` at construction, with the same constructor "
+        "arguments and ``state_dict`` keys; inputs are checked against ``min_input_size`` and "
+        "converted to channels_last.\n\n" + (twin.__doc__ or "")
+    )
+    cls = type(
+        twin.__name__,
+        (FusedClassifier, twin),
+        {"__init__": __init__, "__doc__": doc, "__module__": "cnnkernels.models", "_twin": twin},
+    )
+    cls.__qualname__ = twin.__name__
+    return cls

@@ -334,3 +334,27 @@ def test_matches_reference_twin(model):
     rows = [r for r in R.layer_table(model) if r.kind in ("conv", "linear")]
     assert shapes == [r.out_shape for r in rows]
     assert sum(p.numel() for p in net.parameters()) == sum(r.params for r in rows)
+
+
+@pytest.mark.parametrize("model", R.MODELS)
+def test_flops_match_torch_flop_counter(model):
+    """Forward and backward FLOPs of the table against ``torch.utils.flop_counter.FlopCounterMode``
+    counting the ``torch.nn`` model itself (meta device: shapes only), conv and linear layers
+    (pooling is not counted by torch; the table's pooling FLOPs are left out)."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cnnkernels.models import reference
+
+    cls = getattr(reference, model)
+    with torch.device("meta"):
+        net = cls(arch=R.VGG11_ARCH, num_classes=10) if model == "VGG" else cls(num_classes=10)
+        x = torch.zeros(2, 1, 224, 224)
+        net.materialize(x.shape)
+        with FlopCounterMode(display=False) as fwd:
+            y = net.eval()(x)
+        with FlopCounterMode(display=False) as bwd:
+            y.sum().backward()
+    rows = [r for r in R.layer_table(model, batch=2) if r.kind in ("conv", "linear")]
+    assert fwd.get_total_flops() == sum(r.flops("forward") for r in rows) > 0
+    assert bwd.get_total_flops() == sum(r.flops("backward") for r in rows) > 0

@@ -1,0 +1,576 @@
+"""``fuse(model)``: rewrite any ``torch.nn`` CNN onto the ``cnnkernels`` kernels.
+
+What it takes, walking the module tree (and, for a module whose ``forward`` is its own code,
+that forward's ``torch.fx`` graph one level deep, every child a leaf):
+
+* ``Conv2d`` [``BatchNorm2d``] [``ReLU``] in a row (in an ``nn.Sequential``, or in a traced
+  forward where each feeds only the next) -> one conv kernel with the ReLU in its epilogue. The
+  ReLU's place is kept by a ``FusedReLU`` placeholder and the BatchNorm's by a
+  ``FoldedBatchNorm2d`` placeholder that holds its parameters and buffers, so ``state_dict`` keys
+  and values stay the original's. The BatchNorm is folded into the conv's weight and bias at
+  each call while it is in eval mode (differentiable: gradients reach the conv's weight and the
+  BatchNorm's weight and bias as in torch); in training mode (or without running statistics)
+  the conv runs on the kernel and torch's ``batch_norm`` and ``relu`` follow it.
+* a lone ``Conv2d`` -> ``cnnkernels.nn.Conv2d``; ``MaxPool2d``, ``AdaptiveAvgPool2d`` -> ours;
+  ``LazyConv2d`` -> ``cnnkernels.nn.LazyConv2d`` (``LazyConv2dReLU`` before a ReLU).
+* ``torch.cat`` in a traced forward -> ``cnnkernels.fusion.concat`` (the cat kernel; torch's own
+  ``cat`` for what that kernel does not take); a block laid out like the seed's Inception
+  (children ``b1_1`` ... ``b4_2`` at the seed's geometry) -> ``cnnkernels.nn.Inception``, whose
+  branches write their channel slices of the output directly (no concatenation copy).
+
+What it cannot take stays torch's and is reported with the reason: a ``padding_mode`` other than
+zeros, a module with hooks, a subclass with its own ``forward``, an unknown module, a forward
+that ``torch.fx`` cannot trace or that branches on ``self.training``, a module called from
+several places. Only exact ``torch.nn`` classes are replaced, so nothing is silently changed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from . import nn as cnn
+from .conv import conv2d as _conv2d
+
+__all__ = ["fuse", "FuseReport", "FuseEntry", "FusedReLU", "FoldedBatchNorm2d", "Conv2dBatchNorm", "concat"]
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class FusedReLU(nn.Identity):
+    """Placeholder at a ReLU's place when that ReLU runs inside the preceding convolution's
+    kernel: passes its input through unchanged, holds nothing, keeps the layer indices (hence
+    ``state_dict`` keys) of the ``torch.nn`` model, and prints as ``ReLU`` in ``layer_summary``."""
+
+    summary_name = "ReLU"
+
+    def extra_repr(self) -> str:
+        return "fused into the preceding convolution"
+
+
+class FoldedBatchNorm2d(nn.BatchNorm2d):
+    """Placeholder at a ``BatchNorm2d``'s place when the preceding ``Conv2dBatchNorm`` applies
+    it: passes its input through unchanged, and keeps the BatchNorm's parameters and buffers
+    (same ``state_dict`` keys and values, running statistics still updated in training mode)."""
+
+    summary_name = "BatchNorm2d"
+
+    def forward(self, input):
+        return input
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", applied by the preceding convolution"
+
+
+class Conv2dBatchNorm(cnn.Conv2d):
+    """A ``Conv2d`` followed by a ``BatchNorm2d`` (and, with ``activation='relu'``, a ReLU).
+
+    Its own parameters are the conv's (``weight``, ``bias``); the BatchNorm stays a separate
+    module (a ``FoldedBatchNorm2d`` at its original place, referenced here, not registered
+    twice). In eval mode with running statistics the BatchNorm is folded into the weight and
+    bias at each call (a few small elementwise ops, differentiable) and the ReLU runs in the
+    conv kernel's epilogue; otherwise the conv kernel runs alone and torch's ``batch_norm``
+    (updating the running statistics as ``nn.BatchNorm2d`` does) and ``relu`` follow."""
+
+    activation = "none"
+
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        return self.__dict__["_bn"]
+
+    def forward(self, input):
+        bn = self.bn
+        if not bn.training and bn.running_mean is not None and bn.running_var is not None:
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale
+            if self.bias is not None:
+                shift = shift + self.bias * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias
+            weight = self.weight * scale.reshape(-1, 1, 1, 1)
+            return _conv2d(
+                input, weight, shift, self.stride, self.padding, self.dilation, self.groups, activation=self.activation
+            )
+        y = _conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        y = nn.BatchNorm2d.forward(bn, y)
+        return F.relu(y) if self.activation == "relu" else y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", batch_norm folded in eval, activation={self.activation!r}"
+
+
+def concat(tensors, dim=0):
+    """``torch.cat`` on the ``cnnkernels`` cat kernel when every input is a float tensor of one
+    dtype and device (what the kernel takes); torch's own ``cat`` otherwise (type promotion,
+    integer tensors), so the result is always torch's."""
+    ts = list(tensors)
+    if ts and all(isinstance(t, torch.Tensor) and t.dim() > 0 and t.dtype in _FLOATS for t in ts):
+        if all(t.dtype == ts[0].dtype and t.device == ts[0].device for t in ts):
+            from .functional import cat
+
+            return cat(ts, dim)
+    return torch.cat(ts, dim)
+
+
+@dataclass(frozen=True)
+class FuseEntry:
+    """One line of a ``FuseReport``: the module path (or ``path:function`` for a call in a
+    traced forward), what it was, what it became, and why (empty when nothing needs saying)."""
+
+    name: str
+    was: str
+    became: str
+    reason: str = ""
+
+    @property
+    def fused(self) -> bool:
+        return self.became != "torch"
+
+
+class FuseReport(list):
+    """The entries of one ``fuse`` call, in module order; ``str(report)`` is a table."""
+
+    @property
+    def kept(self) -> list[FuseEntry]:
+        """The entries that stayed torch's."""
+        return [e for e in self if not e.fused]
+
+    def __str__(self) -> str:
+        rows = [("layer", "was", "became", "why")] + [(e.name or "(model)", e.was, e.became, e.reason) for e in self]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + ("  " + r[3] if r[3] else "") for r in rows
+        ).rstrip()
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    pre = dict(m._forward_pre_hooks)
+    init = getattr(m, "_initialize_hook", None)  # a lazy module's own shape-inference hook
+    if init is not None:
+        pre.pop(init.id, None)
+    return bool(pre or m._forward_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None))
+
+
+def _adopt(cls: type, old: nn.Module) -> nn.Module:
+    """A ``cls`` instance with ``old``'s state: same Parameter and buffer objects, same
+    configuration and mode (``cls`` subclasses ``type(old)`` and adds no state)."""
+    new = cls.__new__(cls)
+    new.__dict__.update({k: (v.copy() if isinstance(v, dict) else v) for k, v in old.__dict__.items()})
+    return new
+
+
+def _path(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _conv_refusal(m: nn.Module) -> str | None:
+    """Why a Conv2d (exact torch or cnnkernels class) cannot go on the kernel, or None."""
+    if m.padding_mode != "zeros":
+        return f"padding_mode={m.padding_mode!r}: the kernel pads with zeros only"
+    if _has_hooks(m):
+        return "has hooks, which a fused kernel would bypass"
+    w = m.weight
+    if not isinstance(w, nn.parameter.UninitializedParameter) and w.dtype not in _FLOATS:
+        return f"dtype {w.dtype}: the kernel takes fp16, bf16, fp32 and fp64"
+    return None
+
+
+_CONVS = (nn.Conv2d, cnn.Conv2d)
+_LAZY_CONVS = (nn.LazyConv2d, cnn.LazyConv2d)
+
+
+def _is_conv(m: nn.Module) -> bool:
+    return type(m) in _CONVS or type(m) in _LAZY_CONVS
+
+
+def _is_relu(m: nn.Module) -> bool:
+    return type(m) is nn.ReLU and not _has_hooks(m)
+
+
+def _is_bn(m: nn.Module, conv: nn.Module) -> bool:
+    return (
+        type(m) is nn.BatchNorm2d
+        and type(conv) in _CONVS
+        and not _has_hooks(m)
+        and m.num_features == conv.out_channels
+        and not isinstance(conv.weight, nn.parameter.UninitializedParameter)
+    )
+
+
+def _fused_conv(conv: nn.Module, bn: nn.Module | None, relu: bool) -> tuple[nn.Module, nn.Module | None]:
+    """(the conv's replacement, the BatchNorm's placeholder or None)."""
+    if type(conv) in _LAZY_CONVS:
+        cls = cnn.LazyConv2dReLU if relu else cnn.LazyConv2d
+        new = cls(
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        return new.train(conv.training), None
+    if bn is None:
+        return _adopt(cnn.Conv2dReLU if relu else cnn.Conv2d, conv), None
+    new = _adopt(Conv2dBatchNorm, conv)
+    placeholder = _adopt(FoldedBatchNorm2d, bn)
+    new.__dict__["_bn"] = placeholder  # a reference, not a registered child: keys stay the original's
+    new.activation = "relu" if relu else "none"
+    return new, placeholder
+
+
+def _describe(conv_path: str, bn_path: str | None, relu_path: str | None, new: nn.Module) -> FuseEntry:
+    was = "Conv2d" + ("+BatchNorm2d" if bn_path else "") + ("+ReLU" if relu_path else "")
+    notes = []
+    if bn_path:
+        notes.append(f"{bn_path} folded in eval mode (torch's batch_norm in training mode)")
+    if relu_path:
+        notes.append(f"{relu_path} in the epilogue")
+    return FuseEntry(conv_path, was, type(new).__name__, "; ".join(notes))
+
+
+_LEAVES = {nn.MaxPool2d: cnn.MaxPool2d, nn.AdaptiveAvgPool2d: cnn.AdaptiveAvgPool2d}
+_OURS = (cnn.Conv2d, cnn.LazyConv2d, cnn.MaxPool2d, cnn.AdaptiveAvgPool2d, cnn.Inception, FusedReLU, FoldedBatchNorm2d)
+
+
+class _Fuser:
+    def __init__(self) -> None:
+        self.report = FuseReport()
+
+    def note(self, *args) -> None:
+        self.report.append(FuseEntry(*args))
+
+    # A leaf: replaced on its own, which is right wherever and however often it is called.
+    def leaf(self, m: nn.Module, path: str) -> nn.Module:
+        t = type(m)
+        if isinstance(m, _OURS):
+            self.note(path, t.__name__, t.__name__, "already cnnkernels")
+            return m
+        if _is_conv(m):
+            why = _conv_refusal(m)
+            if why:
+                self.note(path, t.__name__, "torch", why)
+                return m
+            new, _ = _fused_conv(m, None, False)
+            self.note(path, t.__name__, type(new).__name__)
+            return new
+        if t in _LEAVES:
+            if _has_hooks(m):
+                self.note(path, t.__name__, "torch", "has hooks, which a fused kernel would bypass")
+                return m
+            new = _adopt(_LEAVES[t], m)
+            self.note(path, t.__name__, type(new).__name__)
+            return new
+        if t is nn.ReLU:
+            self.note(path, "ReLU", "torch", "does not follow a Conv2d it could fuse into")
+        elif t is nn.BatchNorm2d:
+            self.note(path, "BatchNorm2d", "torch", "does not follow a Conv2d it could fold into")
+        elif isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm2d)):
+            self.note(path, t.__name__, "torch", f"a subclass of {t.__mro__[1].__name__} with its own code")
+        else:
+            self.note(path, t.__name__, "torch", "no cnnkernels kernel for it")
+        return m
+
+    def visit(self, m: nn.Module, path: str) -> nn.Module:
+        if not m._modules or isinstance(m, cnn.Inception):
+            return self.leaf(m, path)
+        if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward:
+            self.sequence(m, path)
+            return m
+        if type(m) in (nn.ModuleList, nn.ModuleDict):
+            for name, child in list(m._modules.items()):
+                if child is not None:
+                    m._modules[name] = self.visit(child, _path(path, name))
+            return m
+        return self.traced(m, path)
+
+    def sequence(self, seq: nn.Sequential, path: str) -> None:
+        names = [n for n, c in seq._modules.items() if c is not None]
+        i = 0
+        while i < len(names):
+            name = names[i]
+            child = seq._modules[name]
+            if _is_conv(child) and _conv_refusal(child) is None:
+                j = i + 1
+                bn = relu = None
+                if j < len(names) and _is_bn(seq._modules[names[j]], child):
+                    bn, j = names[j], j + 1
+                if j < len(names) and _is_relu(seq._modules[names[j]]):
+                    relu, j = names[j], j + 1
+                new, placeholder = _fused_conv(child, seq._modules[bn] if bn else None, relu is not None)
+                seq._modules[name] = new
+                if bn:
+                    seq._modules[bn] = placeholder
+                if relu:
+                    seq._modules[relu] = FusedReLU().train(seq._modules[relu].training)
+                self.report.append(
+                    _describe(_path(path, name), bn and _path(path, bn), relu and _path(path, relu), new)
+                )
+                i = j
+                continue
+            seq._modules[name] = self.visit(child, _path(path, name))
+            i += 1
+
+    # A module with its own forward: fuse across its children from its fx graph, then recurse.
+    def traced(self, m: nn.Module, path: str) -> nn.Module:
+        where = path or "(model)"
+        why = None
+        if _has_hooks(m) or m._state_dict_hooks or m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks:
+            why = "has hooks, which a traced copy of its forward would not carry"
+        graph = None
+        if why is None:
+            graph, why = _trace(m)
+        if graph is None:
+            self.note(path, type(m).__name__, "torch", f"forward not fused across its children: {why}")
+            for name, child in list(m._modules.items()):
+                if child is not None:
+                    setattr(m, name, self.visit(child, _path(path, name)))
+            return m
+        children = OrderedDict(m._modules)
+        calls: dict[str, list[fx.Node]] = {}
+        for node in graph.nodes:
+            if node.op == "call_module":
+                calls.setdefault(node.target, []).append(node)
+        changed = False
+        done: set[str] = set()
+        relu_sites: dict[str, int] = {}
+        for node in list(graph.nodes):
+            if node.op != "call_module" or node.target not in children or node.target in done:
+                continue
+            conv = children[node.target]
+            if not _is_conv(conv) or _conv_refusal(conv) is not None or len(calls[node.target]) != 1:
+                continue
+            if len(node.args) != 1 or node.kwargs:
+                continue
+            cur, bn_name, relu_name, relu_node = node, None, None, None
+            nxt = _only_user(cur)
+            if (
+                nxt is not None
+                and nxt.op == "call_module"
+                and nxt.target in children
+                and _is_bn(children[nxt.target], conv)
+                and len(calls[nxt.target]) == 1
+                and nxt.args == (cur,)
+            ):
+                bn_name, bn_node, cur = nxt.target, nxt, nxt
+                nxt = _only_user(cur)
+            if nxt is not None and _relu_call(nxt, cur, children):
+                relu_node = nxt
+                if nxt.op == "call_module":
+                    relu_name = nxt.target
+                    relu_sites[relu_name] = relu_sites.get(relu_name, 0) + 1
+            if bn_name is None and relu_node is None:
+                continue
+            new, placeholder = _fused_conv(conv, children[bn_name] if bn_name else None, relu_node is not None)
+            children[node.target] = new
+            done.add(node.target)
+            if bn_name:
+                children[bn_name] = placeholder
+                done.add(bn_name)
+                bn_node.replace_all_uses_with(node)
+                graph.erase_node(bn_node)
+            if relu_node is not None:
+                relu_node.replace_all_uses_with(node)
+                graph.erase_node(relu_node)
+                relu_label = _path(path, relu_name) if relu_name else f"{where}:{_call_name(relu_node)}"
+            else:
+                relu_label = None
+            self.report.append(_describe(_path(path, node.target), bn_name and _path(path, bn_name), relu_label, new))
+            changed = True
+        for name, count in relu_sites.items():
+            if count == len(calls[name]):  # every call of this ReLU module now runs in a kernel
+                children[name] = FusedReLU().train(children[name].training)
+                done.add(name)
+        for node in graph.nodes:
+            if node.op == "call_function" and node.target in (torch.cat, torch.concat, torch.concatenate):
+                label = f"{where}:{_call_name(node)}"
+                node.target = concat
+                changed = True
+                self.note(label, "torch.cat", "cnnkernels cat", "one copy per input")
+            elif _relu_call(node, None, children):
+                self.note(f"{where}:{_call_name(node)}", "relu", "torch", "does not follow a Conv2d it could fuse into")
+        for name, child in children.items():
+            if name not in done and child is not None:
+                children[name] = self.visit(child, _path(path, name))
+        inception = _seed_inception(graph, children)
+        if inception is not None:
+            inception.train(m.training)
+            self.note(path, type(m).__name__, "Inception", "the seed's block: zero-copy concatenation")
+            return inception
+        if not changed:
+            for name, child in children.items():
+                if child is not None:
+                    setattr(m, name, child)
+            return m
+        return _graph_module(m, graph, children)
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _call_name(node: fx.Node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def _relu_call(node: fx.Node, arg: fx.Node | None, children) -> bool:
+    """Whether ``node`` is a ReLU of ``arg`` (of anything when ``arg`` is None): an exact
+    ``nn.ReLU`` child, ``F.relu``/``torch.relu`` (in place or not), or ``.relu()``."""
+    if node.op == "call_module":
+        ok = node.target in children and _is_relu(children[node.target]) and not node.kwargs
+    elif node.op == "call_function":
+        ok = node.target in (F.relu, torch.relu, torch.relu_, F.relu_) and set(node.kwargs) <= {"inplace"}
+        ok = ok and len(node.args) == 1
+    elif node.op == "call_method":
+        ok = node.target in ("relu", "relu_") and not node.kwargs and len(node.args) == 1
+    else:
+        return False
+    return ok and (arg is None or (len(node.args) >= 1 and node.args[0] is arg))
+
+
+class _OneLevel(fx.Tracer):
+    """Traces one module's own forward; every child module is a leaf (a single call node)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return True
+
+
+def _trace(m: nn.Module) -> tuple[fx.Graph | None, str]:
+    """(graph, '') or (None, why). A forward that differs between training and eval mode is
+    refused: a traced graph would freeze one of them."""
+    graphs = {}
+    training = m.training
+    try:
+        for mode in (True, False):
+            m.training = mode
+            graphs[mode] = _OneLevel().trace(m)
+    except Exception as e:  # noqa: BLE001 - any tracing failure means: leave the forward alone
+        return None, f"torch.fx cannot trace it ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    finally:
+        m.training = training
+    if str(graphs[True]) != str(graphs[False]):
+        return None, "its forward branches on self.training"
+    return graphs[training], ""
+
+
+def _graph_module(m: nn.Module, graph: fx.Graph, children: OrderedDict) -> fx.GraphModule:
+    """The rewritten forward as a ``GraphModule`` named like ``m``'s class, with every child
+    (placeholders included), parameter and buffer of ``m`` in ``m``'s order, so ``state_dict``
+    keys are the original's; ``m``'s public instance attributes come along."""
+    graph.lint()
+    holder = nn.Module()
+    holder._modules = OrderedDict((k, v) for k, v in children.items())
+    holder._parameters = OrderedDict(m._parameters)
+    holder._buffers = OrderedDict(m._buffers)
+    for node in graph.nodes:
+        if node.op == "get_attr" and not hasattr(holder, node.target.split(".")[0]):
+            holder.__dict__[node.target.split(".")[0]] = getattr(m, node.target.split(".")[0])
+    gm = fx.GraphModule(holder, graph, class_name=type(m).__name__)
+    gm._modules = OrderedDict(children)
+    gm._parameters = OrderedDict(m._parameters)
+    gm._buffers = OrderedDict(m._buffers)
+    gm._non_persistent_buffers_set = set(m._non_persistent_buffers_set)
+    for k, v in m.__dict__.items():
+        if not k.startswith("_") and k not in gm.__dict__:
+            gm.__dict__[k] = v
+    gm.training = m.training
+    return gm
+
+
+_SEED_BRANCHES = (("b1_1",), ("b2_1", "b2_2"), ("b3_1", "b3_2"), ("b4_1", "b4_2"))
+
+
+def _seed_inception(graph: fx.Graph, children: OrderedDict) -> nn.Module | None:
+    """A ``cnnkernels.nn.Inception`` holding ``children`` when the rewritten graph is exactly the
+    seed's block (four branches of fused conv+ReLU layers at the block's geometry, the pool
+    branch a 3x3/1 max pool, concatenated on channels), else None."""
+    if set(children) != {n for branch in _SEED_BRANCHES for n in branch}:
+        return None
+    nodes = [n for n in graph.nodes if n.op not in ("placeholder", "output")]
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    out = next(n for n in graph.nodes if n.op == "output")
+    if len(inputs) != 1 or len(nodes) != 8:
+        return None
+    cat = out.args[0]
+    if not isinstance(cat, fx.Node) or cat.target is not concat:
+        return None
+    tensors = cat.args[0] if cat.args else cat.kwargs.get("tensors")
+    dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
+    if dim != 1 or not isinstance(tensors, (list, tuple)) or len(tensors) != 4:
+        return None
+    for branch, end in zip(_SEED_BRANCHES, tensors):
+        node = end
+        for name in reversed(branch):
+            if not isinstance(node, fx.Node) or node.op != "call_module" or node.target != name or node.kwargs:
+                return None
+            node = node.args[0] if len(node.args) == 1 else None
+        if node is not inputs[0]:
+            return None
+    for name, (k, pad) in cnn.Inception._GEOMETRY.items():
+        conv = children[name]
+        if not isinstance(conv, (cnn.Conv2dReLU, cnn.LazyConv2dReLU)) or conv.bias is None or _has_hooks(conv):
+            return None
+        if (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) != (
+            (k, k),
+            (1, 1),
+            (pad, pad),
+            (1, 1),
+            1,
+        ):
+            return None
+    pool = children["b4_1"]
+    geometry = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, pool.return_indices)
+    if not isinstance(pool, cnn.MaxPool2d) or _has_hooks(pool):
+        return None
+    if geometry not in ((3, 1, 1, 1, False, False), ((3, 3), (1, 1), (1, 1), (1, 1), False, False)):
+        return None
+    block = cnn.Inception.__new__(cnn.Inception)
+    nn.Module.__init__(block)
+    for name in ("b1_1", "b2_1", "b2_2", "b3_1", "b3_2", "b4_1", "b4_2"):
+        setattr(block, name, children[name])
+    return block
+
+
+def fuse(model: nn.Module, *, inplace: bool = False, report: bool = False):
+    """``model`` with what the ``cnnkernels`` kernels cover running on them (see the module
+    docstring for what is taken and what stays torch's).
+
+    ``inplace=False`` (default) fuses a deep copy: the result owns copies of the parameters and
+    buffers and ``model`` is untouched. ``inplace=True`` rewrites ``model``'s own containers and
+    the result shares its Parameter and buffer objects (an optimizer holding them keeps
+    working). Weights, buffers, training/eval mode, device and dtype carry over, and
+    ``state_dict`` keys and values are the original's, so ``fuse(model).state_dict()`` loads
+    into ``model`` and back (a folded BatchNorm keeps its own parameters and running statistics
+    in its placeholder; the conv's weight stays unfolded).
+
+    The fused model computes what ``model`` computes, up to rounding; traced forwards are fixed
+    at fuse time (Python attributes they read are baked in). Returns the fused model, or with
+    ``report=True`` the pair (fused model, ``FuseReport``): one entry per layer and fused call,
+    saying what became which kernel and what stayed torch's, with the reason."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
+    if not isinstance(report, bool):
+        raise TypeError(f"report must be a bool, got {type(report).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    fuser = _Fuser()
+    fused = fuser.visit(model, "")
+    return (fused, fuser.report) if report else fused

@@ -411,8 +411,12 @@ class Progress:
             self.bar.start()
 
     def line(self, text: str, style: str | None = None) -> None:
-        if self.enabled:
-            self.out.line(text, style=style)
+        if not self.enabled:
+            return
+        if self.bar is None:  # a pipe or a log: one plain line each, never wrapped
+            print(text, flush=True)
+        else:
+            self.out.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
 
     def advance(self, completed: int) -> None:
         if self.bar is not None:

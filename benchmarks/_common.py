@@ -12,28 +12,28 @@ Shapes come from ``cnnkernels.roofline.layer_table`` at the seed's 224x224x1 inp
 under the first layer's name, and ``extra_info["same_shape_layers"]`` lists the others.
 
 Timing
-    Warm-up calls first (compilation, autotuning and cuDNN's algorithm search stay out), then
+    ``cnnkernels.timing.gpu_time_s`` (``triton.testing.do_bench``: warm-up calls first, so
+    compilation, autotuning and cuDNN's algorithm search stay out) estimates a call, then
     ``benchmark.pedantic`` rounds of one call each, the callable ending in
     ``torch.cuda.synchronize()`` so a round is the GPU time plus one launch/sync; the median is
-    reported. Rounds are sized from a CUDA-event estimate to ~0.5 s per benchmark (5..100).
+    reported. Rounds are sized from the estimate to ~0.5 s per benchmark (5..100).
     Launch overhead dominates only at batch 1: the models' CUDA-graph variant removes it.
 
 Speedup vs cudnn
     Each ``cudnn`` result stores its median in a per-session dict keyed by the benchmark group
     (op, layer or model, dtype, mode, batch). Any other provider divides that median by its own.
     If the cudnn case has not run yet in this session (ordering, ``-k`` selection), the cudnn
-    callable is built and timed on the spot with the same warm-up and CUDA-event median and
-    cached; ``extra_info["cudnn_median_source"]`` says which.
+    callable is built and timed on the spot with ``gpu_time_s`` and cached; ``extra_info["cudnn_median_source"]`` says which.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import statistics
 from collections.abc import Callable
 
 from cnnkernels import roofline
+from cnnkernels.timing import gpu_time_s
 
 try:
     import pytest
@@ -171,40 +171,16 @@ def torch_dtype(name: str):
 # Timing
 
 
-def cuda_median_s(fn: Callable[[], object], rounds: int) -> float:
-    """Median over ``rounds`` calls of ``fn``, each timed with CUDA events."""
-    import torch
-
-    times = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
-
-
-def warm_up(fn: Callable[[], object], calls: int = 3) -> float:
-    """Call ``fn`` ``calls`` times (compilation, autotuning), then return a 3-call median estimate."""
-    import torch
-
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return cuda_median_s(fn, 3)
-
-
 def rounds_for(estimate_s: float, target_s: float = 0.5, lo: int = 5, hi: int = 100) -> int:
     return max(lo, min(hi, int(target_s / max(estimate_s, 1e-7))))
 
 
-def measure(benchmark, fn: Callable[[], object], *, warmup: int = 3) -> float:
-    """Warm ``fn`` up, time it with ``benchmark.pedantic`` (synchronised rounds), return the median (s)."""
+def measure(benchmark, fn: Callable[[], object]) -> float:
+    """Time ``fn`` with ``cnnkernels.timing.gpu_time_s`` (warm-up included), then run
+    ``benchmark.pedantic`` rounds (synchronised) sized from it, and return the median (s)."""
     import torch
 
-    est = warm_up(fn, warmup)
+    est = gpu_time_s(fn)
     rounds = rounds_for(est)
 
     def synced():
@@ -213,9 +189,9 @@ def measure(benchmark, fn: Callable[[], object], *, warmup: int = 3) -> float:
 
     benchmark.pedantic(synced, rounds=rounds, warmup_rounds=1, iterations=1)
     stats = getattr(benchmark, "stats", None)
-    if stats:  # None or empty when pytest-benchmark is disabled: fall back to CUDA events
+    if stats:  # None or empty when pytest-benchmark is disabled: the do_bench median
         return float(stats.stats.median)
-    return cuda_median_s(fn, rounds)
+    return est
 
 
 _CUDNN_MEDIANS: dict[str, tuple[float, str]] = {}
@@ -224,9 +200,7 @@ _CUDNN_MEDIANS: dict[str, tuple[float, str]] = {}
 def cudnn_median(key: str, build_cudnn: Callable[[], Callable[[], object]]) -> tuple[float, str]:
     """The cudnn median (s) for ``key``: this session's cudnn benchmark, else measured now and cached."""
     if key not in _CUDNN_MEDIANS:
-        fn = build_cudnn()
-        est = warm_up(fn)
-        _CUDNN_MEDIANS[key] = (cuda_median_s(fn, rounds_for(est)), "measured on the spot (CUDA events)")
+        _CUDNN_MEDIANS[key] = (gpu_time_s(build_cudnn()), "measured on the spot (triton.testing.do_bench)")
     return _CUDNN_MEDIANS[key]
 
 

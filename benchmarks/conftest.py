@@ -4,14 +4,13 @@ Triton interpreter says nothing about speed."""
 
 import gc
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # `import _common` from the test modules and gpu_check
-
-from _common import SKIP_REASON  # noqa: E402
+# pytest's default (prepend) import mode puts this folder on the import path, so `import _common`
+# works here and in the suites; gpu_check.py, run as a script, has it as its own folder.
+from _common import SKIP_REASON
 
 HERE = Path(__file__).resolve().parent
 

@@ -62,7 +62,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
 
 SCHEMA = "cnnkernels.gpu_check/1"
 MODELS = ("AlexNet", "VGG", "NiN", "GoogLeNet")
@@ -236,12 +235,10 @@ class Check:
     def ceilings(self, end: float) -> None:
         import torch
 
-        from _common import cuda_median_s, warm_up
+        from cnnkernels.timing import gpu_time_s
 
         def median_of(make):  # tensors live only inside make()'s closure
-            fn = make()
-            warm_up(fn)
-            return cuda_median_s(fn, 20)
+            return gpu_time_s(make())
 
         def matmul():
             a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
@@ -282,10 +279,9 @@ class Check:
         return GPU_CEILINGS[gpu].bandwidth / 1e9, f"nominal {gpu} (copy not measured)"
 
     def _time(self, fn) -> float:
-        from _common import cuda_median_s, rounds_for, warm_up
+        from cnnkernels.timing import gpu_time_s
 
-        est = warm_up(fn)
-        return cuda_median_s(fn, rounds_for(est, target_s=0.25, lo=5, hi=50))
+        return gpu_time_s(fn)
 
     def _layer_rows(self, section: str, cases, builder, modes, end: float) -> None:
         from _common import shape_str
@@ -386,6 +382,8 @@ class Check:
         return row
 
     def _model_runs(self, section: str, providers, end: float) -> None:
+        from cnnkernels.timing import peak_memory_bytes
+
         from _common import model_callable
 
         for model in MODELS:  # model-major: each model gets its complete comparison first
@@ -396,15 +394,20 @@ class Check:
                         self.skip(section, label, "section budget spent")
                         continue
                     log(f"{section}: {label}")
-                    median = self.item(
-                        section,
-                        label,
-                        lambda model=model, mode=mode, provider=provider: self._time(
-                            model_callable(model, provider, DTYPE, mode, BATCH)
-                        ),
-                    )
+                    peak = {}
+
+                    def timed(model=model, mode=mode, provider=provider, peak=peak):
+                        fn = model_callable(model, provider, DTYPE, mode, BATCH)
+                        median = self._time(fn)
+                        peak["bytes"] = peak_memory_bytes(fn)
+                        return median
+
+                    median = self.item(section, label, timed)
                     _free()
-                    self.results["models"].append(self._model_row(model, mode, provider, median))
+                    row = self._model_row(model, mode, provider, median)
+                    if "bytes" in peak:
+                        row["peak_memory_mb"] = peak["bytes"] / 2**20
+                    self.results["models"].append(row)
                     self._speedups()
                     self.write()
 

@@ -14,6 +14,7 @@ FLOPs, bytes and floors are ``cnnkernels.roofline.model_totals`` (sums of the pe
 import pytest
 
 from cnnkernels import roofline
+from cnnkernels.timing import peak_memory_bytes
 
 from _common import (
     DTYPES,
@@ -63,7 +64,8 @@ def _record_model(benchmark, model, batch, dtype, mode, provider, median, build_
 @pytest.mark.parametrize("model", MODELS)
 def test_model(benchmark, model, batch, mode, dtype, provider):
     benchmark.group = f"model:{model}:batch{batch}:{dtype}:{mode}"
-    median = measure(benchmark, model_callable(model, provider, dtype, mode, batch))
+    fn = model_callable(model, provider, dtype, mode, batch)
+    median = measure(benchmark, fn)
     _record_model(
         benchmark,
         model,
@@ -73,6 +75,7 @@ def test_model(benchmark, model, batch, mode, dtype, provider):
         provider,
         median,
         lambda: model_callable(model, "cudnn", dtype, mode, batch),
+        peak_memory_mb=peak_memory_bytes(fn) / 2**20,
     )
 
 
@@ -81,7 +84,8 @@ def test_model(benchmark, model, batch, mode, dtype, provider):
 def test_model_cudagraph(benchmark, model, provider):
     batch, dtype, mode = 1, "bfloat16", "forward"
     benchmark.group = f"model-cudagraph:{model}:batch{batch}:{dtype}:{mode}"
-    median = measure(benchmark, model_cudagraph_callable(model, provider, dtype, batch))
+    fn = model_cudagraph_callable(model, provider, dtype, batch)
+    median = measure(benchmark, fn)
     _record_model(
         benchmark,
         model,
@@ -92,4 +96,5 @@ def test_model_cudagraph(benchmark, model, provider):
         median,
         lambda: model_cudagraph_callable(model, "cudnn", dtype, batch),
         cuda_graph=True,
+        peak_memory_mb=peak_memory_bytes(fn) / 2**20,
     )

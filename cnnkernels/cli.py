@@ -407,23 +407,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _time_ms(fn, warmup: int = 5, reps: int = 20) -> float:
+def _time_ms(fn) -> float:
+    """Median milliseconds of a no-grad call of ``fn`` (``cnnkernels.timing.gpu_time_s``)."""
     import torch
 
+    from .timing import gpu_time_s
+
     with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
+        return gpu_time_s(fn) * 1e3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,7 +437,12 @@ def cmd_train(args) -> int:
                 if hasattr(args, f.name)
             }
         )
-        status, _ = train.train(cfg)
+        run = train.train
+        if "TORCHELASTIC_ERROR_FILE" in os.environ:  # under torchrun: its summary shows this rank's error
+            from torch.distributed.elastic.multiprocessing.errors import record
+
+            run = record(run)
+        status, _ = run(cfg)
     except UsageError:
         if rank == "0":
             raise

@@ -133,3 +133,31 @@ def test_gpu_check_markdown_reports_failures_and_ends_with_models_table():
     last_heading = md[md.rindex("\n## ") :]
     assert last_heading.startswith("\n## Models")
     assert "| VGG | train | 10.0 | 15.0 | – | – | 1.50x | – | 50% |" in md
+
+
+def test_timing_is_triton_do_bench_median(monkeypatch):
+    """Benchmarks, ``cnnkernels bench`` and gpu_check time through one function, which is
+    ``triton.testing.do_bench``'s median converted to seconds."""
+    import triton.testing
+
+    from cnnkernels import timing
+
+    calls = []
+
+    def fake_do_bench(fn, warmup, rep, return_mode):
+        calls.append((warmup, rep, return_mode))
+        fn()
+        return 2.5  # milliseconds
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    ran = []
+    assert timing.gpu_time_s(lambda: ran.append(1), warmup_ms=7, rep_ms=11) == pytest.approx(2.5e-3)
+    assert calls == [(7, 11, "median")] and ran == [1]
+    for path in (BENCH / "_common.py", BENCH / "gpu_check.py", REPO / "cnnkernels" / "cli.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "gpu_time_s" in text and "elapsed_time" not in text, path
+
+
+def test_benchmarks_edit_no_sys_path():
+    for path in sorted(BENCH.glob("*.py")):
+        assert "sys.path" not in path.read_text(encoding="utf-8"), path

@@ -596,4 +596,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m cnnkernels.cli`` (as torchrun -m runs it): run the importable module's main, so
+    # that this file's classes (UsageError) are the ones cnnkernels.train imports, not copies.
+    from cnnkernels.cli import main as _main
+
+    sys.exit(_main())

@@ -315,7 +315,7 @@ def adaptive_output_size(output_size, input_hw: tuple[int, int]) -> list[int]:
     size), normalised to a list of two positive ints."""
     if isinstance(output_size, Sequence) and not isinstance(output_size, str):
         if len(output_size) != 2:
-            raise ValueError(f"output_size must be an int or a pair, got {output_size!r}")
+            raise TypeError(f"output_size must be an int or a pair, got {output_size!r}")
         output_size = tuple(d if v is None else v for v, d in zip(output_size, input_hw))
     size = pair(output_size, "output_size")
     if min(size) < 1:

@@ -19,6 +19,8 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# The interpreter's fp32 -> bf16 cast truncates (a GPU rounds to nearest even); see ``to_dtype``.
+_ROUND_BF16 = tl.constexpr(INTERPRET)
 
 
 def pick_configs(gpu: list[triton.Config], interpreter: list[triton.Config]) -> list[triton.Config]:
@@ -172,3 +174,21 @@ def mma(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 def nonfinite(x):
     """Elementwise: x is NaN or +-inf."""
     return (x != x) | (tl.abs(x) == float("inf"))
+
+
+@triton.jit
+def to_dtype(x, dtype: tl.constexpr):
+    """``x.to(dtype)`` rounding to nearest even, as a GPU's fp32 -> bf16 conversion does. Under
+    the interpreter that cast truncates (whatever rounding is asked for), which biases every bf16
+    result towards zero and compounds over a model's layers; there the fp32 bits are rounded
+    first, so the truncating cast lands on the nearest bf16. Compiled kernels cast directly."""
+    if _ROUND_BF16:
+        if dtype == tl.bfloat16:
+            x = x.to(tl.float32)
+            bits = x.to(tl.uint32, bitcast=True)
+            rounded = bits + 0x7FFF + ((bits >> 16) & 1)
+            # NaN stays NaN; zeros and subnormals are left to the cast (rounding their bits
+            # would turn an exact 0, a ReLU's output, into a subnormal the cast mishandles).
+            keep = (x != x) | ((bits & 0x7F800000) == 0)
+            x = tl.where(keep, x, rounded.to(tl.float32, bitcast=True))
+    return x.to(dtype)

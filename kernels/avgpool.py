@@ -24,7 +24,16 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from ._common import acc_dtype, check_runnable, nchw_strides, on_tensor_device, pick_configs, shape_only, tl_dtype
+from ._common import (
+    acc_dtype,
+    check_runnable,
+    nchw_strides,
+    on_tensor_device,
+    pick_configs,
+    shape_only,
+    tl_dtype,
+    to_dtype,
+)
 
 
 def avgpool_configs() -> list[triton.Config]:
@@ -98,7 +107,7 @@ def _adaptive_avg_pool2d_fwd_kernel(
     out = acc / area[:, None]
 
     y_off = (n_idx * stride_yn + p * stride_yh + q * stride_yw)[:, None] + (offs_c * stride_yc)[None, :]
-    tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
+    tl.store(y_ptr + y_off, to_dtype(out, y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
 
 
 @triton.autotune(configs=avgpool_configs(), key=_KEY)
@@ -146,7 +155,7 @@ def _adaptive_avg_pool2d_bwd_kernel(
             acc += g.to(ACC_DTYPE) / area[:, None]
 
     dx_off = (n_idx * stride_dxn + h * stride_dxh + w * stride_dxw)[:, None] + (offs_c * stride_dxc)[None, :]
-    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
+    tl.store(dx_ptr + dx_off, to_dtype(acc, dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
 
 
 @triton.autotune(configs=global_avgpool_configs(), key=["N", "C", "H", "W"])
@@ -177,7 +186,7 @@ def _global_avg_pool2d_fwd_kernel(
         v = tl.load((x_base + h * stride_xh + w * stride_xw)[:, None] + x_c, mask=ok, other=0.0)
         acc += v.to(ACC_DTYPE)
     total = tl.sum(acc, axis=0) / (H * W)  # H*W may be the constexpr 1: no .to()
-    tl.store(y_ptr + n * stride_yn + offs_c * stride_yc, total.to(y_ptr.dtype.element_ty), mask=mask_c)
+    tl.store(y_ptr + n * stride_yn + offs_c * stride_yc, to_dtype(total, y_ptr.dtype.element_ty), mask=mask_c)
 
 
 @triton.autotune(configs=avgpool_configs(), key=["N", "C", "H", "W"])
@@ -203,7 +212,7 @@ def _global_avg_pool2d_bwd_kernel(
     out = g.to(ACC_DTYPE) / (H * W)
     dx_pix = n_idx * stride_dxn + (hw // W) * stride_dxh + (hw % W) * stride_dxw
     dx_off = dx_pix[:, None] + (offs_c * stride_dxc)[None, :]
-    tl.store(dx_ptr + dx_off, out.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + dx_off, to_dtype(out, dx_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from ._common import (
     pick_configs,
     shape_only,
     tl_dtype,
+    to_dtype,
 )
 
 
@@ -168,7 +169,7 @@ def _conv_fwd_kernel(
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     y_off = n_idx * stride_yn + (pq // Q) * stride_yh + (pq % Q) * stride_yw
     y_ptrs = y_ptr + y_off[:, None] + ((g * K + offs_n) * stride_yc)[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(y_ptrs, to_dtype(acc, y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_by_form}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY])
@@ -317,7 +318,7 @@ def _conv_bwd_input_kernel(
 
     dx_off = n_idx * stride_dxn + h * stride_dxh + w * stride_dxw
     dx_ptrs = dx_ptr + dx_off[:, None] + ((g * C + offs_n) * stride_dxc)[None, :]
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(dx_ptrs, to_dtype(acc, dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_by_form}, key=["N", "H", "W", "C", "K", "P", "Q", "CHUNK", *_GEOMETRY_KEY])
@@ -429,7 +430,7 @@ def _conv_bwd_reduce_kernel(
     c = j % C
     rs = j // C
     out_off = k * stride_ok + c * stride_oc + (rs // S) * stride_or + (rs % S) * stride_os
-    tl.store(out_ptr + out_off, total.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + out_off, to_dtype(total, out_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from ._common import (
     pick_configs,
     prune_by_dtype,
     shape_only,
+    to_dtype,
 )
 
 
@@ -112,11 +113,11 @@ def _conv1x1_fwd_kernel(
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     mask = mask_m[:, None] & mask_n[None, :]
     pix0 = _pixel_offsets(offs_m, HW, W, stride_y0n, stride_y0h, stride_y0w)
-    tl.store(y0_ptr + pix0[:, None] + (offs_n * stride_y0c)[None, :], acc.to(y0_ptr.dtype.element_ty),
+    tl.store(y0_ptr + pix0[:, None] + (offs_n * stride_y0c)[None, :], to_dtype(acc, y0_ptr.dtype.element_ty),
              mask=mask & (offs_n < SPLIT)[None, :])
     if TWO_WAY:
         pix1 = _pixel_offsets(offs_m, HW, W, stride_y1n, stride_y1h, stride_y1w)
-        tl.store(y1_ptr + pix1[:, None] + ((offs_n - SPLIT) * stride_y1c)[None, :], acc.to(y1_ptr.dtype.element_ty),
+        tl.store(y1_ptr + pix1[:, None] + ((offs_n - SPLIT) * stride_y1c)[None, :], to_dtype(acc, y1_ptr.dtype.element_ty),
                  mask=mask & (offs_n >= SPLIT)[None, :])
 
 
@@ -159,7 +160,7 @@ def _conv1x1_bwd_input_kernel(
 
     pix_dx = _pixel_offsets(offs_m, HW, W, stride_dxn, stride_dxh, stride_dxw)
     dx_ptrs = dx_ptr + pix_dx[:, None] + (offs_c * stride_dxc)[None, :]
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
+    tl.store(dx_ptrs, to_dtype(acc, dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
 
 
 @triton.autotune(configs=conv1x1_configs("bwd_weight"), prune_configs_by={"early_config_prune": prune_by_dtype("x_ptr")}, key=["M", "C", "K", "SPLIT", "CHUNK"])

@@ -28,7 +28,16 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from ._common import acc_dtype, check_runnable, nchw_strides, on_tensor_device, pick_configs, shape_only, tl_dtype
+from ._common import (
+    acc_dtype,
+    check_runnable,
+    nchw_strides,
+    on_tensor_device,
+    pick_configs,
+    shape_only,
+    tl_dtype,
+    to_dtype,
+)
 
 
 def pool_configs() -> list[triton.Config]:
@@ -99,7 +108,7 @@ def _max_pool2d_fwd_kernel(
 
     y_off = (n_idx * stride_yn + p * stride_yh + q * stride_yw)[:, None] + (offs_c * stride_yc)[None, :]
     mask = mask_m[:, None] & mask_c[None, :]
-    tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + y_off, to_dtype(best, y_ptr.dtype.element_ty), mask=mask)
     tl.store(arg_ptr + y_off, arg.to(arg_ptr.dtype.element_ty), mask=mask)
     if RETURN_INDICES:
         ih = ih0[:, None] + (arg // S) * DIL_H
@@ -156,7 +165,7 @@ def _max_pool2d_bwd_kernel(
             acc += g.to(ACC_DTYPE)
 
     dx_off = (n_idx * stride_dxn + h * stride_dxh + w * stride_dxw)[:, None] + (offs_c * stride_dxc)[None, :]
-    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
+    tl.store(dx_ptr + dx_off, to_dtype(acc, dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -311,6 +311,10 @@ class _Fuser:
                     bn, j = names[j], j + 1
                 if j < len(names) and _is_relu(seq._modules[names[j]]):
                     relu, j = names[j], j + 1
+                if bn is None and relu is None and isinstance(child, _OURS):
+                    seq._modules[name] = self.visit(child, _path(path, name))  # already ours
+                    i += 1
+                    continue
                 new, placeholder = _fused_conv(child, seq._modules[bn] if bn else None, relu is not None)
                 seq._modules[name] = new
                 if bn:
@@ -365,6 +369,7 @@ class _Fuser:
                 and _is_bn(children[nxt.target], conv)
                 and len(calls[nxt.target]) == 1
                 and nxt.args == (cur,)
+                and not nxt.kwargs
             ):
                 bn_name, bn_node, cur = nxt.target, nxt, nxt
                 nxt = _only_user(cur)

@@ -409,3 +409,12 @@ def test_torchvision_blocks():
     assert isinstance(fused[0].branch2[1].conv, Conv2dBatchNorm)
     assert list(fused.state_dict()) == list(model.state_dict())
     _compare(model, fused, (1, 6, 5, 5))
+
+
+def test_fusing_twice_changes_nothing_more():
+    model = _randomise_bn(_small_cnn()).double().eval()
+    once = fuse(model)
+    twice, report = fuse(once, report=True)
+    assert [type(m) for m in twice.modules()] == [type(m) for m in once.modules()]
+    assert sum(e.reason == "already cnnkernels" for e in report) == 8  # 3 convs, 2 pools, 3 placeholders
+    assert cnnkernels.fuse is fuse and callable(cnnkernels.fuse)

@@ -121,10 +121,13 @@ def test_report_verb_compiles_for_sm90_even_under_the_interpreter():
 
 
 def test_train_synthetic(capsys):
-    code, out, err = _run(capsys, "train", "googlenet", "--size", "4", "--steps", "1", "--batch", "2")
+    code, out, err = _run(
+        capsys, "train", "googlenet", "--size", "4", "--steps", "1", "--batch", "2", "--val-images", "1"
+    )
     assert code == 0, err
-    assert "synthetic" in out and out.count("loss") == 1 and "accuracy" in out
+    assert "synthetic" in out and out.count("loss") == 1 and "accuracy" in out and "images/s" in out
     assert "step    1/1" in out and "ETA 0.0 s" in out and "done: 1 steps in" in out
+    assert "validation accuracy" in out.splitlines()[-1] and out.rstrip().endswith("on 1 images")
 
 
 def _write_idx(path, array):

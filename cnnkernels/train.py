@@ -499,6 +499,8 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
         raise UsageError(
             f"--accum: each process's batch of {local_batch} does not split into {cfg.accum} equal micro-batches"
         )
+    if not (math.isfinite(cfg.momentum) and 0 <= cfg.momentum < 1):
+        raise UsageError(f"--momentum: must be in [0, 1), got {cfg.momentum}")
     if (cfg.resume or cfg.save_every) and not cfg.checkpoint:
         raise UsageError(f"{'--resume' if cfg.resume else '--save-every'} needs --checkpoint PATH")
     if cfg.checkpoint and os.path.isdir(cfg.checkpoint):
@@ -653,7 +655,8 @@ def _run(
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss_sum, correct = 0.0, 0
+            loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
+            correct = torch.zeros((), device=device)
             for j in range(cfg.accum):
                 xs, ys = x[j * micro : (j + 1) * micro], y[j * micro : (j + 1) * micro]
                 # DDP all-reduces in the backward of the last micro-batch only.
@@ -663,14 +666,14 @@ def _run(
                         logits = net(xs)
                         loss = F.cross_entropy(logits.float(), ys) / cfg.accum
                     scaler.scale(loss).backward()
-                loss_sum += loss.item()
-                correct += (logits.argmax(1) == ys).sum().item()
+                loss_sum += loss.detach()
+                correct += (logits.argmax(1) == ys).sum()
             scaler.step(optimizer)
             scaler.update()
             step += 1
             images += cfg.batch
             if step % cfg.log_every == 0 or step == cfg.steps:
-                loss_avg, acc = _mean_over_ranks([loss_sum, correct / local_batch], where, device)
+                loss_avg, acc = _mean_over_ranks([loss_sum.item(), correct.item() / local_batch], where, device)
                 elapsed = time.perf_counter() - start
                 per_step = elapsed / (step - first_step)
                 eta = per_step * (cfg.steps - step)

@@ -2,9 +2,9 @@
 kernels under Triton's interpreter, every process on 127.0.0.1.
 
 Default suite: two ranks reach the one-process weights, and a failing rank fails the whole run
-with its error, within a timeout. Marked slow: gradient accumulation with ``no_sync``, a
-``cnnkernels.fuse``d ``torch.nn`` model, the real GoogLeNet, and SIGTERM + resume under
-torchrun bit for bit."""
+with its error, within a timeout. Marked slow: a --batch refused once under torchrun, gradient
+accumulation with ``no_sync``, a ``cnnkernels.fuse``d ``torch.nn`` model, the real GoogLeNet,
+and SIGTERM + resume under torchrun bit for bit."""
 
 from __future__ import annotations
 
@@ -109,6 +109,7 @@ def test_failing_rank_fails_the_run(tiny_file, tmp_path):
     assert time.monotonic() - t0 < TIMEOUT
 
 
+@pytest.mark.slow
 def test_bad_batch_under_torchrun_is_one_line(tiny_file):
     proc = torchrun(["train", f"{tiny_file}:tiny", "--batch", "3"], nproc=2)
     assert proc.returncode != 0

@@ -235,7 +235,11 @@ def _step_of(path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+# SIGKILL between writes is marked slow: the mid-write test below is a SIGKILL too.
+@pytest.mark.parametrize(
+    "sig",
+    [pytest.param(signal.SIGKILL, marks=pytest.mark.slow, id="SIGKILL"), pytest.param(signal.SIGTERM, id="SIGTERM")],
+)
 def test_killed_and_resumed_equals_uninterrupted(uninterrupted, tiny_file, tmp_path, sig):
     """Killed after the second checkpoint: SIGKILL leaves the last checkpoint; SIGTERM finishes
     its step, saves and exits 143. Resumed, the run ends with the uninterrupted run's weights."""
@@ -376,6 +380,7 @@ def test_batch_must_split_across_ranks(capsys, monkeypatch, tiny_file):
         pytest.param(["--save-every", "2"], "--save-every needs --checkpoint PATH", id="save-every"),
         pytest.param(["--save-every", "-1"], "argument --save-every", id="save-every-negative"),
         pytest.param(["--dtype", "fp64"], "--dtype: training runs in fp32, bf16 or fp16", id="dtype"),
+        pytest.param(["--momentum", "1.5"], "--momentum: must be in [0, 1), got 1.5", id="momentum"),
         pytest.param(["--batch", "16", "--synthetic", "8"], "larger than the 8 training images", id="batch-too-big"),
     ],
 )

@@ -366,15 +366,15 @@ def _torchvision(name: str) -> nn.Module:
 @pytest.mark.parametrize(
     "name, dtype",
     [
-        pytest.param("squeezenet1_0", torch.float32, marks=pytest.mark.slow),
-        pytest.param("squeezenet1_0", torch.float64, marks=pytest.mark.slow),
-        pytest.param("googlenet", torch.float32, marks=pytest.mark.slow),
-        pytest.param("googlenet", torch.float64, marks=pytest.mark.slow),
-        pytest.param("alexnet", torch.float32, marks=pytest.mark.slow),
-        pytest.param("alexnet", torch.float64, marks=pytest.mark.slow),
-        pytest.param("vgg11", torch.float32, marks=pytest.mark.slow),
-        pytest.param("vgg11", torch.float64, marks=pytest.mark.slow),
-        pytest.param("vgg16", torch.float32, marks=pytest.mark.slow),
+        pytest.param("squeezenet1_0", torch.float32, marks=pytest.mark.slow, id="squeezenet1_0-fp32"),
+        pytest.param("squeezenet1_0", torch.float64, marks=pytest.mark.slow, id="squeezenet1_0-fp64"),
+        pytest.param("googlenet", torch.float32, marks=pytest.mark.slow, id="googlenet-fp32"),
+        pytest.param("googlenet", torch.float64, marks=pytest.mark.slow, id="googlenet-fp64"),
+        pytest.param("alexnet", torch.float32, marks=pytest.mark.slow, id="alexnet-fp32"),
+        pytest.param("alexnet", torch.float64, marks=pytest.mark.slow, id="alexnet-fp64"),
+        pytest.param("vgg11", torch.float32, marks=pytest.mark.slow, id="vgg11-fp32"),
+        pytest.param("vgg11", torch.float64, marks=pytest.mark.slow, id="vgg11-fp64"),
+        pytest.param("vgg16", torch.float32, marks=pytest.mark.slow, id="vgg16-fp32"),
     ],
 )
 def test_torchvision_model(name, dtype):

@@ -74,6 +74,19 @@ def conv2d_backward_input_op(
     )
 
 
+@torch.library.triton_op("cnnkernels::conv2d_backward_prep", mutates_args=())
+def conv2d_backward_prep_op(grad_out: Tensor, out: Tensor, activation: str, need_bias: bool) -> tuple[Tensor, Tensor]:
+    """(dY', db): dY masked by ``out`` > 0 under ReLU (empty otherwise: the GEMMs then read dY)
+    and its sum over the pixels (empty unless ``need_bias``), in one elementwise pass shared by
+    the dX and dW GEMMs, whose loops then hold the MMA alone."""
+    masked, db = _k.conv2d_backward_prep(grad_out, out, activation, need_bias)
+    if masked is None:
+        masked = grad_out.new_empty((0,))
+    if db is None:
+        db = grad_out.new_empty((0,))
+    return masked, db
+
+
 @torch.library.triton_op("cnnkernels::conv2d_backward_weight", mutates_args=())
 def conv2d_backward_weight_op(
     x: Tensor,
@@ -131,18 +144,25 @@ def _conv_grads(ctx, grad_y):
         if need_b:
             grad_b = g.sum((0, 2, 3))
         return grad_x, grad_w, grad_b
-    y = grad_y if y is None else y  # the ops read ``out`` only under ReLU
+    grad_y, grad_b = prepared_grad(grad_y, y, ctx.activation, need_b)
     if need_x:
         grad_x = torch.ops.cnnkernels.conv2d_backward_input(
-            grad_y, y, weight, list(x.shape), stride, padding, dilation, groups, ctx.activation, ctx.channels_last
+            grad_y, grad_y, weight, list(x.shape), stride, padding, dilation, groups, "none", ctx.channels_last
         )
-    if need_w or need_b:
-        dw, db = torch.ops.cnnkernels.conv2d_backward_weight(
-            x, grad_y, y, weight, stride, padding, dilation, groups, ctx.activation, need_b
+    if need_w:
+        grad_w, _ = torch.ops.cnnkernels.conv2d_backward_weight(
+            x, grad_y, grad_y, weight, stride, padding, dilation, groups, "none", False
         )
-        grad_w = dw if need_w else None
-        grad_b = db if need_b else None
     return grad_x, grad_w, grad_b
+
+
+def prepared_grad(grad_y: Tensor, y: Tensor | None, activation: str, need_bias: bool):
+    """(dY', db): dY masked once under ReLU and db summed in the same pass
+    (``cnnkernels::conv2d_backward_prep``), for both GEMMs of the backward."""
+    if activation != "relu" and not need_bias:
+        return grad_y, None
+    masked, db = torch.ops.cnnkernels.conv2d_backward_prep(grad_y, grad_y if y is None else y, activation, need_bias)
+    return (masked if activation == "relu" else grad_y), (db if need_bias else None)
 
 
 class Conv2dFunction(torch.autograd.Function):
@@ -277,6 +297,27 @@ def _bwd_weight_op_backward(ctx, gdw, gdb):
     return d_x, d_dy, None, None, None, None, None, None, None, None
 
 
+def _setup_prep(ctx, inputs, output):
+    grad_out, out, activation, need_bias = inputs
+    ctx.relu, ctx.need_bias = activation == "relu", need_bias
+    ctx.save_for_backward(out if activation == "relu" else None)
+
+
+def _prep_op_backward(ctx, g_masked, g_db):
+    (out,) = ctx.saved_tensors
+    total = None
+    if ctx.relu and g_masked is not None and g_masked.numel():
+        total = g_masked
+    if ctx.need_bias and g_db is not None and g_db.numel():
+        spread = g_db.view(1, -1, 1, 1)
+        total = spread if total is None else total + spread
+    if total is None:
+        return None, None, None, None
+    if out is not None:
+        total = relu_mask(total.expand_as(out), out)
+    return total, None, None, None
+
+
 # The ops are differentiable on their own too (to any order), for callers of torch.ops.cnnkernels.
 torch.library.register_autograd("cnnkernels::conv2d", _conv_op_backward, setup_context=_setup_conv_op)
 torch.library.register_autograd(
@@ -285,6 +326,7 @@ torch.library.register_autograd(
 torch.library.register_autograd(
     "cnnkernels::conv2d_backward_weight", _bwd_weight_op_backward, setup_context=_setup_bwd_weight
 )
+torch.library.register_autograd("cnnkernels::conv2d_backward_prep", _prep_op_backward, setup_context=_setup_prep)
 
 
 def conv2d_args(input, weight, bias, stride, padding, dilation, groups):

@@ -71,15 +71,15 @@ def _grads(ctx, grad_y):
         if need_b:
             grad_b = g.sum((0, 2, 3))
         return grad_x, grad_w, grad_b
-    y = grad_y if y is None else y
+    from .conv import prepared_grad
+
+    grad_y, grad_b = prepared_grad(grad_y, y, ctx.activation, need_b)
     if need_x:
         grad_x = torch.ops.cnnkernels.conv1x1_backward_input(
-            grad_y, y, weight, list(x.shape), ctx.activation, ctx.channels_last
+            grad_y, grad_y, weight, list(x.shape), "none", ctx.channels_last
         )
-    if need_w or need_b:
-        dw, db = torch.ops.cnnkernels.conv1x1_backward_weight(x, grad_y, y, weight, ctx.activation, need_b)
-        grad_w = dw if need_w else None
-        grad_b = db if need_b else None
+    if need_w:
+        grad_w, _ = torch.ops.cnnkernels.conv1x1_backward_weight(x, grad_y, grad_y, weight, "none", False)
     return grad_x, grad_w, grad_b
 
 

@@ -10,10 +10,10 @@ channel slice of it, so the concatenation costs no copy and no extra memory pass
     out[:, ...:...+c3b]     <- relu(b3_2(scratch[:, c2a:]))     5x5, pad 2
     out[:, -c4:]            <- relu(b4_2(maxpool3x3(x)))        1x1 on the pooled input
 
-Backward hands each branch a slice (a view) of dOut, again without copies: the 3x3 and 5x5
-convs write their dX into the matching channel slices of one d_scratch buffer, and one 1x1
-backward GEMM takes dY' from dOut[:, :c1] and d_scratch together (ReLU masks from the saved
-``out`` and ``scratch``). The max-pool branch is a separate autograd node whose dX torch's
+Backward hands each branch a slice (a view) of dOut, again without copies: each conv's dY is
+masked (ReLU, from the saved ``out`` and ``scratch``) and its db summed in one elementwise pass,
+the 3x3 and 5x5 convs write their dX into the matching channel slices of one d_scratch buffer,
+and the three 1x1 convs' dY' is joined from dOut[:, :c1] and d_scratch by that same pass. The max-pool branch is a separate autograd node whose dX torch's
 autograd adds to the block's. Parameters stay per branch, so ``state_dict`` keys are the seed's.
 """
 
@@ -88,19 +88,25 @@ def inception_backward_op(
     s2, s3 = scratch[:, :c2a], scratch[:, c2a:]
     kw = dict(device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
 
+    # Each conv's dY is masked (ReLU) and its db summed once, for both of its GEMMs.
     # Pooling branch: its 1x1 conv.
-    d_pooled = _k1.conv1x1_backward_input(g4, y4, w4, torch.empty(pooled.shape, **kw), "relu")
-    dw4, db4 = _k1.conv1x1_backward_weight(pooled, g4, y4, w4, "relu", True)
+    g4, db4 = _kc.conv2d_backward_prep(g4, y4, "relu", True)
+    d_pooled = _k1.conv1x1_backward_input(g4, None, w4, torch.empty(pooled.shape, **kw), "none")
+    dw4, _ = _k1.conv1x1_backward_weight(pooled, g4, None, w4, "none", False)
     # The 3x3 and 5x5 convs: dX straight into the slices of one d_scratch buffer.
+    g2, db22 = _kc.conv2d_backward_prep(g2, y2, "relu", True)
+    g3, db32 = _kc.conv2d_backward_prep(g3, y3, "relu", True)
     d_scratch = torch.empty(scratch.shape, **kw)
-    _kc.conv2d_backward_input(g2, y2, w22, tuple(s2.shape), _ONE, _PAD3, _ONE, 1, "relu", dx=d_scratch[:, :c2a])
-    _kc.conv2d_backward_input(g3, y3, w32, tuple(s3.shape), _ONE, _PAD5, _ONE, 1, "relu", dx=d_scratch[:, c2a:])
-    dw22, db22 = _kc.conv2d_backward_weight(s2, g2, y2, w22, _ONE, _PAD3, _ONE, 1, "relu", True)
-    dw32, db32 = _kc.conv2d_backward_weight(s3, g3, y3, w32, _ONE, _PAD5, _ONE, 1, "relu", True)
-    # The three input-side 1x1 convs: one GEMM each for dX and dW, dY' from two places.
+    _kc.conv2d_backward_input(g2, None, w22, tuple(s2.shape), _ONE, _PAD3, _ONE, 1, "none", dx=d_scratch[:, :c2a])
+    _kc.conv2d_backward_input(g3, None, w32, tuple(s3.shape), _ONE, _PAD5, _ONE, 1, "none", dx=d_scratch[:, c2a:])
+    dw22, _ = _kc.conv2d_backward_weight(s2, g2, None, w22, _ONE, _PAD3, _ONE, 1, "none", False)
+    dw32, _ = _kc.conv2d_backward_weight(s3, g3, None, w32, _ONE, _PAD5, _ONE, 1, "none", False)
+    # The three input-side 1x1 convs: one dY' from two places (dOut's first slice and d_scratch),
+    # then one GEMM each for dX and dW.
+    g_cat, db_cat = _kc.conv2d_backward_prep(g1, y1, "relu", True, d_scratch, scratch)
     dx = torch.empty(x.shape, **kw)
-    _k1.conv1x1_backward_input(g1, y1, w_cat, dx, "relu", dy1=d_scratch, y1=scratch)
-    dw_cat, db_cat = _k1.conv1x1_backward_weight(x, g1, y1, w_cat, "relu", True, dy1=d_scratch, y1=scratch)
+    _k1.conv1x1_backward_input(g_cat, None, w_cat, dx, "none")
+    dw_cat, _ = _k1.conv1x1_backward_weight(x, g_cat, None, w_cat, "none", False)
     return [dx, d_pooled, dw_cat, db_cat, dw22, db22, dw32, db32, dw4, db4]
 
 

@@ -175,22 +175,22 @@ def _conv_fwd_kernel(
 @triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_by_form}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY])
 @triton.jit
 def _conv_bwd_input_kernel(
-    dy_ptr, y_ptr, w_ptr, dx_ptr,
+    dy_ptr, w_ptr, dx_ptr,
     N, H, W, C, P, Q, K,  # C and K are per group
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
-    stride_yn, stride_yc, stride_yh, stride_yw,
     stride_wk, stride_wc, stride_wr, stride_ws,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
     R: tl.constexpr, S: tl.constexpr,
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,
-    FLAT: tl.constexpr, RESIDUE: tl.constexpr, ACTIVATION: tl.constexpr,
+    FLAT: tl.constexpr, RESIDUE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dX[n,h,w,c] = sum_{r,s,k} dY'[n,(h+pt-r*dh)/sh,(w+pl-s*dw)/sw,k] W[k,c,r,s], the divisions
-    exact and in range, dY' = dY * (Y > 0) under ReLU. FLAT reduces over flattened (r, s, k).
+    exact and in range; dY' arrives masked (``_conv_bwd_prep_kernel``), so no mask and no second
+    tensor is loaded in the loop. FLAT reduces over flattened (r, s, k).
 
     RESIDUE (tap-wise, dilation 1): axis 0 also runs over the sh*sw residue classes of (h, w);
     all pixels of a program share h % sh and w % sw, so exactly the taps r = r0, r0+sh, ... with
@@ -227,7 +227,6 @@ def _conv_bwd_input_kernel(
         h = hw // W
         w = hw % W
     dy_base = dy_ptr + g * K * stride_dyc + n_idx * stride_dyn
-    y_base = y_ptr + g * K * stride_yc + n_idx * stride_yn
     w_base = w_ptr + g * K * stride_wk + offs_n * stride_wc
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
@@ -253,7 +252,6 @@ def _conv_bwd_input_kernel(
             ok = (ph >= 0) & (pw >= 0) & (p * STRIDE_H == ph) & (q * STRIDE_W == pw) & (p < P) & (q < Q)
             mask_a = mask_m[:, None] & k_ok[None, :] & ok
             dy_ptrs = dy_base[:, None] + p * stride_dyh + q * stride_dyw + (k * stride_dyc)[None, :]
-            y_ptrs = y_base[:, None] + p * stride_yh + q * stride_yw + (k * stride_yc)[None, :]
         else:
             tap = t // k_blocks
             k = (t % k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -276,11 +274,7 @@ def _conv_bwd_input_kernel(
                 ok = mask_m & (ph >= 0) & (pw >= 0) & (p * STRIDE_H == ph) & (q * STRIDE_W == pw) & (p < P) & (q < Q)
             mask_a = ok[:, None] & k_ok[None, :]
             dy_ptrs = (dy_base + p * stride_dyh + q * stride_dyw)[:, None] + (k * stride_dyc)[None, :]
-            y_ptrs = (y_base + p * stride_yh + q * stride_yw)[:, None] + (k * stride_yc)[None, :]
         a = tl.load(dy_ptrs, mask=mask_a, other=0.0)
-        if ACTIVATION == "relu":
-            yv = tl.load(y_ptrs, mask=mask_a, other=0.0)
-            a = tl.where(yv <= 0, tl.zeros_like(a), a)  # torch's threshold_backward: NaN passes
         w_off = k * stride_wk + r * stride_wr + s * stride_ws
         b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
@@ -307,10 +301,6 @@ def _conv_bwd_input_kernel(
                 mask_a = ok[:, None] & k_ok[None, :]
                 pix = p * stride_dyh + q * stride_dyw
                 a = tl.load((dy_base + pix)[:, None] + (k * stride_dyc)[None, :], mask=mask_a, other=0.0)
-                if ACTIVATION == "relu":
-                    ypix = p * stride_yh + q * stride_yw
-                    yv = tl.load((y_base + ypix)[:, None] + (k * stride_yc)[None, :], mask=mask_a, other=0.0)
-                    a = tl.where(yv <= 0, tl.zeros_like(a), a)
                 w_off = k * stride_wk + r * stride_wr + s * stride_ws
                 b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
                 part = mma(a, b, part, INPUT_PRECISION, UPCAST)
@@ -324,21 +314,21 @@ def _conv_bwd_input_kernel(
 @triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_by_form}, key=["N", "H", "W", "C", "K", "P", "Q", "CHUNK", *_GEOMETRY_KEY])
 @triton.jit
 def _conv_bwd_weight_kernel(
-    x_ptr, dy_ptr, y_ptr, dw_part_ptr, db_part_ptr,
+    x_ptr, dy_ptr, dw_part_ptr,
     N, H, W, C, P, Q, K, G, CHUNK,  # C and K are per group; CHUNK = output pixels per split
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
-    stride_yn, stride_yc, stride_yh, stride_yw,
     R: tl.constexpr, S: tl.constexpr,
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,
-    FLAT: tl.constexpr, ACTIVATION: tl.constexpr, NEED_DB: tl.constexpr,
+    FLAT: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Partial dW[k, (r,s,c)] = sum_{i in chunk} dY'[i, k] X[i, (r,s,c)] over output pixels i,
-    and partial db[k] = sum_i dY'[i, k]. Axis 1 runs over column tiles (one tap x a channel
+    """Partial dW[k, (r,s,c)] = sum_{i in chunk} dY'[i, k] X[i, (r,s,c)] over output pixels i, dY'
+    masked beforehand and db summed there (``_conv_bwd_prep_kernel``): the loop holds the MMA only.
+    Axis 1 runs over column tiles (one tap x a channel
     block, or a block of the flattened (r, s, c) index when FLAT); axis 2 over (split, group)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -365,11 +355,9 @@ def _conv_bwd_weight_kernel(
         col = rs * C + c
 
     dy_base = dy_ptr + (g * K + offs_k) * stride_dyc
-    y_base = y_ptr + (g * K + offs_k) * stride_yc
     x_base = x_ptr + (g * C + c) * stride_xc
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    db_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
     start = split.to(tl.int64) * CHUNK
     end = tl.minimum(start + CHUNK, NPQ)
     for i0 in range(start, end, BLOCK_K):
@@ -381,12 +369,6 @@ def _conv_bwd_weight_kernel(
         q = pq % Q
         mask_a = mask_k[:, None] & mask_i[None, :]
         a = tl.load(dy_base[:, None] + (n_idx * stride_dyn + p * stride_dyh + q * stride_dyw)[None, :], mask=mask_a, other=0.0)
-        if ACTIVATION == "relu":
-            y_pix = n_idx * stride_yn + p * stride_yh + q * stride_yw
-            yv = tl.load(y_base[:, None] + y_pix[None, :], mask=mask_a, other=0.0)
-            a = tl.where(yv <= 0, tl.zeros_like(a), a)  # torch's threshold_backward: NaN passes
-        if NEED_DB:
-            db_acc += tl.sum(a.to(ACC_DTYPE), axis=1)
         if FLAT:
             ih = (p * STRIDE_H - PAD_H)[:, None] + (r * DIL_H)[None, :]
             iw = (q * STRIDE_W - PAD_W)[:, None] + (s * DIL_W)[None, :]
@@ -401,13 +383,78 @@ def _conv_bwd_weight_kernel(
         xb = tl.load(x_ptrs, mask=mask_b, other=0.0)
         acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
 
-    # Partials are laid out [split, g, k, (r,s,c)] and [split, g, k], contiguous.
+    # Partials are laid out [split, g, k, (r,s,c)], contiguous.
     row = (split * G + g) * K + offs_k
     part_ptrs = dw_part_ptr + row.to(tl.int64)[:, None] * (R * S * C) + col[None, :]
     tl.store(part_ptrs, acc, mask=mask_k[:, None] & col_ok[None, :])
+
+
+PREP_BLOCK_M = 256 if INTERPRET else 64
+
+
+def prep_configs() -> list[triton.Config]:
+    """Tiles of pixels x channels for the elementwise dY' pass (channels contiguous in NHWC)."""
+
+    def cfg(bm, bc, warps):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_C": bc}, num_warps=warps, num_stages=1)
+
+    # One BLOCK_M for every config: the db partials have one row per block of pixels, so the
+    # host knows their count (and the fixed summation order) without asking the autotuner.
+    return pick_configs(
+        gpu=[cfg(PREP_BLOCK_M, 64, 4), cfg(PREP_BLOCK_M, 128, 4), cfg(PREP_BLOCK_M, 32, 2)],
+        interpreter=[cfg(PREP_BLOCK_M, 64, 4)],
+    )
+
+
+@triton.autotune(configs=prep_configs(), key=["M", "K", "SPLIT"])
+@triton.jit
+def _conv_bwd_prep_kernel(
+    dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, out_ptr, db_part_ptr,
+    M, PQ, Q, K, SPLIT,  # M = N*P*Q pixels; channels below SPLIT come from dy0/y0, the rest from dy1/y1
+    stride_dy0n, stride_dy0c, stride_dy0h, stride_dy0w,
+    stride_dy1n, stride_dy1c, stride_dy1h, stride_dy1w,
+    stride_y0n, stride_y0c, stride_y0h, stride_y0w,
+    stride_y1n, stride_y1c, stride_y1h, stride_y1w,
+    stride_on, stride_oc, stride_oh, stride_ow,
+    ACTIVATION: tl.constexpr, TWO_WAY: tl.constexpr, WRITE_OUT: tl.constexpr, NEED_DB: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dY' = dY where Y > 0 else 0 under ReLU (torch's threshold_backward: a NaN in Y passes dY),
+    written once for the dX and dW GEMMs so their loops load one operand and apply no mask; and
+    per-program db partials, the column sums of this program's dY' rows (summed in a fixed order
+    afterwards). Two-way: channels >= SPLIT come from a second tensor (Inception's 1x1 convs)."""
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (offs_m < M)[:, None] & (offs_c < K)[None, :]
+    n = offs_m // PQ
+    pq = (offs_m % PQ).to(tl.int32)
+    h = pq // Q
+    w = pq % Q
+    in0 = (offs_c < SPLIT)[None, :]
+    c0 = (offs_c * stride_dy0c)[None, :]
+    a = tl.load(dy0_ptr + (n * stride_dy0n + h * stride_dy0h + w * stride_dy0w)[:, None] + c0, mask=mask & in0, other=0.0)
+    if TWO_WAY:
+        c1 = ((offs_c - SPLIT) * stride_dy1c)[None, :]
+        a1 = tl.load(dy1_ptr + (n * stride_dy1n + h * stride_dy1h + w * stride_dy1w)[:, None] + c1, mask=mask & ~in0, other=0.0)
+        a = tl.where(in0, a, a1)
+    if ACTIVATION == "relu":
+        yc0 = (offs_c * stride_y0c)[None, :]
+        yv = tl.load(y0_ptr + (n * stride_y0n + h * stride_y0h + w * stride_y0w)[:, None] + yc0, mask=mask & in0, other=0.0)
+        if TWO_WAY:
+            yc1 = ((offs_c - SPLIT) * stride_y1c)[None, :]
+            yv1 = tl.load(y1_ptr + (n * stride_y1n + h * stride_y1h + w * stride_y1w)[:, None] + yc1, mask=mask & ~in0, other=0.0)
+            yv = tl.where(in0, yv, yv1)
+        # Compared in ACC_DTYPE: exact, and under the interpreter bf16 compares raw bit patterns.
+        a = tl.where(yv.to(ACC_DTYPE) <= 0, tl.zeros_like(a), a)
+    if WRITE_OUT:
+        o = (n * stride_on + h * stride_oh + w * stride_ow)[:, None] + (offs_c * stride_oc)[None, :]
+        tl.store(out_ptr + o, a, mask=mask)
     if NEED_DB:
-        if pid_n == 0:
-            tl.store(db_part_ptr + row, db_acc, mask=mask_k)
+        col = tl.sum(tl.where(mask, a.to(ACC_DTYPE), 0.0), axis=0)
+        tl.store(db_part_ptr + pid_m.to(tl.int64) * K + offs_c, col, mask=offs_c < K)
 
 
 @triton.autotune(configs=reduce_configs(), key=["E", "SPLITS"])
@@ -512,6 +559,57 @@ def conv2d_forward(
 
 
 @on_tensor_device
+def conv2d_backward_prep(
+    grad_out: torch.Tensor,
+    out: torch.Tensor | None,
+    activation: str,
+    need_bias: bool,
+    grad_out1: torch.Tensor | None = None,
+    out1: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dY', db) for the backward GEMMs: under ReLU, dY' = dY masked by ``out`` > 0 as a new
+    channels_last tensor (None with activation "none": the GEMMs read dY itself; "copy" writes it
+    unmasked, to join a two-way dY); db = dY' summed over the pixels (None unless ``need_bias``).
+    With ``grad_out1``/``out1``, channels from ``grad_out.shape[1]`` on come from them."""
+    check_runnable("grad_out", grad_out)
+    relu = activation == "relu"
+    write = relu or activation == "copy"  # "copy": join a two-way dY without masking
+    n, k0, p, q = grad_out.shape
+    two_way = grad_out1 is not None
+    k = k0 + (grad_out1.shape[1] if two_way else 0)
+    dev, dt = grad_out.device, grad_out.dtype
+    masked = torch.empty((n, k, p, q), device=dev, dtype=dt, memory_format=torch.channels_last) if write else None
+    db = torch.empty((k,), device=dev, dtype=dt) if need_bias else None
+    m = n * p * q
+    if not (write or need_bias) or shape_only(grad_out):
+        return masked, db
+    if m == 0 or k == 0:
+        if db is not None:
+            db.zero_()
+        return masked, db
+    y0 = out if relu else grad_out
+    dy1 = grad_out1 if two_way else grad_out
+    y1 = (out1 if relu else dy1) if two_way else y0
+    rows = triton.cdiv(m, PREP_BLOCK_M)
+    db_part = torch.empty((rows, k), device=dev, dtype=acc_dtype(dt)) if need_bias else grad_out
+
+    def grid(meta):
+        return (rows, triton.cdiv(k, meta["BLOCK_C"]))
+
+    torch.library.wrap_triton(_conv_bwd_prep_kernel)[grid](
+        grad_out, dy1, y0, y1, masked if write else grad_out, db_part,
+        m, p * q, q, k, k0,
+        *nchw_strides(grad_out), *nchw_strides(dy1), *nchw_strides(y0), *nchw_strides(y1),
+        *nchw_strides(masked if write else grad_out),
+        ACTIVATION="relu" if relu else "none", TWO_WAY=two_way, WRITE_OUT=write, NEED_DB=need_bias,
+        ACC_DTYPE=tl_dtype(acc_dtype(dt)),
+    )
+    if db is not None:
+        _reduce_splits(db_part, db, rows, 1, 1, 1, (db.stride(0), 0, 0, 0))  # in row order
+    return masked, db
+
+
+@on_tensor_device
 def conv2d_backward_input(
     grad_out: torch.Tensor,
     out: torch.Tensor | None,
@@ -525,8 +623,9 @@ def conv2d_backward_input(
     memory_format: torch.memory_format = torch.channels_last,
     dx: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """dX of ``conv2d_forward``; under ReLU, ``out`` is the saved forward output. ``dx`` may be
-    given as any strided view of ``input_shape`` (e.g. a channel slice of a larger buffer)."""
+    """dX of ``conv2d_forward``; under ReLU, ``out`` is the saved forward output (dY is masked
+    once by ``conv2d_backward_prep``; pass activation "none" with a dY' already masked). ``dx``
+    may be given as any strided view of ``input_shape`` (e.g. a channel slice of a larger buffer)."""
     _check(grad_out, weight)
     n, c_in, h, w = input_shape
     k_out, cg, r, s = weight.shape
@@ -539,7 +638,8 @@ def conv2d_backward_input(
         return dx
     if k_out == 0 or p * q == 0:
         return dx.zero_()
-    y = out if activation == "relu" else grad_out  # never read without ReLU
+    if activation == "relu":
+        grad_out, _ = conv2d_backward_prep(grad_out, out, "relu", False)
     kg = k_out // groups
     flat = kg < FLAT_BELOW
     residue = not flat and dilation == (1, 1)
@@ -553,26 +653,33 @@ def conv2d_backward_input(
         return (rows, triton.cdiv(cg, meta["BLOCK_N"]), groups)
 
     torch.library.wrap_triton(_conv_bwd_input_kernel)[grid](
-        grad_out, y, weight, dx,
+        grad_out, weight, dx,
         n, h, w, cg, p, q, kg,
-        *nchw_strides(grad_out), *nchw_strides(y), *nchw_strides(weight), *nchw_strides(dx),
+        *nchw_strides(grad_out), *nchw_strides(weight), *nchw_strides(dx),
         **_geometry(weight, stride, padding, dilation),
-        FLAT=flat, RESIDUE=residue, ACTIVATION=activation,
+        FLAT=flat, RESIDUE=residue,
         **_dot_args(grad_out.dtype),
     )
     return dx
 
 
 def _dw_chunk(npq: int, tiles: int) -> int:
-    """Output pixels per dW split: enough programs to fill the GPU (about two waves of 132 SMs),
+    """Output pixels per dW split: enough programs to fill the GPU (about two waves of its SMs),
     each with a reduction long enough to amortise its partial store. Under the interpreter the
     chunk is small enough that modest test shapes still exercise several splits."""
     if INTERPRET:
         return 256
-    want_splits = max(1, 264 // max(tiles, 1))
+    want_splits = max(1, 2 * _sm_count() // max(tiles, 1))
     chunk = triton.cdiv(npq, want_splits)
     chunk = max(chunk, 1024)
     return triton.cdiv(chunk, 256) * 256
+
+
+def _sm_count() -> int:
+    """The current GPU's SM count (132 on an H100 SXM), 132 when no GPU is visible."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return 132
 
 
 @on_tensor_device
@@ -587,36 +694,30 @@ def conv2d_backward_weight(
     groups: int,
     activation: str = "none",
     need_bias: bool = True,
+    db: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(dW, db) of ``conv2d_forward``. dW takes ``weight_like``'s shape and strides."""
+    """(dW, db) of ``conv2d_forward``. dW takes ``weight_like``'s shape and strides. dY is masked
+    (under ReLU) and db summed by ``conv2d_backward_prep``; a caller that already did so passes
+    activation "none", need_bias False and its ``db`` through."""
     _check(x, weight_like)
     n, c_in, h, w = x.shape
     k_out, cg, r, s = weight_like.shape
     _, _, p, q = grad_out.shape
     kg = k_out // groups
     dw = torch.empty_like(weight_like)
-    db = torch.empty((k_out,), device=x.device, dtype=x.dtype) if need_bias else None
+    if activation == "relu" or need_bias:
+        masked, db = conv2d_backward_prep(grad_out, out, activation, need_bias)
+        grad_out = grad_out if masked is None else masked
     if shape_only(x):
-        return dw, db
-    if dw.numel() == 0:
-        if db is not None:
-            db.zero_()
         return dw, db
     npq = n * p * q
     rsc = r * s * cg
-    if npq == 0:
-        dw.zero_()
-        if db is not None:
-            db.zero_()
-        return dw, db
+    if dw.numel() == 0 or npq == 0:
+        return dw.zero_(), db
     tiles = triton.cdiv(kg, 128) * triton.cdiv(rsc, 128) * groups
     chunk = _dw_chunk(npq, tiles)
     splits = triton.cdiv(npq, chunk)
-    ws_dtype = acc_dtype(x.dtype)
-    dw_part = torch.empty((splits, k_out * rsc), device=x.device, dtype=ws_dtype)
-    db_part = torch.empty((splits, k_out), device=x.device, dtype=ws_dtype) if need_bias else dw_part
-    y = out if activation == "relu" else grad_out
-
+    dw_part = torch.empty((splits, k_out * rsc), device=x.device, dtype=acc_dtype(x.dtype))
     flat = cg < FLAT_BELOW
 
     def grid(meta):
@@ -624,16 +725,14 @@ def conv2d_backward_weight(
         return (triton.cdiv(kg, meta["BLOCK_M"]), cols, splits * groups)
 
     torch.library.wrap_triton(_conv_bwd_weight_kernel)[grid](
-        x, grad_out, y, dw_part, db_part,
+        x, grad_out, dw_part,
         n, h, w, cg, p, q, kg, groups, chunk,
-        *nchw_strides(x), *nchw_strides(grad_out), *nchw_strides(y),
+        *nchw_strides(x), *nchw_strides(grad_out),
         **_geometry(weight_like, stride, padding, dilation),
-        FLAT=flat, ACTIVATION=activation, NEED_DB=need_bias,
+        FLAT=flat,
         **_dot_args(x.dtype),
     )
     _reduce_splits(dw_part, dw, splits, cg, r, s, nchw_strides(dw))
-    if db is not None:
-        _reduce_splits(db_part, db, splits, 1, 1, 1, (db.stride(0), 0, 0, 0))
     return dw, db
 
 

@@ -59,23 +59,6 @@ def _pixel_offsets(offs_m, HW, W, stride_n, stride_h, stride_w):
     return n * stride_n + (hw // W) * stride_h + (hw % W) * stride_w
 
 
-@triton.jit
-def _load_dy(dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, pix_dy0, pix_dy1, pix_y0, pix_y1, j, mask,
-             stride_dy0c, stride_dy1c, stride_y0c, stride_y1c,
-             SPLIT, TWO_WAY: tl.constexpr, ACTIVATION: tl.constexpr):
-    """dY'[pix, j] from the two places the forward wrote to; ``pix_*`` and ``j`` broadcast."""
-    in0 = j < SPLIT
-    a = tl.load(dy0_ptr + pix_dy0 + j * stride_dy0c, mask=mask & in0, other=0.0)
-    if TWO_WAY:
-        a += tl.load(dy1_ptr + pix_dy1 + (j - SPLIT) * stride_dy1c, mask=mask & (j >= SPLIT), other=0.0)
-    if ACTIVATION == "relu":
-        yv = tl.load(y0_ptr + pix_y0 + j * stride_y0c, mask=mask & in0, other=0.0)
-        if TWO_WAY:
-            yv += tl.load(y1_ptr + pix_y1 + (j - SPLIT) * stride_y1c, mask=mask & (j >= SPLIT), other=0.0)
-        a = tl.where(yv <= 0, tl.zeros_like(a), a)  # torch's threshold_backward: NaN passes
-    return a
-
-
 @triton.autotune(configs=conv1x1_configs("fwd"), prune_configs_by={"early_config_prune": prune_by_dtype("x_ptr")}, key=["M", "C", "K", "SPLIT"])
 @triton.jit
 def _conv1x1_fwd_kernel(
@@ -121,39 +104,31 @@ def _conv1x1_fwd_kernel(
                  mask=mask & (offs_n >= SPLIT)[None, :])
 
 
-@triton.autotune(configs=conv1x1_configs("bwd_input"), prune_configs_by={"early_config_prune": prune_by_dtype("w_ptr")}, key=["M", "C", "K", "SPLIT"])
+@triton.autotune(configs=conv1x1_configs("bwd_input"), prune_configs_by={"early_config_prune": prune_by_dtype("w_ptr")}, key=["M", "C", "K"])
 @triton.jit
 def _conv1x1_bwd_input_kernel(
-    dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, w_ptr, dx_ptr,
-    M, HW, W, C, K, SPLIT,
-    stride_dy0n, stride_dy0c, stride_dy0h, stride_dy0w,
-    stride_dy1n, stride_dy1c, stride_dy1h, stride_dy1w,
-    stride_y0n, stride_y0c, stride_y0h, stride_y0w,
-    stride_y1n, stride_y1c, stride_y1h, stride_y1w,
+    dy_ptr, w_ptr, dx_ptr,
+    M, HW, W, C, K,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     stride_wk, stride_wc,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
-    ACTIVATION: tl.constexpr, TWO_WAY: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """dX[m, c] = sum_j dY'[m, j] W[j, c], dY' masked beforehand (``conv2d_backward_prep``)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_c = offs_c < C
-    pix_dy0 = _pixel_offsets(offs_m, HW, W, stride_dy0n, stride_dy0h, stride_dy0w)[:, None]
-    pix_dy1 = _pixel_offsets(offs_m, HW, W, stride_dy1n, stride_dy1h, stride_dy1w)[:, None]
-    pix_y0 = _pixel_offsets(offs_m, HW, W, stride_y0n, stride_y0h, stride_y0w)[:, None]
-    pix_y1 = _pixel_offsets(offs_m, HW, W, stride_y1n, stride_y1h, stride_y1w)[:, None]
+    pix_dy = _pixel_offsets(offs_m, HW, W, stride_dyn, stride_dyh, stride_dyw)[:, None]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for k0 in range(0, K, BLOCK_K):
         j = k0 + tl.arange(0, BLOCK_K)
         j_ok = j < K
-        a = _load_dy(dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, pix_dy0, pix_dy1, pix_y0, pix_y1, j[None, :],
-                     mask_m[:, None] & j_ok[None, :], stride_dy0c, stride_dy1c, stride_y0c, stride_y1c,
-                     SPLIT, TWO_WAY, ACTIVATION)
+        a = tl.load(dy_ptr + pix_dy + (j * stride_dyc)[None, :], mask=mask_m[:, None] & j_ok[None, :], other=0.0)
         b = tl.load(w_ptr + (j * stride_wk)[:, None] + (offs_c * stride_wc)[None, :],
                     mask=j_ok[:, None] & mask_c[None, :], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
@@ -163,21 +138,18 @@ def _conv1x1_bwd_input_kernel(
     tl.store(dx_ptrs, to_dtype(acc, dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
 
 
-@triton.autotune(configs=conv1x1_configs("bwd_weight"), prune_configs_by={"early_config_prune": prune_by_dtype("x_ptr")}, key=["M", "C", "K", "SPLIT", "CHUNK"])
+@triton.autotune(configs=conv1x1_configs("bwd_weight"), prune_configs_by={"early_config_prune": prune_by_dtype("x_ptr")}, key=["M", "C", "K", "CHUNK"])
 @triton.jit
 def _conv1x1_bwd_weight_kernel(
-    x_ptr, dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, dw_part_ptr, db_part_ptr,
-    M, HW, W, C, K, SPLIT, CHUNK,
+    x_ptr, dy_ptr, dw_part_ptr,
+    M, HW, W, C, K, CHUNK,
     stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_dy0n, stride_dy0c, stride_dy0h, stride_dy0w,
-    stride_dy1n, stride_dy1c, stride_dy1h, stride_dy1w,
-    stride_y0n, stride_y0c, stride_y0h, stride_y0w,
-    stride_y1n, stride_y1c, stride_y1h, stride_y1w,
-    ACTIVATION: tl.constexpr, TWO_WAY: tl.constexpr, NEED_DB: tl.constexpr,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Partial dW[j, c] over the pixels of split ``program_id(2)``; tile rows j, columns c."""
+    """Partial dW[j, c] over the pixels of split ``program_id(2)``; tile rows j, columns c. dY'
+    masked and db summed beforehand (``conv2d_backward_prep``): the loop holds the MMA only."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     split = tl.program_id(2)
@@ -187,30 +159,19 @@ def _conv1x1_bwd_weight_kernel(
     mask_c = offs_c < C
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    db_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
     start = split.to(tl.int64) * CHUNK
     end = tl.minimum(start + CHUNK, M)
     for i0 in range(start, end, BLOCK_K):
         offs_i = i0 + tl.arange(0, BLOCK_K)
         mask_i = offs_i < end
-        pix_dy0 = _pixel_offsets(offs_i, HW, W, stride_dy0n, stride_dy0h, stride_dy0w)[None, :]
-        pix_dy1 = _pixel_offsets(offs_i, HW, W, stride_dy1n, stride_dy1h, stride_dy1w)[None, :]
-        pix_y0 = _pixel_offsets(offs_i, HW, W, stride_y0n, stride_y0h, stride_y0w)[None, :]
-        pix_y1 = _pixel_offsets(offs_i, HW, W, stride_y1n, stride_y1h, stride_y1w)[None, :]
-        a = _load_dy(dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, pix_dy0, pix_dy1, pix_y0, pix_y1, offs_j[:, None],
-                     mask_j[:, None] & mask_i[None, :], stride_dy0c, stride_dy1c, stride_y0c, stride_y1c,
-                     SPLIT, TWO_WAY, ACTIVATION)
-        if NEED_DB:
-            db_acc += tl.sum(a.to(ACC_DTYPE), axis=1)
+        pix_dy = _pixel_offsets(offs_i, HW, W, stride_dyn, stride_dyh, stride_dyw)[None, :]
+        a = tl.load(dy_ptr + pix_dy + (offs_j * stride_dyc)[:, None], mask=mask_j[:, None] & mask_i[None, :], other=0.0)
         pix_x = _pixel_offsets(offs_i, HW, W, stride_xn, stride_xh, stride_xw)
         xb = tl.load(x_ptr + pix_x[:, None] + (offs_c * stride_xc)[None, :], mask=mask_i[:, None] & mask_c[None, :], other=0.0)
         acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
 
     row = split * K + offs_j
     tl.store(dw_part_ptr + row.to(tl.int64)[:, None] * C + offs_c[None, :], acc, mask=mask_j[:, None] & mask_c[None, :])
-    if NEED_DB:
-        if pid_n == 0:
-            tl.store(db_part_ptr + row, db_acc, mask=mask_j)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,73 +220,70 @@ def conv1x1_forward(x, weight, bias, activation, y0, y1=None):
 
 @on_tensor_device
 def conv1x1_backward_input(dy0, y0, weight, dx, activation, dy1=None, y1=None):
-    """dX = dY' W written into ``dx``. dY' comes from ``dy0``
-    (output channels below its width) and ``dy1`` (the rest); ``y0``/``y1`` are the saved
-    outputs for the ReLU mask (ignored without ReLU)."""
+    """dX = dY' W written into ``dx``. dY comes from ``dy0`` (output channels below its width)
+    and ``dy1`` (the rest); under ReLU it is masked once by ``conv2d_backward_prep`` with the
+    saved outputs ``y0``/``y1``."""
     _check(dx, weight)
     n, c, h, w = dx.shape
     k = weight.shape[0]
     if dx.numel() == 0 or shape_only(dy0):
         return dx
-    two_way = dy1 is not None
-    y0 = y0 if activation == "relu" else dy0
-    dy1 = dy1 if two_way else dy0
-    y1 = (y1 if activation == "relu" else dy1) if two_way else y0
+    dy = _prepared(dy0, y0, activation, dy1, y1)
 
     def grid(meta):
         return (triton.cdiv(n * h * w, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_N"]))
 
     torch.library.wrap_triton(_conv1x1_bwd_input_kernel)[grid](
-        dy0, dy1, y0, y1, weight, dx,
-        n * h * w, h * w, w, c, k, dy0.shape[1],
-        *nchw_strides(dy0), *nchw_strides(dy1), *nchw_strides(y0), *nchw_strides(y1), weight.stride(0), weight.stride(1), *nchw_strides(dx),
-        ACTIVATION=activation, TWO_WAY=two_way,
+        dy, weight, dx,
+        n * h * w, h * w, w, c, k,
+        *nchw_strides(dy), weight.stride(0), weight.stride(1), *nchw_strides(dx),
         **_conv._dot_args(dx.dtype),
     )
     return dx
 
 
+def _prepared(dy0, y0, activation, dy1, y1):
+    """One dY' tensor for the GEMMs: masked under ReLU, and the two-way halves joined."""
+    if activation == "relu" or dy1 is not None:
+        masked, _ = _conv.conv2d_backward_prep(
+            dy0, y0, activation if activation == "relu" else "copy", False, dy1, y1
+        )
+        return masked
+    return dy0
+
+
 @on_tensor_device
-def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=None, y1=None):
-    """(dW, db) with dW shaped and strided like ``weight_like`` ([K, C, 1, 1])."""
+def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=None, y1=None, db=None):
+    """(dW, db) with dW shaped and strided like ``weight_like`` ([K, C, 1, 1]). dY is masked
+    (under ReLU) and db summed by ``conv2d_backward_prep``; a caller that already did so passes
+    activation "none", need_bias False and its ``db`` through."""
     _check(x, weight_like)
     n, c, h, w = x.shape
     k = weight_like.shape[0]
     m = n * h * w
     dw = torch.empty_like(weight_like)
-    db = torch.empty((k,), device=x.device, dtype=x.dtype) if need_bias else None
+    if activation == "relu" or need_bias or dy1 is not None:
+        mode = activation if activation == "relu" else ("copy" if dy1 is not None else "none")
+        masked, db = _conv.conv2d_backward_prep(dy0, y0, mode, need_bias, dy1, y1)
+        dy = dy0 if masked is None else masked
+    else:
+        dy = dy0
     if shape_only(x):
         return dw, db
-    if dw.numel() == 0:
-        if db is not None:
-            db.zero_()
-        return dw, db
-    if m == 0:
-        dw.zero_()
-        if db is not None:
-            db.zero_()
-        return dw, db
-    two_way = dy1 is not None
-    y0 = y0 if activation == "relu" else dy0
-    dy1 = dy1 if two_way else dy0
-    y1 = (y1 if activation == "relu" else dy1) if two_way else y0
+    if dw.numel() == 0 or m == 0:
+        return dw.zero_(), db
     chunk = _conv._dw_chunk(m, triton.cdiv(k, 128) * triton.cdiv(c, 128))
     splits = triton.cdiv(m, chunk)
-    ws = acc_dtype(x.dtype)
-    dw_part = torch.empty((splits, k * c), device=x.device, dtype=ws)
-    db_part = torch.empty((splits, k), device=x.device, dtype=ws) if need_bias else dw_part
+    dw_part = torch.empty((splits, k * c), device=x.device, dtype=acc_dtype(x.dtype))
 
     def grid(meta):
         return (triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_N"]), splits)
 
     torch.library.wrap_triton(_conv1x1_bwd_weight_kernel)[grid](
-        x, dy0, dy1, y0, y1, dw_part, db_part,
-        m, h * w, w, c, k, dy0.shape[1], chunk,
-        *nchw_strides(x), *nchw_strides(dy0), *nchw_strides(dy1), *nchw_strides(y0), *nchw_strides(y1),
-        ACTIVATION=activation, TWO_WAY=two_way, NEED_DB=need_bias,
+        x, dy, dw_part,
+        m, h * w, w, c, k, chunk,
+        *nchw_strides(x), *nchw_strides(dy),
         **_conv._dot_args(x.dtype),
     )
     _conv._reduce_splits(dw_part, dw, splits, c, 1, 1, nchw_strides(dw))
-    if db is not None:
-        _conv._reduce_splits(db_part, db, splits, 1, 1, 1, (db.stride(0), 0, 0, 0))
     return dw, db

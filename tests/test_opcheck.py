@@ -40,6 +40,7 @@ def _cases():
     return {
         "conv2d": (x, w, b, *geo, "relu", False),
         "conv2d_backward_input": (_r(*y.shape), y, w, [2, 3, 7, 7], *geo, "relu", True),
+        "conv2d_backward_prep": (_r(*y.shape), y, "relu", True),
         "conv2d_backward_weight": (x, _r(*y.shape), y, w.detach(), *geo, "relu", True),
         "conv1x1": (x, w1, _r(5), "relu", True),
         "conv1x1_backward_input": (_r(*y1.shape), y1, w1, [2, 3, 7, 7], "relu", False),

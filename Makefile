@@ -15,7 +15,7 @@ TORCH ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q "$(TORCH)"
-	$(VENV)/bin/pip install -q -e ".[test,cli,plot,dev]"
+	$(VENV)/bin/pip install -q -e ".[test,cli,plot,dev,vision]" "$(TORCH)"
 	touch $@
 
 demo: $(VENV)/.installed

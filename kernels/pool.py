@@ -161,8 +161,10 @@ def _max_pool2d_bwd_kernel(
             ok = (row_ok & (pw >= 0) & (q * STRIDE_W == pw) & (q < Q))[:, None] & mask_c[None, :]
             a = tl.load((a_base + p * stride_ah + q * stride_aw)[:, None] + a_c, mask=ok, other=-1)
             hit = ok & (a == r * S + s)
-            g = tl.load((dy_base + p * stride_dyh + q * stride_dyw)[:, None] + dy_c, mask=hit, other=0.0)
-            acc += g.to(ACC_DTYPE)
+            # Loaded under the window mask (uniform along the contiguous channels, so 16-byte
+            # loads), then selected: a data-dependent load mask would force one load per element.
+            g = tl.load((dy_base + p * stride_dyh + q * stride_dyw)[:, None] + dy_c, mask=ok, other=0.0)
+            acc += tl.where(hit, g.to(ACC_DTYPE), 0.0)
 
     dx_off = (n_idx * stride_dxn + h * stride_dxh + w * stride_dxw)[:, None] + (offs_c * stride_dxc)[None, :]
     tl.store(dx_ptr + dx_off, to_dtype(acc, dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])

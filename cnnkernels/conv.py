@@ -167,7 +167,8 @@ def prepared_grad(grad_y: Tensor, y: Tensor | None, activation: str, need_bias: 
 
 class Conv2dFunction(torch.autograd.Function):
     """Y = act(conv2d(X, W) + b) on the ``cnnkernels`` ops, ``act`` "none" or "relu" (fused into
-    the epilogue; the backward masks dY with Y > 0 of the saved output while loading it).
+    the epilogue; the backward masks dY with Y > 0 of the saved output in one pass shared by its
+    two GEMMs, ``cnnkernels::conv2d_backward_prep``).
     Arguments are normalised by ``conv2d_args`` (padding as (top, bottom, left, right)).
 
     With ``create_graph=True`` the backward is built from differentiable ops of the same family

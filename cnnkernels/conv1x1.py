@@ -85,7 +85,7 @@ def _grads(ctx, grad_y):
 
 class Conv1x1Function(torch.autograd.Function):
     """Y = act(X W^T + b) for a [K, C, 1, 1] weight, as one GEMM over the NHWC pixels; ``act``
-    "none" or "relu" (fused; the backward masks dY with Y > 0 while loading it). With
+    "none" or "relu" (fused; the backward masks dY with Y > 0 in one pass for both GEMMs). With
     ``create_graph=True`` the backward runs through the differentiable convolution family of
     ``conv.py`` (stride 1, no padding), so higher-order gradients are exact."""
 

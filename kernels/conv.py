@@ -9,10 +9,13 @@ dX:        gather form over the flattened (r, s, k) index: input pixel h receive
            that divisibility mask, never by inserting zeros into dY. A tile whose result is
            non-finite is recomputed tap by tap without the (pixel, tap) pairs that no output
            reaches, so a NaN or inf weight poisons exactly the pixels it touches, as in torch.
-dW, db:    GEMM reducing over N*P*Q, split into chunks for parallelism; each chunk writes an fp32
+dW:        GEMM reducing over N*P*Q, split into chunks for parallelism; each chunk writes an fp32
            partial and a second kernel sums the partials in a fixed order (no atomics, so results
-           are bit-reproducible run to run). db is summed from the same dY tiles.
-ReLU:      the backward mask is ``Y > 0`` of the saved output, applied while dY is loaded.
+           are bit-reproducible run to run).
+ReLU, db:  one elementwise pass (``_conv_bwd_prep_kernel``) masks dY with ``Y > 0`` of the saved
+           output and writes per-block column sums of dY' for db (summed in a fixed order); the
+           dX and dW loops then load dY' alone and hold the MMA alone (both wgmma operands from
+           shared memory, no reduction in the loop).
 
 Limits: tensors are addressed through explicit strides (NCHW, channels_last or a channel slice
 of a larger buffer all work without copies); batch offsets are 64-bit, offsets within one image

@@ -175,6 +175,21 @@ def _conv_fwd_kernel(
     tl.store(y_ptrs, to_dtype(acc, y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+@triton.jit
+def _dx_tap(h, w, mask_m, tap, P, Q, S: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+            PAD_H: tl.constexpr, PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr):
+    """Tap (r, s) of the dX gather and, per input pixel (h, w), the output pixel (p, q) it
+    receives from through that tap, with whether one exists (the division exact, in range)."""
+    r = tap // S
+    s = tap % S
+    ph = h + PAD_H - r * DIL_H
+    pw = w + PAD_W - s * DIL_W
+    p = ph // STRIDE_H
+    q = pw // STRIDE_W
+    ok = mask_m & (ph >= 0) & (pw >= 0) & (p * STRIDE_H == ph) & (q * STRIDE_W == pw) & (p < P) & (q < Q)
+    return r, s, p, q, ok
+
+
 @triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_by_form}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY])
 @triton.jit
 def _conv_bwd_input_kernel(
@@ -268,13 +283,7 @@ def _conv_bwd_input_kernel(
                 q = pw // STRIDE_W
                 ok = mask_m & (ph >= 0) & (pw >= 0) & (p < P) & (q < Q)
             else:
-                r = tap // S
-                s = tap % S
-                ph = h + PAD_H - r * DIL_H
-                pw = w + PAD_W - s * DIL_W
-                p = ph // STRIDE_H
-                q = pw // STRIDE_W
-                ok = mask_m & (ph >= 0) & (pw >= 0) & (p * STRIDE_H == ph) & (q * STRIDE_W == pw) & (p < P) & (q < Q)
+                r, s, p, q, ok = _dx_tap(h, w, mask_m, tap, P, Q, S, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W)
             mask_a = ok[:, None] & k_ok[None, :]
             dy_ptrs = (dy_base + p * stride_dyh + q * stride_dyw)[:, None] + (k * stride_dyc)[None, :]
         a = tl.load(dy_ptrs, mask=mask_a, other=0.0)
@@ -290,13 +299,7 @@ def _conv_bwd_input_kernel(
     if tl.sum((nonfinite(acc) & tile).to(tl.int32)) > 0:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
         for tap in range(0, R * S):
-            r = tap // S
-            s = tap % S
-            ph = h + PAD_H - r * DIL_H
-            pw = w + PAD_W - s * DIL_W
-            p = ph // STRIDE_H
-            q = pw // STRIDE_W
-            ok = mask_m & (ph >= 0) & (pw >= 0) & (p * STRIDE_H == ph) & (q * STRIDE_W == pw) & (p < P) & (q < Q)
+            r, s, p, q, ok = _dx_tap(h, w, mask_m, tap, P, Q, S, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W)
             part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
             for k0 in range(0, K, BLOCK_K):
                 k = k0 + tl.arange(0, BLOCK_K)

@@ -169,7 +169,7 @@ def _meta_model(name: str, batch: int, dtype: str):
 def _label_modules(model, prefix: str, rec: _Recorder) -> list:
     """Forward and backward hooks that tell the recorder which module a launch belongs to. A fused
     block (Inception) runs its branches itself and refuses hooks on them: it is labelled whole."""
-    from cnnkernels.inception import Inception
+    from cnnkernels.nn import Inception
 
     handles = []
     fused = [name for name, mod in model.named_modules() if isinstance(mod, Inception)]

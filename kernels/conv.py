@@ -125,6 +125,7 @@ def _conv_fwd_kernel(
     ih0 = (pq // Q) * STRIDE_H - PAD_H
     iw0 = (pq % Q) * STRIDE_W - PAD_W
     x_base = x_ptr + g * C * stride_xc + n_idx * stride_xn
+    x_rows = x_base + ih0 * stride_xh + iw0 * stride_xw  # tap (0, 0); may point before the image
     w_base = w_ptr + (g * K + offs_n) * stride_wk
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
@@ -133,6 +134,10 @@ def _conv_fwd_kernel(
     else:
         c_blocks = tl.cdiv(C, BLOCK_K)
         steps = R * S * c_blocks
+    # Tap-wise position (tap_r, tap_s, channel block c0), advanced without a division per step.
+    c0 = tl.full((), 0, tl.int32)
+    tap_r = tl.full((), 0, tl.int32)
+    tap_s = tl.full((), 0, tl.int32)
     for t in range(0, steps):
         if FLAT:
             # Reduction index kk = (r*S + s)*C + c: 2-D window arithmetic, no padding lanes.
@@ -148,16 +153,24 @@ def _conv_fwd_kernel(
             w_off = c * stride_wc + r * stride_wr + s * stride_ws
         else:
             # One tap (r, s), channels c0 .. c0+BLOCK_K: the window test is per row only.
-            rs = t // c_blocks
-            r = rs // S
-            s = rs % S
-            c = (t % c_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+            r = tap_r
+            s = tap_s
+            c = c0 + tl.arange(0, BLOCK_K)
+            c0 += BLOCK_K
+            next_tap = c0 >= C
+            c0 = tl.where(next_tap, 0, c0)
+            tap_s = tl.where(next_tap, tap_s + 1, tap_s)
+            next_row = tap_s == S
+            tap_s = tl.where(next_row, 0, tap_s)
+            tap_r = tl.where(next_row, tap_r + 1, tap_r)
             k_ok = c < C
             ih = ih0 + r * DIL_H
             iw = iw0 + s * DIL_W
             row_ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             mask_a = row_ok[:, None] & k_ok[None, :]
-            a_ptrs = (x_base + ih * stride_xh + iw * stride_xw)[:, None] + (c * stride_xc)[None, :]
+            # Row addresses are built once per program; a tap moves them all by one scalar.
+            tap_off = r * (DIL_H * stride_xh) + s * (DIL_W * stride_xw)
+            a_ptrs = (x_rows + tap_off)[:, None] + (c * stride_xc)[None, :]
             w_off = c * stride_wc + r * stride_wr + s * stride_ws
         a = tl.load(a_ptrs, mask=mask_a, other=0.0)
         b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)

@@ -114,7 +114,7 @@ def relu_mask(grad_y: Tensor, y: Tensor | None) -> Tensor:
     return grad_y if y is None else torch.where(y <= 0, torch.zeros_like(grad_y), grad_y)
 
 
-def _setup_conv(ctx, inputs, y):
+def _setup_conv(ctx, inputs, output):
     """Shared by ``Conv2dFunction`` and the ``conv2d`` op's registered autograd."""
     x, weight, bias, stride, padding, dilation, groups, activation, channels_last = inputs
     ctx.geometry = (list(stride), list(padding), list(dilation), groups)
@@ -122,7 +122,7 @@ def _setup_conv(ctx, inputs, y):
     ctx.has_bias = bias is not None
     ctx.channels_last = channels_last
     # Under ReLU the output itself is saved: its sign is the backward mask.
-    ctx.save_for_backward(x, weight, y if activation == "relu" else None)
+    ctx.save_for_backward(x, weight, output if activation == "relu" else None)
 
 
 def _conv_grads(ctx, grad_y):
@@ -260,10 +260,6 @@ def backward_weight_grads(need_x, need_dy, gdw, gdb, x, grad_out, out, geometry,
     return d_x, d_dy
 
 
-def _setup_conv_op(ctx, inputs, output):
-    _setup_conv(ctx, inputs, output)
-
-
 def _conv_op_backward(ctx, grad_y):
     return *_conv_grads(ctx, grad_y), None, None, None, None, None, None
 
@@ -320,7 +316,7 @@ def _prep_op_backward(ctx, g_masked, g_db):
 
 
 # The ops are differentiable on their own too (to any order), for callers of torch.ops.cnnkernels.
-torch.library.register_autograd("cnnkernels::conv2d", _conv_op_backward, setup_context=_setup_conv_op)
+torch.library.register_autograd("cnnkernels::conv2d", _conv_op_backward, setup_context=_setup_conv)
 torch.library.register_autograd(
     "cnnkernels::conv2d_backward_input", _bwd_input_op_backward, setup_context=_setup_bwd_input
 )

@@ -289,13 +289,8 @@ def _anchor_kernels():
     import triton.language as tl
 
     @triton.jit
-    def anchor_pointer_gemm(
-        a_ptr, b_ptr, c_ptr, M, N, K,
-        stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
-        BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
-        GROUP_SIZE_M: tl.constexpr,
-    ):  # fmt: skip
-        """Triton's tutorial 03 matmul: pointer loads, grouped program order."""
+    def grouped_pid(M, N, BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, GROUP_SIZE_M: tl.constexpr):
+        """The tutorial's grouped program order (for L2 reuse): this program's (pid_m, pid_n)."""
         pid = tl.program_id(axis=0)
         num_pid_m = tl.cdiv(M, BLOCK_SIZE_M)
         num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
@@ -303,8 +298,17 @@ def _anchor_kernels():
         group_id = pid // num_pid_in_group
         first_pid_m = group_id * GROUP_SIZE_M
         group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
-        pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-        pid_n = (pid % num_pid_in_group) // group_size_m
+        return first_pid_m + ((pid % num_pid_in_group) % group_size_m), (pid % num_pid_in_group) // group_size_m
+
+    @triton.jit
+    def anchor_pointer_gemm(
+        a_ptr, b_ptr, c_ptr, M, N, K,
+        stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+        BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+        GROUP_SIZE_M: tl.constexpr,
+    ):  # fmt: skip
+        """Triton's tutorial 03 matmul: pointer loads, grouped program order."""
+        pid_m, pid_n = grouped_pid(M, N, BLOCK_SIZE_M, BLOCK_SIZE_N, GROUP_SIZE_M)
         offs_am = (pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)) % M
         offs_bn = (pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)) % N
         offs_k = tl.arange(0, BLOCK_SIZE_K)
@@ -331,15 +335,7 @@ def _anchor_kernels():
         GROUP_SIZE_M: tl.constexpr,
     ):  # fmt: skip
         """The same GEMM with tensor descriptors (TMA loads and store)."""
-        pid = tl.program_id(axis=0)
-        num_pid_m = tl.cdiv(M, BLOCK_SIZE_M)
-        num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
-        num_pid_in_group = GROUP_SIZE_M * num_pid_n
-        group_id = pid // num_pid_in_group
-        first_pid_m = group_id * GROUP_SIZE_M
-        group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
-        pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-        pid_n = (pid % num_pid_in_group) // group_size_m
+        pid_m, pid_n = grouped_pid(M, N, BLOCK_SIZE_M, BLOCK_SIZE_N, GROUP_SIZE_M)
         a_desc = tl.make_tensor_descriptor(
             a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_SIZE_M, BLOCK_SIZE_K]
         )

@@ -26,6 +26,8 @@ own specialisation, so index arithmetic folds to constants.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -425,6 +427,18 @@ def prep_configs() -> list[triton.Config]:
     )
 
 
+@triton.jit
+def _two_way_load(t0_ptr, t1_ptr, n, h, w, offs_c, mask, in0, SPLIT,
+                  s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w, TWO_WAY: tl.constexpr):
+    """A [pixels, channels] tile whose channels below SPLIT come from t0 and the rest from t1."""
+    v = tl.load(t0_ptr + (n * s0n + h * s0h + w * s0w)[:, None] + (offs_c * s0c)[None, :], mask=mask & in0, other=0.0)
+    if TWO_WAY:
+        c1 = ((offs_c - SPLIT) * s1c)[None, :]
+        v1 = tl.load(t1_ptr + (n * s1n + h * s1h + w * s1w)[:, None] + c1, mask=mask & ~in0, other=0.0)
+        v = tl.where(in0, v, v1)
+    return v
+
+
 @triton.autotune(configs=prep_configs(), key=["M", "K", "SPLIT"])
 @triton.jit
 def _conv_bwd_prep_kernel(
@@ -453,19 +467,13 @@ def _conv_bwd_prep_kernel(
     h = pq // Q
     w = pq % Q
     in0 = (offs_c < SPLIT)[None, :]
-    c0 = (offs_c * stride_dy0c)[None, :]
-    a = tl.load(dy0_ptr + (n * stride_dy0n + h * stride_dy0h + w * stride_dy0w)[:, None] + c0, mask=mask & in0, other=0.0)
-    if TWO_WAY:
-        c1 = ((offs_c - SPLIT) * stride_dy1c)[None, :]
-        a1 = tl.load(dy1_ptr + (n * stride_dy1n + h * stride_dy1h + w * stride_dy1w)[:, None] + c1, mask=mask & ~in0, other=0.0)
-        a = tl.where(in0, a, a1)
+    a = _two_way_load(dy0_ptr, dy1_ptr, n, h, w, offs_c, mask, in0, SPLIT,
+                      stride_dy0n, stride_dy0c, stride_dy0h, stride_dy0w,
+                      stride_dy1n, stride_dy1c, stride_dy1h, stride_dy1w, TWO_WAY)
     if ACTIVATION == "relu":
-        yc0 = (offs_c * stride_y0c)[None, :]
-        yv = tl.load(y0_ptr + (n * stride_y0n + h * stride_y0h + w * stride_y0w)[:, None] + yc0, mask=mask & in0, other=0.0)
-        if TWO_WAY:
-            yc1 = ((offs_c - SPLIT) * stride_y1c)[None, :]
-            yv1 = tl.load(y1_ptr + (n * stride_y1n + h * stride_y1h + w * stride_y1w)[:, None] + yc1, mask=mask & ~in0, other=0.0)
-            yv = tl.where(in0, yv, yv1)
+        yv = _two_way_load(y0_ptr, y1_ptr, n, h, w, offs_c, mask, in0, SPLIT,
+                           stride_y0n, stride_y0c, stride_y0h, stride_y0w,
+                           stride_y1n, stride_y1c, stride_y1h, stride_y1w, TWO_WAY)
         # Compared in ACC_DTYPE: exact, and under the interpreter bf16 compares raw bit patterns.
         a = tl.where(yv.to(ACC_DTYPE) <= 0, tl.zeros_like(a), a)
     if WRITE_OUT:
@@ -696,9 +704,12 @@ def _dw_chunk(npq: int, tiles: int) -> int:
 
 def _sm_count() -> int:
     """The current GPU's SM count (132 on an H100 SXM), 132 when no GPU is visible."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    return 132
+    return _sm_count_of(torch.cuda.current_device() if torch.cuda.is_available() else -1)
+
+
+@functools.cache
+def _sm_count_of(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device >= 0 else 132
 
 
 @on_tensor_device
@@ -713,17 +724,17 @@ def conv2d_backward_weight(
     groups: int,
     activation: str = "none",
     need_bias: bool = True,
-    db: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(dW, db) of ``conv2d_forward``. dW takes ``weight_like``'s shape and strides. dY is masked
     (under ReLU) and db summed by ``conv2d_backward_prep``; a caller that already did so passes
-    activation "none", need_bias False and its ``db`` through."""
+    activation "none" and need_bias False."""
     _check(x, weight_like)
     n, c_in, h, w = x.shape
     k_out, cg, r, s = weight_like.shape
     _, _, p, q = grad_out.shape
     kg = k_out // groups
     dw = torch.empty_like(weight_like)
+    db = None
     if activation == "relu" or need_bias:
         masked, db = conv2d_backward_prep(grad_out, out, activation, need_bias)
         grad_out = grad_out if masked is None else masked

@@ -253,15 +253,16 @@ def _prepared(dy0, y0, activation, dy1, y1):
 
 
 @on_tensor_device
-def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=None, y1=None, db=None):
+def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=None, y1=None):
     """(dW, db) with dW shaped and strided like ``weight_like`` ([K, C, 1, 1]). dY is masked
     (under ReLU) and db summed by ``conv2d_backward_prep``; a caller that already did so passes
-    activation "none", need_bias False and its ``db`` through."""
+    activation "none" and need_bias False."""
     _check(x, weight_like)
     n, c, h, w = x.shape
     k = weight_like.shape[0]
     m = n * h * w
     dw = torch.empty_like(weight_like)
+    db = None
     if activation == "relu" or need_bias or dy1 is not None:
         mode = activation if activation == "relu" else ("copy" if dy1 is not None else "none")
         masked, db = _conv.conv2d_backward_prep(dy0, y0, mode, need_bias, dy1, y1)

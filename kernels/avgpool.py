@@ -27,6 +27,7 @@ from torch._prims_common import suggest_memory_format
 from ._common import (
     acc_dtype,
     check_runnable,
+    launch,
     nchw_strides,
     on_tensor_device,
     pick_configs,
@@ -246,7 +247,7 @@ def adaptive_avg_pool2d_forward(x: torch.Tensor, output_size: tuple[int, int]) -
     def grid(meta):
         return (triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_C"]))
 
-    torch.library.wrap_triton(_adaptive_avg_pool2d_fwd_kernel)[grid](
+    launch(_adaptive_avg_pool2d_fwd_kernel, grid,
         x, y,
         n, c, h, w, p, q,
         adaptive_span(h, p), adaptive_span(w, q),
@@ -273,7 +274,7 @@ def adaptive_avg_pool2d_backward(
     def grid(meta):
         return (triton.cdiv(n * h * w, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_C"]))
 
-    torch.library.wrap_triton(_adaptive_avg_pool2d_bwd_kernel)[grid](
+    launch(_adaptive_avg_pool2d_bwd_kernel, grid,
         grad_out, dx,
         n, c, h, w, p, q,
         adaptive_span(p, h), adaptive_span(q, w),
@@ -295,7 +296,7 @@ def global_avg_pool2d_forward(x: torch.Tensor) -> torch.Tensor:
     def grid(meta):
         return (n, triton.cdiv(c, meta["BLOCK_C"]))
 
-    torch.library.wrap_triton(_global_avg_pool2d_fwd_kernel)[grid](
+    launch(_global_avg_pool2d_fwd_kernel, grid,
         x, y,
         n, c, h, w,
         *nchw_strides(x), y.stride(0), y.stride(1),
@@ -320,7 +321,7 @@ def global_avg_pool2d_backward(
     def grid(meta):
         return (triton.cdiv(n * h * w, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_C"]))
 
-    torch.library.wrap_triton(_global_avg_pool2d_bwd_kernel)[grid](
+    launch(_global_avg_pool2d_bwd_kernel, grid,
         grad_out, dx,
         n, c, h, w,
         grad_out.stride(0), grad_out.stride(1),

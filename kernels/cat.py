@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_runnable, on_tensor_device, pick_configs, shape_only
+from ._common import check_runnable, launch, on_tensor_device, pick_configs, shape_only
 
 
 def cat_configs() -> list[triton.Config]:
@@ -113,7 +113,7 @@ def copy_into(x: torch.Tensor, y: torch.Tensor) -> None:
     def grid(meta):
         return (triton.cdiv(rows, meta["BLOCK_R"]) * triton.cdiv(sizes[3], meta["BLOCK_I"]),)
 
-    torch.library.wrap_triton(_cat_copy_kernel)[grid](
+    launch(_cat_copy_kernel, grid,
         x, y,
         *sizes,
         *(d[1] for d in dims),

@@ -39,6 +39,7 @@ from ._common import (
     dot_precision,
     dot_upcast,
     fit_to_dtype,
+    launch,
     mma,
     nchw_strides,
     nonfinite,
@@ -572,7 +573,7 @@ def conv2d_forward(
     def grid(meta):
         return (triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(kg, meta["BLOCK_N"]), groups)
 
-    torch.library.wrap_triton(_conv_fwd_kernel)[grid](
+    launch(_conv_fwd_kernel, grid,
         x, weight, b_arg, out,
         n, h, w, cg, p, q, kg,
         *nchw_strides(x), *nchw_strides(weight),
@@ -623,7 +624,7 @@ def conv2d_backward_prep(
     def grid(meta):
         return (rows, triton.cdiv(k, meta["BLOCK_C"]))
 
-    torch.library.wrap_triton(_conv_bwd_prep_kernel)[grid](
+    launch(_conv_bwd_prep_kernel, grid,
         grad_out, dy1, y0, y1, masked if write else grad_out, db_part,
         m, p * q, q, k, k0,
         *nchw_strides(grad_out), *nchw_strides(dy1), *nchw_strides(y0), *nchw_strides(y1),
@@ -679,7 +680,7 @@ def conv2d_backward_input(
             rows = triton.cdiv(n * h * w, meta["BLOCK_M"])
         return (rows, triton.cdiv(cg, meta["BLOCK_N"]), groups)
 
-    torch.library.wrap_triton(_conv_bwd_input_kernel)[grid](
+    launch(_conv_bwd_input_kernel, grid,
         grad_out, weight, dx,
         n, h, w, cg, p, q, kg,
         *nchw_strides(grad_out), *nchw_strides(weight), *nchw_strides(dx),
@@ -754,7 +755,7 @@ def conv2d_backward_weight(
         cols = triton.cdiv(rsc, meta["BLOCK_N"]) if flat else r * s * triton.cdiv(cg, meta["BLOCK_N"])
         return (triton.cdiv(kg, meta["BLOCK_M"]), cols, splits * groups)
 
-    torch.library.wrap_triton(_conv_bwd_weight_kernel)[grid](
+    launch(_conv_bwd_weight_kernel, grid,
         x, grad_out, dw_part,
         n, h, w, cg, p, q, kg, groups, chunk,
         *nchw_strides(x), *nchw_strides(grad_out),
@@ -772,4 +773,4 @@ def _reduce_splits(part, out, splits, c, r, s, strides) -> None:
     def grid(meta):
         return (triton.cdiv(e, meta["BLOCK"]),)
 
-    torch.library.wrap_triton(_conv_bwd_reduce_kernel)[grid](part, out, e, splits, c, *strides, R=r, S=s)
+    launch(_conv_bwd_reduce_kernel, grid, part, out, e, splits, c, *strides, R=r, S=s)

@@ -25,6 +25,7 @@ from . import conv as _conv
 from ._common import (
     acc_dtype,
     check_runnable,
+    launch,
     mma,
     nchw_strides,
     on_tensor_device,
@@ -208,7 +209,7 @@ def conv1x1_forward(x, weight, bias, activation, y0, y1=None):
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"]))
 
-    torch.library.wrap_triton(_conv1x1_fwd_kernel)[grid](
+    launch(_conv1x1_fwd_kernel, grid,
         x, weight, bias if bias is not None else weight, y0, y1,
         m, h * w, w, c, k, split,
         *nchw_strides(x), weight.stride(0), weight.stride(1), bias.stride(0) if bias is not None else 0,
@@ -233,7 +234,7 @@ def conv1x1_backward_input(dy0, y0, weight, dx, activation, dy1=None, y1=None):
     def grid(meta):
         return (triton.cdiv(n * h * w, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_N"]))
 
-    torch.library.wrap_triton(_conv1x1_bwd_input_kernel)[grid](
+    launch(_conv1x1_bwd_input_kernel, grid,
         dy, weight, dx,
         n * h * w, h * w, w, c, k,
         *nchw_strides(dy), weight.stride(0), weight.stride(1), *nchw_strides(dx),
@@ -280,7 +281,7 @@ def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=
     def grid(meta):
         return (triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_N"]), splits)
 
-    torch.library.wrap_triton(_conv1x1_bwd_weight_kernel)[grid](
+    launch(_conv1x1_bwd_weight_kernel, grid,
         x, dy, dw_part,
         m, h * w, w, c, k, chunk,
         *nchw_strides(x), *nchw_strides(dy),

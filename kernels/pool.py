@@ -31,6 +31,7 @@ from torch._prims_common import suggest_memory_format
 from ._common import (
     acc_dtype,
     check_runnable,
+    launch,
     nchw_strides,
     on_tensor_device,
     pick_configs,
@@ -234,7 +235,7 @@ def max_pool2d_forward(
     def grid(meta):
         return (triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_C"]))
 
-    torch.library.wrap_triton(_max_pool2d_fwd_kernel)[grid](
+    launch(_max_pool2d_fwd_kernel, grid,
         x, y, arg, idx if idx is not None else arg,  # idx is never written without RETURN_INDICES
         n, c, h, w, p, q,
         *nchw_strides(x), *nchw_strides(y),
@@ -268,7 +269,7 @@ def max_pool2d_backward(
     def grid(meta):
         return (triton.cdiv(n * h * w, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_C"]))
 
-    torch.library.wrap_triton(_max_pool2d_bwd_kernel)[grid](
+    launch(_max_pool2d_bwd_kernel, grid,
         grad_out, argmax, dx,
         n, c, h, w, p, q,
         *nchw_strides(grad_out), *nchw_strides(argmax), *nchw_strides(dx),

@@ -48,3 +48,41 @@ def cat(tensors, dim=0):
     from . import cat as _cat
 
     return _cat.cat(tensors, dim)
+
+
+def conv2d_relu_max_pool2d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    kernel_size=2,
+    pool_stride=None,
+    pool_padding=0,
+    pool_dilation=1,
+    ceil_mode=False,
+):
+    """``max_pool2d(relu(conv2d(input, weight, bias, stride, padding, dilation, groups)),
+    kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)`` as one op: the conv's
+    arguments as in ``conv2d``, the pool's as in ``max_pool2d`` (``pool_stride`` None means
+    ``kernel_size``). Only the pooled output and an int8 within-window argmax are saved for
+    backward, never the full-resolution activation; same ties (first maximum) and NaN handling
+    as the torch composition."""
+    from . import convpool as _convpool
+
+    return _convpool.conv2d_relu_max_pool2d(
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        groups,
+        kernel_size,
+        pool_stride,
+        pool_padding,
+        pool_dilation,
+        ceil_mode,
+    )

@@ -1,0 +1,241 @@
+"""Convolution + bias + ReLU + max pooling as one op: ``max_pool2d(relu(conv2d(X, W, b)))`` that
+saves for backward only X, W, the pooled output Y and the int8 within-window argmax A; the
+full-resolution activation Z = relu(conv2d(X, W, b)) is never saved.
+
+Ops (namespace ``cnnkernels``): ``conv2d_relu_max_pool2d`` -> (Y, A), a ``triton_op``. Its forward
+is one kernel (``kernels/convpool.py``) where that wins on the roofline (always for
+non-overlapping windows such as VGG's 2x2/2; for overlapping 3x3/2 windows when recomputing the
+shared conv pixels costs less than writing and reading Z once), otherwise the conv + ReLU kernel
+writes Z as a temporary that the max-pool kernel reads and that is freed at once (not saved, so
+the saved bytes are the same either way).
+
+Backward maths, with Y > 0 exactly where the conv output at the argmax is (Y is that value):
+    dY'  = dY where Y > 0 else 0   (torch's threshold_backward: a NaN in Y passes dY); db = sum dY'
+    dZ'  = the max-pool backward of dY' (scattered to each window's argmax; gather form)
+    dX   = conv_transpose(dZ', W),   dW = corr(X, dZ')      (the conv's dX and dW kernels)
+With ``create_graph=True`` the same composition runs through differentiable functions
+(``MaxPool2dBackwardFunction``, ``Conv2dBackwardInputFunction``, ``Conv2dBackwardWeightFunction``),
+the mask and the argmax being constants, so second- and higher-order gradients are exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import torch
+from torch import Tensor
+
+from cnnkernels.kernels import conv as _kc
+from cnnkernels.kernels import convpool as _k
+from cnnkernels.kernels import pool as _kp
+
+from ._utils import autocast_dtype, is_channels_last, memory_format
+from .conv import Conv2dBackwardInputFunction, Conv2dBackwardWeightFunction, conv2d_args, relu_mask
+from .pool import MaxPool2dBackwardFunction, max_pool2d_args
+
+__all__ = ["Conv2dReLUMaxPool2dFunction", "conv2d_relu_max_pool2d", "layer_by_layer", "fused_layers"]
+
+
+@torch.library.triton_op("cnnkernels::conv2d_relu_max_pool2d", mutates_args=())
+def conv2d_relu_max_pool2d_op(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    pool_kernel: list[int],
+    pool_stride: list[int],
+    pool_padding: list[int],
+    pool_dilation: list[int],
+    ceil_mode: bool,
+    channels_last: bool,
+    one_kernel: bool,
+) -> tuple[Tensor, Tensor]:
+    """(Y, A). ``one_kernel`` picks the fused kernel; False runs conv + ReLU into a temporary
+    that the max-pool kernel reads (freed on return)."""
+    geometry = (tuple(stride), tuple(padding), tuple(dilation))
+    pool = (tuple(pool_kernel), tuple(pool_stride), tuple(pool_padding), tuple(pool_dilation))
+    fmt = memory_format(channels_last)
+    if one_kernel:
+        return _k.conv2d_relu_max_pool2d_forward(x, weight, bias, *geometry, groups, *pool, ceil_mode, fmt)
+    n, _, h, w = x.shape
+    p, q, _, _ = _k.output_sizes(h, w, weight, *geometry, *pool, ceil_mode)
+    z = torch.empty((n, weight.shape[0], p, q), device=x.device, dtype=x.dtype, memory_format=fmt)
+    _kc.conv2d_forward(x, weight, bias, *geometry, groups, "relu", out=z)
+    y, arg, _ = _kp.max_pool2d_forward(z, *pool, ceil_mode, False)
+    return y, arg
+
+
+def _setup(ctx, inputs, output):
+    """Shared by ``Conv2dReLUMaxPool2dFunction`` and the op's registered autograd."""
+    x, weight, bias, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode, channels_last, _ = inputs
+    y, arg = output
+    ctx.geometry = (list(stride), list(padding), list(dilation), groups)
+    ctx.pool = (list(pk), list(ps), list(pp), list(pd))
+    p, q, _, _ = _k.output_sizes(x.shape[2], x.shape[3], weight, stride, padding, dilation, pk, ps, pp, pd, ceil_mode)
+    ctx.conv_shape = [x.shape[0], weight.shape[0], p, q]
+    ctx.has_bias = bias is not None
+    ctx.channels_last = channels_last
+    ctx.save_for_backward(x, weight, y, arg)
+
+
+def _grads(ctx, grad_y):
+    """(dX, dW, db)."""
+    x, weight, y, arg = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.geometry
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_b = need_b and ctx.has_bias
+    grad_x = grad_w = grad_b = None
+    if torch.is_grad_enabled():  # create_graph=True: differentiable all the way down
+        g = relu_mask(grad_y, y)
+        dz = MaxPool2dBackwardFunction.apply(g, arg, ctx.conv_shape, *ctx.pool, ctx.channels_last)
+        if need_x:
+            grad_x = Conv2dBackwardInputFunction.apply(
+                dz, weight, list(x.shape), stride, padding, dilation, groups, ctx.channels_last
+            )
+        if need_w:
+            grad_w = Conv2dBackwardWeightFunction.apply(x, dz, weight, stride, padding, dilation, groups)
+        if need_b:
+            grad_b = g.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b
+    if not (need_x or need_w or need_b):
+        return None, None, None
+    # The ReLU mask and db at the pooled resolution, in one pass; then the scatter to the argmax.
+    g, db = torch.ops.cnnkernels.conv2d_backward_prep(grad_y, y, "relu", need_b)
+    if need_b:
+        grad_b = db
+    if need_x or need_w:
+        dz = torch.ops.cnnkernels.max_pool2d_backward(g, arg, ctx.conv_shape, *ctx.pool, ctx.channels_last)
+        if need_x:
+            grad_x = torch.ops.cnnkernels.conv2d_backward_input(
+                dz, dz, weight, list(x.shape), stride, padding, dilation, groups, "none", ctx.channels_last
+            )
+        if need_w:
+            grad_w, _ = torch.ops.cnnkernels.conv2d_backward_weight(
+                x, dz, dz, weight, stride, padding, dilation, groups, "none", False
+            )
+    return grad_x, grad_w, grad_b
+
+
+class Conv2dReLUMaxPool2dFunction(torch.autograd.Function):
+    """Y = max_pool2d(relu(conv2d(X, W) + b)) on the ``cnnkernels`` ops; arguments normalised by
+    ``conv2d_relu_max_pool2d_args``. Saves X, W, Y and the int8 argmax, nothing at the conv's
+    resolution. Gradients of any order (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode):
+        channels_last = is_channels_last(x) or is_channels_last(weight)
+        n, _, h, w = x.shape
+        p, q, pp_, qq = _k.output_sizes(h, w, weight, stride, padding, dilation, pk, ps, pp, pd, ceil_mode)
+        one = _k.one_kernel_wins(
+            n * p * q, n * pp_ * qq, weight.shape[1], *weight.shape[2:], tuple(pk), x.element_size()
+        )
+        args = (x, weight, bias, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode, channels_last, one)
+        y, arg = torch.ops.cnnkernels.conv2d_relu_max_pool2d(*args)
+        _setup(ctx, args, (y, arg))
+        ctx.mark_non_differentiable(arg)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return *_grads(ctx, grad_y), *([None] * 9)
+
+
+def _op_backward(ctx, grad_y, grad_arg):
+    return *_grads(ctx, grad_y), *([None] * 11)
+
+
+# The op is differentiable on its own too (to any order), for callers of torch.ops.cnnkernels.
+torch.library.register_autograd("cnnkernels::conv2d_relu_max_pool2d", _op_backward, setup_context=_setup)
+
+
+def conv2d_relu_max_pool2d_args(
+    input,
+    weight,
+    bias,
+    stride,
+    padding,
+    dilation,
+    groups,
+    kernel_size,
+    pool_stride,
+    pool_padding,
+    pool_dilation,
+    ceil_mode,
+):
+    """Validate both layers' arguments as ``torch.nn.functional.conv2d`` and ``max_pool2d`` would
+    (the pool's against the conv's output shape); return the 4-D input, whether it was unbatched,
+    and the normalised conv and pool geometry."""
+    x, unbatched, stride, pads, dilation, groups = conv2d_args(input, weight, bias, stride, padding, dilation, groups)
+    n, _, h, w = x.shape
+    k, _, r, s = weight.shape
+    p = _kc.conv_output_size(h, r, stride[0], pads[0] + pads[1], dilation[0])
+    q = _kc.conv_output_size(w, s, stride[1], pads[2] + pads[3], dilation[1])
+    conv_out = torch.empty((max(n, 1), k, p, q), device="meta")  # shapes only: the pool's checks
+    _, _, pk, ps, pp, pd = max_pool2d_args(conv_out, kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)
+    return x, unbatched, stride, pads, dilation, groups, pk, ps, pp, pd
+
+
+def conv2d_relu_max_pool2d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    kernel_size=2,
+    pool_stride=None,
+    pool_padding=0,
+    pool_dilation=1,
+    ceil_mode=False,
+):
+    """Body of ``functional.conv2d_relu_max_pool2d``."""
+    if isinstance(input, Tensor) and isinstance(weight, Tensor):
+        cast = autocast_dtype(input.device.type)
+        floats = (torch.float16, torch.bfloat16, torch.float32)
+        if cast is not None and input.dtype in floats and weight.dtype in floats:
+            input, weight = input.to(cast), weight.to(cast)
+            if isinstance(bias, Tensor) and bias.dtype in floats:
+                bias = bias.to(cast)
+    x, unbatched, stride, pads, dilation, groups, pk, ps, pp, pd = conv2d_relu_max_pool2d_args(
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        groups,
+        kernel_size,
+        pool_stride,
+        pool_padding,
+        pool_dilation,
+        ceil_mode,
+    )
+    y = Conv2dReLUMaxPool2dFunction.apply(x, weight, bias, stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode)
+    return y.squeeze(0) if unbatched else y
+
+
+_LAYER_BY_LAYER = contextvars.ContextVar("cnnkernels_layer_by_layer", default=False)
+
+
+@contextlib.contextmanager
+def layer_by_layer():
+    """Within this context, modules fused across layer boundaries compute their own layer only
+    and their placeholders compute theirs (a ``Conv2dReLUMaxPool2d`` returns the conv + ReLU
+    output and the ``FusedMaxPool2d`` after it pools), so walking a model one layer at a time
+    (``layer_summary``) sees every layer's own output, as in the ``torch.nn`` model. The results
+    are the same either way; only what is saved for backward and the passes over memory differ."""
+    token = _LAYER_BY_LAYER.set(True)
+    try:
+        yield
+    finally:
+        _LAYER_BY_LAYER.reset(token)
+
+
+def fused_layers() -> bool:
+    """False inside ``layer_by_layer()``."""
+    return not _LAYER_BY_LAYER.get()

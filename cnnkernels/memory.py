@@ -1,0 +1,136 @@
+"""Bytes saved for backward in one training step, measured exactly on the ``meta`` device.
+
+Every tensor that autograd keeps for the backward passes through
+``torch.autograd.graph.saved_tensors_hooks``; the hook records its storage (each storage once:
+a view, a second save of the same tensor or an op's outputs that share one buffer count once)
+and its size in bytes. Parameters are excluded: they live for the whole run whatever the graph
+saves. On the ``meta`` device nothing is computed and no kernel runs, so the figure is the same
+on any machine, with or without a GPU, and independent of timing.
+
+``saved_bytes(model, shape)`` measures one model; ``compare(name)`` measures a fused model of
+``cnnkernels.models`` against its ``torch.nn`` twin of ``cnnkernels.models.reference``, both in
+training mode, bf16, at the issue's batch 128 and 224x224 by default. ``python -m
+cnnkernels.memory`` prints the table for the four models.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["SavedBytes", "saved_bytes", "compare", "table", "MODELS"]
+
+MODELS = ("AlexNet", "VGG", "NiN", "GoogLeNet")
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class SavedBytes:
+    """One model's measurement: ``fused`` and ``twin`` bytes saved for backward."""
+
+    name: str
+    fused: int
+    twin: int
+
+    @property
+    def ratio(self) -> float:
+        return self.fused / self.twin
+
+
+class _Recorder:
+    """The pack hook: every saved tensor's storage, once, unless it is a parameter's."""
+
+    def __init__(self, params: set[int]) -> None:
+        self.params = params
+        self.storages: dict[int, int] = {}
+
+    def pack(self, t: torch.Tensor):
+        storage = t.untyped_storage()
+        key = storage._cdata  # the StorageImpl's address: one per storage, also on the meta device
+        if key not in self.params:
+            self.storages[key] = storage.nbytes()
+        return t
+
+    @staticmethod
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    @property
+    def total(self) -> int:
+        return sum(self.storages.values())
+
+
+def saved_bytes(model: nn.Module, shape, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Bytes of the storages autograd saves for backward when ``model`` (on the ``meta`` device,
+    in its current train/eval mode) runs a forward on a ``shape`` input of ``dtype`` with
+    gradients on; parameters excluded, each storage counted once. The backward is not run: what
+    is saved is fixed once the forward has built the graph."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if any(
+        p.device.type != "meta" for p in model.parameters() if not isinstance(p, nn.parameter.UninitializedParameter)
+    ):
+        raise ValueError("model must live on the meta device (build it under torch.device('meta'))")
+    x = torch.empty(tuple(shape), device="meta", dtype=dtype)
+    materialize = getattr(model, "materialize", None)
+    if materialize is not None:  # lazy layers get their sizes first (a shape-only twin run)
+        materialize(x.shape)
+    model.to(dtype)
+    with torch.no_grad():  # a first call may re-lay out weights (channels_last): settle them first
+        model(x)
+    state = [*model.parameters(), *model.buffers()]  # held: their storages' addresses stay theirs
+    params = {t.untyped_storage()._cdata for t in state}
+    recorder = _Recorder(params)  # holds every saved tensor (autograd does), so no address repeats
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(recorder.pack, recorder.unpack):
+        model(x)
+    return recorder.total
+
+
+def _build(name: str, fused: bool, **kwargs) -> nn.Module:
+    from cnnkernels import models
+    from cnnkernels.models import reference
+
+    if name not in MODELS:
+        raise ValueError(f"name must be one of {', '.join(MODELS)}, got {name!r}")
+    with torch.device("meta"):
+        return getattr(models if fused else reference, name)(**kwargs).train()
+
+
+def compare(name: str, batch: int = 128, size: int = 224, dtype: torch.dtype = torch.bfloat16) -> SavedBytes:
+    """Saved bytes of ``cnnkernels.models.<name>`` and of its ``torch.nn`` twin, both in training
+    mode, on a (batch, 1, size, size) input (the course's one-channel images)."""
+    shape = (batch, 1, size, size)
+    fused = saved_bytes(_build(name, True), shape, dtype)
+    twin = saved_bytes(_build(name, False), shape, dtype)
+    return SavedBytes(name, fused, twin)
+
+
+def table(batch: int = 128, size: int = 224, dtype: torch.dtype = torch.bfloat16) -> list[SavedBytes]:
+    """``compare`` for every model."""
+    return [compare(name, batch, size, dtype) for name in MODELS]
+
+
+def format_rows(rows: list[SavedBytes]) -> list[list[str]]:
+    """Rows of text: model, fused MiB, twin MiB, ratio."""
+    return [[r.name, f"{r.fused / MIB:,.0f}", f"{r.twin / MIB:,.0f}", f"{r.ratio:.2f}"] for r in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="bytes saved for backward per training step, fused vs torch.nn")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args(argv)
+    print(f"saved for backward, one training step, bf16, batch {args.batch}, {args.size}x{args.size} (MiB)")
+    print(f"{'model':<10} {'fused':>8} {'twin':>8} {'ratio':>6}")
+    for row in format_rows(table(args.batch, args.size)):
+        print(f"{row[0]:<10} {row[1]:>8} {row[2]:>8} {row[3]:>6}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,415 @@
+"""Convolution + bias + ReLU + max pooling in one kernel: only the pooled output and the int8
+within-window argmax are written; the full-resolution activation never reaches memory.
+
+Forward:   Z[n,k,p,q]  = relu(b[k] + conv(X, W)[n,k,p,q])          (the conv layer's output)
+           Y[n,k,i,j]  = max over pool taps (u, v) inside Z of Z[n,k,i*ps-pp+u*pd, j*ps-pp+v*pd]
+           A[n,k,i,j]  = u*PS + v of the tap taken
+           The GEMM's M rows are pooled pixels; for each pool tap (a constexpr loop) the program
+           runs the implicit-GEMM main loop of ``kernels/conv.py`` for the conv pixels under that
+           tap, applies bias and ReLU on the fp32 accumulator, rounds to the output dtype (so the
+           comparison is the unfused path's, on stored values) and merges into a running max.
+           The merge is the max-pool kernel's: a tap is taken when ``v > best`` or ``v`` is NaN
+           (or nothing was taken yet), so the first of tied maxima wins and NaN propagates, as
+           torch's ``max_pool2d(relu(conv2d(...)))``.
+           Non-overlapping windows (VGG's 2x2/2): every conv pixel is computed exactly once, so
+           the kernel does the unfused FLOPs and writes a quarter of the bytes. Overlapping
+           windows (3x3/2): a conv pixel under several windows is recomputed for each (9 taps per
+           pooled pixel against ~4 conv pixels: 2.25x the conv FLOPs). ``one_kernel_wins`` decides
+           per layer whether that beats writing the activation once as a temporary for the
+           max-pool kernel (the host side's two-kernel path), by the H100 roofline.
+Backward:  (host side, ``cnnkernels/convpool.py``, from existing kernels) the pooled dY is masked
+           where Y <= 0 (the pooled value is the conv output at the argmax, so this is the conv's
+           ReLU mask) and db summed in the same pass; the max-pool backward scatters it to the
+           argmax (gather form, no atomics), which is the conv's masked dY' for its dX and dW.
+
+Limits: those of ``kernels/conv.py`` (strided tensors, 32-bit offsets within one image, batch
+pixel count below 2**31) and ``kernels/pool.py`` (pool padding at most half the window, so every
+window holds a conv pixel). Geometry of both the conv and the pool is constexpr.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    INTERPRET,
+    acc_dtype,
+    check_runnable,
+    dot_precision,
+    dot_upcast,
+    fit_to_dtype,
+    launch,
+    mma,
+    nchw_strides,
+    on_tensor_device,
+    pick_configs,
+    shape_only,
+    tl_dtype,
+    to_dtype,
+)
+from .conv import FLAT_BELOW, conv_output_size
+from .pool import argmax_dtype, pool_output_size
+
+
+def convpool_configs(flat: bool) -> list[triton.Config]:
+    """GEMM tiles (rows are pooled pixels); the running max and argmax add two tiles of
+    registers beside the accumulator, so the GPU tiles are the conv forward's smaller ones."""
+
+    def cfg(bm, bn, bk, warps, stages):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+    if flat:
+        gpu = [cfg(64, 64, 32, 4, 2), cfg(128, 64, 32, 8, 2)]
+    else:
+        gpu = [cfg(64, 128, 64, 4, 3), cfg(128, 128, 64, 8, 3), cfg(64, 64, 64, 4, 3)]
+    return pick_configs(gpu=gpu, interpreter=[cfg(128, 128, 64, 4, 1)])
+
+
+def _prune(configs, named_args, **kwargs):
+    flat = kwargs.get("FLAT", named_args.get("FLAT"))
+    first = named_args[next(iter(named_args))]
+    return fit_to_dtype(convpool_configs(bool(flat)), first.element_size())
+
+
+def _all_configs() -> list[triton.Config]:
+    if INTERPRET:
+        return convpool_configs(False)
+    return convpool_configs(False) + convpool_configs(True)
+
+
+_KEY = ["N", "H", "W", "C", "K", "P", "Q", "PP", "QQ", "R", "S", "STRIDE_H", "STRIDE_W", "POOL_R", "POOL_S", "FLAT"]
+
+
+@triton.jit
+def _conv_tile(
+    x_base,
+    x_rows,
+    ih0,
+    iw0,
+    row_ok,
+    w_base,
+    mask_n,
+    H,
+    W,
+    C,
+    stride_xc,
+    stride_xh,
+    stride_xw,
+    stride_wc,
+    stride_wr,
+    stride_ws,
+    R: tl.constexpr,
+    S: tl.constexpr,
+    DIL_H: tl.constexpr,
+    DIL_W: tl.constexpr,
+    FLAT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """The conv forward's main loop (``kernels/conv.py``) for one tile of rows: sum over
+    (r, s, c) of X at each row's window origin (ih0, iw0) times W. ``x_rows`` is the row base
+    address at tap (0, 0); rows with ``row_ok`` False contribute nothing."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    if FLAT:
+        steps = tl.cdiv(R * S * C, BLOCK_K)
+    else:
+        steps = R * S * tl.cdiv(C, BLOCK_K)
+    c0 = tl.full((), 0, tl.int32)
+    tap_r = tl.full((), 0, tl.int32)
+    tap_s = tl.full((), 0, tl.int32)
+    for t in range(0, steps):
+        if FLAT:
+            kk = t * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_ok = kk < R * S * C
+            c = kk % C
+            r = (kk // C) // S
+            s = (kk // C) % S
+            ih = ih0[:, None] + (r * DIL_H)[None, :]
+            iw = iw0[:, None] + (s * DIL_W)[None, :]
+            mask_a = row_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a_ptrs = x_base[:, None] + ih * stride_xh + iw * stride_xw + (c * stride_xc)[None, :]
+            w_off = c * stride_wc + r * stride_wr + s * stride_ws
+        else:
+            r = tap_r
+            s = tap_s
+            c = c0 + tl.arange(0, BLOCK_K)
+            c0 += BLOCK_K
+            next_tap = c0 >= C
+            c0 = tl.where(next_tap, 0, c0)
+            tap_s = tl.where(next_tap, tap_s + 1, tap_s)
+            next_row = tap_s == S
+            tap_s = tl.where(next_row, 0, tap_s)
+            tap_r = tl.where(next_row, tap_r + 1, tap_r)
+            k_ok = c < C
+            ih = ih0 + r * DIL_H
+            iw = iw0 + s * DIL_W
+            ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            mask_a = ok[:, None] & k_ok[None, :]
+            tap_off = r * (DIL_H * stride_xh) + s * (DIL_W * stride_xw)
+            a_ptrs = (x_rows + tap_off)[:, None] + (c * stride_xc)[None, :]
+            w_off = c * stride_wc + r * stride_wr + s * stride_ws
+        a = tl.load(a_ptrs, mask=mask_a, other=0.0)
+        b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+    return acc
+
+
+@triton.autotune(configs=_all_configs(), prune_configs_by={"early_config_prune": _prune}, key=_KEY)
+@triton.jit
+def _conv_relu_max_pool_fwd_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    arg_ptr,
+    N,
+    H,
+    W,
+    C,
+    P,
+    Q,
+    K,
+    PP,
+    QQ,  # C and K per group; (P, Q) the conv output, (PP, QQ) the pooled
+    stride_xn,
+    stride_xc,
+    stride_xh,
+    stride_xw,
+    stride_wk,
+    stride_wc,
+    stride_wr,
+    stride_ws,
+    stride_b,
+    stride_yn,
+    stride_yc,
+    stride_yh,
+    stride_yw,  # shared by y and arg
+    # Geometry is constexpr: the pool-tap loop unrolls and the window arithmetic folds.
+    R: tl.constexpr,
+    S: tl.constexpr,
+    STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr,
+    PAD_H: tl.constexpr,
+    PAD_W: tl.constexpr,
+    DIL_H: tl.constexpr,
+    DIL_W: tl.constexpr,
+    POOL_R: tl.constexpr,
+    POOL_S: tl.constexpr,
+    POOL_STRIDE_H: tl.constexpr,
+    POOL_STRIDE_W: tl.constexpr,
+    POOL_PAD_H: tl.constexpr,
+    POOL_PAD_W: tl.constexpr,
+    POOL_DIL_H: tl.constexpr,
+    POOL_DIL_W: tl.constexpr,
+    FLAT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2).to(tl.int64)
+
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < N * PP * QQ
+    mask_n = offs_n < K
+    n_idx = offs_m // (PP * QQ)
+    ij = (offs_m % (PP * QQ)).to(tl.int32)
+    pi = ij // QQ
+    pj = ij % QQ
+    x_base = x_ptr + g * C * stride_xc + n_idx * stride_xn
+    w_base = w_ptr + (g * K + offs_n) * stride_wk
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + (g * K + offs_n) * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)
+
+    best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), dtype=ACC_DTYPE)
+    arg = tl.full((BLOCK_M, BLOCK_N), -1, dtype=tl.int32)
+    for u in tl.static_range(POOL_R):
+        p = pi * POOL_STRIDE_H - POOL_PAD_H + u * POOL_DIL_H
+        for v in tl.static_range(POOL_S):
+            q = pj * POOL_STRIDE_W - POOL_PAD_W + v * POOL_DIL_W
+            row_ok = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+            ih0 = p * STRIDE_H - PAD_H
+            iw0 = q * STRIDE_W - PAD_W
+            x_rows = x_base + ih0 * stride_xh + iw0 * stride_xw
+            acc = _conv_tile(
+                x_base,
+                x_rows,
+                ih0,
+                iw0,
+                row_ok,
+                w_base,
+                mask_n,
+                H,
+                W,
+                C,
+                stride_xc,
+                stride_xh,
+                stride_xw,
+                stride_wc,
+                stride_wr,
+                stride_ws,
+                R,
+                S,
+                DIL_H,
+                DIL_W,
+                FLAT,
+                INPUT_PRECISION,
+                UPCAST,
+                ACC_DTYPE,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_K,
+            )
+            if HAS_BIAS:
+                acc += bias[None, :]
+            acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+            # Compared as stored (rounded to the output dtype), so ties are the unfused path's.
+            val = to_dtype(acc, y_ptr.dtype.element_ty).to(ACC_DTYPE)
+            take = row_ok[:, None] & ((val > best) | (val != val) | (arg < 0))
+            best = tl.where(take, val, best)
+            arg = tl.where(take, u * POOL_S + v, arg)
+
+    y_off = (n_idx * stride_yn + pi * stride_yh + pj * stride_yw)[:, None] + ((g * K + offs_n) * stride_yc)[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(arg_ptr + y_off, arg.to(arg_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers: check -> allocate -> grid -> launch.
+# ----------------------------------------------------------------------------------------------
+
+# H100 bf16 dense tensor-core rate over HBM bandwidth (``cnnkernels.roofline``): 790e12 / 3.0e12.
+FLOPS_PER_BYTE = 263
+
+
+def one_kernel_wins(
+    conv_pixels: int,
+    pooled_pixels: int,
+    c_per_group: int,
+    r: int,
+    s: int,
+    pool_kernel: tuple[int, int],
+    element_size: int,
+) -> bool:
+    """Whether the one-kernel forward beats conv+ReLU writing a temporary that the max-pool
+    kernel reads, on the roofline, per output channel: the one kernel recomputes
+    (taps * pooled - conv) pixels at 2*C*R*S FLOPs each; the two-kernel path writes and reads
+    every conv pixel once more (2 * element_size bytes). Non-overlapping windows recompute
+    nothing and always win."""
+    extra_flops = max(pool_kernel[0] * pool_kernel[1] * pooled_pixels - conv_pixels, 0) * 2 * c_per_group * r * s
+    extra_bytes = 2 * element_size * conv_pixels
+    return extra_flops <= FLOPS_PER_BYTE * extra_bytes
+
+
+def _geometry(weight, stride, padding, dilation, pool_kernel, pool_stride, pool_padding, pool_dilation) -> dict:
+    return {
+        "R": weight.shape[2],
+        "S": weight.shape[3],
+        "STRIDE_H": stride[0],
+        "STRIDE_W": stride[1],
+        "PAD_H": padding[0],
+        "PAD_W": padding[2],
+        "DIL_H": dilation[0],
+        "DIL_W": dilation[1],
+        "POOL_R": pool_kernel[0],
+        "POOL_S": pool_kernel[1],
+        "POOL_STRIDE_H": pool_stride[0],
+        "POOL_STRIDE_W": pool_stride[1],
+        "POOL_PAD_H": pool_padding[0],
+        "POOL_PAD_W": pool_padding[1],
+        "POOL_DIL_H": pool_dilation[0],
+        "POOL_DIL_W": pool_dilation[1],
+    }
+
+
+def output_sizes(
+    h, w, weight, stride, padding, dilation, pool_kernel, pool_stride, pool_padding, pool_dilation, ceil_mode
+) -> tuple[int, int, int, int]:
+    """(P, Q) of the conv and (PP, QQ) of the pool after it."""
+    p = conv_output_size(h, weight.shape[2], stride[0], padding[0] + padding[1], dilation[0])
+    q = conv_output_size(w, weight.shape[3], stride[1], padding[2] + padding[3], dilation[1])
+    pp = pool_output_size(p, pool_kernel[0], pool_stride[0], pool_padding[0], pool_dilation[0], ceil_mode)
+    qq = pool_output_size(q, pool_kernel[1], pool_stride[1], pool_padding[1], pool_dilation[1], ceil_mode)
+    return p, q, pp, qq
+
+
+@on_tensor_device
+def conv2d_relu_max_pool2d_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    pool_kernel: tuple[int, int],
+    pool_stride: tuple[int, int],
+    pool_padding: tuple[int, int],
+    pool_dilation: tuple[int, int],
+    ceil_mode: bool,
+    memory_format: torch.memory_format = torch.channels_last,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Y, A): max_pool2d(relu(conv2d(X, W) + b)) and its within-window argmax (int8 for windows
+    of up to 127 taps), in one kernel. ``padding`` is the conv's (top, bottom, left, right)."""
+    check_runnable("input", x)
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError("conv2d_relu_max_pool2d takes a 4-D input and a 4-D weight")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"input dtype {x.dtype} and weight dtype {weight.dtype} differ")
+    n, _, h, w = x.shape
+    k_out, cg, r, s = weight.shape
+    p, q, pp, qq = output_sizes(
+        h, w, weight, stride, padding, dilation, pool_kernel, pool_stride, pool_padding, pool_dilation, ceil_mode
+    )
+    y = torch.empty((n, k_out, pp, qq), device=x.device, dtype=x.dtype, memory_format=memory_format)
+    arg = torch.empty_strided(y.shape, y.stride(), device=x.device, dtype=argmax_dtype(pool_kernel))
+    if y.numel() == 0 or shape_only(x):
+        return y, arg
+    kg = k_out // groups
+    b_arg = bias if bias is not None else weight  # never read without HAS_BIAS
+
+    def grid(meta):
+        return (triton.cdiv(n * pp * qq, meta["BLOCK_M"]), triton.cdiv(kg, meta["BLOCK_N"]), groups)
+
+    launch(
+        _conv_relu_max_pool_fwd_kernel,
+        grid,
+        x,
+        weight,
+        b_arg,
+        y,
+        arg,
+        n,
+        h,
+        w,
+        cg,
+        p,
+        q,
+        kg,
+        pp,
+        qq,
+        *nchw_strides(x),
+        *nchw_strides(weight),
+        bias.stride(0) if bias is not None else 0,
+        *nchw_strides(y),
+        **_geometry(weight, stride, padding, dilation, pool_kernel, pool_stride, pool_padding, pool_dilation),
+        FLAT=cg < FLAT_BELOW,
+        HAS_BIAS=bias is not None,
+        INPUT_PRECISION=dot_precision(x.dtype),
+        UPCAST=dot_upcast(x.dtype),
+        ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
+    )
+    return y, arg

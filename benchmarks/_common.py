@@ -456,10 +456,6 @@ def _is_lazy(model) -> bool:
     return any(is_lazy(p) for p in model.parameters())
 
 
-def model_kwargs(name: str) -> dict:
-    return {"arch": roofline.VGG11_ARCH, "num_classes": 10} if name == "VGG" else {"num_classes": 10}
-
-
 def make_models(name: str, which: tuple[str, ...] = ("cnnkernels", "reference")) -> dict:
     """``{"cnnkernels": model, "reference": model}`` on the CPU in fp32 with identical weights.
 
@@ -472,7 +468,7 @@ def make_models(name: str, which: tuple[str, ...] = ("cnnkernels", "reference"))
     from cnnkernels.models import reference
 
     torch.manual_seed(0)
-    ref = getattr(reference, name)(**model_kwargs(name))
+    ref = getattr(reference, name)(num_classes=10)
     if _is_lazy(ref):
         with torch.no_grad():
             ref.eval()(torch.zeros(1, *IMAGE))

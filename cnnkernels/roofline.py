@@ -1,11 +1,11 @@
-"""Analytic roofline of the four seed architectures: per-layer FLOPs, fewest bytes and floor times.
+"""Analytic roofline of a model: per-layer FLOPs, fewest bytes and floor times.
 
-Pure Python (no torch import), so it is usable anywhere, including benchmark collection.
-
-The architectures are written down as data (``alexnet_spec``, ``vgg_spec``, ``nin_spec``,
-``googlenet_spec``), transcribed from the seed's model code; ``layer_table`` walks one of them at
-an input shape and returns one ``Layer`` per conv / pool / concatenation / flatten / linear, and
-``model_totals`` sums a table into a ``ModelTotals`` for a forward pass and a training step.
+The layer table comes from the model itself. ``layer_table`` builds the ``torch.nn`` model
+(``cnnkernels.models.reference``) on the ``meta`` device, runs it once with forward hooks (shapes
+only: nothing is computed, no kernel runs) and asks ``cnnkernels.fuse`` of it which kernel each
+layer becomes; it returns one ``Layer`` per conv / pool / concatenation / flatten / linear
+module, named by its module path (as in ``state_dict``). ``totals_of`` sums a table into a
+``ModelTotals`` for a forward pass and a training step. Importing this module imports no torch.
 
 Counting rules (``Layer``'s fields hold the numbers):
 
@@ -13,22 +13,23 @@ Counting rules (``Layer``'s fields hold the numbers):
   ``2 x`` the forward, except where the layer's input needs no gradient (the first layer: the
   image), where only dW is computed (``1 x``), as autograd does. Pooling counts one operation per
   window element read forward and one per input element backward; concatenation and flatten none.
+  ``tests/test_roofline.py`` holds the conv and linear counts to ``torch.utils.flop_counter``.
 * Bytes are the fewest a perfect implementation moves: every input, weight and output read or
-  written exactly once at the element size of ``dtype``. ReLU is fused into the conv/linear that
-  precedes it (forward: in the epilogue; backward: its mask comes from the saved output ``y``, so
-  backward reads dY and y once each). Inception's concatenation costs nothing: each branch writes
-  its channel slice of the block output. Max pooling saves a 1-byte within-window argmax per
-  output in training and its backward reads it. Flatten is a view. Dropout is treated as the
-  identity (evaluation) or as fused (training) and not counted.
+  written exactly once at the element size of ``dtype``. A ReLU after a linear layer, or fused
+  into its conv, adds nothing forward; backward its mask comes from the saved output ``y``, so
+  backward reads dY and y once each. A concatenation that the fused model does in place (the
+  seed's Inception: each branch writes its channel slice of the block output) costs nothing.
+  Max pooling saves a 1-byte within-window argmax per output in training and its backward reads
+  it. Flatten is a view. Dropout is treated as the identity (evaluation) or as fused (training).
 * A training step = training forward (+ the argmax bytes) + backward (dX, dW, db) + a plain SGD
   update per parameter (read w, read grad, write w; 2 FLOPs).
 * Floor time of a layer on a GPU = ``max(flops / peak, bytes / bandwidth)``; a model's floor is
   the sum of its layers' floors (layers run one after another), forward and backward separately.
-* ``unfused_extra_bytes_*``: what a layer-by-layer execution moves on top of the fused one. A
-  separate ReLU reads and writes the conv output forward (``2 x out``) and, backward, writes the
-  masked gradient that the conv backward then reads again (``2 x out``); ``torch.cat`` reads and
-  writes every branch output (``2 x out`` of the block). Only the convolutions' ReLUs count: the
-  linear layers' ReLUs are not fused in the fused models either.
+* ``unfused_extra_bytes_*``: what a layer-by-layer library moves on top of the fused kernels. A
+  separate ReLU after a conv reads and writes the conv output forward (``2 x out``) and, backward,
+  writes the masked gradient that the conv backward then reads again (``2 x out``); ``torch.cat``
+  reads and writes every branch output (``2 x out`` of the block). Only what the fused model
+  fuses counts: ReLUs fused into convs and in-place concatenations.
 
 Peaks (``GPU_CEILINGS``) are the measured-class dense tensor-core rates and HBM bandwidths that
 the project's design assumes (H100: ~790 TFLOP/s bf16, ~3.0 TB/s; H200: same compute, ~4.3 TB/s);
@@ -45,25 +46,14 @@ __all__ = [
     "DTYPE_BYTES",
     "GPU_CEILINGS",
     "MODELS",
-    "VGG11_ARCH",
-    "Conv",
-    "Flatten",
-    "GlobalAvgPool",
     "GpuCeiling",
-    "Inception",
     "Layer",
-    "Linear",
-    "MaxPool",
     "ModelTotals",
-    "alexnet_spec",
     "ceiling_for",
-    "googlenet_spec",
     "layer_table",
-    "model_spec",
     "model_totals",
-    "nin_spec",
+    "readme_table",
     "totals_of",
-    "vgg_spec",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -121,178 +111,8 @@ def _dtype_name(dtype) -> str:
     return name
 
 
-# --------------------------------------------------------------------------------------------
-# Architectures as data (transcribed from the seed's model code)
-
-
-@dataclasses.dataclass(frozen=True)
-class Conv:
-    """``nn.LazyConv2d(out_channels, kernel, stride, padding)``, followed by ReLU when ``relu``."""
-
-    name: str
-    out_channels: int
-    kernel: int
-    stride: int = 1
-    padding: int = 0
-    relu: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class MaxPool:
-    name: str
-    kernel: int
-    stride: int
-    padding: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class GlobalAvgPool:
-    """``nn.AdaptiveAvgPool2d((1, 1))``."""
-
-    name: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Flatten:
-    name: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Linear:
-    name: str
-    out_features: int
-    relu: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Inception:
-    """The seed's Inception block: 1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 | 3x3 max pool -> 1x1, concatenated."""
-
-    name: str
-    c1: int
-    c2: tuple[int, int]
-    c3: tuple[int, int]
-    c4: int
-
-    def branches(self) -> tuple[tuple, ...]:
-        """The four branches, each a sequence of layers applied to the block input."""
-        n = self.name
-        return (
-            (Conv(f"{n}.b1_1", self.c1, 1),),
-            (Conv(f"{n}.b2_1", self.c2[0], 1), Conv(f"{n}.b2_2", self.c2[1], 3, padding=1)),
-            (Conv(f"{n}.b3_1", self.c3[0], 1), Conv(f"{n}.b3_2", self.c3[1], 5, padding=2)),
-            (MaxPool(f"{n}.b4_1", 3, 1, 1), Conv(f"{n}.b4_2", self.c4, 1)),
-        )
-
-
-VGG11_ARCH: tuple[tuple[int, int], ...] = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
-
-
-def alexnet_spec(num_classes: int = 10) -> tuple:
-    return (
-        Conv("conv1", 96, 11, stride=4, padding=1),
-        MaxPool("pool1", 3, 2),
-        Conv("conv2", 256, 5, padding=2),
-        MaxPool("pool2", 3, 2),
-        Conv("conv3", 384, 3, padding=1),
-        Conv("conv4", 384, 3, padding=1),
-        Conv("conv5", 256, 3, padding=1),
-        MaxPool("pool3", 3, 2),
-        Flatten("flatten"),
-        Linear("fc1", 4096, relu=True),
-        Linear("fc2", 4096, relu=True),
-        Linear("fc3", num_classes),
-    )
-
-
-def vgg_spec(arch: Sequence[tuple[int, int]] = VGG11_ARCH, num_classes: int = 10) -> tuple:
-    layers: list = []
-    for b, (num_convs, out_channels) in enumerate(arch, start=1):
-        layers += [Conv(f"block{b}.conv{i}", out_channels, 3, padding=1) for i in range(1, num_convs + 1)]
-        layers.append(MaxPool(f"block{b}.pool", 2, 2))
-    return (
-        *layers,
-        Flatten("flatten"),
-        Linear("fc1", 4096, relu=True),
-        Linear("fc2", 4096, relu=True),
-        Linear("fc3", num_classes),
-    )
-
-
-def _nin_block(name: str, out_channels: int, kernel: int, stride: int, padding: int) -> list:
-    return [
-        Conv(f"{name}.conv", out_channels, kernel, stride, padding),
-        Conv(f"{name}.conv1x1_1", out_channels, 1),
-        Conv(f"{name}.conv1x1_2", out_channels, 1),
-    ]
-
-
-def nin_spec(num_classes: int = 10) -> tuple:
-    return (
-        *_nin_block("nin1", 96, 11, 4, 0),
-        MaxPool("pool1", 3, 2),
-        *_nin_block("nin2", 256, 5, 1, 2),
-        MaxPool("pool2", 3, 2),
-        *_nin_block("nin3", 384, 3, 1, 1),
-        MaxPool("pool3", 3, 2),
-        *_nin_block("nin4", num_classes, 3, 1, 1),
-        GlobalAvgPool("gap"),
-        Flatten("flatten"),
-    )
-
-
-def googlenet_spec(num_classes: int = 10) -> tuple:
-    return (
-        Conv("b1.conv", 64, 7, stride=2, padding=3),
-        MaxPool("b1.pool", 3, 2, 1),
-        Conv("b2.conv1x1", 64, 1),
-        Conv("b2.conv3x3", 192, 3, padding=1),
-        MaxPool("b2.pool", 3, 2, 1),
-        Inception("b3.inc1", 64, (96, 128), (16, 32), 32),
-        Inception("b3.inc2", 128, (128, 192), (32, 96), 64),
-        MaxPool("b3.pool", 3, 2, 1),
-        Inception("b4.inc1", 192, (96, 208), (16, 48), 64),
-        Inception("b4.inc2", 160, (112, 224), (24, 64), 64),
-        Inception("b4.inc3", 128, (128, 256), (24, 64), 64),
-        Inception("b4.inc4", 112, (144, 288), (32, 64), 64),
-        Inception("b4.inc5", 256, (160, 320), (32, 128), 128),
-        MaxPool("b4.pool", 3, 2, 1),
-        Inception("b5.inc1", 256, (160, 320), (32, 128), 128),
-        Inception("b5.inc2", 384, (192, 384), (48, 128), 128),
-        GlobalAvgPool("b5.gap"),
-        Flatten("b5.flatten"),
-        Linear("fc", num_classes),
-    )
-
-
 MODELS: tuple[str, ...] = ("AlexNet", "VGG", "NiN", "GoogLeNet")
-_MODEL_ALIASES = {
-    "alexnet": "AlexNet",
-    "vgg": "VGG",
-    "vgg11": "VGG",
-    "vgg-11": "VGG",
-    "nin": "NiN",
-    "googlenet": "GoogLeNet",
-}
-
-
-def _model_name(model: str) -> str:
-    try:
-        return _MODEL_ALIASES[model.lower()]
-    except KeyError:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}") from None
-
-
-def model_spec(model: str, num_classes: int = 10, vgg_arch: Sequence[tuple[int, int]] = VGG11_ARCH) -> tuple:
-    """The architecture of ``model`` ("AlexNet", "VGG", "NiN", "GoogLeNet"; case-insensitive)."""
-    name = _model_name(model)
-    if name == "AlexNet":
-        return alexnet_spec(num_classes)
-    if name == "VGG":
-        return vgg_spec(vgg_arch, num_classes)
-    if name == "NiN":
-        return nin_spec(num_classes)
-    return googlenet_spec(num_classes)
+_MODEL_ALIASES = {m.lower(): m for m in MODELS} | {"vgg11": "VGG", "vgg-11": "VGG"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,7 +123,7 @@ def model_spec(model: str, num_classes: int = 10, vgg_arch: Sequence[tuple[int, 
 class Layer:
     """One layer of a model at a batch size and dtype. Shapes include the batch dimension."""
 
-    name: str
+    name: str  # module path in the model, as in its state_dict
     kind: str  # "conv", "maxpool", "avgpool", "cat", "flatten", "linear"
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
@@ -322,8 +142,8 @@ class Layer:
     bytes_bwd: int = 0
     unfused_extra_bytes_fwd: int = 0
     unfused_extra_bytes_bwd: int = 0
-    flops_formula: str = ""  # forward, over the shape symbols N C H W K P Q R S (IN OUT for linear)
-    bytes_formula: str = ""
+    flops_formula: str = "0"  # forward, over the shape symbols N C H W K P Q R S (IN OUT for linear)
+    bytes_formula: str = "0"
     flops_formula_bwd: str = "0"
     bytes_formula_bwd: str = "0"
     bytes_formula_fwd_train: str = ""  # when the training forward moves more than the inference one
@@ -371,251 +191,173 @@ class Layer:
             )
         return c.floor_s(self.flops(mode), self.nbytes(mode), self.dtype)
 
-    @property
-    def floor_h100_s(self) -> float:
-        return self.floor_s("H100")
 
-    @property
-    def floor_h200_s(self) -> float:
-        return self.floor_s("H200")
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def _numel(shape: Sequence[int]) -> int:
-    return math.prod(shape)
-
-
-def _conv_layer(spec: Conv, shape: tuple[int, ...], dtype: str, needs_input_grad: bool) -> Layer:
-    n, c, h, w = shape
-    k, r = spec.out_channels, spec.kernel
-    p, q = _out_size(h, r, spec.stride, spec.padding), _out_size(w, r, spec.stride, spec.padding)
-    if p <= 0 or q <= 0:
-        raise ValueError(f"{spec.name}: input {shape} too small for a {r}x{r} kernel")
-    out = (n, k, p, q)
+def _gemm_layer(kind, name, x_shape, y_shape, dtype, needs_grad, relu, weights, params, geometry) -> Layer:
+    """A conv or linear layer: ``y = x (*) W + b``; ``weights`` elements of W, ``params`` with b."""
     b = DTYPE_BYTES[dtype]
-    weights = k * c * r * r
-    params = weights + k
-    flops = 2 * n * k * p * q * c * r * r
-    x, y = _numel(shape), _numel(out)
-    bytes_fwd = (x + params + y) * b
+    x, y = math.prod(x_shape), math.prod(y_shape)
+    flops = 2 * y * weights // y_shape[1]  # 2 x MACs: each output reads weights / out_channels of W
     # backward: read dY (+ y for the ReLU mask), x (for dW), W (for dX); write dX, dW, db
-    bwd = y + (y if spec.relu else 0) + x + params + (weights + x if needs_input_grad else 0)
-    return Layer(
-        name=spec.name,
-        kind="conv",
-        in_shape=shape,
-        out_shape=out,
-        dtype=dtype,
-        kernel=(r, r),
-        stride=(spec.stride, spec.stride),
-        padding=(spec.padding, spec.padding),
-        relu=spec.relu,
-        needs_input_grad=needs_input_grad,
-        params=params,
-        flops_fwd=flops,
-        flops_bwd=2 * flops if needs_input_grad else flops,
-        bytes_fwd=bytes_fwd,
-        bytes_fwd_train=bytes_fwd,
-        bytes_bwd=bwd * b,
-        unfused_extra_bytes_fwd=2 * y * b if spec.relu else 0,
-        unfused_extra_bytes_bwd=2 * y * b if spec.relu else 0,
-        flops_formula="2*N*K*P*Q*C*R*S",
-        bytes_formula="(N*C*H*W + K*C*R*S + K + N*K*P*Q) * bytes",
-        flops_formula_bwd="2 * 2*N*K*P*Q*C*R*S (dX and dW)"
-        if needs_input_grad
-        else "2*N*K*P*Q*C*R*S (dW only: the input needs no gradient)",
-        bytes_formula_bwd=(
-            f"({'2*' if spec.relu else ''}N*K*P*Q [dY{', y' if spec.relu else ''}] + N*C*H*W [x] + K*C*R*S + K [dW, db]"
-            + (" + K*C*R*S + N*C*H*W [W, dX]" if needs_input_grad else "")
-            + ") * bytes"
-        ),
-    )
-
-
-def _maxpool_layer(spec: MaxPool, shape: tuple[int, ...], dtype: str, needs_input_grad: bool) -> Layer:
-    n, c, h, w = shape
-    p, q = _out_size(h, spec.kernel, spec.stride, spec.padding), _out_size(w, spec.kernel, spec.stride, spec.padding)
-    out = (n, c, p, q)
-    b = DTYPE_BYTES[dtype]
-    x, y = _numel(shape), _numel(out)
-    return Layer(
-        name=spec.name,
-        kind="maxpool",
-        in_shape=shape,
-        out_shape=out,
-        dtype=dtype,
-        kernel=(spec.kernel, spec.kernel),
-        stride=(spec.stride, spec.stride),
-        padding=(spec.padding, spec.padding),
-        needs_input_grad=needs_input_grad,
-        flops_fwd=y * spec.kernel * spec.kernel,
-        flops_bwd=x if needs_input_grad else 0,
-        bytes_fwd=(x + y) * b,
-        bytes_fwd_train=(x + y) * b + y,  # + the 1-byte argmax per output
-        bytes_bwd=(y * b + y + x * b) if needs_input_grad else 0,  # read dY and argmax, write dX
-        flops_formula="N*C*P*Q*R*S",
-        bytes_formula="(N*C*H*W + N*C*P*Q) * bytes",
-        bytes_formula_fwd_train="(N*C*H*W + N*C*P*Q) * bytes + N*C*P*Q [1-byte argmax]",
-        flops_formula_bwd="N*C*H*W" if needs_input_grad else "0",
-        bytes_formula_bwd="N*C*P*Q * (bytes + 1) [dY, argmax] + N*C*H*W * bytes [dX]" if needs_input_grad else "0",
-    )
-
-
-def _avgpool_layer(spec: GlobalAvgPool, shape: tuple[int, ...], dtype: str, needs_input_grad: bool) -> Layer:
-    n, c, h, w = shape
-    out = (n, c, 1, 1)
-    b = DTYPE_BYTES[dtype]
-    x, y = _numel(shape), _numel(out)
-    return Layer(
-        name=spec.name,
-        kind="avgpool",
-        in_shape=shape,
-        out_shape=out,
-        dtype=dtype,
-        kernel=(h, w),
-        stride=(h, w),
-        padding=(0, 0),
-        needs_input_grad=needs_input_grad,
-        flops_fwd=x,
-        flops_bwd=x if needs_input_grad else 0,
-        bytes_fwd=(x + y) * b,
-        bytes_fwd_train=(x + y) * b,
-        bytes_bwd=(x + y) * b if needs_input_grad else 0,
-        flops_formula="N*C*H*W",
-        bytes_formula="(N*C*H*W + N*C) * bytes",
-        flops_formula_bwd="N*C*H*W" if needs_input_grad else "0",
-        bytes_formula_bwd="(N*C [dY] + N*C*H*W [dX]) * bytes" if needs_input_grad else "0",
-    )
-
-
-def _linear_layer(spec: Linear, shape: tuple[int, ...], dtype: str, needs_input_grad: bool) -> Layer:
-    n, f = shape
-    o = spec.out_features
-    b = DTYPE_BYTES[dtype]
-    params = f * o + o
-    flops = 2 * n * f * o
-    x, y = n * f, n * o
-    bytes_fwd = (x + params + y) * b
-    bwd = y + (y if spec.relu else 0) + x + params + (f * o + x if needs_input_grad else 0)
-    return Layer(
-        name=spec.name,
-        kind="linear",
-        in_shape=shape,
-        out_shape=(n, o),
-        dtype=dtype,
-        relu=spec.relu,
-        needs_input_grad=needs_input_grad,
-        params=params,
-        flops_fwd=flops,
-        flops_bwd=2 * flops if needs_input_grad else flops,
-        bytes_fwd=bytes_fwd,
-        bytes_fwd_train=bytes_fwd,
-        bytes_bwd=bwd * b,
-        flops_formula="2*N*IN*OUT",
-        bytes_formula="(N*IN + IN*OUT + OUT + N*OUT) * bytes",
-        flops_formula_bwd="2 * 2*N*IN*OUT (dX and dW)" if needs_input_grad else "2*N*IN*OUT (dW only)",
-        bytes_formula_bwd=(
-            f"({'2*' if spec.relu else ''}N*OUT [dY{', y' if spec.relu else ''}] + N*IN [x] + IN*OUT + OUT [dW, db]"
-            + (" + IN*OUT + N*IN [W, dX]" if needs_input_grad else "")
-            + ") * bytes"
-        ),
-    )
-
-
-def _cat_layer(name: str, shapes: list[tuple[int, ...]], dtype: str) -> Layer:
-    n, _, h, w = shapes[0]
-    if any(s[0] != n or s[2:] != (h, w) for s in shapes):
-        raise ValueError(f"{name}: branch shapes differ outside the channel dimension: {shapes}")
-    chans = tuple(s[1] for s in shapes)
-    out = (n, sum(chans), h, w)
-    b = DTYPE_BYTES[dtype]
+    bwd = y + (y if relu else 0) + x + params + (weights + x if needs_grad else 0)
+    s = ("N*C*H*W", "K*C*R*S", "K", "N*K*P*Q") if kind == "conv" else ("N*IN", "IN*OUT", "OUT", "N*OUT")
+    f = "2*N*K*P*Q*C*R*S" if kind == "conv" else "2*N*IN*OUT"
+    fused_relu = kind == "conv" and relu
     return Layer(
         name=name,
-        kind="cat",
-        in_shape=out,
-        out_shape=out,
+        kind=kind,
+        in_shape=x_shape,
+        out_shape=y_shape,
         dtype=dtype,
-        branch_channels=chans,
-        unfused_extra_bytes_fwd=2 * _numel(out) * b,  # torch.cat reads and writes every branch output
-        flops_formula="0",
-        bytes_formula="0 (each branch writes its channel slice)",
-        bytes_formula_bwd="0 (each branch reads its slice of the gradient)",
+        relu=relu,
+        needs_input_grad=needs_grad,
+        params=params,
+        flops_fwd=flops,
+        flops_bwd=2 * flops if needs_grad else flops,
+        bytes_fwd=(x + params + y) * b,
+        bytes_fwd_train=(x + params + y) * b,
+        bytes_bwd=bwd * b,
+        unfused_extra_bytes_fwd=2 * y * b if fused_relu else 0,
+        unfused_extra_bytes_bwd=2 * y * b if fused_relu else 0,
+        flops_formula=f,
+        bytes_formula=f"({s[0]} + {s[1]} + {s[2]} + {s[3]}) * bytes",
+        flops_formula_bwd=f"2 * {f} (dX and dW)" if needs_grad else f"{f} (dW only: the input needs no gradient)",
+        bytes_formula_bwd=(
+            f"({'2*' if relu else ''}{s[3]} [dY{', y' if relu else ''}] + {s[0]} [x] + {s[1]} + {s[2]} [dW, db]"
+            + (f" + {s[1]} + {s[0]} [W, dX]" if needs_grad else "")
+            + ") * bytes"
+        ),
+        **geometry,
     )
+
+
+def _pool_layer(kind, name, x_shape, y_shape, dtype, needs_grad, geometry) -> Layer:
+    """Max pooling (window ``geometry["kernel"]``) or adaptive average pooling."""
+    b = DTYPE_BYTES[dtype]
+    x, y = math.prod(x_shape), math.prod(y_shape)
+    argmax = y if kind == "maxpool" else 0  # the 1-byte within-window argmax, saved for backward
+    return Layer(
+        name=name,
+        kind=kind,
+        in_shape=x_shape,
+        out_shape=y_shape,
+        dtype=dtype,
+        needs_input_grad=needs_grad,
+        flops_fwd=y * math.prod(geometry["kernel"]) if kind == "maxpool" else x,
+        flops_bwd=x if needs_grad else 0,
+        bytes_fwd=(x + y) * b,
+        bytes_fwd_train=(x + y) * b + argmax,
+        bytes_bwd=(y * b + argmax + x * b) if needs_grad else 0,  # read dY (and argmax), write dX
+        flops_formula="N*C*P*Q*R*S" if kind == "maxpool" else "N*C*H*W",
+        bytes_formula="(N*C*H*W + N*C*P*Q) * bytes",
+        bytes_formula_fwd_train="(N*C*H*W + N*C*P*Q) * bytes + N*C*P*Q [1-byte argmax]" if argmax else "",
+        flops_formula_bwd="N*C*H*W" if needs_grad else "0",
+        bytes_formula_bwd="0"
+        if not needs_grad
+        else "N*C*P*Q * (bytes + 1) [dY, argmax] + N*C*H*W * bytes [dX]"
+        if argmax
+        else "(N*C*P*Q [dY] + N*C*H*W [dX]) * bytes",
+        **geometry,
+    )
+
+
+def _architecture(model):
+    """The ``torch.nn`` class and constructor arguments of ``model``: a name in ``MODELS``
+    (case-insensitive; 10 classes), or a ``cnnkernels.models`` model, fused or reference."""
+    from cnnkernels.models import reference
+
+    if isinstance(model, str):
+        try:
+            return getattr(reference, _MODEL_ALIASES[model.lower()]), {"num_classes": 10}
+        except KeyError:
+            raise ValueError(f"model must be one of {MODELS} or a cnnkernels.models model, got {model!r}") from None
+    twin = getattr(type(model), "_shape_twin", None)
+    if twin is None:
+        raise TypeError(f"model must be a name or a cnnkernels.models model, got {type(model).__name__}")
+    return twin(), model.hparams
 
 
 def layer_table(
-    model: str,
-    input_shape: Sequence[int] = (1, 1, 224, 224),
-    batch: int | None = None,
-    *,
-    dtype: str = "bfloat16",
-    num_classes: int = 10,
-    vgg_arch: Sequence[tuple[int, int]] = VGG11_ARCH,
+    model="GoogLeNet", input_shape: Sequence[int] = (1, 1, 224, 224), batch: int | None = None, *, dtype="bfloat16"
 ) -> list[Layer]:
-    """Every conv, pool, Inception concatenation, flatten and linear layer of ``model``, in order.
+    """Every conv, pool, concatenation, flatten and linear layer of ``model``, in call order.
 
-    ``input_shape`` is (N, C, H, W) as passed to the seed's ``layer_summary``; ``batch`` replaces
-    its N. ``dtype`` (torch.dtype or name) sets the element size of the byte counts. Inception
-    blocks expand to their branch layers ``<block>.b1_1`` ... ``<block>.b4_2`` and ``<block>.cat``.
-    """
+    ``model``: a name in ``MODELS`` (case-insensitive, 10 classes) or a ``cnnkernels.models`` model
+    (fused or reference: its architecture at its constructor arguments; its weights are not
+    touched). ``input_shape`` is (N, C, H, W) as passed to ``layer_summary``; ``batch`` replaces
+    its N. ``dtype`` (torch.dtype or name) sets the element size of the byte counts. A
+    concatenation row is named after the block that concatenates (its ``kind`` is "cat") and
+    follows the block's branch layers."""
+    import torch
+    from torch import nn
+
+    from cnnkernels import fuse
+    from cnnkernels import nn as cnn
+
     if len(input_shape) != 4 or any(int(d) <= 0 for d in input_shape):
         raise ValueError(f"input_shape must be a positive (N, C, H, W), got {tuple(input_shape)}")
-    shape = tuple(int(d) for d in input_shape)
-    if batch is not None:
-        if batch <= 0:
-            raise ValueError(f"batch must be positive, got {batch}")
-        shape = (int(batch), *shape[1:])
+    if batch is not None and batch <= 0:
+        raise ValueError(f"batch must be positive, got {batch}")
+    shape = (int(batch or input_shape[0]), *(int(d) for d in input_shape[1:]))
     dtype = _dtype_name(dtype)
+    cls, hparams = _architecture(model)
+    with torch.device("meta"):
+        ref = cls(**hparams)
+    low = ref.min_input_size
+    if min(shape[2:]) < low:
+        raise ValueError(f"{cls.__name__} input {shape[2]}x{shape[3]} is too small; it needs at least {low}x{low}")
+    ref.materialize(shape)
+    kernels = dict(fuse(ref.net).named_modules(prefix="net"))  # what each layer becomes on the kernels
+    calls = []  # (path, module, input, output) in the order the modules finish
+    for path, m in ref.named_modules():
+        m.register_forward_hook(lambda m, args, out, path=path: calls.append((path, m, args[0], out)))
+    with torch.no_grad():
+        ref(torch.empty(shape, device="meta"))
+
     rows: list[Layer] = []
     needs_grad = False  # the image needs no gradient; everything after the first layer with parameters does
-
-    def add(spec, in_shape):
-        nonlocal needs_grad
-        if isinstance(spec, Conv):
-            row = _conv_layer(spec, in_shape, dtype, needs_grad)
-        elif isinstance(spec, MaxPool):
-            row = _maxpool_layer(spec, in_shape, dtype, needs_grad)
-        elif isinstance(spec, GlobalAvgPool):
-            row = _avgpool_layer(spec, in_shape, dtype, needs_grad)
-        elif isinstance(spec, Linear):
-            row = _linear_layer(spec, in_shape, dtype, needs_grad)
+    for i, (path, m, x, y) in enumerate(calls):
+        fused, xs, ys = kernels.get(path), tuple(x.shape), tuple(y.shape)
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            conv = isinstance(m, nn.Conv2d)
+            if conv:
+                relu = isinstance(fused, cnn.Conv2dReLU)
+                geometry = dict(kernel=_pair(m.kernel_size), stride=_pair(m.stride), padding=_pair(m.padding))
+            else:  # torch's ReLU module right after it, on its output
+                relu = i + 1 < len(calls) and isinstance(calls[i + 1][1], nn.ReLU) and calls[i + 1][2] is y
+                geometry = {}
+            params = sum(p.numel() for p in m.parameters(recurse=False))
+            row = _gemm_layer(
+                "conv" if conv else "linear", path, xs, ys, dtype, needs_grad, relu, m.weight.numel(), params, geometry
+            )
+        elif isinstance(m, nn.MaxPool2d):
+            geometry = dict(kernel=_pair(m.kernel_size), stride=_pair(m.stride), padding=_pair(m.padding))
+            row = _pool_layer("maxpool", path, xs, ys, dtype, needs_grad, geometry)
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            geometry = dict(kernel=xs[2:], stride=xs[2:], padding=(0, 0))
+            row = _pool_layer("avgpool", path, xs, ys, dtype, needs_grad, geometry)
+        elif isinstance(m, nn.Flatten):
+            row = Layer(path, "flatten", xs, ys, dtype, needs_input_grad=needs_grad, bytes_formula="0 (a view)")
+        elif isinstance(fused, cnn.Inception):  # zero-copy: each branch writes its channel slice
+            branches = tuple(getattr(fused, b).out_channels for b in ("b1_1", "b2_2", "b3_2", "b4_2"))
+            row = Layer(
+                path,
+                "cat",
+                ys,
+                ys,
+                dtype,
+                branch_channels=branches,
+                unfused_extra_bytes_fwd=2 * math.prod(ys) * DTYPE_BYTES[dtype],  # torch.cat reads and writes it
+                bytes_formula="0 (each branch writes its channel slice)",
+                bytes_formula_bwd="0 (each branch reads its slice of the gradient)",
+            )
         else:
-            raise TypeError(f"unknown layer spec {spec!r}")
+            continue
         needs_grad = needs_grad or row.params > 0
         rows.append(row)
-        return row.out_shape
-
-    for spec in model_spec(model, num_classes, vgg_arch):
-        if isinstance(spec, Flatten):
-            out = (shape[0], _numel(shape[1:]))
-            rows.append(
-                Layer(
-                    spec.name,
-                    "flatten",
-                    shape,
-                    out,
-                    dtype,
-                    needs_input_grad=needs_grad,
-                    flops_formula="0",
-                    bytes_formula="0 (a view)",
-                )
-            )
-            shape = out
-        elif isinstance(spec, Inception):
-            outs = []
-            for branch in spec.branches():
-                cur = shape
-                for sub in branch:
-                    cur = add(sub, cur)
-                outs.append(cur)
-            row = _cat_layer(f"{spec.name}.cat", outs, dtype)
-            rows.append(row)
-            shape = row.out_shape
-        else:
-            shape = add(spec, shape)
     return rows
 
 
@@ -674,19 +416,19 @@ class ModelTotals:
 
 
 def totals_of(model: str, rows: Sequence[Layer]) -> ModelTotals:
-    """Sum a layer table (as ``layer_table`` returns it) into a ``ModelTotals``."""
+    """Sum a layer table (as ``layer_table`` returns it) into a ``ModelTotals`` labelled ``model``."""
     dtype = rows[0].dtype
-    b = DTYPE_BYTES[dtype]
     params = sum(r.params for r in rows)
-    sgd_flops, sgd_bytes = 2 * params, 3 * params * b
-    floor_fwd, floor_bwd, floor_train = {}, {}, {}
+    sgd_flops, sgd_bytes = 2 * params, 3 * params * DTYPE_BYTES[dtype]
+    floors = {
+        mode: {gpu: sum(r.floor_s(gpu, mode) for r in rows) for gpu in GPU_CEILINGS}
+        for mode in ("forward", "backward", "train")
+    }
     for gpu, c in GPU_CEILINGS.items():
-        floor_fwd[gpu] = sum(r.floor_s(gpu, "forward") for r in rows)
-        floor_bwd[gpu] = sum(r.floor_s(gpu, "backward") for r in rows)
-        floor_train[gpu] = sum(r.floor_s(gpu, "train") for r in rows) + c.floor_s(sgd_flops, sgd_bytes, dtype)
+        floors["train"][gpu] += c.floor_s(sgd_flops, sgd_bytes, dtype)
     conv = [r for r in rows if r.kind == "conv"]
     return ModelTotals(
-        model=_model_name(model),
+        model=model,
         batch=rows[0].batch,
         dtype=dtype,
         params=params,
@@ -696,9 +438,9 @@ def totals_of(model: str, rows: Sequence[Layer]) -> ModelTotals:
         bytes_bwd=sum(r.bytes_bwd for r in rows),
         flops_train=sum(r.flops("train") for r in rows) + sgd_flops,
         bytes_train=sum(r.nbytes("train") for r in rows) + sgd_bytes,
-        floor_fwd_s=floor_fwd,
-        floor_bwd_s=floor_bwd,
-        floor_train_s=floor_train,
+        floor_fwd_s=floors["forward"],
+        floor_bwd_s=floors["backward"],
+        floor_train_s=floors["train"],
         sgd_flops=sgd_flops,
         sgd_bytes=sgd_bytes,
         unfused_relu_bytes_fwd=sum(r.unfused_extra_bytes_fwd for r in conv),
@@ -707,65 +449,65 @@ def totals_of(model: str, rows: Sequence[Layer]) -> ModelTotals:
     )
 
 
-def model_totals(
-    model: str,
-    input_shape: Sequence[int] = (1, 1, 224, 224),
-    batch: int | None = None,
-    *,
-    dtype: str = "bfloat16",
-    num_classes: int = 10,
-    vgg_arch: Sequence[tuple[int, int]] = VGG11_ARCH,
-) -> ModelTotals:
+def model_totals(model="GoogLeNet", input_shape=(1, 1, 224, 224), batch=None, *, dtype="bfloat16") -> ModelTotals:
     """Totals of ``layer_table(model, ...)`` (same arguments) for a forward pass and a training step."""
-    return totals_of(
-        model, layer_table(model, input_shape, batch, dtype=dtype, num_classes=num_classes, vgg_arch=vgg_arch)
-    )
+    label = model if isinstance(model, str) else type(model).__name__
+    return totals_of(label, layer_table(model, input_shape, batch, dtype=dtype))
 
 
-def _positive_int(text: str) -> int:
+def readme_table(batch: int = 128, dtype: str = "bfloat16") -> str:
+    """The README's table of the bytes fusion saves (Markdown), from ``model_totals``."""
+    lines = [
+        "| model | fused forward moves | layer-by-layer adds (forward) | of which ReLU / concat | adds per training step |",
+        "|---|---|---|---|---|",
+    ]
+    for m in MODELS:
+        t = model_totals(m, batch=batch, dtype=dtype)
+        split = f"{t.unfused_relu_bytes_fwd / 1e9:.2f} / {t.unfused_cat_bytes_fwd / 1e9:.2f} GB"
+        lines.append(
+            f"| {'VGG-11' if m == 'VGG' else m} | {t.bytes_fwd / 1e9:.2f} GB | {t.unfused_extra_bytes_fwd / 1e9:.2f} GB "
+            f"| {split if t.unfused_cat_bytes_fwd else 'ReLU only'} | {t.unfused_extra_bytes_train / 1e9:.2f} GB |"
+        )
+    return "\n".join(lines)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:  # a printed summary; --readme: the README's table
     import argparse
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) <= 0:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+        return int(text)
 
-
-def _dtype_arg(text: str) -> str:
-    import argparse
-
-    try:
-        return _dtype_name(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be one of fp32, fp16, bf16, fp64, got {text!r}") from None
-
-
-def _main(argv: Sequence[str] | None = None) -> int:  # a printed summary for the README
-    import argparse
+    def dtype(text: str) -> str:
+        try:
+            return _dtype_name(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be one of fp32, fp16, bf16, fp64, got {text!r}") from None
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line on stderr, exit 2
             self.exit(2, f"{self.prog}: {message}\n")
 
     ap = Parser(prog="python -m cnnkernels.roofline", description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=_positive_int, default=128)
-    ap.add_argument("--dtype", type=_dtype_arg, default="bfloat16")
+    ap.add_argument("--batch", type=positive, default=128)
+    ap.add_argument("--dtype", type=dtype, default="bfloat16")
     ap.add_argument("--gpu", default="H100", choices=sorted(GPU_CEILINGS))
     ap.add_argument("--layers", action="store_true", help="print every layer, not only the totals")
+    ap.add_argument("--readme", action="store_true", help="print the README's table of the bytes fusion saves")
     args = ap.parse_args(argv)
+    if args.readme:
+        print(readme_table(args.batch, args.dtype))
+        return 0
     print(f"batch {args.batch}, {args.dtype}, floors on {GPU_CEILINGS[args.gpu].name}")
     for m in MODELS:
         rows = layer_table(m, batch=args.batch, dtype=args.dtype)
         t = totals_of(m, rows)
-        if args.layers:
-            for r in rows:
-                print(
-                    f"  {m:9s} {r.name:16s} {r.kind:8s} {'x'.join(map(str, r.out_shape[1:])):>12s} "
-                    f"{r.flops_fwd / 1e9:10.2f} GFLOP {r.bytes_fwd / 1e6:9.1f} MB {r.floor_s(args.gpu) * 1e6:9.1f} us"
-                )
+        for r in rows if args.layers else ():
+            print(
+                f"  {m:9s} {r.name:16s} {r.kind:8s} {'x'.join(map(str, r.out_shape[1:])):>12s} "
+                f"{r.flops_fwd / 1e9:10.2f} GFLOP {r.bytes_fwd / 1e6:9.1f} MB {r.floor_s(args.gpu) * 1e6:9.1f} us"
+            )
         print(
             f"{m:9s} params {t.params / 1e6:7.2f} M | fwd {t.flops_fwd / 1e12:7.3f} TFLOP {t.bytes_fwd / 1e9:7.3f} GB "
             f"floor {t.floor_s(args.gpu) * 1e3:7.3f} ms | train {t.flops_train / 1e12:7.3f} TFLOP {t.bytes_train / 1e9:7.3f} GB "

@@ -60,8 +60,8 @@ def test_model_grid_is_complete(collected):
 def test_layer_grids(collected):
     _, ids = collected
     # per-layer: bf16 forward/backward/train, fp16/fp32 forward only
-    assert "benchmarks/test_bench_conv.py::test_conv[AlexNet.conv1-bf16-train-cudnn]" in ids
-    assert "benchmarks/test_bench_conv1x1.py::test_conv1x1[GoogLeNet.b2.conv1x1-fp32-forward-cnnkernels]" in ids
+    assert "benchmarks/test_bench_conv.py::test_conv[AlexNet.net.0-bf16-train-cudnn]" in ids
+    assert "benchmarks/test_bench_conv1x1.py::test_conv1x1[GoogLeNet.net.1.0-fp32-forward-cnnkernels]" in ids
     assert not any("fp16-backward" in i or "fp32-train" in i for i in ids)
     assert not any(i.startswith("benchmarks/test_bench_pool.py") and "-train-" in i for i in ids)
     assert all("-forward-" in i for i in ids if i.startswith("benchmarks/test_bench_cat.py"))

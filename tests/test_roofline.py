@@ -1,14 +1,16 @@
-"""The analytic roofline: layer shapes against the seed's printed ``layer_summary``, FLOPs and bytes
-by hand formula, the floor as the max of its two terms, and totals that add up.
-
-The model totals pinned below (parameters, forward FLOPs) agree with ``torch.nn`` builds of the
-seed's models counted by ``torch.utils.flop_counter``."""
+"""The analytic roofline: the layer table taken from the models (shapes against the seed's printed
+``layer_summary``), FLOPs against ``torch.utils.flop_counter`` and by hand formula, bytes by hand
+formula, the floor as the max of its two terms, totals that add up, and the README's byte table."""
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 
 from cnnkernels import roofline as R
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _rows(model, batch=1, **kw):
@@ -38,88 +40,95 @@ def test_alexnet_shapes_match_seed_summary():
     assert [(r.kind, r.out_shape) for r in rows] == ALEXNET_SEED
 
 
+def _kind(rows, kind):
+    return [r.out_shape for r in (rows.values() if isinstance(rows, dict) else rows) if r.kind == kind]
+
+
 def test_vgg11_block_outputs_match_seed_summary():
     rows = _rows("VGG")
-    blocks = [rows[f"block{b}.pool"].out_shape for b in range(1, 6)]
+    blocks = _kind(rows, "maxpool")
     assert blocks == [(1, 64, 112, 112), (1, 128, 56, 56), (1, 256, 28, 28), (1, 512, 14, 14), (1, 512, 7, 7)]
-    assert rows["flatten"].out_shape == (1, 25088)
-    assert [rows[f"fc{i}"].out_shape for i in (1, 2, 3)] == [(1, 4096), (1, 4096), (1, 10)]
+    assert _kind(rows, "flatten") == [(1, 25088)]
+    assert _kind(rows, "linear") == [(1, 4096), (1, 4096), (1, 10)]
     assert sum(r.kind == "conv" for r in rows.values()) == 8  # "VGG-11 has 8 conv layers and 3 fully connected"
 
 
 def test_vgg_takes_any_arch():
-    rows = _rows("VGG", vgg_arch=((1, 8), (2, 16)))
-    assert [r.out_shape for r in rows.values() if r.kind == "maxpool"] == [(1, 8, 112, 112), (1, 16, 56, 56)]
-    assert rows["flatten"].out_shape == (1, 16 * 56 * 56)
+    from cnnkernels.models import reference
+
+    rows = R.layer_table(reference.VGG(arch=((1, 8), (2, 16))))
+    assert _kind(rows, "maxpool") == [(1, 8, 112, 112), (1, 16, 56, 56)]
+    assert _kind(rows, "flatten") == [(1, 16 * 56 * 56)]
 
 
 def test_googlenet_block_outputs_match_seed():
     rows = _rows("GoogLeNet")
-    assert rows["b1.pool"].out_shape == (1, 64, 56, 56)
-    assert rows["b2.pool"].out_shape == (1, 192, 28, 28)
-    assert rows["b3.pool"].out_shape == (1, 480, 14, 14)
-    assert rows["b4.pool"].out_shape == (1, 832, 7, 7)
-    assert rows["b5.flatten"].out_shape == (1, 1024)
-    assert rows["fc"].out_shape == (1, 10)
+    pools = [r.out_shape for r in rows.values() if r.kind == "maxpool" and r.stride == (2, 2)]
+    assert pools == [(1, 64, 56, 56), (1, 192, 28, 28), (1, 480, 14, 14), (1, 832, 7, 7)]
+    assert _kind(rows, "flatten") == [(1, 1024)] and _kind(rows, "linear") == [(1, 10)]
     # the seed's channel sums: 480 = 128 + 192 + 96 + 64, 832 = 256 + 320 + 128 + 128, 1024 = 384 + 384 + 128 + 128
-    assert rows["b3.inc2.cat"].branch_channels == (128, 192, 96, 64)
-    assert rows["b4.inc5.cat"].branch_channels == (256, 320, 128, 128)
-    assert rows["b5.inc2.cat"].branch_channels == (384, 384, 128, 128)
-    cats = [r.out_shape[1] for r in rows.values() if r.kind == "cat"]
-    assert cats == [256, 480, 512, 512, 512, 528, 832, 832, 1024]
+    assert rows["net.2.1"].branch_channels == (128, 192, 96, 64)
+    assert rows["net.3.4"].branch_channels == (256, 320, 128, 128)
+    assert rows["net.4.1"].branch_channels == (384, 384, 128, 128)
+    assert [s[1] for s in _kind(rows, "cat")] == [256, 480, 512, 512, 512, 528, 832, 832, 1024]
 
 
 def test_inception_branches_read_the_block_input():
     rows = _rows("GoogLeNet")
-    block_in = rows["b3.pool"].out_shape
+    block_in = rows["net.2.2"].out_shape  # the pool before b4's first Inception
     for b in ("b1_1", "b2_1", "b3_1", "b4_1"):
-        assert rows[f"b4.inc1.{b}"].in_shape == block_in
-    assert rows["b4.inc1.b2_2"].in_shape == rows["b4.inc1.b2_1"].out_shape
-    assert rows["b4.inc1.b4_1"].out_shape == block_in  # 3x3, stride 1, padding 1
+        assert rows[f"net.3.0.{b}"].in_shape == block_in
+    assert rows["net.3.0.b2_2"].in_shape == rows["net.3.0.b2_1"].out_shape
+    assert rows["net.3.0.b4_1"].out_shape == block_in  # 3x3, stride 1, padding 1
+    names = list(rows)  # the concatenation follows the block's branches
+    assert names.index("net.3.0") == names.index("net.3.0.b4_2") + 1
 
 
 def test_nin_shapes():
     rows = _rows("NiN")
-    assert [r.out_shape for r in rows.values() if r.kind == "maxpool"] == [
-        (1, 96, 26, 26),
-        (1, 256, 12, 12),
-        (1, 384, 5, 5),
-    ]
-    assert rows["nin1.conv"].out_shape == (1, 96, 54, 54)
-    assert rows["nin4.conv1x1_2"].out_shape == (1, 10, 5, 5)
-    assert rows["gap"].out_shape == (1, 10, 1, 1)
-    assert rows["flatten"].out_shape == (1, 10)
+    assert _kind(rows, "maxpool") == [(1, 96, 26, 26), (1, 256, 12, 12), (1, 384, 5, 5)]
+    assert rows["net.0.0"].out_shape == (1, 96, 54, 54)
+    assert rows["net.7.4"].out_shape == (1, 10, 5, 5)
+    assert _kind(rows, "avgpool") == [(1, 10, 1, 1)] and _kind(rows, "flatten") == [(1, 10)]
     assert sum(r.is_1x1 for r in rows.values()) == 8
 
 
 def test_seed_parameter_counts():
     alex, vgg = _rows("AlexNet"), _rows("VGG")
-    assert alex["fc1"].params == 6400 * 4096 + 4096  # the seed's "26M"
-    assert alex["fc2"].params == 4096 * 4096 + 4096  # "16M"
-    assert vgg["fc1"].params == 25088 * 4096 + 4096  # "103M"
-    assert alex["conv4"].params == 384 * 3 * 3 * 384 + 384
+    assert alex["net.14"].params == 6400 * 4096 + 4096  # the seed's "26M"
+    assert alex["net.17"].params == 4096 * 4096 + 4096  # "16M"
+    assert vgg["net.6"].params == 25088 * 4096 + 4096  # "103M"
+    assert alex["net.8"].params == 384 * 3 * 3 * 384 + 384
 
 
-@pytest.mark.parametrize(
-    "model,params,flops",
-    [
-        pytest.param("AlexNet", 46_764_746, 1_876_292_352, id="AlexNet"),
-        pytest.param("VGG", 128_806_154, 15_094_464_512, id="VGG"),
-        pytest.param("NiN", 1_992_166, 1_524_594_704, id="NiN"),
-        pytest.param("GoogLeNet", 5_977_530, 3_005_964_288, id="GoogLeNet"),
-    ],
-)
-def test_model_parameters_and_conv_linear_flops(model, params, flops):
-    rows = R.layer_table(model)
-    assert sum(r.params for r in rows) == params
-    assert sum(r.flops_fwd for r in rows if r.kind in ("conv", "linear")) == flops
+def test_fused_and_reference_models_give_the_named_table():
+    """A model passes its own architecture (class and constructor arguments), fused or not."""
+    from cnnkernels import models
+
+    by_name = R.layer_table("GoogLeNet", batch=2, dtype="fp16")
+    assert R.layer_table(models.GoogLeNet(), batch=2, dtype="fp16") == by_name
+    assert R.layer_table(models.reference.GoogLeNet(), batch=2, dtype="fp16") == by_name
+    assert R.layer_table(models.NiN(num_classes=7), batch=2)[-2].out_shape == (2, 7, 1, 1)
+
+
+def test_fusion_decides_relu_and_concatenation_bytes():
+    """What the fused model fuses is what the bytes model saves: every conv of the four models is
+    followed by a ReLU (fused), the linear layers' ReLUs are torch's (no saving counted), and only
+    GoogLeNet concatenates (in place)."""
+    for model in R.MODELS:
+        rows = R.layer_table(model)
+        convs = [r for r in rows if r.kind == "conv"]
+        assert convs and all(r.relu and r.unfused_extra_bytes_fwd > 0 for r in convs)
+        assert all(r.unfused_extra_bytes_fwd == 0 for r in rows if r.kind == "linear")
+    alex = [r for r in R.layer_table("AlexNet") if r.kind == "linear"]
+    assert [r.relu for r in alex] == [True, True, False]
 
 
 # -- per-layer formulas ----------------------------------------------------------------------
 
 
 def test_conv_flops_and_bytes_by_hand():
-    r = _rows("AlexNet", batch=4)["conv2"]  # 96 -> 256, 5x5, pad 2, at 26x26
+    r = _rows("AlexNet", batch=4)["net.3"]  # 96 -> 256, 5x5, pad 2, at 26x26
     n, c, h, w, k, p, q, rr, s = 4, 96, 26, 26, 256, 26, 26, 5, 5
     assert r.flops_fwd == 2 * n * k * p * q * c * rr * s
     assert r.flops_bwd == 2 * r.flops_fwd
@@ -141,10 +150,10 @@ def test_first_layer_needs_no_input_gradient():
 
 def test_linear_and_pool_by_hand():
     rows = _rows("VGG", batch=3, dtype="float32")
-    fc1 = rows["fc1"]
+    fc1 = rows["net.6"]
     assert fc1.flops_fwd == 2 * 3 * 25088 * 4096
     assert fc1.bytes_fwd == (3 * 25088 + 25088 * 4096 + 4096 + 3 * 4096) * 4
-    pool = rows["block1.pool"]
+    pool = rows["net.0.2"]
     x, y = 3 * 64 * 224 * 224, 3 * 64 * 112 * 112
     assert pool.bytes_fwd == (x + y) * 4
     assert pool.bytes_fwd_train == (x + y) * 4 + y  # 1-byte argmax
@@ -154,10 +163,10 @@ def test_linear_and_pool_by_hand():
 
 def test_cat_and_flatten_cost_nothing_fused():
     rows = _rows("GoogLeNet", batch=2)
-    cat = rows["b3.inc1.cat"]
+    cat = rows["net.2.0"]
     assert cat.flops_fwd == cat.bytes_fwd == cat.bytes_bwd == 0
     assert cat.unfused_extra_bytes_fwd == 2 * (2 * 256 * 28 * 28) * 2
-    assert rows["b5.flatten"].bytes_fwd == 0
+    assert rows["net.4.3"].bytes_fwd == 0
 
 
 def test_bytes_scale_with_dtype_and_flops_with_batch():
@@ -165,7 +174,7 @@ def test_bytes_scale_with_dtype_and_flops_with_batch():
     assert all(fp32[n].bytes_fwd == 2 * bf16[n].bytes_fwd for n in bf16)
     one, many = _rows("NiN", batch=1), _rows("NiN", batch=8)
     assert all(many[n].flops_fwd == 8 * one[n].flops_fwd for n in one)
-    assert _rows("NiN", batch=2, dtype="bf16")["nin1.conv"] == bf16["nin1.conv"]
+    assert _rows("NiN", batch=2, dtype="bf16")["net.0.0"] == bf16["net.0.0"]
 
 
 def test_input_shape_batch_and_batch_argument_agree():
@@ -173,7 +182,7 @@ def test_input_shape_batch_and_batch_argument_agree():
 
 
 def test_formulas_are_strings_per_mode():
-    r = _rows("GoogLeNet", batch=2)["b2.conv3x3"]
+    r = _rows("GoogLeNet", batch=2)["net.1.2"]
     assert r.formula("flops") == "2*N*K*P*Q*C*R*S"
     assert "dX" in r.formula("flops", "backward")
     assert r.formula("bytes", "train").startswith("[")
@@ -190,15 +199,15 @@ def test_floor_is_max_of_compute_and_memory_terms():
     for r in rows:
         for gpu, c in (("H100", h100), ("H200", h200)):
             assert r.floor_s(gpu) == max(r.flops_fwd / c.peak_flops("bfloat16"), r.bytes_fwd / c.bandwidth)
-    conv = next(r for r in rows if r.name == "block3.conv2")  # compute-bound
-    assert conv.floor_h100_s == conv.flops_fwd / 790e12 == conv.floor_h200_s
-    pool = next(r for r in rows if r.name == "block1.pool")  # memory-bound
-    assert pool.floor_h100_s == pool.bytes_fwd / 3.0e12
-    assert pool.floor_h200_s == pool.bytes_fwd / 4.3e12 < pool.floor_h100_s
+    conv = next(r for r in rows if r.name == "net.2.2")  # compute-bound
+    assert conv.floor_s("H100") == conv.flops_fwd / 790e12 == conv.floor_s("H200")
+    pool = next(r for r in rows if r.name == "net.0.2")  # memory-bound
+    assert pool.floor_s("H100") == pool.bytes_fwd / 3.0e12
+    assert pool.floor_s("H200") == pool.bytes_fwd / 4.3e12 < pool.floor_s("H100")
 
 
 def test_train_floor_adds_forward_and_backward():
-    r = _rows("AlexNet", batch=32)["conv3"]
+    r = _rows("AlexNet", batch=32)["net.6"]
     c = R.GPU_CEILINGS["H100"]
     assert r.floor_s("H100", "train") == pytest.approx(
         c.floor_s(r.flops_fwd, r.bytes_fwd_train) + c.floor_s(r.flops_bwd, r.bytes_bwd)
@@ -206,8 +215,8 @@ def test_train_floor_adds_forward_and_backward():
 
 
 def test_fp32_uses_tf32_rate():
-    r = _rows("VGG", batch=128, dtype="float32")["block3.conv2"]
-    assert r.floor_h100_s == max(r.flops_fwd / 395e12, r.bytes_fwd / 3.0e12)
+    r = _rows("VGG", batch=128, dtype="float32")["net.2.2"]
+    assert r.floor_s("H100") == max(r.flops_fwd / 395e12, r.bytes_fwd / 3.0e12)
 
 
 def test_ceiling_for_device_names():
@@ -259,14 +268,16 @@ def test_unfused_extra_bytes(model):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="model must be one of"):
         R.layer_table("ResNet")
+    with pytest.raises(TypeError, match="cnnkernels.models model"):
+        R.layer_table(object())
     with pytest.raises(ValueError, match="input_shape"):
         R.layer_table("AlexNet", (1, 224, 224))
     with pytest.raises(ValueError, match="batch"):
         R.layer_table("AlexNet", batch=0)
     with pytest.raises(ValueError, match="dtype"):
         R.layer_table("AlexNet", dtype="int8")
-    with pytest.raises(ValueError, match="too small"):
-        R.layer_table("AlexNet", (1, 1, 8, 8))
+    with pytest.raises(ValueError, match="too small; it needs at least 65x65"):
+        R.layer_table("AlexNet", (1, 1, 64, 64))
 
 
 @pytest.mark.parametrize(
@@ -311,50 +322,38 @@ def test_import_needs_no_torch():
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
-# -- against the torch.nn reference twins, once they exist ------------------------------------
+# -- against torch's own counts and the README ---------------------------------------------
 
 
 @pytest.mark.parametrize("model", R.MODELS)
-def test_matches_reference_twin(model):
-    torch = pytest.importorskip("torch")
-    reference = pytest.importorskip(
-        "cnnkernels.models.reference", reason="cnnkernels.models.reference is not available"
-    )
-    cls = getattr(reference, model, None)
-    if cls is None:
-        pytest.skip(f"cnnkernels.models.reference has no {model}")
-    shapes = []
-    with torch.device("meta"):  # shapes only: no weights computed, no kernels run
-        net = cls(arch=R.VGG11_ARCH, num_classes=10) if model == "VGG" else cls(num_classes=10)
-        for mod in net.modules():
-            if isinstance(mod, torch.nn.Conv2d | torch.nn.Linear):
-                mod.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
-        with torch.no_grad():
-            net.eval()(torch.zeros(1, 1, 224, 224))
-    rows = [r for r in R.layer_table(model) if r.kind in ("conv", "linear")]
-    assert shapes == [r.out_shape for r in rows]
-    assert sum(p.numel() for p in net.parameters()) == sum(r.params for r in rows)
-
-
-@pytest.mark.parametrize("model", R.MODELS)
-def test_flops_match_torch_flop_counter(model):
+def test_flops_and_parameters_match_torch(model):
     """Forward and backward FLOPs of the table against ``torch.utils.flop_counter.FlopCounterMode``
     counting the ``torch.nn`` model itself (meta device: shapes only), conv and linear layers
-    (pooling is not counted by torch; the table's pooling FLOPs are left out)."""
-    torch = pytest.importorskip("torch")
+    (pooling is not counted by torch; the table's pooling FLOPs are left out); parameters against
+    the model's own."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from cnnkernels.models import reference
 
-    cls = getattr(reference, model)
     with torch.device("meta"):
-        net = cls(arch=R.VGG11_ARCH, num_classes=10) if model == "VGG" else cls(num_classes=10)
+        net = getattr(reference, model)(num_classes=10)
         x = torch.zeros(2, 1, 224, 224)
         net.materialize(x.shape)
         with FlopCounterMode(display=False) as fwd:
             y = net.eval()(x)
         with FlopCounterMode(display=False) as bwd:
             y.sum().backward()
-    rows = [r for r in R.layer_table(model, batch=2) if r.kind in ("conv", "linear")]
-    assert fwd.get_total_flops() == sum(r.flops("forward") for r in rows) > 0
-    assert bwd.get_total_flops() == sum(r.flops("backward") for r in rows) > 0
+    rows = R.layer_table(model, batch=2)
+    gemm = [r for r in rows if r.kind in ("conv", "linear")]
+    assert fwd.get_total_flops() == sum(r.flops("forward") for r in gemm) > 0
+    assert bwd.get_total_flops() == sum(r.flops("backward") for r in gemm) > 0
+    assert sum(p.numel() for p in net.parameters()) == sum(r.params for r in rows) > 0
+
+
+def test_readme_byte_table_is_regenerated():
+    """The README's table of the bytes fusion saves is what ``python -m cnnkernels.roofline --readme`` prints."""
+    table = R.readme_table(batch=128)
+    assert table.count("\n") == 5 and "GoogLeNet" in table
+    assert table in README.read_text(encoding="utf-8"), "README: paste `python -m cnnkernels.roofline --readme`"
+    assert re.search(r"batch 128, bf16", README.read_text(encoding="utf-8"))

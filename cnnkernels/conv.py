@@ -14,12 +14,14 @@ Backward maths, for Y = act(conv(X, W) + b) and dY' = dY * (Y > 0) under ReLU (e
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
 from cnnkernels.kernels import conv as _k
 
-from . import conv1x1
+from . import _fast, conv1x1
 from ._utils import as_int, autocast_dtype, check_same, check_tensor, is_channels_last, memory_format, pair
 
 
@@ -386,8 +388,47 @@ def conv2d_args(input, weight, bias, stride, padding, dilation, groups):
     return x, unbatched, list(stride), list(pads), list(dilation), groups
 
 
+class PlannedConvFunction(torch.autograd.Function):
+    """``Conv2dFunction`` / ``Conv1x1Function`` replayed from a ``ConvPlan``: the same kernel,
+    saved tensors and backward, without the checks, the op dispatch and the autotuner."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, plan):
+        (y,) = plan.launches.run((x, weight, bias))
+        plan.setup(ctx, (x, weight, bias, *plan.op_args), y)
+        ctx.plan = plan
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return *ctx.plan.grads(ctx, grad_y), None
+
+
+class ConvPlan:
+    """A convolution call's plan (see ``cnnkernels._fast``): its launches, whether the input was
+    unbatched, and the autograd wiring of the function it replays."""
+
+    def __init__(self, launches, unbatched, grad, setup, grads, op_args):
+        self.launches, self.unbatched, self.grad = launches, unbatched, grad
+        self.setup, self.grads, self.op_args = setup, grads, op_args
+
+    def __call__(self, input, weight, bias):
+        x = input.unsqueeze(0) if self.unbatched else input
+        if self.grad:
+            y = PlannedConvFunction.apply(x, weight, bias, self)
+        else:
+            (y,) = self.launches.run((x, weight, bias))
+        return y.squeeze(0) if self.unbatched else y
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation: str = "none"):
-    """Shared body of ``functional.conv2d`` and ``functional.conv2d_relu``."""
+    """Shared body of ``functional.conv2d`` and ``functional.conv2d_relu``. A call whose key (see
+    ``cnnkernels._fast``) was seen before replays its plan; the first call takes the full path and
+    records it."""
+    key = _fast.key((activation, stride, padding, dilation, groups), input, weight, bias)
+    plan = _fast.get(key) if key is not None else None
+    if plan is not None:
+        return plan(input, weight, bias)
     if isinstance(input, Tensor) and isinstance(weight, Tensor):
         # Under autocast, cast first (as nn.Conv2d does), so fp32 weights meet a bf16 input.
         cast = autocast_dtype(input.device.type)
@@ -397,8 +438,20 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             if isinstance(bias, Tensor) and bias.dtype in floats:
                 bias = bias.to(cast)
     x, unbatched, stride, pads, dilation, groups = conv2d_args(input, weight, bias, stride, padding, dilation, groups)
-    if conv1x1.eligible(weight, stride, pads, groups):
-        y = conv1x1.Conv1x1Function.apply(x, weight, bias, activation)
-    else:
-        y = Conv2dFunction.apply(x, weight, bias, stride, pads, dilation, groups, activation)
+    one = conv1x1.eligible(weight, stride, pads, groups)
+    with _fast.recording() as record:
+        if one:
+            y = conv1x1.Conv1x1Function.apply(x, weight, bias, activation)
+        else:
+            y = Conv2dFunction.apply(x, weight, bias, stride, pads, dilation, groups, activation)
+    if key is not None and x.device.type != "meta":
+        channels_last = is_channels_last(x) or is_channels_last(weight)
+        if one:
+            setup, grads, op_args = conv1x1._setup, conv1x1._grads, (activation, channels_last)
+        else:
+            setup, grads = _setup_conv, _conv_grads
+            op_args = (stride, pads, dilation, groups, activation, channels_last)
+        with contextlib.suppress(_fast.Unplannable):
+            launches = _fast.LaunchPlan.build(record, (x, weight, bias), (y,))
+            _fast.put(key, ConvPlan(launches, unbatched, key[1], setup, grads, op_args))
     return y.squeeze(0) if unbatched else y

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from . import cat as _cat
 from . import conv as _conv
+from . import pool as _pool
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -26,8 +28,6 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     input, NCHW or channels_last (the output follows); fp16, bf16, fp32, fp64. NaN propagates
     and ties pick the first maximum, as in torch; with ``return_indices`` also returns torch's
     int64 flat indices into each input plane. The backward is deterministic (no atomics)."""
-    from . import pool as _pool
-
     return _pool.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
@@ -35,8 +35,6 @@ def adaptive_avg_pool2d(input, output_size):
     """``torch.nn.functional.adaptive_avg_pool2d``: ``output_size`` an int or a pair whose None
     entries keep the input size. Output size 1 (global average pooling) runs its own
     per-(n, c) reduction kernel. The backward is deterministic (no atomics)."""
-    from . import pool as _pool
-
     return _pool.adaptive_avg_pool2d(input, output_size)
 
 
@@ -45,8 +43,6 @@ def cat(tensors, dim=0):
     channels_last inputs (the output is channels_last exactly when torch's would be), sizes
     that differ along ``dim``; all inputs of one float dtype and device. The backward returns
     views (slices) of the gradient."""
-    from . import cat as _cat
-
     return _cat.cat(tensors, dim)
 
 

@@ -14,6 +14,7 @@ Backward maths:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,7 @@ from torch import Tensor
 from cnnkernels.kernels import avgpool as _ka
 from cnnkernels.kernels import pool as _k
 
+from . import _fast
 from ._utils import check_tensor, is_channels_last, memory_format, pair
 
 # ----------------------------------------------------------------------------------------------
@@ -196,14 +198,77 @@ def max_pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode):
     return x, unbatched, list(kernel_size), list(stride), list(padding), list(dilation)
 
 
+class PlannedMaxPoolFunction(torch.autograd.Function):
+    """``MaxPool2dFunction`` replayed from a ``PoolPlan``: same kernel, saved argmax and backward."""
+
+    @staticmethod
+    def forward(ctx, x, plan):
+        y, arg, idx = plan.launches.run((x,))
+        ctx.geometry = plan.geometry
+        ctx.save_for_backward(arg)
+        ctx.mark_non_differentiable(idx)
+        return y, idx
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_idx):
+        return MaxPool2dFunction.backward(ctx, grad_y, grad_idx)[0], None
+
+
+class PlannedAvgPoolFunction(torch.autograd.Function):
+    """``AdaptiveAvgPool2dFunction`` replayed from a ``PoolPlan``."""
+
+    @staticmethod
+    def forward(ctx, x, plan):
+        ctx.geometry = plan.geometry
+        return plan.launches.run((x,))[0]
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return AdaptiveAvgPool2dFunction.backward(ctx, grad_y)[0], None
+
+
+class PoolPlan:
+    """A pooling call's plan (see ``cnnkernels._fast``)."""
+
+    def __init__(self, launches, function, unbatched, grad, geometry, return_indices=False):
+        self.launches, self.function, self.unbatched, self.grad = launches, function, unbatched, grad
+        self.geometry, self.return_indices = geometry, return_indices
+
+    def __call__(self, input):
+        x = input.unsqueeze(0) if self.unbatched else input
+        if self.grad:
+            out = self.function.apply(x, self)
+        else:
+            out = self.launches.run((x,))
+        if self.function is PlannedAvgPoolFunction:
+            y = out if self.grad else out[0]
+            return y.squeeze(0) if self.unbatched else y
+        y, idx = out[0], out[-1]
+        if self.unbatched:
+            y = y.squeeze(0)
+            idx = idx.squeeze(0) if self.return_indices else idx
+        return (y, idx) if self.return_indices else y
+
+
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-    """Body of ``functional.max_pool2d``."""
+    """Body of ``functional.max_pool2d``. A call whose key was seen before replays its plan."""
+    key = _fast.key(("max", kernel_size, stride, padding, dilation, ceil_mode, return_indices), input)
+    plan = _fast.get(key) if key is not None else None
+    if plan is not None:
+        return plan(input)
     if not isinstance(return_indices, bool):
         raise TypeError(f"return_indices must be a bool, got {return_indices!r}")
     x, unbatched, kernel_size, stride, padding, dilation = max_pool2d_args(
         input, kernel_size, stride, padding, dilation, ceil_mode
     )
-    y, idx = MaxPool2dFunction.apply(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    with _fast.recording() as record:
+        y, idx = MaxPool2dFunction.apply(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    if key is not None and x.device.type != "meta" and len(record) == 1:
+        arg = record[0][2][2]  # the launch's third argument is the argmax it writes
+        geometry = (list(x.shape), kernel_size, stride, padding, dilation, is_channels_last(x))
+        with contextlib.suppress(_fast.Unplannable):
+            launches = _fast.LaunchPlan.build(record, (x,), (y, arg, idx))
+            _fast.put(key, PoolPlan(launches, PlannedMaxPoolFunction, unbatched, key[1], geometry, return_indices))
     if unbatched:
         y = y.squeeze(0)
         idx = idx.squeeze(0) if return_indices else idx
@@ -326,11 +391,21 @@ def adaptive_output_size(output_size, input_hw: tuple[int, int]) -> list[int]:
 def adaptive_avg_pool2d(input, output_size):
     """Body of ``functional.adaptive_avg_pool2d``. As in torch, zero channels (like a zero
     batch) give an empty result; a zero height or width is refused."""
+    key = _fast.key(("avg", output_size), input)
+    plan = _fast.get(key) if key is not None else None
+    if plan is not None:
+        return plan(input)
     check_tensor(input, "input", (3, 4))
     if 0 in input.shape[-2:]:
         raise ValueError(f"input must have non-zero height and width, got shape {tuple(input.shape)}")
     size = adaptive_output_size(output_size, tuple(input.shape[-2:]))
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    y = AdaptiveAvgPool2dFunction.apply(x, size)
+    with _fast.recording() as record:
+        y = AdaptiveAvgPool2dFunction.apply(x, size)
+    if key is not None and x.device.type != "meta":
+        geometry = (list(x.shape), list(size), is_channels_last(x))
+        with contextlib.suppress(_fast.Unplannable):
+            launches = _fast.LaunchPlan.build(record, (x,), (y,))
+            _fast.put(key, PoolPlan(launches, PlannedAvgPoolFunction, unbatched, key[1], geometry))
     return y.squeeze(0) if unbatched else y

@@ -194,7 +194,15 @@ def to_dtype(x, dtype: tl.constexpr):
     return x.to(dtype)
 
 
+# Open launch records (``cnnkernels._fast.recording``): each launch is appended to the innermost.
+RECORDERS: list[list] = []
+
+
 def launch(kernel, grid, *args, **kwargs) -> None:
     """Every launcher starts its kernel here: through ``torch.library.wrap_triton`` (looked up at
-    call time), so ``torch.compile`` records the launch and the static report can intercept it."""
+    call time), so ``torch.compile`` records the launch and the static report can intercept it.
+    While a record is open the launch (and the config the autotuner chose) is also recorded, from
+    which the eager fast path replays later calls."""
     torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+    if RECORDERS:
+        RECORDERS[-1].append((kernel, grid, args, kwargs, getattr(kernel, "best_config", None)))

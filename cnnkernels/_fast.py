@@ -1,0 +1,173 @@
+"""The eager fast path: an op call replayed from a plan recorded on its first call.
+
+The first call of an op for a given key (shapes, strides, dtypes, devices, arguments, grad mode,
+TF32 switch) runs the full path: argument checks, the autograd function, the ``torch.library``
+op, the launcher and Triton's autotuner. While it runs, every launch is recorded (kernel, grid,
+arguments, the config the autotuner chose), and from the record a ``LaunchPlan`` is built: which
+launch argument is which input, which tensors the launchers allocated (and which are views of
+which), the grid already resolved. Later calls with the same key allocate the outputs and call
+the chosen kernel directly: no checks (they passed for this key), no dispatch, no autotuner.
+
+Anything the key does not cover misses the cache and takes the full path: a new shape, stride,
+dtype, device or argument, autocast, ``torch.compile`` tracing, tensor subclasses (fake tensors,
+functional tensors). Only ops whose forward is "allocate, then launch" are planned (a tensor
+computed by a torch op between launches would not be replayed), and a recorded call that does
+anything else is refused a plan (see ``LaunchPlan.build``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+from torch.nn import Parameter
+
+from cnnkernels.kernels import _common
+
+_PLANS: OrderedDict = OrderedDict()
+_MAX_PLANS = 4096
+enabled = True  # a switch for tests and for measuring the full path
+
+
+class Unplannable(Exception):
+    """The recorded call did something a launch plan cannot replay."""
+
+
+def key(args: tuple, a: Tensor, b: Tensor | None = None, c: Tensor | None = None):
+    """The cache key of a call with tensors ``a``, ``b``, ``c`` (``b``, ``c`` optional) and other
+    arguments ``args``, or None when the call must take the full path: a tensor that is not a
+    plain ``Tensor`` or ``Parameter`` (fake, functional or another subclass), autocast on,
+    ``torch.compile`` tracing, an unhashable argument. Besides each tensor's shape, strides,
+    dtype and device, the key holds whether autograd will record the call, the current CUDA
+    device (triton launches there) and, for fp32, whether TF32 is allowed."""
+    if not enabled or torch._C._is_any_autocast_enabled() or torch.compiler.is_compiling():
+        return None
+    grad = False
+    record = torch.is_grad_enabled()
+    parts = []
+    for t in (a, b, c):
+        if t is None:
+            parts.append(None)
+            continue
+        kind = type(t)
+        if kind is not Tensor and kind is not Parameter:
+            return None
+        parts.append((t.shape, t.stride(), t.dtype, t.device))
+        grad = grad or (record and t.requires_grad)
+    dev = torch.cuda.current_device() if a.is_cuda else None
+    tf32 = torch._C._get_cudnn_allow_tf32() if a.dtype == torch.float32 else None
+    k = (args, grad, dev, tf32, *parts)
+    try:
+        hash(k)
+    except TypeError:
+        return None
+    return k
+
+
+def get(key):
+    return _PLANS.get(key)
+
+
+def put(key, plan) -> None:
+    _PLANS[key] = plan
+    if len(_PLANS) > _MAX_PLANS:
+        _PLANS.popitem(last=False)
+
+
+def clear() -> None:
+    _PLANS.clear()
+
+
+@contextlib.contextmanager
+def recording():
+    """Record every launch inside the block (they still run) into the yielded list."""
+    record: list = []
+    _common.RECORDERS.append(record)
+    try:
+        yield record
+    finally:
+        _common.RECORDERS.remove(record)
+
+
+class LaunchPlan:
+    """The launches of one recorded call, replayable with new input tensors of the same key.
+
+    ``run(inputs)`` allocates every tensor the recorded call allocated (same shape, strides,
+    dtype, device; views of them rebuilt with ``as_strided``), launches each kernel with its
+    chosen config and the recorded non-tensor arguments, and returns the outputs."""
+
+    def __init__(self, allocs, views, launches, outputs):
+        self.allocs, self.views, self.launches, self.outputs = allocs, views, launches, outputs
+
+    @classmethod
+    def build(cls, record: list, inputs: tuple, outputs: tuple) -> LaunchPlan:
+        slots: dict[int, int] = {id(t): i for i, t in enumerate(inputs) if t is not None}
+        n_in = len(inputs)
+        allocs: list = []
+        views: list = []
+        keep = []  # recorded tensors stay alive while building, so their ids stay unique
+
+        def slot(t: Tensor) -> int:
+            keep.append(t)
+            if id(t) in slots:
+                return slots[id(t)]
+            base = t._base if t._base is not None else t
+            keep.append(base)
+            if id(base) in slots and slots[id(base)] < n_in:
+                raise Unplannable("a launch reads a view of an input")
+            if id(base) not in slots:
+                slots[id(base)] = ("a", len(allocs))
+                allocs.append((tuple(base.shape), base.stride(), base.dtype, base.device))
+            if base is t:
+                return slots[id(t)]
+            slots[id(t)] = ("v", len(views))
+            views.append((slots[id(base)][1], tuple(t.shape), t.stride(), t.storage_offset()))
+            return slots[id(t)]
+
+        launches = []
+        for kernel, grid, args, kwargs, cfg in record:
+            fn = kernel.fn if cfg is not None else kernel
+            if cfg is not None and cfg.pre_hook is not None:
+                raise Unplannable("a config with a pre-hook")
+            kw = dict(kwargs)
+            if cfg is not None:
+                kw.update(cfg.all_kwargs())
+            if callable(grid):
+                grid = tuple(grid({**dict(zip(fn.arg_names, args)), **kw}))
+            template = list(args)
+            tensor_slots = [(i, slot(a)) for i, a in enumerate(args) if isinstance(a, Tensor)]
+            launches.append((fn, template, tensor_slots, grid, kw))
+        out_slots = []
+        for t in outputs:
+            if id(t) not in slots and t.numel() != 0:
+                raise Unplannable("an output no launch wrote")
+            out_slots.append(slot(t))
+        # Final positions: inputs, then allocations, then views.
+        n_alloc = len(allocs)
+
+        def pos(s):
+            if isinstance(s, int):
+                return s
+            return n_in + s[1] if s[0] == "a" else n_in + n_alloc + s[1]
+
+        launches = [(fn, tpl, [(i, pos(s)) for i, s in ts], grid, kw) for fn, tpl, ts, grid, kw in launches]
+        return cls(allocs, views, launches, [pos(s) for s in out_slots])
+
+    def run(self, inputs: tuple) -> list:
+        pool = list(inputs)
+        for shape, stride, dtype, device in self.allocs:
+            pool.append(torch.empty_strided(shape, stride, dtype=dtype, device=device))
+        n_in = len(inputs)
+        for base, shape, stride, offset in self.views:
+            pool.append(pool[n_in + base].as_strided(shape, stride, offset))
+        for fn, template, tensor_slots, grid, kw in self.launches:
+            args = template.copy()
+            for i, s in tensor_slots:
+                args[i] = pool[s]
+            fn.run(*args, grid=grid, warmup=False, **kw)
+        out = []
+        for s in self.outputs:
+            out.append(pool[s])
+        return out

@@ -1,0 +1,168 @@
+"""Host overhead: what an op call or a model forward costs the CPU before its kernels run.
+
+At batch 1 and on small layers a GPU finishes a kernel in microseconds, so the host's path to
+the launch decides the speed. This module measures that path on any machine, GPU or not:
+``launches_stubbed()`` replaces Triton's own launch (``JITFunction.run``, and the interpreter's
+``InterpretedFunction.run``) with a counter, so everything above it (argument checks, autograd,
+``torch.library`` dispatch, the autotuner's per-call work, the launchers) runs as it would on a
+GPU while nothing computes. The same measure is taken of torch's eager op on a CPU problem of one
+element (dispatch, checks and allocation with nearly no arithmetic) in the same run, so the two
+figures share the machine's speed.
+
+Used by ``benchmarks/test_bench_host.py`` and ``cnnkernels bench --host``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class HostCost:
+    """One measured callable: microseconds per call (best of ``repeats`` rounds), Python function
+    calls per call and Triton launches per call."""
+
+    name: str
+    us: float
+    python_calls: int
+    launches: int
+
+
+@contextlib.contextmanager
+def launches_stubbed() -> Iterator[list]:
+    """Within the block every Triton launch appends its kernel's name to the yielded list and
+    returns without running: the host path above the launch is measured, not the kernel."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    launched: list[str] = []
+
+    def run(self, *args, grid, warmup, **kwargs):
+        launched.append(getattr(self, "__name__", "?"))
+
+    saved = JITFunction.run, InterpretedFunction.run
+    JITFunction.run = InterpretedFunction.run = run
+    try:
+        yield launched
+    finally:
+        JITFunction.run, InterpretedFunction.run = saved
+
+
+def count_python_calls(fn: Callable[[], object]) -> int:
+    """Python function calls (not C calls) made by one ``fn()``."""
+    calls = 0
+
+    def profile(frame, event, arg):
+        nonlocal calls
+        if event == "call":
+            calls += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls - 1  # fn itself
+
+
+def measure(name: str, fn: Callable[[], object], *, repeats: int = 5, min_time: float = 0.05) -> HostCost:
+    """Host cost of ``fn()`` with launches stubbed: warmed up (first calls settle caches and the
+    autotuner), then the best of ``repeats`` rounds of at least ``min_time`` seconds each."""
+    with launches_stubbed() as launched:
+        for _ in range(3):
+            fn()
+        launched.clear()
+        fn()
+        launches = len(launched)
+        calls = count_python_calls(fn)
+        loops = 1
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(loops):
+                fn()
+            if time.perf_counter() - t0 >= min_time / 4 or loops >= 1 << 16:
+                break
+            loops *= 2
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(loops):
+                fn()
+            best = min(best, (time.perf_counter() - t0) / loops)
+    return HostCost(name, best * 1e6, calls, launches)
+
+
+def _device() -> str:
+    from cnnkernels.kernels._common import INTERPRET
+
+    return "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
+
+
+def op_costs(repeats: int = 5) -> list[HostCost]:
+    """``cnnkernels.functional.conv2d_relu`` (3x3, 64 -> 128, 14x14, channels_last, bf16; no
+    grad and with grad) beside torch's ``relu(conv2d(...))`` on a one-element CPU problem, and
+    the pooling ops beside torch's."""
+    import torch.nn.functional as tF
+
+    from cnnkernels import functional as F
+
+    dev = _device()
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    x = torch.randn(1, 64, 14, 14, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
+    w = torch.randn(128, 64, 3, 3, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
+    b = torch.randn(128, device=dev, dtype=dtype)
+    wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
+    x1, w1, b1 = torch.randn(1, 1, 1, 1), torch.randn(1, 1, 3, 3), torch.randn(1)
+    out = [
+        measure(
+            "torch relu(conv2d), 1 element, CPU", lambda: tF.relu(tF.conv2d(x1, w1, b1, padding=1)), repeats=repeats
+        ),
+        measure("conv2d_relu 3x3 64->128 14x14", lambda: F.conv2d_relu(x, w, b, padding=1), repeats=repeats),
+    ]
+    with torch.enable_grad():
+        out.append(
+            measure("conv2d_relu, weight requires grad", lambda: F.conv2d_relu(x, wg, bg, padding=1), repeats=repeats)
+        )
+    with torch.no_grad():
+        out.append(measure("torch max_pool2d 3x3/2, 1 element, CPU", lambda: tF.max_pool2d(x1, 1), repeats=repeats))
+        out.append(measure("max_pool2d 3x3/2 128x14x14", lambda: F.max_pool2d(x, 3, 2, 1), repeats=repeats))
+    return out
+
+
+def model_costs(
+    names=("alexnet", "vgg", "nin", "googlenet"), *, train: bool = False, repeats: int = 3
+) -> list[HostCost]:
+    """Host cost of one forward (``train``: forward + backward) of each fused model at batch 1,
+    1x224x224 (the course's input): launches stubbed, nothing computes."""
+    from cnnkernels import models
+
+    dev = _device()
+    classes = {"alexnet": models.AlexNet, "vgg": models.VGG, "nin": models.NiN, "googlenet": models.GoogLeNet}
+    out = []
+    for name in names:
+        model = classes[name](num_classes=10).to(dev)
+        x = torch.randn(1, 1, 224, 224, device=dev)
+        with torch.no_grad(), launches_stubbed():
+            model(x)  # materialises lazy layers
+        if train:
+            model.train()
+
+            def step(model=model, x=x):
+                model(x).sum().backward()
+
+            out.append(measure(f"{name} training step", step, repeats=repeats))
+        else:
+            model.eval()
+
+            def fwd(model=model, x=x):
+                with torch.no_grad():
+                    model(x)
+
+            out.append(measure(f"{name} forward", fwd, repeats=repeats))
+    return out

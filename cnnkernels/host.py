@@ -74,6 +74,15 @@ def count_python_calls(fn: Callable[[], object]) -> int:
 def measure(name: str, fn: Callable[[], object], *, repeats: int = 5, min_time: float = 0.05) -> HostCost:
     """Host cost of ``fn()`` with launches stubbed: warmed up (first calls settle caches and the
     autotuner), then the best of ``repeats`` rounds of at least ``min_time`` seconds each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # no thread-pool wake-ups in a one-element torch reference
+    try:
+        return _measure(name, fn, repeats, min_time)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(name, fn, repeats, min_time) -> HostCost:
     with launches_stubbed() as launched:
         for _ in range(3):
             fn()
@@ -104,10 +113,11 @@ def _device() -> str:
     return "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
 
 
-def op_costs(repeats: int = 5) -> list[HostCost]:
-    """``cnnkernels.functional.conv2d_relu`` (3x3, 64 -> 128, 14x14, channels_last, bf16; no
-    grad and with grad) beside torch's ``relu(conv2d(...))`` on a one-element CPU problem, and
-    the pooling ops beside torch's."""
+def op_costs(repeats: int = 5) -> list[tuple[HostCost, HostCost]]:
+    """(ours, torch's) host cost per op: ``cnnkernels.functional`` at a GoogLeNet-sized layer
+    (3x3 conv 64 -> 128 on 14x14, channels_last, bf16 on a GPU / fp32 on the CPU), torch's eager
+    op with the same arguments on a one-element CPU problem (dispatch, checks and allocation,
+    nearly no arithmetic). Eager calls after the first, as a model's forward makes them."""
     import torch.nn.functional as tF
 
     from cnnkernels import functional as F
@@ -117,21 +127,30 @@ def op_costs(repeats: int = 5) -> list[HostCost]:
     x = torch.randn(1, 64, 14, 14, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
     w = torch.randn(128, 64, 3, 3, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
     b = torch.randn(128, device=dev, dtype=dtype)
+    w1x1 = torch.randn(128, 64, 1, 1, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
     wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
-    x1, w1, b1 = torch.randn(1, 1, 1, 1), torch.randn(1, 1, 3, 3), torch.randn(1)
-    out = [
-        measure(
-            "torch relu(conv2d), 1 element, CPU", lambda: tF.relu(tF.conv2d(x1, w1, b1, padding=1)), repeats=repeats
+    x1, t1, b1 = torch.randn(1, 1, 1, 1), torch.randn(1, 1, 3, 3), torch.randn(1)
+    o1 = torch.randn(1, 1, 1, 1)
+    t1g, b1g = t1.clone().requires_grad_(), b1.clone().requires_grad_()
+    cases = [
+        (
+            "conv2d_relu 3x3",
+            lambda: F.conv2d_relu(x, w, b, padding=1),
+            lambda: tF.relu(tF.conv2d(x1, t1, b1, padding=1)),
         ),
-        measure("conv2d_relu 3x3 64->128 14x14", lambda: F.conv2d_relu(x, w, b, padding=1), repeats=repeats),
+        ("conv2d_relu 1x1", lambda: F.conv2d_relu(x, w1x1, b), lambda: tF.relu(tF.conv2d(x1, o1, b1))),
+        (
+            "conv2d_relu 3x3, params require grad",
+            lambda: F.conv2d_relu(x, wg, bg, padding=1),
+            lambda: tF.relu(tF.conv2d(x1, t1g, b1g, padding=1)),
+        ),
+        ("max_pool2d 3x3/2", lambda: F.max_pool2d(x, 3, 2, 1), lambda: tF.max_pool2d(x1, 3, 2, 1)),
+        ("adaptive_avg_pool2d 1", lambda: F.adaptive_avg_pool2d(x, 1), lambda: tF.adaptive_avg_pool2d(x1, 1)),
     ]
-    with torch.enable_grad():
-        out.append(
-            measure("conv2d_relu, weight requires grad", lambda: F.conv2d_relu(x, wg, bg, padding=1), repeats=repeats)
-        )
-    with torch.no_grad():
-        out.append(measure("torch max_pool2d 3x3/2, 1 element, CPU", lambda: tF.max_pool2d(x1, 1), repeats=repeats))
-        out.append(measure("max_pool2d 3x3/2 128x14x14", lambda: F.max_pool2d(x, 3, 2, 1), repeats=repeats))
+    out = []
+    for name, ours, theirs in cases:
+        with torch.enable_grad():
+            out.append((measure(name, ours, repeats=repeats), measure("torch " + name, theirs, repeats=repeats)))
     return out
 
 

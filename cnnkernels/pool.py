@@ -203,14 +203,16 @@ class PlannedMaxPoolFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, plan):
-        y, arg, idx = plan.launches.run((x,))
+        y, arg, *idx = plan.launches.run((x,))  # idx only with return_indices
         ctx.geometry = plan.geometry
         ctx.save_for_backward(arg)
-        ctx.mark_non_differentiable(idx)
-        return y, idx
+        if idx:
+            ctx.mark_non_differentiable(idx[0])
+            return y, idx[0]
+        return y
 
     @staticmethod
-    def backward(ctx, grad_y, grad_idx):
+    def backward(ctx, grad_y, grad_idx=None):
         return MaxPool2dFunction.backward(ctx, grad_y, grad_idx)[0], None
 
 
@@ -238,11 +240,12 @@ class PoolPlan:
         x = input.unsqueeze(0) if self.unbatched else input
         if self.grad:
             out = self.function.apply(x, self)
+            if not self.return_indices:
+                return out.squeeze(0) if self.unbatched else out
         else:
             out = self.launches.run((x,))
-        if self.function is PlannedAvgPoolFunction:
-            y = out if self.grad else out[0]
-            return y.squeeze(0) if self.unbatched else y
+            if not self.return_indices:
+                return out[0].squeeze(0) if self.unbatched else out[0]
         y, idx = out[0], out[-1]
         if self.unbatched:
             y = y.squeeze(0)
@@ -267,7 +270,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         arg = record[0][2][2]  # the launch's third argument is the argmax it writes
         geometry = (list(x.shape), kernel_size, stride, padding, dilation, is_channels_last(x))
         with contextlib.suppress(_fast.Unplannable):
-            launches = _fast.LaunchPlan.build(record, (x,), (y, arg, idx))
+            launches = _fast.LaunchPlan.build(record, (x,), (y, arg, idx) if return_indices else (y, arg))
             _fast.put(key, PoolPlan(launches, PlannedMaxPoolFunction, unbatched, key[1], geometry, return_indices))
     if unbatched:
         y = y.squeeze(0)

@@ -1,0 +1,203 @@
+"""The eager fast path (``cnnkernels._fast``): a call replayed from the plan recorded on its
+first call gives the same bits as the full path, every change of key misses the cache, and bad
+input raises the full path's errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cnnkernels.functional as CF
+from cnnkernels import _fast, host
+
+from conftest import DEVICE
+
+
+@pytest.fixture
+def replays(monkeypatch):
+    """Counts plan replays; starts from an empty plan cache."""
+    _fast.clear()
+    count = [0]
+    run = _fast.LaunchPlan.run
+
+    def counting(self, inputs):
+        count[0] += 1
+        return run(self, inputs)
+
+    monkeypatch.setattr(_fast.LaunchPlan, "run", counting)
+    yield count
+    _fast.clear()
+
+
+def _full_path(fn):
+    _fast.enabled = False
+    try:
+        return fn()
+    finally:
+        _fast.enabled = True
+
+
+def _inputs(dtype=torch.float32, channels_last=True, grad=False, shape=(2, 8, 9, 9)):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=dtype).to(DEVICE)
+    w = torch.randn(16, shape[1], 3, 3, generator=g, dtype=dtype).to(DEVICE)
+    b = torch.randn(16, generator=g, dtype=dtype).to(DEVICE)
+    if channels_last:
+        x, w = x.to(memory_format=torch.channels_last), w.to(memory_format=torch.channels_last)
+    return x.requires_grad_(grad), w.requires_grad_(grad), b.requires_grad_(grad)
+
+
+OPS = {
+    "conv2d_relu": lambda x, w, b: CF.conv2d_relu(x, w, b, padding=1),
+    "conv2d_strided": lambda x, w, b: CF.conv2d(x, w, None, stride=2, padding=(0, 1), dilation=(1, 2)),
+    "conv1x1_relu": lambda x, w, b: CF.conv2d_relu(x, w[:, :, :1, :1].contiguous(), b),
+    "max_pool2d": lambda x, w, b: CF.max_pool2d(x, 3, 2, 1),
+    "max_pool2d_indices": lambda x, w, b: CF.max_pool2d(x, (3, 2), 1, 1, ceil_mode=True, return_indices=True),
+    "adaptive_avg_pool2d": lambda x, w, b: CF.adaptive_avg_pool2d(x, (4, 3)),
+    "global_avg_pool2d": lambda x, w, b: CF.adaptive_avg_pool2d(x, 1),
+}
+
+
+def _flat(out):
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_replay_is_bit_identical_forward(name, replays):
+    op = OPS[name]
+    x, w, b = _inputs()
+    first = _flat(op(x, w, b))
+    assert replays[0] == 0
+    second = _flat(op(x, w, b))
+    assert replays[0] == 1, "the second call with the same key must replay the plan"
+    full = _flat(_full_path(lambda: op(x, w, b)))
+    for a, c, f in zip(first, second, full):
+        assert a.shape == c.shape and a.stride() == c.stride() and a.dtype == c.dtype
+        assert torch.equal(a, c) and torch.equal(a, f)
+
+
+@pytest.mark.parametrize("name", ["conv2d_relu", "conv1x1_relu", "max_pool2d", "global_avg_pool2d"])
+def test_replay_is_bit_identical_backward(name, replays):
+    op = OPS[name]
+    results = []
+    for _ in range(2):
+        x, w, b = _inputs(grad=True)
+        y = _flat(op(x, w, b))[0]
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype).to(y.device)
+        grads = torch.autograd.grad(y, [t for t in (x, w, b) if t.grad_fn is None], g, allow_unused=True)
+        results.append((y, grads))
+    assert replays[0] == 1
+    (y0, g0), (y1, g1) = results
+    assert torch.equal(y0, y1)
+    for a, c in zip(g0, g1):
+        assert (a is None and c is None) or torch.equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "shape",
+        "dtype",
+        "memory_format",
+        "grad_mode",
+        "requires_grad",
+        "autocast",
+        "argument",
+        "unbatched",
+    ],
+)
+def test_every_change_of_key_misses_the_cache(change, replays):
+    x, w, b = _inputs(grad=change == "grad_mode")  # grad mode matters where a tensor requires grad
+    CF.conv2d_relu(x, w, b, padding=1)
+    plans = len(_fast._PLANS)
+    padding = 1
+    ctx = torch.no_grad() if change == "grad_mode" else torch.enable_grad()
+    if change == "shape":
+        x, w, b = _inputs(shape=(3, 8, 7, 9))
+    elif change == "dtype":
+        x, w, b = _inputs(dtype=torch.float64)
+    elif change == "memory_format":
+        x, w, b = _inputs(channels_last=False)
+    elif change == "requires_grad":
+        x, w, b = _inputs(grad=True)
+    elif change == "argument":
+        padding = (1, 0)
+    elif change == "unbatched":
+        x = x[0]
+    if change == "autocast":
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            y = CF.conv2d_relu(x, w, b, padding=1)
+        ref = _full_path(lambda: _autocast(lambda: CF.conv2d_relu(x, w, b, padding=1)))
+        assert len(_fast._PLANS) == plans, "autocast takes the full path and plans nothing"
+    else:
+        with ctx:
+            y = CF.conv2d_relu(x, w, b, padding=padding)
+            ref = _full_path(lambda: CF.conv2d_relu(x, w, b, padding=padding))
+        assert len(_fast._PLANS) == plans + 1, "a new key must make a new plan"
+    assert replays[0] == 0, "no stale plan may be replayed"
+    assert y.dtype == ref.dtype and y.shape == ref.shape and y.stride() == ref.stride()
+    assert torch.equal(y, ref)
+    assert (y.grad_fn is None) == (ref.grad_fn is None)
+
+
+def _autocast(fn):
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        return fn()
+
+
+def test_tf32_switch_is_part_of_the_key(replays):
+    x, w, b = _inputs()
+    CF.conv2d(x, w, b)
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = not saved
+    try:
+        CF.conv2d(x, w, b)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    assert replays[0] == 0 and len(_fast._PLANS) == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda x, w, b: CF.conv2d_relu(x[:, :5], w, b, padding=1),  # channel count
+        lambda x, w, b: CF.conv2d_relu(x, w.double(), b, padding=1),  # dtype
+        lambda x, w, b: CF.conv2d_relu(x, w, b, padding=-1),  # negative padding
+        lambda x, w, b: CF.conv2d_relu(x[..., :1, :1], w, b),  # kernel larger than the input
+        lambda x, w, b: CF.conv2d_relu(x, w, b[:3], padding=1),  # bias length
+        lambda x, w, b: CF.max_pool2d(x, 3, 2, 2),  # padding over half the kernel
+        lambda x, w, b: CF.max_pool2d(x.int(), 3),  # dtype
+        lambda x, w, b: CF.adaptive_avg_pool2d(x, 0),  # output size
+    ],
+)
+def test_fast_path_raises_the_full_paths_errors(bad, replays):
+    x, w, b = _inputs()
+    for op in ("conv2d_relu", "max_pool2d", "global_avg_pool2d"):
+        OPS[op](x, w, b)
+        OPS[op](x, w, b)
+    assert replays[0] == 3
+    with pytest.raises((TypeError, ValueError)) as full:
+        _full_path(lambda: bad(x, w, b))
+    with pytest.raises(type(full.value)) as fast:
+        bad(x, w, b)
+    assert str(fast.value) == str(full.value)
+
+
+def test_unhashable_arguments_take_the_full_path(replays):
+    x, w, b = _inputs()
+    ref = CF.conv2d_relu(x, w, b, padding=[1, 1])
+    again = CF.conv2d_relu(x, w, b, padding=[1, 1])
+    assert replays[0] == 0 and torch.equal(ref, again)
+
+
+def test_host_cost_counts_launches_without_running_them():
+    x, w, b = _inputs()
+    out = torch.full((1,), 7.0)
+
+    def call():
+        out[0] = CF.conv2d_relu(x, w, b, padding=1).numel()
+
+    cost = host.measure("conv2d_relu", call, repeats=1, min_time=0.001)
+    assert cost.launches == 1
+    assert 0 < cost.python_calls < 40
+    assert cost.us > 0

@@ -375,6 +375,8 @@ def cmd_check(args) -> int:
 
 def cmd_bench(args) -> int:
     names = _model_names(args.model, allow_all=True)
+    if args.host:
+        return _bench_host(names)
     import torch
 
     if not torch.cuda.is_available():
@@ -407,6 +409,37 @@ def cmd_bench(args) -> int:
         ["model", "provider", "ms", "images/s", "speedup vs cudnn"],
         rows,
         right=(2, 3, 4),
+    )
+    return 0
+
+
+def _bench_host(names: list[str]) -> int:
+    """Host cost per op and per model with every Triton launch replaced by a counter
+    (``cnnkernels.host``): runs anywhere, a GPU or the interpreter on the CPU."""
+    _backend()
+    from cnnkernels import host
+
+    out = Out()
+    rows = []
+    for ours, theirs in host.op_costs():
+        ratio = ours.us / theirs.us
+        rows.append([ours.name, f"{ours.us:.1f}", f"{theirs.us:.1f}", f"{ratio:.2f}x", str(ours.python_calls)])
+    out.table(
+        "host cost per op call (launches counted, not run; torch: the same op on one element)",
+        ["op", "cnnkernels us", "torch us", "ratio", "Python calls"],
+        rows,
+        right=(1, 2, 3, 4),
+    )
+    rows = []
+    for train in (False, True):
+        for cost in host.model_costs(names, train=train):
+            rows.append([cost.name, str(cost.python_calls), str(cost.launches), f"{cost.us / 1e3:.2f}"])
+        out.line(f"{'training steps' if train else 'forwards'} measured")
+    out.table(
+        "host cost per model call, batch 1 (ms include torch's own ops, e.g. Linear, run on this device)",
+        ["model call", "Python calls", "launches", "ms"],
+        rows,
+        right=(1, 2, 3),
     )
     return 0
 
@@ -563,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=positive_int, default=128)
     b.add_argument("--size", type=positive_int, default=224)
     b.add_argument("--dtype", type=dtype_name, default="bfloat16")
+    b.add_argument(
+        "--host", action="store_true", help="host cost per op and model call, launches counted not run (no GPU needed)"
+    )
     b.set_defaults(fn=cmd_bench)
     r = sub.add_parser("report", help="static sm_90 table: registers, spills, HGMMA, main-loop cost")
     r.add_argument("--kernel", default="", help="only the kernels whose name starts with this")

@@ -74,10 +74,17 @@ def count_python_calls(fn: Callable[[], object]) -> int:
 def measure(name: str, fn: Callable[[], object], *, repeats: int = 5, min_time: float = 0.05) -> HostCost:
     """Host cost of ``fn()`` with launches stubbed: warmed up (first calls settle caches and the
     autotuner), then the best of ``repeats`` rounds of at least ``min_time`` seconds each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # no thread-pool wake-ups in a one-element torch reference
-    try:
+    with single_thread():
         return _measure(name, fn, repeats, min_time)
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """torch on one CPU thread: no thread-pool wake-ups in a one-element torch reference."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
 
@@ -113,11 +120,11 @@ def _device() -> str:
     return "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
 
 
-def op_costs(repeats: int = 5) -> list[tuple[HostCost, HostCost]]:
-    """(ours, torch's) host cost per op: ``cnnkernels.functional`` at a GoogLeNet-sized layer
-    (3x3 conv 64 -> 128 on 14x14, channels_last, bf16 on a GPU / fp32 on the CPU), torch's eager
-    op with the same arguments on a one-element CPU problem (dispatch, checks and allocation,
-    nearly no arithmetic). Eager calls after the first, as a model's forward makes them."""
+def op_cases() -> list[tuple[str, Callable[[], object], Callable[[], object]]]:
+    """(name, ours, torch's) per op: ``cnnkernels.functional`` at a GoogLeNet-sized layer (3x3
+    conv 64 -> 128 on 14x14, channels_last, bf16 on a GPU / fp32 on the CPU), torch's eager op
+    with the same arguments on a one-element CPU problem (dispatch, checks and allocation, nearly
+    no arithmetic)."""
     import torch.nn.functional as tF
 
     from cnnkernels import functional as F
@@ -132,7 +139,7 @@ def op_costs(repeats: int = 5) -> list[tuple[HostCost, HostCost]]:
     x1, t1, b1 = torch.randn(1, 1, 1, 1), torch.randn(1, 1, 3, 3), torch.randn(1)
     o1 = torch.randn(1, 1, 1, 1)
     t1g, b1g = t1.clone().requires_grad_(), b1.clone().requires_grad_()
-    cases = [
+    return [
         (
             "conv2d_relu 3x3",
             lambda: F.conv2d_relu(x, w, b, padding=1),
@@ -147,41 +154,44 @@ def op_costs(repeats: int = 5) -> list[tuple[HostCost, HostCost]]:
         ("max_pool2d 3x3/2", lambda: F.max_pool2d(x, 3, 2, 1), lambda: tF.max_pool2d(x1, 3, 2, 1)),
         ("adaptive_avg_pool2d 1", lambda: F.adaptive_avg_pool2d(x, 1), lambda: tF.adaptive_avg_pool2d(x1, 1)),
     ]
+
+
+def op_costs(repeats: int = 5) -> list[tuple[HostCost, HostCost]]:
+    """(ours, torch's) host cost of every ``op_cases`` entry, eager calls after the first (as a
+    model's forward makes them), grad mode on."""
     out = []
-    for name, ours, theirs in cases:
-        with torch.enable_grad():
+    with torch.enable_grad():
+        for name, ours, theirs in op_cases():
             out.append((measure(name, ours, repeats=repeats), measure("torch " + name, theirs, repeats=repeats)))
     return out
+
+
+def model_case(name: str, train: bool = False) -> Callable[[], object]:
+    """One forward (no grad, eval) or one training step (forward + backward, train mode) of the
+    fused model ``name`` at batch 1, 1x224x224 (the course's input); lazy layers materialised."""
+    from cnnkernels import models
+
+    dev = _device()
+    classes = {"alexnet": models.AlexNet, "vgg": models.VGG, "nin": models.NiN, "googlenet": models.GoogLeNet}
+    model = classes[name](num_classes=10).to(dev)
+    x = torch.randn(1, 1, 224, 224, device=dev)
+    with torch.no_grad(), launches_stubbed():
+        model(x)
+    if train:
+        model.train()
+        return lambda: model(x).sum().backward()
+    model.eval()
+
+    def forward():
+        with torch.no_grad():
+            return model(x)
+
+    return forward
 
 
 def model_costs(
     names=("alexnet", "vgg", "nin", "googlenet"), *, train: bool = False, repeats: int = 3
 ) -> list[HostCost]:
-    """Host cost of one forward (``train``: forward + backward) of each fused model at batch 1,
-    1x224x224 (the course's input): launches stubbed, nothing computes."""
-    from cnnkernels import models
-
-    dev = _device()
-    classes = {"alexnet": models.AlexNet, "vgg": models.VGG, "nin": models.NiN, "googlenet": models.GoogLeNet}
-    out = []
-    for name in names:
-        model = classes[name](num_classes=10).to(dev)
-        x = torch.randn(1, 1, 224, 224, device=dev)
-        with torch.no_grad(), launches_stubbed():
-            model(x)  # materialises lazy layers
-        if train:
-            model.train()
-
-            def step(model=model, x=x):
-                model(x).sum().backward()
-
-            out.append(measure(f"{name} training step", step, repeats=repeats))
-        else:
-            model.eval()
-
-            def fwd(model=model, x=x):
-                with torch.no_grad():
-                    model(x)
-
-            out.append(measure(f"{name} forward", fwd, repeats=repeats))
-    return out
+    """Host cost of ``model_case`` per model: launches stubbed, nothing computes."""
+    kind = "training step" if train else "forward"
+    return [measure(f"{name} {kind}", model_case(name, train), repeats=repeats) for name in names]

@@ -1,5 +1,5 @@
-"""Shared pieces of the benchmark suites and of ``gpu_check.py``: parameter grids, the callables
-each provider runs, timing, and the ``extra_info`` every result carries.
+"""Shared pieces of the benchmark suites: parameter grids, the callables each provider runs,
+timing, and the ``extra_info`` every result carries (``gpu_check.py`` runs a selection of them).
 
 Providers
     ``cnnkernels``                  the fused Triton kernels (``cnnkernels.functional`` / ``cnnkernels.models``)
@@ -7,9 +7,9 @@ Providers
     ``torch.compile``               the ``torch.nn`` reference under ``torch.compile`` (default mode)
     ``torch.compile-max-autotune``  the same with ``mode="max-autotune"``
 
-Shapes come from ``cnnkernels.roofline.layer_table`` at the seed's 224x224x1 input and batch
-128 (one source of truth with the roofline); layers of identical geometry are benchmarked once,
-under the first layer's name, and ``extra_info["same_shape_layers"]`` lists the others.
+Shapes come from ``cnnkernels.roofline.layer_table`` (the models themselves) at the seed's
+224x224x1 input and batch 128; layers of identical geometry are benchmarked once, under the first
+layer's module path, and ``extra_info["same_shape_layers"]`` lists the others.
 
 Timing
     ``cnnkernels.timing.gpu_time_s`` (``triton.testing.do_bench``: warm-up calls first, so
@@ -32,19 +32,12 @@ import dataclasses
 import functools
 from collections.abc import Callable
 
+import pytest
+
 from cnnkernels import roofline
 from cnnkernels.timing import gpu_time_s
 
-try:
-    import pytest
-except ImportError:  # gpu_check.py uses the helpers below and runs without pytest installed
-    pytest = None
-
-
-def _param(*values, id: str):
-    """A ``pytest.param`` with an id (the bare values where pytest is absent)."""
-    return pytest.param(*values, id=id) if pytest is not None else values
-
+_param = pytest.param
 
 DEVICE = "cuda"  # the benchmarks time GPU work only
 
@@ -450,42 +443,19 @@ def bench_layer(benchmark, op: str, case: LayerCase, dtype: str, mode: str, prov
 # Models
 
 
-def _is_lazy(model) -> bool:
-    from torch.nn.parameter import is_lazy
-
-    return any(is_lazy(p) for p in model.parameters())
-
-
-def make_models(name: str, which: tuple[str, ...] = ("cnnkernels", "reference")) -> dict:
-    """``{"cnnkernels": model, "reference": model}`` on the CPU in fp32 with identical weights.
-
-    The reference twin (``cnnkernels.models.reference``) is built and, if lazy, materialised by a
-    CPU forward at the seed's input; the fused model is ``cnnkernels.models.from_reference`` of it
-    (same constructor arguments, ``load_state_dict``)."""
+def model_on_gpu(name: str, provider: str, dtype: str):
+    """The model ``provider`` runs, on the GPU in ``dtype``, channels_last (not yet compiled): the
+    fused ``cnnkernels.models`` model for cnnkernels, its ``torch.nn`` twin for the others, with the
+    same weights (seed 0; lazy layers materialised by a shape-only pass, no image computed)."""
     import torch
 
-    import cnnkernels.models as fused
-    from cnnkernels.models import reference
+    from cnnkernels import models
 
     torch.manual_seed(0)
-    ref = getattr(reference, name)(num_classes=10)
-    if _is_lazy(ref):
-        with torch.no_grad():
-            ref.eval()(torch.zeros(1, *IMAGE))
-    out = {}
-    if "reference" in which:
-        out["reference"] = ref
-    if "cnnkernels" in which:
-        out["cnnkernels"] = fused.from_reference(ref)
-    return out
-
-
-def model_on_gpu(name: str, provider: str, dtype: str):
-    """The model ``provider`` runs, on the GPU in ``dtype``, channels_last (not yet compiled)."""
-    import torch
-
-    impl = "cnnkernels" if provider == "cnnkernels" else "reference"
-    model = make_models(name, (impl,))[impl]
+    model = getattr(models.reference, name)(num_classes=10)
+    model.materialize((1, *IMAGE))
+    if provider == "cnnkernels":
+        model = models.from_reference(model)
     return model.to(device=DEVICE, dtype=torch_dtype(dtype), memory_format=torch.channels_last)
 
 

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 SKIP_REASON = "needs a CUDA GPU: the interpreter measures nothing about speed"
 BENCH_FILES = (
+    "test_bench_ceilings.py",
     "test_bench_conv.py",
     "test_bench_conv1x1.py",
     "test_bench_pool.py",
@@ -95,6 +96,8 @@ def test_gpu_check_without_gpu_exits_2_with_one_line(tmp_path):
 
 
 def _load_gpu_check():
+    if str(BENCH) not in sys.path:  # gpu_check imports the suites' _common, as it does run from its folder
+        sys.path.append(str(BENCH))
     spec = importlib.util.spec_from_file_location("gpu_check", BENCH / "gpu_check.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -106,7 +109,10 @@ def test_gpu_check_markdown_reports_failures_and_ends_with_models_table():
     assert gc.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     res = {
         "meta": {"gpu": "NVIDIA H100 80GB HBM3", "date": "2026-01-01", "torch": "t", "triton": "x", "cuda": "c"},
-        "ceilings": {"matmul_bf16_tflops": 700.0, "matmul_shape": "8192x8192x8192", "copy_gbps": 2900.0},
+        "ceilings": [
+            {"ceiling": "matmul", "tflops": 700.0, "shape": "8192x8192x8192"},
+            {"ceiling": "copy", "gbps": 2900.0},
+        ],
         "tests": {"status": "failed", "summary": "1 failed, 10 passed", "elapsed_s": 12.0},
         "conv": [],
         "pool": [],
@@ -119,6 +125,7 @@ def test_gpu_check_markdown_reports_failures_and_ends_with_models_table():
                 "median_ms": 10.0,
                 "speedup_vs_cudnn": 1.5,
                 "roofline_fraction": 0.5,
+                "peak_memory_mb": 2048.0,
             },
             {"model": "VGG", "mode": "train", "provider": "cudnn", "median_ms": 15.0},
         ],
@@ -129,15 +136,47 @@ def test_gpu_check_markdown_reports_failures_and_ends_with_models_table():
     }
     md = gc.markdown(res)
     assert "**failed**: 1 failed, 10 passed" in md
+    assert "bf16 matmul 700 TFLOP/s (8192x8192x8192), device-to-device copy 2900 GB/s" in md
     assert "FAILED (timeout) compile" in md and "skipped compile: VGG torch.compile-max-autotune" in md
     last_heading = md[md.rindex("\n## ") :]
     assert last_heading.startswith("\n## Models")
-    assert "| VGG | train | 10.0 | 15.0 | – | – | 1.50x | – | 50% |" in md
+    assert "| VGG | train | 10.0 | 15.0 | – | – | 1.50x | – | 50% | 2048 |" in md
+
+
+def test_gpu_check_selects_collected_benchmarks(collected):
+    """Every item the GPU check runs is a benchmark of the suites (it measures nothing itself)."""
+    gc = _load_gpu_check()
+    _, ids = collected
+    sections = ("conv", "pool", "models", "compile")
+    selected = [i for s in sections for i in gc.node_ids(s, max_autotune=True)]
+    assert len(selected) == 20 + 16 + 16 + 16 and set(selected) <= set(ids)
+    assert all("-bf16-" in i for i in selected)
+    assert sum("::test_ceiling" in i or "test_bench_ceilings.py::" in i for i in ids) == 2
+
+
+@no_gpu_only
+def test_gpu_check_section_runs_the_benchmarks_and_records_each_item(tmp_path, monkeypatch):
+    """A section is a pytest run of the benchmarks; every item's outcome comes back through the
+    benchmarks' conftest (here, without a GPU, each is skipped with the reason)."""
+    gc = _load_gpu_check()
+    monkeypatch.setenv("OUT", str(tmp_path))
+
+    class Args:
+        budget, max_autotune = 120.0, False
+
+    check = gc.Check(Args)
+    check.section("ceilings")
+    skipped = [s for s in check.results["skipped"] if s["section"] == "ceilings"]
+    assert [s["item"].split("::")[1] for s in skipped] == ["test_matmul_peak", "test_copy_bandwidth"]
+    assert all(SKIP_REASON in s["reason"] for s in skipped)
+    assert check.results["failures"] == [] and check.results["ceilings"] == []
+    assert check.results["sections"]["ceilings"]["status"] == "ok"
+    assert (tmp_path / "results.json").exists() and not list(tmp_path.glob(".*rows*"))
 
 
 def test_timing_is_triton_do_bench_median(monkeypatch):
-    """Benchmarks, ``cnnkernels bench`` and gpu_check time through one function, which is
-    ``triton.testing.do_bench``'s median converted to seconds."""
+    """Benchmarks and ``cnnkernels bench`` time through one function (gpu_check through the
+    benchmarks), which is ``triton.testing.do_bench``'s median converted to seconds."""
     import triton.testing
 
     from cnnkernels import timing
@@ -153,9 +192,11 @@ def test_timing_is_triton_do_bench_median(monkeypatch):
     ran = []
     assert timing.gpu_time_s(lambda: ran.append(1), warmup_ms=7, rep_ms=11) == pytest.approx(2.5e-3)
     assert calls == [(7, 11, "median")] and ran == [1]
-    for path in (BENCH / "_common.py", BENCH / "gpu_check.py", REPO / "cnnkernels" / "cli.py"):
+    for path in (BENCH / "_common.py", REPO / "cnnkernels" / "cli.py"):
         text = path.read_text(encoding="utf-8")
         assert "gpu_time_s" in text and "elapsed_time" not in text, path
+    check = (BENCH / "gpu_check.py").read_text(encoding="utf-8")  # a driver: it times nothing itself
+    assert not any(call in check for call in ("gpu_time_s(", "do_bench(", "elapsed_time(", "synchronize(", "Event("))
 
 
 def test_benchmarks_edit_no_sys_path():

@@ -595,20 +595,16 @@ def _load_gpu_check():
 
 @pytest.mark.parametrize("broken", [False, True], ids=["correct", "broken-weight-gradient"])
 def test_gpu_check_accuracy_uses_the_model_rule(monkeypatch, broken):
-    """benchmarks/gpu_check.py judges each model with model_verdict (a tiny VGG on the CPU here):
-    correct kernels pass, a wrong conv weight gradient fails."""
-    gpu_check, bench_common = _load_gpu_check()
+    """benchmarks/gpu_check.py judges each model by ``cnnkernels check``'s comparison (the model
+    rule, model_verdict; a tiny VGG on the CPU here): correct kernels pass, a wrong conv weight
+    gradient fails."""
+    from cnnkernels import cli
+
+    gpu_check, _ = _load_gpu_check()
     case = CASES["vgg"]
-
-    def make_models(name):
-        ref = _materialised_reference(case)
-        return {"reference": ref, "cnnkernels": models.from_reference(ref)}
-
-    monkeypatch.setattr(bench_common, "make_models", make_models)
-    monkeypatch.setattr(bench_common, "DEVICE", DEVICE)
-    monkeypatch.setattr(bench_common, "IMAGE", (1, case.hw, case.hw))
-    monkeypatch.setattr(gpu_check, "ACCURACY_BATCH", 2)
-    monkeypatch.setattr(gpu_check, "DTYPE", "float32")
+    monkeypatch.setattr(
+        cli, "_build", lambda name, reference=False: case.build(models.reference if reference else models)
+    )
     if broken:
         import cnnkernels.kernels.conv as kconv
 
@@ -619,10 +615,10 @@ def test_gpu_check_accuracy_uses_the_model_rule(monkeypatch, broken):
             return dw * 1.01, db
 
         monkeypatch.setattr(kconv, "conv2d_backward_weight", wrong)
-    row = gpu_check._accuracy("VGG")
+    row = gpu_check.accuracy("VGG", batch=2, size=case.hw, dtype="float32", device=DEVICE)
     assert row["dtype"] == "float32" and "model_verdict" in row["bound"]
     if broken:
         assert row["status"].startswith("failed") and any(n.endswith(".weight") for n in row["failed"])
     else:
         assert row["status"] == "ok", row
-        assert 0 <= row["worst_fraction_of_bound"] <= 1 and row["grad_err"] < 1e-5
+        assert 0 <= row["worst_fraction_of_bound"] <= 1 and row["worst_err"] < 1e-5

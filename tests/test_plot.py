@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -144,10 +145,16 @@ def test_missing_matplotlib_names_the_extra(results_json, tmp_path, monkeypatch,
 
 
 def test_reads_what_gpu_check_writes(tmp_path, monkeypatch):
-    """gpu_check's own row builder and writer produce a file the plot reads."""
+    """The model benchmarks' own records, gathered and written by gpu_check, make a file the plot reads."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import test_bench_models
+
+    import _common
+
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
     gc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gc)
+    monkeypatch.setattr(_common, "gpu_info", lambda: {"gpu": "Test GPU", "roofline_gpu": "H100"})
     monkeypatch.setenv("OUT", str(tmp_path))
 
     class Args:
@@ -156,8 +163,16 @@ def test_reads_what_gpu_check_writes(tmp_path, monkeypatch):
     check = gc.Check(Args)
     check.results["meta"].update(gpu="Test GPU", gpu_slug="test-gpu", date="2026-01-01", roofline_gpu="H100")
     for provider, ms in (("cudnn", 6.0), ("cnnkernels", 4.0), ("torch.compile", 5.0)):
-        check.results["models"].append(check._model_row("NiN", "train", provider, ms / 1e3))
-    check._speedups()
+        bench = types.SimpleNamespace(group="model:NiN:batch128:bfloat16:train", extra_info={})
+
+        def cudnn_again():
+            raise AssertionError("the session's cudnn median is used, not a new measurement")
+
+        test_bench_models._record_model(
+            bench, "NiN", 128, "bfloat16", "train", provider, ms / 1e3, cudnn_again, peak_memory_mb=1.0
+        )
+        check.results["models"].append({"test": provider, "outcome": "passed", **bench.extra_info})
+    check._derived()
     check.write()
     assert {p.name for p in tmp_path.iterdir()} == {
         "results.json",
@@ -167,7 +182,7 @@ def test_reads_what_gpu_check_writes(tmp_path, monkeypatch):
     res = plot.load(tmp_path / "results.json")
     ours = next(r for r in res["models"] if r["provider"] == "cnnkernels")
     assert ours["speedup_vs_cudnn"] == pytest.approx(1.5) and ours["speedup_vs_torch_compile"] == pytest.approx(1.25)
-    assert 0 < ours["roofline_fraction"] < 1
+    assert 0 < ours["roofline_fraction"] < 1 and ours["peak_memory_mb"] == 1.0
     data, dtype, batch = plot.speedups(res)
     assert (dtype, batch) == ("bfloat16", 128)
     assert {s.baseline: s.speedup for s in data} == pytest.approx({"cudnn": 1.5, "torch.compile": 1.25})

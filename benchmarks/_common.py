@@ -85,7 +85,7 @@ class LayerCase:
         return f"{self.model}.{self.name}"
 
     def layer(self, dtype: str = "bfloat16", batch: int = LAYER_BATCH) -> roofline.Layer:
-        return _layer(self.model, self.name, dtype, batch)
+        return _table(self.model, dtype, batch)[self.name]
 
 
 @functools.cache
@@ -93,36 +93,14 @@ def _table(model: str, dtype: str, batch: int) -> dict[str, roofline.Layer]:
     return {r.name: r for r in roofline.layer_table(model, (batch, *IMAGE), dtype=dtype)}
 
 
-def _layer(model: str, name: str, dtype: str, batch: int) -> roofline.Layer:
-    return _table(model, dtype, batch)[name]
-
-
-def _geometry(r: roofline.Layer) -> tuple:
-    return (
-        r.kind,
-        r.in_shape,
-        r.out_shape,
-        r.kernel,
-        r.stride,
-        r.padding,
-        r.relu,
-        r.needs_input_grad,
-        r.branch_channels,
-    )
-
-
 def layer_cases(predicate: Callable[[roofline.Layer], bool]) -> list[LayerCase]:
     """Distinct geometries of the layers (of all four models, batch 128) for which ``predicate`` holds."""
-    seen: dict[tuple, list] = {}
+    seen: dict[roofline.Layer, list] = {}  # a row without its name: the geometry and what it moves
     for model in roofline.MODELS:
         for r in _table(model, "bfloat16", LAYER_BATCH).values():
             if predicate(r):
-                seen.setdefault(_geometry(r), []).append(f"{model}.{r.name}")
-    cases = []
-    for names in seen.values():
-        model, name = names[0].split(".", 1)
-        cases.append(LayerCase(model, name, tuple(names[1:])))
-    return cases
+                seen.setdefault(dataclasses.replace(r, name=""), []).append((model, r.name))
+    return [LayerCase(*names[0], tuple(f"{m}.{n}" for m, n in names[1:])) for names in seen.values()]
 
 
 def layer_params(predicate: Callable[[roofline.Layer], bool]) -> list:
@@ -391,29 +369,18 @@ def cat_callable(layer: roofline.Layer, provider: str, mode: str):
     return _mode_callable(op, branches, (), mode)
 
 
-def cat_bytes(layer: roofline.Layer) -> int:
-    """A standalone concatenation reads and writes every branch output once."""
-    return (
-        2
-        * layer.out_shape[0]
-        * sum(layer.branch_channels)
-        * layer.out_shape[2]
-        * layer.out_shape[3]
-        * roofline.DTYPE_BYTES[layer.dtype]
-    )
-
-
 def bench_layer(benchmark, op: str, case: LayerCase, dtype: str, mode: str, provider: str, builder) -> None:
     """The body of every per-layer benchmark: build ``builder(layer, provider, mode)``, time it,
     record FLOPs, bytes and the roofline floor of ``case``'s layer. Concatenation is timed as the
-    standalone copy it is outside a fused Inception block (``cat_bytes``)."""
+    standalone copy it is outside a fused Inception block (the bytes the roofline counts as
+    saved by writing in place: every branch output read and written once)."""
     layer = case.layer(dtype)
     benchmark.group = f"{op}:{case.id}:{dtype}:{mode}"
     median = measure(benchmark, builder(layer, provider, mode))
     if layer.kind == "cat":
         if mode != "forward":
             raise ValueError("concatenation is benchmarked forward only")
-        moved, formula = cat_bytes(layer), "2*N*sum(C_i)*H*W * bytes"
+        moved, formula = layer.unfused_extra_bytes_fwd, "2*N*sum(C_i)*H*W * bytes"
         floor = {g: moved / c.bandwidth for g, c in roofline.GPU_CEILINGS.items()}
     else:
         moved, formula = layer.nbytes(mode), layer.formula("bytes", mode)
@@ -483,9 +450,11 @@ def model_callable(name: str, provider: str, dtype: str, mode: str, batch: int):
 
 
 def model_cudagraph_callable(name: str, provider: str, dtype: str, batch: int):
-    """Forward (eval, no grad) replayed from a CUDA graph; torch.compile uses its own
-    ``mode="reduce-overhead"`` (CUDA graphs) instead of a manual capture."""
+    """Forward (eval, no grad) replayed from a CUDA graph (``cnnkernels.graphs.capture_forward``);
+    torch.compile uses its own ``mode="reduce-overhead"`` (CUDA graphs) instead."""
     import torch
+
+    from cnnkernels.graphs import capture_forward
 
     model = model_on_gpu(name, provider, dtype).eval()
     x = _activation((batch, *IMAGE), dtype, False)
@@ -501,13 +470,4 @@ def model_cudagraph_callable(name: str, provider: str, dtype: str, batch: int):
         return forward
     if provider not in ("cnnkernels", "cudnn"):
         raise ValueError(f"no CUDA-graph variant for provider {provider!r}")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.no_grad(), torch.cuda.stream(stream):
-        for _ in range(3):  # autotuning and cuDNN's search happen before the capture
-            model(x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph):
-        model(x)
-    return graph.replay
+    return capture_forward(model, x).graph.replay  # warmed up first: autotuning and cuDNN's search

@@ -35,9 +35,9 @@ class Unplannable(Exception):
     """The recorded call did something a launch plan cannot replay."""
 
 
-def key(args: tuple, a: Tensor, b: Tensor | None = None, c: Tensor | None = None):
-    """The cache key of a call with tensors ``a``, ``b``, ``c`` (``b``, ``c`` optional) and other
-    arguments ``args``, or None when the call must take the full path: a tensor that is not a
+def key(args: tuple, a: Tensor, *more: Tensor | None):
+    """The cache key of a call with tensors ``a``, ``*more`` (None allowed) and other arguments
+    ``args``, or None when the call must take the full path: a tensor that is not a
     plain ``Tensor`` or ``Parameter`` (fake, functional or another subclass), autocast on,
     ``torch.compile`` tracing, an unhashable argument. Besides each tensor's shape, strides,
     dtype and device, the key holds whether autograd will record the call, the current CUDA
@@ -47,7 +47,7 @@ def key(args: tuple, a: Tensor, b: Tensor | None = None, c: Tensor | None = None
     grad = False
     record = torch.is_grad_enabled()
     parts = []
-    for t in (a, b, c):
+    for t in (a, *more):
         if t is None:
             parts.append(None)
             continue
@@ -102,7 +102,10 @@ class LaunchPlan:
         self.allocs, self.views, self.launches, self.outputs = allocs, views, launches, outputs
 
     @classmethod
-    def build(cls, record: list, inputs: tuple, outputs: tuple) -> LaunchPlan:
+    def build(cls, record: list, inputs: tuple, outputs: tuple, derived: tuple = ()) -> LaunchPlan:
+        """``derived``: tensors the recorded call computed from its inputs with torch ops (not
+        launches); the caller recomputes them and passes them after the inputs to ``run``."""
+        inputs = (*inputs, *derived)
         slots: dict[int, int] = {id(t): i for i, t in enumerate(inputs) if t is not None}
         n_in = len(inputs)
         allocs: list = []
@@ -115,7 +118,7 @@ class LaunchPlan:
                 return slots[id(t)]
             base = t._base if t._base is not None else t
             keep.append(base)
-            if id(base) in slots and slots[id(base)] < n_in:
+            if isinstance(slots.get(id(base)), int):
                 raise Unplannable("a launch reads a view of an input")
             if id(base) not in slots:
                 slots[id(base)] = ("a", len(allocs))
@@ -156,6 +159,7 @@ class LaunchPlan:
         return cls(allocs, views, launches, [pos(s) for s in out_slots])
 
     def run(self, inputs: tuple) -> list:
+        """The outputs, for ``inputs`` (then the derived tensors, see ``build``)."""
         pool = list(inputs)
         for shape, stride, dtype, device in self.allocs:
             pool.append(torch.empty_strided(shape, stride, dtype=dtype, device=device))

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
+from . import _fast
 from . import functional as F
 from .inception import InceptionFunction
 
@@ -151,9 +154,27 @@ class Inception(nn.Module):
         if pool._forward_pre_hooks or pool._forward_hooks:
             raise ValueError("Inception.b4_1 has forward hooks, which the fused block would not run")
 
+    def _fast_key(self, x: Tensor):
+        """The fast-path key of a call (see ``cnnkernels._fast``): the input, every parameter and
+        the submodules with their hooks, so any change the checks below would see misses it."""
+        mods = self._modules
+        convs = (mods["b1_1"], mods["b2_1"], mods["b2_2"], mods["b3_1"], mods["b3_2"], mods["b4_2"])
+        params = []
+        for conv in convs:
+            params += [conv._parameters.get("weight"), conv._parameters.get("bias")]
+        shape = tuple((id(m), type(m), len(m._forward_hooks), len(m._forward_pre_hooks)) for m in mods.values())
+        return _fast.key(("inception", id(self), shape), x, *params), params
+
     def forward(self, x: Tensor) -> Tensor:
         from ._utils import autocast_dtype, check_tensor
 
+        key = None
+        if not isinstance(self.b1_1, nn.modules.lazy.LazyModuleMixin) and not self._forward_hooks:
+            with contextlib.suppress(KeyError, AttributeError):
+                key, params = self._fast_key(x)
+        plan = _fast.get(key) if key is not None else None
+        if plan is not None:
+            return plan(x, params)
         check_tensor(x, "input", (3, 4))
         self._materialize(x)
         self._check_branches()
@@ -171,5 +192,139 @@ class Inception(nn.Module):
         elif any(p.dtype != x4.dtype for p in params):
             raise TypeError(f"input dtype {x4.dtype} differs from the block's parameter dtype {params[0].dtype}")
         pooled = F.max_pool2d(x4, 3, 1, 1)
-        out = InceptionFunction.apply(x4, pooled, *params)
+        with _fast.recording() as record:
+            out = InceptionFunction.apply(x4, pooled, *params)
+        if key is not None and cast is None and len(record) == 4:
+            # The op stacks the three input-side 1x1 weights and biases with torch.cat: the
+            # first launch's second and third arguments, recomputed by the plan.
+            # Its fifth is the reduce convs' output (scratch), which the backward needs.
+            w_cat, b_cat, scratch = record[0][2][1], record[0][2][2], record[0][2][4]
+            with contextlib.suppress(_fast.Unplannable):
+                launches = _fast.LaunchPlan.build(record, (x4, pooled, *params), (out, scratch), (w_cat, b_cat))
+                _fast.put(key, InceptionPlan(launches, unbatched, key[1]))
         return out.squeeze(0) if unbatched else out
+
+
+class InceptionPlan:
+    """An Inception call's plan (see ``cnnkernels._fast``): the block's four launches, the
+    stacked 1x1 weights rebuilt only when a weight changed (its version counter moved)."""
+
+    def __init__(self, launches, unbatched, grad):
+        self.launches, self.unbatched, self.grad = launches, unbatched, grad
+        self.stacked_for = None
+        self.stacked = None
+
+    def stack(self, params):
+        w1, b1, w21, b21, _, _, w31, b31 = params[:8]
+        versions = tuple((id(t), t._version) for t in (w1, b1, w21, b21, w31, b31))
+        if versions != self.stacked_for:
+            with torch.no_grad():
+                self.stacked = (torch.cat((w1, w21, w31)), torch.cat((b1, b21, b31)))
+            self.stacked_for = versions
+        return self.stacked
+
+    def __call__(self, x, params):
+        x4 = x.unsqueeze(0) if self.unbatched else x
+        pooled = F.max_pool2d(x4, 3, 1, 1)
+        if self.grad:
+            out = PlannedInceptionFunction.apply(x4, pooled, *params, self)
+        else:
+            out = self.launches.run((x4, pooled, *params, *self.stack(params)))[0]
+        return out.squeeze(0) if self.unbatched else out
+
+
+class PlannedInceptionFunction(torch.autograd.Function):
+    """``InceptionFunction`` replayed from an ``InceptionPlan``: same launches, saved tensors
+    and backward."""
+
+    @staticmethod
+    def forward(ctx, x, pooled, *params_and_plan):
+        *params, plan = params_and_plan
+        w_cat, b_cat = plan.stack(params)
+        out, scratch = plan.launches.run((x, pooled, *params, w_cat, b_cat))
+        w1, w21, w22, w31, w32, w4 = params[0::2]
+        ctx.sizes = (w1.shape[0], w21.shape[0], w31.shape[0])
+        ctx.n_params = len(params)
+        ctx.save_for_backward(x, pooled, out, scratch, w_cat, *params)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return *InceptionFunction.backward(ctx, grad_out), None
+
+
+class Conv2dReLUMaxPool2d(Conv2dReLU):
+    """``nn.Conv2d`` + ReLU + ``nn.MaxPool2d`` as one op (``functional.conv2d_relu_max_pool2d``):
+    the conv's parameters and ``state_dict`` are ``nn.Conv2d``'s; the pool's arguments are the
+    keyword arguments ``pool_kernel_size``, ``pool_stride`` (None: the kernel size),
+    ``pool_padding``, ``pool_dilation`` and ``ceil_mode``. Only the pooled output and an int8
+    argmax are saved for backward. Inside ``cnnkernels.convpool.layer_by_layer()`` it returns the
+    conv + ReLU output alone (the pool placeholder after it then pools)."""
+
+    def __init__(
+        self,
+        *args,
+        pool_kernel_size=2,
+        pool_stride=None,
+        pool_padding=0,
+        pool_dilation=1,
+        ceil_mode=False,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        _set_pool(self, pool_kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)
+
+    def forward(self, input):
+        from .convpool import fused_layers
+
+        if not fused_layers():
+            return Conv2dReLU.forward(self, input)
+        return F.conv2d_relu_max_pool2d(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.pool_kernel_size,
+            self.pool_stride,
+            self.pool_padding,
+            self.pool_dilation,
+            self.ceil_mode,
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (
+            f", relu, max_pool(kernel_size={self.pool_kernel_size}, stride={self.pool_stride}, "
+            f"padding={self.pool_padding}, dilation={self.pool_dilation}, ceil_mode={self.ceil_mode})"
+        )
+
+
+def _set_pool(module, kernel_size, stride, padding, dilation, ceil_mode) -> None:
+    module.pool_kernel_size = kernel_size
+    module.pool_stride = kernel_size if stride is None else stride
+    module.pool_padding = padding
+    module.pool_dilation = dilation
+    module.ceil_mode = ceil_mode
+
+
+class LazyConv2dReLUMaxPool2d(LazyConv2dReLU):
+    """``LazyConv2d`` + ReLU + max pool as one op; becomes a ``Conv2dReLUMaxPool2d``."""
+
+    cls_to_become = Conv2dReLUMaxPool2d
+    forward = Conv2dReLUMaxPool2d.forward
+    extra_repr = Conv2dReLUMaxPool2d.extra_repr
+
+    def __init__(
+        self,
+        *args,
+        pool_kernel_size=2,
+        pool_stride=None,
+        pool_padding=0,
+        pool_dilation=1,
+        ceil_mode=False,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        _set_pool(self, pool_kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)

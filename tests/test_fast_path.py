@@ -201,3 +201,35 @@ def test_host_cost_counts_launches_without_running_them():
     assert cost.launches == 1
     assert 0 < cost.python_calls < 40
     assert cost.us > 0
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_inception_replay_is_bit_identical(grad, replays):
+    from cnnkernels.nn import Inception
+
+    torch.manual_seed(0)
+    block = Inception(4, (3, 5), (2, 3), 4).to(DEVICE).double()
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, device=DEVICE).to(memory_format=torch.channels_last)
+    _full_path(lambda: block(x))  # materialises the lazy convs
+    results = []
+    for _ in range(3):
+        xi = x.clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            y = block(xi)
+        grads = torch.autograd.grad(y, [xi, *block.parameters()], torch.ones_like(y)) if grad else ()
+        results.append((y.detach(), grads))
+    from cnnkernels.nn import InceptionPlan
+
+    assert sum(isinstance(p, InceptionPlan) for p in _fast._PLANS.values()) == 1
+    assert replays[0] == 4  # the block's plan and its pool branch's, on the second and third calls
+    for y, grads in results[1:]:
+        assert torch.equal(y, results[0][0])
+        assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1]))
+    ref = _full_path(lambda: block(x))
+    assert torch.equal(results[0][0], ref.detach())
+    # A weight changed in place (an optimizer step) re-stacks the 1x1 weights.
+    with torch.no_grad():
+        block.b2_1.weight.add_(0.5)
+    again = block(x)
+    assert torch.equal(again.detach(), _full_path(lambda: block(x)).detach())
+    assert not torch.equal(again.detach(), ref.detach())

@@ -34,7 +34,12 @@ FLOPS_FORMULA = "sum over layers: conv 2*N*K*P*Q*C*R*S, linear 2*N*IN*OUT, pools
 BYTES_FORMULA = "sum over layers of each input, weight and output once (ReLU fused, concatenation in place); train adds 3 per parameter (SGD) * bytes"
 
 
-def _record_model(benchmark, model, batch, dtype, mode, provider, median, build_cudnn, **extra):
+def _bench_model(benchmark, kind, model, batch, dtype, mode, provider, build, **extra):
+    """Time ``build(provider)`` (a zero-argument step), record it with the model's roofline totals
+    and the peak memory the step allocates; ``build("cudnn")`` gives the speedup's reference."""
+    benchmark.group = f"{kind}:{model}:batch{batch}:{dtype}:{mode}"
+    fn = build(provider)
+    median = measure(benchmark, fn)
     t = roofline.model_totals(model, batch=batch, dtype=dtype)
     record(
         benchmark,
@@ -48,11 +53,12 @@ def _record_model(benchmark, model, batch, dtype, mode, provider, median, build_
         flops_formula=FLOPS_FORMULA,
         bytes_formula=BYTES_FORMULA,
         floor={g: t.floor_s(g, mode) for g in roofline.GPU_CEILINGS},
-        build_cudnn=build_cudnn,
+        build_cudnn=lambda: build("cudnn"),
         model=model,
         batch=batch,
         params=t.params,
         unfused_extra_bytes=t.unfused_extra_bytes(mode),
+        peak_memory_mb=peak_memory_bytes(fn) / 2**20,
         **extra,
     )
 
@@ -63,38 +69,16 @@ def _record_model(benchmark, model, batch, dtype, mode, provider, median, build_
 @pytest.mark.parametrize("batch", MODEL_BATCHES)
 @pytest.mark.parametrize("model", MODELS)
 def test_model(benchmark, model, batch, mode, dtype, provider):
-    benchmark.group = f"model:{model}:batch{batch}:{dtype}:{mode}"
-    fn = model_callable(model, provider, dtype, mode, batch)
-    median = measure(benchmark, fn)
-    _record_model(
-        benchmark,
-        model,
-        batch,
-        dtype,
-        mode,
-        provider,
-        median,
-        lambda: model_callable(model, "cudnn", dtype, mode, batch),
-        peak_memory_mb=peak_memory_bytes(fn) / 2**20,
-    )
+    def build(p):
+        return model_callable(model, p, dtype, mode, batch)
+
+    _bench_model(benchmark, "model", model, batch, dtype, mode, provider, build)
 
 
 @pytest.mark.parametrize("provider", CUDAGRAPH_PROVIDERS)
 @pytest.mark.parametrize("model", MODELS)
 def test_model_cudagraph(benchmark, model, provider):
-    batch, dtype, mode = 1, "bfloat16", "forward"
-    benchmark.group = f"model-cudagraph:{model}:batch{batch}:{dtype}:{mode}"
-    fn = model_cudagraph_callable(model, provider, dtype, batch)
-    median = measure(benchmark, fn)
-    _record_model(
-        benchmark,
-        model,
-        batch,
-        dtype,
-        mode,
-        provider,
-        median,
-        lambda: model_cudagraph_callable(model, "cudnn", dtype, batch),
-        cuda_graph=True,
-        peak_memory_mb=peak_memory_bytes(fn) / 2**20,
-    )
+    def build(p):
+        return model_cudagraph_callable(model, p, "bfloat16", 1)
+
+    _bench_model(benchmark, "model-cudagraph", model, 1, "bfloat16", "forward", provider, build, cuda_graph=True)

@@ -162,15 +162,17 @@ def test_reads_what_gpu_check_writes(tmp_path, monkeypatch):
 
     check = gc.Check(Args)
     check.results["meta"].update(gpu="Test GPU", gpu_slug="test-gpu", date="2026-01-01", roofline_gpu="H100")
-    for provider, ms in (("cudnn", 6.0), ("cnnkernels", 4.0), ("torch.compile", 5.0)):
-        bench = types.SimpleNamespace(group="model:NiN:batch128:bfloat16:train", extra_info={})
+    medians = {"cudnn": 6e-3, "cnnkernels": 4e-3, "torch.compile": 5e-3}
+    monkeypatch.setattr(test_bench_models, "measure", lambda benchmark, fn: medians[fn()])
+    monkeypatch.setattr(test_bench_models, "peak_memory_bytes", lambda fn: 2**20)
+    for provider in medians:
+        bench = types.SimpleNamespace(group=None, extra_info={})
 
-        def cudnn_again():
-            raise AssertionError("the session's cudnn median is used, not a new measurement")
+        def build(p, provider=provider):  # the step: here it says which provider it is
+            assert p == provider, "the session's cudnn median is used, not a new measurement"
+            return lambda: p
 
-        test_bench_models._record_model(
-            bench, "NiN", 128, "bfloat16", "train", provider, ms / 1e3, cudnn_again, peak_memory_mb=1.0
-        )
+        test_bench_models._bench_model(bench, "model", "NiN", 128, "bfloat16", "train", provider, build)
         check.results["models"].append({"test": provider, "outcome": "passed", **bench.extra_info})
     check._derived()
     check.write()

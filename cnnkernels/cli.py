@@ -398,17 +398,18 @@ def cmd_bench(args) -> int:
         fused = models.from_reference(ref).to(dtype).eval()
         ref = ref.to(dtype).to(memory_format=torch.channels_last).eval()
         xd = x.to(dtype)
-        times = {}
+        stats = {}
         for provider, model in (("cudnn", ref), ("cnnkernels", fused), ("torch.compile", torch.compile(ref))):
-            times[provider] = _time_ms(lambda m=model, inp=xd: m(inp))
-        for provider, ms in times.items():
-            rows.append([name, provider, f"{ms:.3f}", f"{args.batch / ms * 1e3:,.0f}", f"{times['cudnn'] / ms:.2f}x"])
+            stats[provider] = _measure(lambda m=model, inp=xd: m(inp))
+        for provider, (ms, mib) in stats.items():
+            speedup = f"{stats['cudnn'][0] / ms:.2f}x"
+            rows.append([name, provider, f"{ms:.3f}", f"{args.batch / ms * 1e3:,.0f}", speedup, f"{mib:,.0f}"])
         out.line(f"{name}: measured ({_secs(time.perf_counter() - t0)})")
     out.table(
         f"{torch.cuda.get_device_name()}, {args.dtype}, batch {args.batch}, forward",
-        ["model", "provider", "ms", "images/s", "speedup vs cudnn"],
+        ["model", "provider", "ms", "images/s", "speedup vs cudnn", "peak MiB"],
         rows,
-        right=(2, 3, 4),
+        right=(2, 3, 4, 5),
     )
     return 0
 
@@ -444,14 +445,15 @@ def _bench_host(names: list[str]) -> int:
     return 0
 
 
-def _time_ms(fn) -> float:
-    """Median milliseconds of a no-grad call of ``fn`` (``cnnkernels.timing.gpu_time_s``)."""
+def _measure(fn) -> tuple[float, float]:
+    """Median milliseconds (``cnnkernels.timing.gpu_time_s``) and peak MiB allocated
+    (``cnnkernels.timing.peak_memory_bytes``) of a no-grad call of ``fn``."""
     import torch
 
-    from .timing import gpu_time_s
+    from .timing import gpu_time_s, peak_memory_bytes
 
     with torch.no_grad():
-        return gpu_time_s(fn) * 1e3
+        return gpu_time_s(fn) * 1e3, peak_memory_bytes(fn) / 2**20
 
 
 # ---------------------------------------------------------------------------------------------

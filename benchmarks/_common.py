@@ -287,8 +287,19 @@ def _activation(shape, dtype, requires_grad: bool):
     return x.requires_grad_(requires_grad)
 
 
+def _provider_op(provider: str, make):
+    """``make(lib)``, the op with ``lib`` the functional API of ``provider``: ``cnnkernels.functional``
+    for cnnkernels, ``torch.nn.functional`` for the others (compiled for the torch.compile ones)."""
+    import torch.nn.functional as F
+
+    import cnnkernels.functional as CF
+
+    op = make(CF if provider == "cnnkernels" else F)
+    return op if provider in ("cnnkernels", "cudnn") else _compile(op, provider)
+
+
 def conv_callable(layer: roofline.Layer, provider: str, mode: str):
-    """Conv (+ bias + ReLU when the layer has it) of ``layer``'s geometry."""
+    """Conv (+ bias + ReLU when the layer has it; one fused op for cnnkernels) of ``layer``'s geometry."""
     import torch
     import torch.nn.functional as F
 
@@ -301,50 +312,32 @@ def conv_callable(layer: roofline.Layer, provider: str, mode: str):
     weight = weight.contiguous(memory_format=torch.channels_last).requires_grad_(grad)
     bias = (0.1 * torch.randn(k, device=DEVICE)).to(torch_dtype(layer.dtype)).requires_grad_(grad)
     stride, padding, relu = layer.stride, layer.padding, layer.relu
-    if provider == "cnnkernels":
-        import cnnkernels.functional as CF
 
-        fused = CF.conv2d_relu if relu else CF.conv2d
-
+    def make(lib):
         def op(x, w, b):
-            return fused(x, w, b, stride, padding)
-
-    else:
-
-        def op(x, w, b):
-            y = F.conv2d(x, w, b, stride, padding)
+            if relu and lib is not F:
+                return lib.conv2d_relu(x, w, b, stride, padding)
+            y = lib.conv2d(x, w, b, stride, padding)
             return F.relu(y) if relu else y
 
-        if provider != "cudnn":
-            op = _compile(op, provider)
-    return _mode_callable(op, (x, weight, bias), (weight, bias), mode)
+        return op
+
+    return _mode_callable(_provider_op(provider, make), (x, weight, bias), (weight, bias), mode)
 
 
 def pool_callable(layer: roofline.Layer, provider: str, mode: str):
     """Max pooling or global average pooling of ``layer``'s geometry."""
-    import torch.nn.functional as F
-
-    x = _activation(layer.in_shape, layer.dtype, mode != "forward")
-    if provider == "cnnkernels":
-        import cnnkernels.functional as lib
-    else:
-        lib = F
-    if layer.kind == "maxpool":
-        kernel, stride, padding = layer.kernel, layer.stride, layer.padding
-
-        def op(x):
-            return lib.max_pool2d(x, kernel, stride, padding)
-
-    elif layer.kind == "avgpool":
-
-        def op(x):
-            return lib.adaptive_avg_pool2d(x, (1, 1))
-
-    else:
+    if layer.kind not in ("maxpool", "avgpool"):
         raise ValueError(f"not a pooling layer: {layer.kind}")
-    if provider not in ("cnnkernels", "cudnn"):
-        op = _compile(op, provider)
-    return _mode_callable(op, (x,), (), mode)
+    x = _activation(layer.in_shape, layer.dtype, mode != "forward")
+    kernel, stride, padding = layer.kernel, layer.stride, layer.padding
+
+    def make(lib):
+        if layer.kind == "maxpool":
+            return lambda x: lib.max_pool2d(x, kernel, stride, padding)
+        return lambda x: lib.adaptive_avg_pool2d(x, (1, 1))
+
+    return _mode_callable(_provider_op(provider, make), (x,), (), mode)
 
 
 def cat_callable(layer: roofline.Layer, provider: str, mode: str):
@@ -353,20 +346,12 @@ def cat_callable(layer: roofline.Layer, provider: str, mode: str):
 
     n, _, h, w = layer.out_shape
     branches = [_activation((n, ci, h, w), layer.dtype, mode != "forward") for ci in layer.branch_channels]
-    if provider == "cnnkernels":
-        import cnnkernels.functional as CF
 
-        def op(*xs):
-            return CF.cat(xs, dim=1)
+    def make(lib):
+        cat = getattr(lib, "cat", torch.cat)  # torch.nn.functional has none: torch.cat
+        return lambda *xs: cat(xs, dim=1)
 
-    else:
-
-        def op(*xs):
-            return torch.cat(xs, dim=1)
-
-        if provider != "cudnn":
-            op = _compile(op, provider)
-    return _mode_callable(op, branches, (), mode)
+    return _mode_callable(_provider_op(provider, make), branches, (), mode)
 
 
 def bench_layer(benchmark, op: str, case: LayerCase, dtype: str, mode: str, provider: str, builder) -> None:

@@ -56,7 +56,9 @@ def pytest_runtest_makereport(item, call):
     if path and (report.when == "call" or not report.passed):
         bench = item.funcargs.get("benchmark")
         row = {"test": item.nodeid, "outcome": report.outcome, **(bench.extra_info if bench is not None else {})}
-        if not report.passed:
+        if report.skipped and isinstance(report.longrepr, tuple):  # (path, line, "Skipped: reason")
+            row["message"] = report.longrepr[2].removeprefix("Skipped: ")
+        elif not report.passed:
             row["message"] = report.longreprtext[-3000:]
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, default=str) + "\n")

@@ -38,11 +38,18 @@ class Unplannable(Exception):
 def key(args: tuple, a: Tensor, *more: Tensor | None):
     """The cache key of a call with tensors ``a``, ``*more`` (None allowed) and other arguments
     ``args``, or None when the call must take the full path: a tensor that is not a
-    plain ``Tensor`` or ``Parameter`` (fake, functional or another subclass), autocast on,
-    ``torch.compile`` tracing, an unhashable argument. Besides each tensor's shape, strides,
+    plain ``Tensor`` or ``Parameter`` (fake, functional or another subclass, a vmap or grad
+    transform's wrapper), autocast on, a dispatch or torch-function mode active (which must see
+    the ops), ``torch.compile`` tracing, an unhashable argument. Besides each tensor's shape, strides,
     dtype and device, the key holds whether autograd will record the call, the current CUDA
     device (triton launches there) and, for fp32, whether TF32 is allowed."""
-    if not enabled or torch._C._is_any_autocast_enabled() or torch.compiler.is_compiling():
+    if (
+        not enabled
+        or torch._C._is_any_autocast_enabled()
+        or torch._C._len_torch_dispatch_stack()  # a dispatch mode (FlopCounterMode, fake mode) sees the ops
+        or torch._C._is_torch_function_mode_enabled()
+        or torch.compiler.is_compiling()
+    ):
         return None
     grad = False
     record = torch.is_grad_enabled()
@@ -52,7 +59,7 @@ def key(args: tuple, a: Tensor, *more: Tensor | None):
             parts.append(None)
             continue
         kind = type(t)
-        if kind is not Tensor and kind is not Parameter:
+        if (kind is not Tensor and kind is not Parameter) or _wrapped(t):  # subclass, vmap/grad wrapper
             return None
         parts.append((t.shape, t.stride(), t.dtype, t.device))
         grad = grad or (record and t.requires_grad)
@@ -64,6 +71,9 @@ def key(args: tuple, a: Tensor, *more: Tensor | None):
     except TypeError:
         return None
     return k
+
+
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
 def get(key):

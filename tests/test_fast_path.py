@@ -233,3 +233,26 @@ def test_inception_replay_is_bit_identical(grad, replays):
     again = block(x)
     assert torch.equal(again.detach(), _full_path(lambda: block(x)).detach())
     assert not torch.equal(again.detach(), ref.detach())
+
+
+def test_dispatch_modes_and_transforms_see_the_ops(replays):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, w, b = _inputs()
+    CF.conv2d_relu(x, w, b, padding=1)
+    CF.conv2d_relu(x, w, b, padding=1)
+    assert replays[0] == 1
+    with Seen() as seen:
+        y = CF.conv2d_relu(x, w, b, padding=1)
+    assert replays[0] == 1, "under a dispatch mode the call takes the full path"
+    assert any("cnnkernels.conv2d" in op for op in seen.ops), seen.ops
+    assert torch.equal(y, CF.conv2d_relu(x, w, b, padding=1))

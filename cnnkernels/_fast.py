@@ -149,7 +149,14 @@ class LaunchPlan:
                 kw.update(cfg.all_kwargs())
             if callable(grid):
                 grid = tuple(grid({**dict(zip(fn.arg_names, args)), **kw}))
+            # Constexprs go positionally after the arguments (fewer keywords per launch); the
+            # launch options (num_warps, num_stages, ...) stay keywords.
+            names = list(fn.arg_names)
             template = list(args)
+            for name in names[len(args) :]:
+                if name not in kw:
+                    break
+                template.append(kw.pop(name))
             tensor_slots = [(i, slot(a)) for i, a in enumerate(args) if isinstance(a, Tensor)]
             launches.append((fn, template, tensor_slots, grid, kw))
         out_slots = []

@@ -256,3 +256,12 @@ def test_dispatch_modes_and_transforms_see_the_ops(replays):
     assert replays[0] == 1, "under a dispatch mode the call takes the full path"
     assert any("cnnkernels.conv2d" in op for op in seen.ops), seen.ops
     assert torch.equal(y, CF.conv2d_relu(x, w, b, padding=1))
+
+
+def test_a_change_of_device_misses_the_cache(replays):
+    x, w, b = _inputs()
+    CF.conv2d_relu(x, w, b, padding=1)
+    xm, wm, bm = (t.to("meta") for t in (x, w, b))
+    y = CF.conv2d_relu(xm, wm, bm, padding=1)
+    assert y.device.type == "meta" and y.shape == (2, 16, 9, 9)
+    assert replays[0] == 0 and len(_fast._PLANS) == 1, "meta calls take the full path and plan nothing"

@@ -90,7 +90,8 @@ class LayerCase:
 
 @functools.cache
 def _table(model: str, dtype: str, batch: int) -> dict[str, roofline.Layer]:
-    return {r.name: r for r in roofline.layer_table(model, (batch, *IMAGE), dtype=dtype)}
+    rows = roofline.layer_table(model, (batch, *IMAGE), dtype=dtype, pools_in_convs=False)  # each layer alone
+    return {r.name: r for r in rows}
 
 
 def layer_cases(predicate: Callable[[roofline.Layer], bool]) -> list[LayerCase]:

@@ -20,7 +20,11 @@ Counting rules (``Layer``'s fields hold the numbers):
   backward reads dY and y once each. A concatenation that the fused model does in place (the
   seed's Inception: each branch writes its channel slice of the block output) costs nothing.
   Max pooling saves a 1-byte within-window argmax per output in training and its backward reads
-  it. Flatten is a view. Dropout is treated as the identity (evaluation) or as fused (training).
+  it. A max pool that the fused model computes in its conv's kernel (``Conv2dReLUMaxPool2d``)
+  moves nothing of its own: the conv writes only the pooled output (and the argmax), and its
+  backward reads the pooled gradient, the argmax and the pooled output (the ReLU mask at the
+  argmax) instead of dY and y. Flatten is a view. Dropout is treated as the identity
+  (evaluation) or as fused (training).
 * A training step = training forward (+ the argmax bytes) + backward (dX, dW, db) + a plain SGD
   update per parameter (read w, read grad, write w; 2 FLOPs).
 * Floor time of a layer on a GPU = ``max(flops / peak, bytes / bandwidth)``; a model's floor is
@@ -28,8 +32,11 @@ Counting rules (``Layer``'s fields hold the numbers):
 * ``unfused_extra_bytes_*``: what a layer-by-layer library moves on top of the fused kernels. A
   separate ReLU after a conv reads and writes the conv output forward (``2 x out``) and, backward,
   writes the masked gradient that the conv backward then reads again (``2 x out``); ``torch.cat``
-  reads and writes every branch output (``2 x out`` of the block). Only what the fused model
-  fuses counts: ReLUs fused into convs and in-place concatenations.
+  reads and writes every branch output (``2 x out`` of the block); a max pool computed in its
+  conv's kernel spares the conv output's write and the pool's read of it forward (``2 x y``) and,
+  backward, the pool's full-resolution dY written, then read with y for the ReLU mask (``3 x y``),
+  where the fused backward reads the pooled output instead (``- out``). Only what the fused
+  model fuses counts.
 
 Peaks (``GPU_CEILINGS``) are the measured-class dense tensor-core rates and HBM bandwidths that
 the project's design assumes (H100: ~790 TFLOP/s bf16, ~3.0 TB/s; H200: same compute, ~4.3 TB/s);
@@ -264,6 +271,34 @@ def _pool_layer(kind, name, x_shape, y_shape, dtype, needs_grad, geometry) -> La
     )
 
 
+def _pooled_in_conv(conv: Layer, pool: Layer) -> tuple[Layer, Layer]:
+    """The rows of a conv + ReLU + max pool computed as one kernel (see the module docstring)."""
+    b, y, p = DTYPE_BYTES[conv.dtype], math.prod(conv.out_shape), math.prod(pool.out_shape)
+    fwd = conv.bytes_fwd + (p - y) * b  # writes the pooled output, not the conv's
+    conv = dataclasses.replace(
+        conv,
+        bytes_fwd=fwd,
+        bytes_fwd_train=fwd + p,  # + the 1-byte argmax
+        bytes_bwd=conv.bytes_bwd + 2 * (p - y) * b + p,  # dY_p, y_p and the argmax, not dY and y
+        bytes_formula=(pooled := conv.bytes_formula.replace("N*K*P*Q", "N*K*P'*Q' [pooled]")),
+        bytes_formula_fwd_train=f"{pooled} + N*K*P'*Q' [argmax]",
+        bytes_formula_bwd=conv.bytes_formula_bwd.replace("2*N*K*P*Q [dY, y]", "2*N*K*P'*Q' [pooled dY, y]")
+        + " + N*K*P'*Q' [argmax]",
+    )
+    pool = dataclasses.replace(
+        pool,
+        bytes_fwd=0,
+        bytes_fwd_train=0,
+        bytes_bwd=0,
+        unfused_extra_bytes_fwd=2 * y * b,
+        unfused_extra_bytes_bwd=(3 * y - p) * b,
+        bytes_formula="0 (in the conv's kernel)",
+        bytes_formula_fwd_train="",
+        bytes_formula_bwd="0 (in the conv's kernel)",
+    )
+    return conv, pool
+
+
 def _architecture(model):
     """The ``torch.nn`` class and constructor arguments of ``model``: a name in ``MODELS``
     (case-insensitive; 10 classes), or a ``cnnkernels.models`` model, fused or reference."""
@@ -281,7 +316,12 @@ def _architecture(model):
 
 
 def layer_table(
-    model="GoogLeNet", input_shape: Sequence[int] = (1, 1, 224, 224), batch: int | None = None, *, dtype="bfloat16"
+    model="GoogLeNet",
+    input_shape: Sequence[int] = (1, 1, 224, 224),
+    batch: int | None = None,
+    *,
+    dtype="bfloat16",
+    pools_in_convs: bool = True,
 ) -> list[Layer]:
     """Every conv, pool, concatenation, flatten and linear layer of ``model``, in call order.
 
@@ -290,7 +330,9 @@ def layer_table(
     touched). ``input_shape`` is (N, C, H, W) as passed to ``layer_summary``; ``batch`` replaces
     its N. ``dtype`` (torch.dtype or name) sets the element size of the byte counts. A
     concatenation row is named after the block that concatenates (its ``kind`` is "cat") and
-    follows the block's branch layers."""
+    follows the block's branch layers. ``pools_in_convs=False`` counts each max pool as its own
+    kernel even where the fused model computes it in its conv's (the per-layer benchmarks run
+    each layer alone)."""
     import torch
     from torch import nn
 
@@ -336,6 +378,8 @@ def layer_table(
         elif isinstance(m, nn.MaxPool2d):
             geometry = dict(kernel=_pair(m.kernel_size), stride=_pair(m.stride), padding=_pair(m.padding))
             row = _pool_layer("maxpool", path, xs, ys, dtype, needs_grad, geometry)
+            if pools_in_convs and rows and isinstance(kernels.get(rows[-1].name), cnn.Conv2dReLUMaxPool2d):
+                rows[-1], row = _pooled_in_conv(rows[-1], row)
         elif isinstance(m, nn.AdaptiveAvgPool2d):
             geometry = dict(kernel=xs[2:], stride=xs[2:], padding=(0, 0))
             row = _pool_layer("avgpool", path, xs, ys, dtype, needs_grad, geometry)
@@ -387,20 +431,22 @@ class ModelTotals:
     unfused_relu_bytes_fwd: int  # separate ReLU pass after each conv: read + write its output
     unfused_relu_bytes_bwd: int
     unfused_cat_bytes_fwd: int  # torch.cat of each Inception block: read + write the branch outputs
+    unfused_pool_bytes_fwd: int  # a separate max pool after a conv: the conv output written and read
+    unfused_pool_bytes_bwd: int
 
     @property
     def unfused_extra_bytes_fwd(self) -> int:
-        return self.unfused_relu_bytes_fwd + self.unfused_cat_bytes_fwd
+        return self.unfused_relu_bytes_fwd + self.unfused_cat_bytes_fwd + self.unfused_pool_bytes_fwd
 
     @property
     def unfused_extra_bytes_train(self) -> int:
-        return self.unfused_relu_bytes_fwd + self.unfused_relu_bytes_bwd + self.unfused_cat_bytes_fwd
+        return self.unfused_extra_bytes_fwd + self.unfused_relu_bytes_bwd + self.unfused_pool_bytes_bwd
 
     def unfused_extra_bytes(self, mode: str = "forward") -> int:
         """Bytes a layer-by-layer (unfused) execution moves beyond the fused one in ``mode``."""
         return {
             "forward": self.unfused_extra_bytes_fwd,
-            "backward": self.unfused_relu_bytes_bwd,
+            "backward": self.unfused_relu_bytes_bwd + self.unfused_pool_bytes_bwd,
             "train": self.unfused_extra_bytes_train,
         }[mode]
 
@@ -446,6 +492,8 @@ def totals_of(model: str, rows: Sequence[Layer]) -> ModelTotals:
         unfused_relu_bytes_fwd=sum(r.unfused_extra_bytes_fwd for r in conv),
         unfused_relu_bytes_bwd=sum(r.unfused_extra_bytes_bwd for r in conv),
         unfused_cat_bytes_fwd=sum(r.unfused_extra_bytes_fwd for r in rows if r.kind == "cat"),
+        unfused_pool_bytes_fwd=sum(r.unfused_extra_bytes_fwd for r in rows if r.kind == "maxpool"),
+        unfused_pool_bytes_bwd=sum(r.unfused_extra_bytes_bwd for r in rows if r.kind == "maxpool"),
     )
 
 
@@ -457,16 +505,19 @@ def model_totals(model="GoogLeNet", input_shape=(1, 1, 224, 224), batch=None, *,
 
 def readme_table(batch: int = 128, dtype: str = "bfloat16") -> str:
     """The README's table of the bytes fusion saves (Markdown), from ``model_totals``."""
+    totals = [model_totals(m, batch=batch, dtype=dtype) for m in MODELS]
+    pools = any(t.unfused_pool_bytes_fwd for t in totals)  # a column part once a model pools in its convs
     lines = [
-        "| model | fused forward moves | layer-by-layer adds (forward) | of which ReLU / concat | adds per training step |",
+        f"| model | fused forward moves | layer-by-layer adds (forward) | of which ReLU / concat{' / pool' * pools} "
+        "| adds per training step |",
         "|---|---|---|---|---|",
     ]
-    for m in MODELS:
-        t = model_totals(m, batch=batch, dtype=dtype)
-        split = f"{t.unfused_relu_bytes_fwd / 1e9:.2f} / {t.unfused_cat_bytes_fwd / 1e9:.2f} GB"
+    for m, t in zip(MODELS, totals):
+        parts = (t.unfused_relu_bytes_fwd, t.unfused_cat_bytes_fwd) + (t.unfused_pool_bytes_fwd,) * pools
+        split = " / ".join(f"{v / 1e9:.2f}" for v in parts) + " GB" if any(parts[1:]) else "ReLU only"
         lines.append(
             f"| {'VGG-11' if m == 'VGG' else m} | {t.bytes_fwd / 1e9:.2f} GB | {t.unfused_extra_bytes_fwd / 1e9:.2f} GB "
-            f"| {split if t.unfused_cat_bytes_fwd else 'ReLU only'} | {t.unfused_extra_bytes_train / 1e9:.2f} GB |"
+            f"| {split} | {t.unfused_extra_bytes_train / 1e9:.2f} GB |"
         )
     return "\n".join(lines)
 

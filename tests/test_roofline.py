@@ -128,8 +128,8 @@ def test_fusion_decides_relu_and_concatenation_bytes():
 
 
 def test_conv_flops_and_bytes_by_hand():
-    r = _rows("AlexNet", batch=4)["net.3"]  # 96 -> 256, 5x5, pad 2, at 26x26
-    n, c, h, w, k, p, q, rr, s = 4, 96, 26, 26, 256, 26, 26, 5, 5
+    r = _rows("AlexNet", batch=4)["net.6"]  # 256 -> 384, 3x3, pad 1, at 12x12
+    n, c, h, w, k, p, q, rr, s = 4, 256, 12, 12, 384, 12, 12, 3, 3
     assert r.flops_fwd == 2 * n * k * p * q * c * rr * s
     assert r.flops_bwd == 2 * r.flops_fwd
     assert r.bytes_fwd == (n * c * h * w + k * c * rr * s + k + n * k * p * q) * 2
@@ -138,7 +138,7 @@ def test_conv_flops_and_bytes_by_hand():
 
 
 def test_first_layer_needs_no_input_gradient():
-    rows = R.layer_table("AlexNet", batch=2)
+    rows = R.layer_table("NiN", batch=2)
     first = rows[0]
     assert not first.needs_input_grad and all(r.needs_input_grad for r in rows[1:])
     assert first.flops_bwd == first.flops_fwd  # dW only
@@ -153,12 +153,46 @@ def test_linear_and_pool_by_hand():
     fc1 = rows["net.6"]
     assert fc1.flops_fwd == 2 * 3 * 25088 * 4096
     assert fc1.bytes_fwd == (3 * 25088 + 25088 * 4096 + 4096 + 3 * 4096) * 4
-    pool = rows["net.0.2"]
-    x, y = 3 * 64 * 224 * 224, 3 * 64 * 112 * 112
+    pool = _rows("GoogLeNet", batch=3, dtype="float32")["net.2.2"]  # 3x3/2 after an Inception block
+    x, y = 3 * 480 * 28 * 28, 3 * 480 * 14 * 14
     assert pool.bytes_fwd == (x + y) * 4
     assert pool.bytes_fwd_train == (x + y) * 4 + y  # 1-byte argmax
     assert pool.bytes_bwd == y * 4 + y + x * 4
-    assert pool.flops_fwd == y * 4
+    assert pool.flops_fwd == y * 9
+
+
+def test_pool_in_the_conv_kernel_by_hand():
+    """A conv + ReLU + max pool run as one kernel: the conv writes only the pooled output (and
+    the argmax in training); its backward reads the pooled gradient, output and argmax."""
+    rows = _rows("NiN", batch=2)
+    conv, pool = R._pooled_in_conv(rows["net.0.0"], rows["net.1"])  # 96 x 54x54 -> 26x26
+    n, c, h, k, y, p = 2, 1, 224, 96, 2 * 96 * 54 * 54, 2 * 96 * 26 * 26
+    assert conv.bytes_fwd == (n * c * h * h + k * c * 11 * 11 + k + p) * 2
+    assert conv.bytes_fwd_train == conv.bytes_fwd + p
+    assert conv.bytes_bwd == (2 * p + n * c * h * h + k * c * 11 * 11 + k) * 2 + p  # first layer: no dX
+    assert pool.bytes_fwd == pool.bytes_fwd_train == pool.bytes_bwd == 0 and pool.flops_fwd == p * 9
+    assert (pool.unfused_extra_bytes_fwd, pool.unfused_extra_bytes_bwd) == (2 * y * 2, (3 * y - p) * 2)
+    assert "[pooled]" in conv.formula("bytes") and "argmax" in conv.formula("bytes", "train")
+
+
+@pytest.mark.parametrize("model", R.MODELS)
+def test_pools_in_conv_kernels_are_what_fuse_makes(model):
+    """A max pool moves no bytes of its own exactly where ``cnnkernels.fuse`` computes it in the
+    preceding conv's kernel."""
+    import torch
+
+    from cnnkernels import fuse
+    from cnnkernels import nn as cnn
+    from cnnkernels.models import reference
+
+    with torch.device("meta"):
+        ref = getattr(reference, model)(num_classes=10)
+    ref.materialize((1, 1, 224, 224))
+    kernels = dict(fuse(ref.net).named_modules(prefix="net"))
+    rows = R.layer_table(model)
+    pooled = {r.name for r in rows if r.kind == "maxpool" and r.bytes_fwd == 0}
+    fused = {b.name for a, b in zip(rows, rows[1:]) if isinstance(kernels[a.name], cnn.Conv2dReLUMaxPool2d)}
+    assert pooled == fused
 
 
 def test_cat_and_flatten_cost_nothing_fused():
@@ -201,7 +235,7 @@ def test_floor_is_max_of_compute_and_memory_terms():
             assert r.floor_s(gpu) == max(r.flops_fwd / c.peak_flops("bfloat16"), r.bytes_fwd / c.bandwidth)
     conv = next(r for r in rows if r.name == "net.2.2")  # compute-bound
     assert conv.floor_s("H100") == conv.flops_fwd / 790e12 == conv.floor_s("H200")
-    pool = next(r for r in rows if r.name == "net.0.2")  # memory-bound
+    pool = _rows("GoogLeNet", batch=128)["net.2.2"]  # memory-bound
     assert pool.floor_s("H100") == pool.bytes_fwd / 3.0e12
     assert pool.floor_s("H200") == pool.bytes_fwd / 4.3e12 < pool.floor_s("H100")
 
@@ -254,12 +288,16 @@ def test_unfused_extra_bytes(model):
     t = R.totals_of(model, rows)
     relu = sum(2 * math.prod(r.out_shape) * 2 for r in rows if r.kind == "conv")
     cat = sum(2 * math.prod(r.out_shape) * 2 for r in rows if r.kind == "cat")
+    in_conv = [(a, b) for a, b in zip(rows, rows[1:]) if b.kind == "maxpool" and b.bytes_fwd == 0]
+    pool_fwd = sum(2 * math.prod(a.out_shape) * 2 for a, _ in in_conv)
+    pool_bwd = sum((3 * math.prod(a.out_shape) - math.prod(b.out_shape)) * 2 for a, b in in_conv)
     assert t.unfused_relu_bytes_fwd == relu == t.unfused_relu_bytes_bwd
     assert t.unfused_cat_bytes_fwd == cat
     assert (cat > 0) == (model == "GoogLeNet")
-    assert t.unfused_extra_bytes_fwd == relu + cat
-    assert t.unfused_extra_bytes_train == 2 * relu + cat
-    assert [t.unfused_extra_bytes(m) for m in ("forward", "backward", "train")] == [relu + cat, relu, 2 * relu + cat]
+    assert (t.unfused_pool_bytes_fwd, t.unfused_pool_bytes_bwd) == (pool_fwd, pool_bwd)
+    fwd, bwd = relu + cat + pool_fwd, relu + pool_bwd
+    assert [t.unfused_extra_bytes(m) for m in ("forward", "backward", "train")] == [fwd, bwd, fwd + bwd]
+    assert (t.unfused_extra_bytes_fwd, t.unfused_extra_bytes_train) == (fwd, fwd + bwd)
 
 
 # -- errors ----------------------------------------------------------------------------------

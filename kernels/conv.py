@@ -45,6 +45,7 @@ from ._common import (
     nonfinite,
     on_tensor_device,
     pick_configs,
+    prune_by_dtype,
     shape_only,
     tl_dtype,
     to_dtype,
@@ -411,6 +412,124 @@ def _conv_bwd_weight_kernel(
     tl.store(part_ptrs, acc, mask=mask_k[:, None] & col_ok[None, :])
 
 
+def dw_rows_configs() -> list[triton.Config]:
+    """Configs of the row-tiled dW kernel; each keeps both wgmma operands in shared memory and
+    compiles unserialised (no C7515) under Triton 3.6 and 3.9 (``cnnkernels.report``)."""
+
+    def cfg(bm, bn, bk, warps, stages):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+    return pick_configs(gpu=[cfg(128, 128, 64, 8, 3), cfg(64, 64, 64, 4, 3)], interpreter=[cfg(256, 128, 64, 4, 1)])
+
+
+# Widest output row the row-tiled dW takes whole (ROWS >= 1 rows per step at BLOCK_K = 64 pixel
+# lanes); wider rows are taken in BLOCK_K-wide segments.
+DW_ROW_LANES = 64
+
+
+@triton.autotune(configs=dw_rows_configs(), prune_configs_by={"early_config_prune": prune_by_dtype("x_ptr")}, key=["N", "C", "K", "CHUNK_ROWS", "P", "Q", "R", "S", "DIL_H", "DIL_W"])
+@triton.jit
+def _conv_bwd_weight_rows_kernel(
+    x_ptr, dy_ptr, dw_part_ptr,
+    N, C, K, G, CHUNK_ROWS,  # C and K are per group; CHUNK_ROWS = output rows (n, p) per split
+    stride_xc, stride_xw, stride_dyc, stride_dyw,  # X and dY' are pixel-linear: pixel i at i * stride_w
+    # P, Q (= H, W: stride 1, 'same' padding) are constexpr: the lane -> (row, column) split and
+    # the periodic row-validity pattern fold to constants once per program.
+    P: tl.constexpr, Q: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr,
+    PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Partial dW[k, (r,s,c)] as ``_conv_bwd_weight_kernel``, for stride-1 'same' convolutions whose
+    X and dY' are pixel-linear (NHWC with whole images, a channel slice allowed): the pixel of
+    output (n, p, q) and of its input through tap (r, s) are then i and i + (r*dh - pt)*W +
+    (s*dw - pl) with i = (n*P + p)*Q + q, so a step's addresses are loop-invariant lanes plus one
+    scalar. A step covers ROWS whole output rows (lane j: row j // Q, column j % Q; lanes past
+    ROWS*Q idle) or, for rows wider than BLOCK_K, one BLOCK_K-wide segment of a row. Where the
+    tap leaves the image is a per-lane column test fixed for the program and a per-row test read
+    from one scalar bit pattern, so the loop decodes no pixel index and divides nothing.
+    Splits run over whole output rows (axis 2: split, group); axis 1: one tap x a channel block."""
+    ROWS: tl.constexpr = (BLOCK_K // Q) if (BLOCK_K // Q) < 32 else 32
+    SEGS: tl.constexpr = (Q + BLOCK_K - 1) // BLOCK_K
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_z = tl.program_id(2)
+    split = pid_z // G
+    g = (pid_z % G).to(tl.int64)
+
+    offs_k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    c_blocks = tl.cdiv(C, BLOCK_N)
+    rs = pid_n // c_blocks
+    r = rs // S
+    s = rs % S
+    c = (pid_n % c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Rows past K and columns past C load row k % K and column c % C instead (no mask in the
+    # loop); their results are never stored.
+    dy_ptrs = dy_ptr + ((g * K + offs_k % K) * stride_dyc)[:, None]
+    x_ptrs = x_ptr + ((g * C + c % C) * stride_xc)[None, :]
+    row0 = split * CHUNK_ROWS
+    row_end = tl.minimum(row0 + CHUNK_ROWS, N * P)
+    tap = (r * DIL_H - PAD_H) * Q + (s * DIL_W - PAD_W)  # pixel shift of the tap; may be < 0
+    lo = tl.maximum(PAD_H - r * DIL_H, 0)  # output rows p in [lo, hi) read inside the image
+    hi = tl.minimum(P + PAD_H - r * DIL_H, P)
+    p0 = row0 % P
+    j = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    if ROWS >= 1:
+        dr = j // Q
+        iw = j % Q + s * DIL_W - PAD_W
+        # Lane j's row as one bit; 0 for idle lanes (and, for X, where the tap leaves the image
+        # sideways): a lane loads when its bit meets the step's bit pattern of live rows.
+        bit = tl.where(dr < ROWS, 1 << tl.minimum(dr, 31), 0)
+        bit_x = tl.where((iw >= 0) & (iw < Q), bit, 0)
+        # Bit u: output row u mod P reads inside the image (u < 64; P + ROWS <= 65 is checked by
+        # the launcher), so a step starting at row p0 reads its pattern as pat >> p0.
+        u = tl.arange(0, 64)
+        pat = tl.sum(tl.where((u % P >= lo) & (u % P < hi), tl.full((64,), 1, tl.uint64) << u.to(tl.uint64), 0), axis=0)
+        pix = row0.to(tl.int64) * Q
+        dy_ptrs = dy_ptrs + ((pix + j) * stride_dyw)[None, :]
+        x_ptrs = x_ptrs + ((pix + tap + j) * stride_xw)[:, None]
+        left = row_end - row0
+        for _ in range(0, tl.cdiv(row_end - row0, ROWS)):
+            live = ((tl.full((), 1, tl.int64) << tl.minimum(left, ROWS)) - 1).to(tl.int32)
+            rows_x = (pat >> p0.to(tl.uint64)).to(tl.int32) & live
+            a = tl.load(dy_ptrs, mask=((bit & live) != 0)[None, :], other=0.0)
+            xb = tl.load(x_ptrs, mask=((bit_x & rows_x) != 0)[:, None], other=0.0)
+            acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
+            dy_ptrs += ROWS * Q * stride_dyw
+            x_ptrs += ROWS * Q * stride_xw
+            left -= ROWS
+            p0 += ROWS % P
+            p0 = tl.where(p0 >= P, p0 - P, p0)
+    else:
+        dy_ptrs = dy_ptrs + (j * stride_dyw)[None, :]
+        x_ptrs = x_ptrs + ((tap + j) * stride_xw)[:, None]
+        row = row0
+        q0 = tl.full((), 0, tl.int32)
+        for _ in range(0, (row_end - row0) * SEGS):
+            q = q0 + j
+            iw = q + s * DIL_W - PAD_W
+            q_end = tl.where((p0 >= lo) & (p0 < hi), Q, 0)  # X: the tap's input row is in the image
+            off = row.to(tl.int64) * Q + q0
+            a = tl.load(dy_ptrs + off * stride_dyw, mask=(q < Q)[None, :], other=0.0)
+            xb = tl.load(x_ptrs + off * stride_xw, mask=((q < q_end) & (iw >= 0) & (iw < Q))[:, None], other=0.0)
+            acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
+            q0 += BLOCK_K
+            wrap = q0 >= Q
+            q0 = tl.where(wrap, 0, q0)
+            row = tl.where(wrap, row + 1, row)
+            p0 = tl.where(wrap, p0 + 1, p0)
+            p0 = tl.where(p0 == P, 0, p0)
+
+    # Partials are laid out [split, g, k, (r,s,c)], contiguous, as the generic kernel's.
+    prow = (split * G + g) * K + offs_k
+    part_ptrs = dw_part_ptr + prow.to(tl.int64)[:, None] * (R * S * C) + (rs * C + c)[None, :]
+    tl.store(part_ptrs, acc, mask=(offs_k < K)[:, None] & (c < C)[None, :])
+
+
 PREP_BLOCK_M = 256 if INTERPRET else 64
 
 
@@ -747,9 +866,30 @@ def conv2d_backward_weight(
         return dw.zero_(), db
     tiles = triton.cdiv(kg, 128) * triton.cdiv(rsc, 128) * groups
     chunk = _dw_chunk(npq, tiles)
+    flat = cg < FLAT_BELOW
+    if _dw_rows_apply(x, grad_out, stride, flat):
+        rows_per_step = max(1, min(DW_ROW_LANES // q, 32))
+        chunk_rows = triton.cdiv(triton.cdiv(chunk, q), rows_per_step) * rows_per_step
+        splits = triton.cdiv(n * p, chunk_rows)
+        dw_part = torch.empty((splits, k_out * rsc), device=x.device, dtype=acc_dtype(x.dtype))
+
+        def grid_rows(meta):
+            return (triton.cdiv(kg, meta["BLOCK_M"]), r * s * triton.cdiv(cg, meta["BLOCK_N"]), splits * groups)
+
+        geometry = _geometry(weight_like, stride, padding, dilation)
+        for key in ("STRIDE_H", "STRIDE_W"):
+            del geometry[key]
+        launch(_conv_bwd_weight_rows_kernel, grid_rows,
+            x, grad_out, dw_part,
+            n, cg, kg, groups, chunk_rows,
+            x.stride(1), x.stride(3), grad_out.stride(1), grad_out.stride(3),
+            P=p, Q=q, **geometry,
+            **_dot_args(x.dtype),
+        )
+        _reduce_splits(dw_part, dw, splits, cg, r, s, nchw_strides(dw))
+        return dw, db
     splits = triton.cdiv(npq, chunk)
     dw_part = torch.empty((splits, k_out * rsc), device=x.device, dtype=acc_dtype(x.dtype))
-    flat = cg < FLAT_BELOW
 
     def grid(meta):
         cols = triton.cdiv(rsc, meta["BLOCK_N"]) if flat else r * s * triton.cdiv(cg, meta["BLOCK_N"])
@@ -765,6 +905,27 @@ def conv2d_backward_weight(
     )
     _reduce_splits(dw_part, dw, splits, cg, r, s, nchw_strides(dw))
     return dw, db
+
+
+def _pixel_linear(t: torch.Tensor) -> bool:
+    """Pixel (n, h, w) of ``t`` sits at ((n*H + h)*W + w) * stride_w: NHWC with whole images (a
+    channel slice of a wider NHWC buffer qualifies)."""
+    n, _, h, w = t.shape
+    sn, _, sh, sw = t.stride()
+    return (h == 1 or sh == w * sw) and (n == 1 or sn == h * w * sw)
+
+
+def _dw_rows_apply(x: torch.Tensor, grad_out: torch.Tensor, stride, flat: bool) -> bool:
+    """Whether dW runs row-tiled (``_conv_bwd_weight_rows_kernel``): a tap-wise, stride-1 'same'
+    convolution (output size = input size) with pixel-linear X and dY', and rows either wider than
+    the step (segments) or few enough per image for the kernel's 64-bit row pattern."""
+    _, _, h, w = x.shape
+    _, _, p, q = grad_out.shape
+    if flat or tuple(stride) != (1, 1) or (p, q) != (h, w):
+        return False
+    if not (_pixel_linear(x) and _pixel_linear(grad_out)):
+        return False
+    return q > DW_ROW_LANES or p + min(DW_ROW_LANES // q, 32) <= 65
 
 
 def _reduce_splits(part, out, splits, c, r, s, strides) -> None:

@@ -23,6 +23,7 @@ import triton.language as tl
 
 from . import conv as _conv
 from ._common import (
+    INTERPRET,
     acc_dtype,
     check_runnable,
     launch,
@@ -47,7 +48,8 @@ def conv1x1_configs(kernel: str) -> list[triton.Config]:
     gpu = {
         "fwd": [cfg(64, 128, 64, 8, 3), cfg(64, 64, 64, 4, 4), cfg(64, 64, 64, 4, 3)],
         "bwd_input": [cfg(128, 128, 64, 8, 3), cfg(64, 128, 64, 4, 4), cfg(64, 64, 64, 4, 3)],
-        "bwd_weight": [cfg(128, 128, 64, 8, 3), cfg(64, 64, 64, 4, 3)],
+        # One warpgroup per 128x128 tile: with two (8 warps) Triton 3.6 serialises the wgmma (C7515).
+        "bwd_weight": [cfg(128, 128, 64, 4, 3), cfg(64, 64, 64, 4, 3)],
     }[kernel]
     return pick_configs(gpu=gpu, interpreter=[cfg(256, 128, 128, 4, 1)])
 
@@ -139,18 +141,33 @@ def _conv1x1_bwd_input_kernel(
     tl.store(dx_ptrs, to_dtype(acc, dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
 
 
-@triton.autotune(configs=conv1x1_configs("bwd_weight"), prune_configs_by={"early_config_prune": prune_by_dtype("x_ptr")}, key=["M", "C", "K", "CHUNK"])
+def _prune_bwd_weight(configs, named_args, **kwargs):
+    """``prune_by_dtype``, and for 4-byte operands (TF32) the 128x128 tile on two warpgroups: on
+    one, its fp32 operand fragments spill."""
+    configs = prune_by_dtype("x_ptr")(configs, named_args, **kwargs)
+    if named_args.get("x_ptr", kwargs.get("x_ptr")).element_size() < 4 or INTERPRET:
+        return configs
+    return [
+        triton.Config(cfg.kwargs, num_warps=8 if cfg.kwargs["BLOCK_M"] == 128 else cfg.num_warps, num_stages=cfg.num_stages)
+        for cfg in configs
+    ]
+
+
+@triton.autotune(configs=conv1x1_configs("bwd_weight"), prune_configs_by={"early_config_prune": _prune_bwd_weight}, key=["M", "C", "K", "CHUNK", "LINEAR"])
 @triton.jit
 def _conv1x1_bwd_weight_kernel(
     x_ptr, dy_ptr, dw_part_ptr,
     M, HW, W, C, K, CHUNK,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    LINEAR: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Partial dW[j, c] over the pixels of split ``program_id(2)``; tile rows j, columns c. dY'
-    masked and db summed beforehand (``conv2d_backward_prep``): the loop holds the MMA only."""
+    masked and db summed beforehand (``conv2d_backward_prep``): the loop holds the MMA only.
+    LINEAR: X and dY' are pixel-linear (pixel m at m * stride_w, NHWC with whole images, channel
+    slices allowed), so the loop advances pointers like a plain GEMM and decodes no pixel index."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     split = tl.program_id(2)
@@ -162,14 +179,29 @@ def _conv1x1_bwd_weight_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     start = split.to(tl.int64) * CHUNK
     end = tl.minimum(start + CHUNK, M)
-    for i0 in range(start, end, BLOCK_K):
-        offs_i = i0 + tl.arange(0, BLOCK_K)
-        mask_i = offs_i < end
-        pix_dy = _pixel_offsets(offs_i, HW, W, stride_dyn, stride_dyh, stride_dyw)[None, :]
-        a = tl.load(dy_ptr + pix_dy + (offs_j * stride_dyc)[:, None], mask=mask_j[:, None] & mask_i[None, :], other=0.0)
-        pix_x = _pixel_offsets(offs_i, HW, W, stride_xn, stride_xh, stride_xw)
-        xb = tl.load(x_ptr + pix_x[:, None] + (offs_c * stride_xc)[None, :], mask=mask_i[:, None] & mask_c[None, :], other=0.0)
-        acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
+    if LINEAR:
+        # Rows past K and columns past C load row j % K and column c % C (no mask but the pixel
+        # count in the loop); their results are never stored.
+        i = tl.arange(0, BLOCK_K)
+        dy_ptrs = dy_ptr + ((offs_j % K) * stride_dyc)[:, None] + ((start + i) * stride_dyw)[None, :]
+        x_ptrs = x_ptr + ((offs_c % C) * stride_xc)[None, :] + ((start + i) * stride_xw)[:, None]
+        left = (end - start).to(tl.int32)
+        for _ in range(0, tl.cdiv(left, BLOCK_K)):
+            a = tl.load(dy_ptrs, mask=(i < left)[None, :], other=0.0)
+            xb = tl.load(x_ptrs, mask=(i < left)[:, None], other=0.0)
+            acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
+            dy_ptrs += BLOCK_K * stride_dyw
+            x_ptrs += BLOCK_K * stride_xw
+            left -= BLOCK_K
+    else:
+        for i0 in range(start, end, BLOCK_K):
+            offs_i = i0 + tl.arange(0, BLOCK_K)
+            mask_i = offs_i < end
+            pix_dy = _pixel_offsets(offs_i, HW, W, stride_dyn, stride_dyh, stride_dyw)[None, :]
+            a = tl.load(dy_ptr + pix_dy + (offs_j * stride_dyc)[:, None], mask=mask_j[:, None] & mask_i[None, :], other=0.0)
+            pix_x = _pixel_offsets(offs_i, HW, W, stride_xn, stride_xh, stride_xw)
+            xb = tl.load(x_ptr + pix_x[:, None] + (offs_c * stride_xc)[None, :], mask=mask_i[:, None] & mask_c[None, :], other=0.0)
+            acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
 
     row = split * K + offs_j
     tl.store(dw_part_ptr + row.to(tl.int64)[:, None] * C + offs_c[None, :], acc, mask=mask_j[:, None] & mask_c[None, :])
@@ -285,6 +317,7 @@ def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=
         x, dy, dw_part,
         m, h * w, w, c, k, chunk,
         *nchw_strides(x), *nchw_strides(dy),
+        LINEAR=_conv._pixel_linear(x) and _conv._pixel_linear(dy),
         **_conv._dot_args(x.dtype),
     )
     _conv._reduce_splits(dw_part, dw, splits, c, 1, 1, nchw_strides(dw))

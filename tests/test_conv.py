@@ -174,6 +174,63 @@ def test_dw_split_reduction_used_and_exact():
     assert_close(db, br.grad, torch.float32, name="grad_bias")
 
 
+# Row-tiled dW (stride 1, 'same', NHWC): whole rows per step with several images per step (5x5,
+# 1-wide), one row per step, rows wider than the step (segments), dilation, a 5x5 tap grid,
+# channel slices of wider buffers, and K, C not multiples of the blocks; several splits each.
+DW_ROWS = [
+    pytest.param(dict(n=20, c=40, h=5, w=5, k=24, r=3, s=3, pad=1, dil=1), id="5x5-images-multiwrap"),
+    pytest.param(dict(n=3, c=36, h=20, w=1, k=10, r=3, s=3, pad=1, dil=1), id="w1-32-rows-per-step"),
+    pytest.param(dict(n=3, c=33, h=9, w=11, k=40, r=5, s=5, pad=2, dil=1), id="5x5-taps"),
+    pytest.param(dict(n=4, c=32, h=9, w=10, k=8, r=3, s=3, pad=2, dil=2, slice=True), id="dilated-channel-slices"),
+    pytest.param(dict(n=2, c=32, h=3, w=70, k=16, r=3, s=3, pad=1, dil=1), id="segments-w70"),
+]
+
+
+@pytest.mark.parametrize("case", DW_ROWS)
+def test_dw_row_tiled(case):
+    n, c, h, w, k = case["n"], case["c"], case["h"], case["w"], case["k"]
+    pad, dil = case["pad"], case["dil"]
+    if case.get("slice"):  # X and dY are channel slices of wider NHWC buffers
+        x = torch.randn(n, c + 8, h, w, device=DEVICE).to(memory_format=torch.channels_last)[:, 3 : 3 + c]
+        dy = torch.randn(n, k + 5, h, w, device=DEVICE).to(memory_format=torch.channels_last)[:, 5:]
+    else:
+        x = torch.randn(n, c, h, w, device=DEVICE).to(memory_format=torch.channels_last)
+        dy = torch.randn(n, k, h, w, device=DEVICE).to(memory_format=torch.channels_last)
+    wt = torch.randn(k, c, case["r"], case["s"], device=DEVICE)
+    assert kconv._dw_rows_apply(x, dy, (1, 1), c < kconv.FLAT_BELOW)
+    geometry = ((1, 1), (pad,) * 4, (dil, dil), 1)
+    for dtype in (torch.float32, torch.bfloat16):
+        xd, dyd = x.to(dtype), dy.to(dtype)
+        dw, db = kconv.conv2d_backward_weight(xd, dyd, None, wt.to(dtype), *geometry, "none", True)
+        xr = xd.double().requires_grad_()
+        wr = wt.to(dtype).double().requires_grad_()
+        br = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+        F.conv2d(xr, wr, br, padding=pad, dilation=dil).backward(dyd.double())
+        assert_close(dw, wr.grad, dtype, name="grad_weight")
+        assert_close(db, br.grad, dtype, name="grad_bias")
+
+
+def test_dw_row_tiled_through_autograd_with_relu(monkeypatch):
+    """CF.conv2d_relu on an NHWC input: dW takes the row-tiled kernel on the masked dY'."""
+    launched = []
+
+    def spy(kernel, grid, *args, **kwargs):
+        launched.append(kernel)
+        return launch(kernel, grid, *args, **kwargs)
+
+    launch = kconv.launch
+    monkeypatch.setattr(kconv, "launch", spy)
+    x = torch.randn(3, 40, 6, 7, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(36, 40, 3, 3, device=DEVICE) / 60
+    b = torch.randn(36, device=DEVICE)
+    out, grads, dy = forward_backward(lambda x_, w_, b_: CF.conv2d_relu(x_, w_, b_, padding=1), (x, w, b))
+    assert kconv._conv_bwd_weight_rows_kernel in launched
+    leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
+    conv2d_ref(*leaves, stride=1, padding=1, dilation=1, groups=1, relu=True).backward(dy.double())
+    for name, got, leaf in zip(("grad_input", "grad_weight", "grad_bias"), grads, leaves):
+        assert_close(got, leaf.grad, torch.float32, name=name)
+
+
 def test_autocast_casts_like_nn_conv2d():
     x = torch.randn(1, 3, 8, 8, device=DEVICE)
     w = torch.randn(4, 3, 3, 3, device=DEVICE)

@@ -213,7 +213,7 @@ def cmd_summary(args) -> int:
         [
             [
                 r.name,
-                r.kind,
+                f"{r.kind} in {r.computed_in}" if r.computed_in else r.kind,
                 "x".join(map(str, r.out_shape)),
                 f"{r.params:,}",
                 f"{r.flops_fwd / 1e9:.3f}",

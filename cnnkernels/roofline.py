@@ -141,6 +141,7 @@ class Layer:
     relu: bool = False
     needs_input_grad: bool = True
     branch_channels: tuple[int, ...] = ()  # "cat": channels of each concatenated branch
+    computed_in: str = ""  # the layer whose kernel computes this one (a max pool in its conv's)
     params: int = 0
     flops_fwd: int = 0
     flops_bwd: int = 0
@@ -287,6 +288,7 @@ def _pooled_in_conv(conv: Layer, pool: Layer) -> tuple[Layer, Layer]:
     )
     pool = dataclasses.replace(
         pool,
+        computed_in=conv.name,
         bytes_fwd=0,
         bytes_fwd_train=0,
         bytes_bwd=0,

@@ -171,6 +171,7 @@ def test_pool_in_the_conv_kernel_by_hand():
     assert conv.bytes_fwd_train == conv.bytes_fwd + p
     assert conv.bytes_bwd == (2 * p + n * c * h * h + k * c * 11 * 11 + k) * 2 + p  # first layer: no dX
     assert pool.bytes_fwd == pool.bytes_fwd_train == pool.bytes_bwd == 0 and pool.flops_fwd == p * 9
+    assert pool.computed_in == "net.0.0"
     assert (pool.unfused_extra_bytes_fwd, pool.unfused_extra_bytes_bwd) == (2 * y * 2, (3 * y - p) * 2)
     assert "[pooled]" in conv.formula("bytes") and "argmax" in conv.formula("bytes", "train")
 
@@ -190,8 +191,8 @@ def test_pools_in_conv_kernels_are_what_fuse_makes(model):
     ref.materialize((1, 1, 224, 224))
     kernels = dict(fuse(ref.net).named_modules(prefix="net"))
     rows = R.layer_table(model)
-    pooled = {r.name for r in rows if r.kind == "maxpool" and r.bytes_fwd == 0}
-    fused = {b.name for a, b in zip(rows, rows[1:]) if isinstance(kernels[a.name], cnn.Conv2dReLUMaxPool2d)}
+    pooled = {(r.computed_in, r.name) for r in rows if r.kind == "maxpool" and r.bytes_fwd == 0}
+    fused = {(a.name, b.name) for a, b in zip(rows, rows[1:]) if isinstance(kernels[a.name], cnn.Conv2dReLUMaxPool2d)}
     assert pooled == fused
 
 

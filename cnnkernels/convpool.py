@@ -30,11 +30,20 @@ from cnnkernels.kernels import conv as _kc
 from cnnkernels.kernels import convpool as _k
 from cnnkernels.kernels import pool as _kp
 
+from . import conv as _conv
 from ._utils import autocast_dtype, is_channels_last, memory_format
 from .conv import Conv2dBackwardInputFunction, Conv2dBackwardWeightFunction, conv2d_args, relu_mask
+from .inception import recompute_grads
 from .pool import MaxPool2dBackwardFunction, max_pool2d_args
 
-__all__ = ["Conv2dReLUMaxPool2dFunction", "conv2d_relu_max_pool2d", "layer_by_layer", "fused_layers"]
+__all__ = [
+    "Conv2dReLUMaxPool2dFunction",
+    "Conv1x1ReLUConv2dReLUMaxPool2dFunction",
+    "conv2d_relu_max_pool2d",
+    "conv1x1_relu_conv2d_relu_max_pool2d",
+    "layer_by_layer",
+    "fused_layers",
+]
 
 
 @torch.library.triton_op("cnnkernels::conv2d_relu_max_pool2d", mutates_args=())
@@ -71,22 +80,33 @@ def conv2d_relu_max_pool2d_op(
 
 def _setup(ctx, inputs, output):
     """Shared by ``Conv2dReLUMaxPool2dFunction`` and the op's registered autograd."""
+    _remember(ctx, inputs, output)
+    ctx.save_for_backward(inputs[0], inputs[1], *output)
+
+
+def _remember(ctx, inputs, output):
+    """The geometry the backward needs, on ``ctx`` (nothing saved)."""
     x, weight, bias, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode, channels_last, _ = inputs
-    y, arg = output
     ctx.geometry = (list(stride), list(padding), list(dilation), groups)
     ctx.pool = (list(pk), list(ps), list(pp), list(pd))
     p, q, _, _ = _k.output_sizes(x.shape[2], x.shape[3], weight, stride, padding, dilation, pk, ps, pp, pd, ceil_mode)
     ctx.conv_shape = [x.shape[0], weight.shape[0], p, q]
     ctx.has_bias = bias is not None
     ctx.channels_last = channels_last
-    ctx.save_for_backward(x, weight, y, arg)
+    ctx.ceil_mode = ceil_mode
 
 
 def _grads(ctx, grad_y):
-    """(dX, dW, db)."""
+    """(dX, dW, db) of the op's inputs, from what ``_setup`` saved."""
     x, weight, y, arg = ctx.saved_tensors
+    return stage_grads(ctx, grad_y, x, weight, y, arg, ctx.needs_input_grad[:3])
+
+
+def stage_grads(ctx, grad_y, x, weight, y, arg, needs):
+    """(dX, dW, db) of conv + ReLU + max pool for the input ``x`` (saved, or recomputed by the
+    caller), the geometry in ``ctx`` (``_setup``), those of (dX, dW, db) flagged in ``needs``."""
     stride, padding, dilation, groups = ctx.geometry
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_x, need_w, need_b = needs
     need_b = need_b and ctx.has_bias
     grad_x = grad_w = grad_b = None
     if torch.is_grad_enabled():  # create_graph=True: differentiable all the way down
@@ -120,6 +140,17 @@ def _grads(ctx, grad_y):
     return grad_x, grad_w, grad_b
 
 
+def _forward(x, weight, bias, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode):
+    """(the op's arguments, Y, A): the op with the forward scheme ``one_kernel_wins`` picks."""
+    channels_last = is_channels_last(x) or is_channels_last(weight)
+    n, _, h, w = x.shape
+    p, q, pp_, qq = _k.output_sizes(h, w, weight, stride, padding, dilation, pk, ps, pp, pd, ceil_mode)
+    one = _k.one_kernel_wins(n * p * q, n * pp_ * qq, weight.shape[1], *weight.shape[2:], tuple(pk), x.element_size())
+    args = (x, weight, bias, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode, channels_last, one)
+    y, arg = torch.ops.cnnkernels.conv2d_relu_max_pool2d(*args)
+    return args, y, arg
+
+
 class Conv2dReLUMaxPool2dFunction(torch.autograd.Function):
     """Y = max_pool2d(relu(conv2d(X, W) + b)) on the ``cnnkernels`` ops; arguments normalised by
     ``conv2d_relu_max_pool2d_args``. Saves X, W, Y and the int8 argmax, nothing at the conv's
@@ -127,14 +158,7 @@ class Conv2dReLUMaxPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode):
-        channels_last = is_channels_last(x) or is_channels_last(weight)
-        n, _, h, w = x.shape
-        p, q, pp_, qq = _k.output_sizes(h, w, weight, stride, padding, dilation, pk, ps, pp, pd, ceil_mode)
-        one = _k.one_kernel_wins(
-            n * p * q, n * pp_ * qq, weight.shape[1], *weight.shape[2:], tuple(pk), x.element_size()
-        )
-        args = (x, weight, bias, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode, channels_last, one)
-        y, arg = torch.ops.cnnkernels.conv2d_relu_max_pool2d(*args)
+        args, y, arg = _forward(x, weight, bias, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode)
         _setup(ctx, args, (y, arg))
         ctx.mark_non_differentiable(arg)
         return y
@@ -216,6 +240,113 @@ def conv2d_relu_max_pool2d(
         ceil_mode,
     )
     y = Conv2dReLUMaxPool2dFunction.apply(x, weight, bias, stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode)
+    return y.squeeze(0) if unbatched else y
+
+
+class Conv1x1ReLUConv2dReLUMaxPool2dFunction(torch.autograd.Function):
+    """Z1 = relu(conv1x1(X, W1) + b1), then Y = max_pool2d(relu(conv2d(Z1, W2) + b2)) as above.
+    Z1 is not saved: the backward recomputes it with one 1x1 GEMM (2*C1*K1 FLOPs a pixel, K1 =
+    Z1's channels), so the saved tensors are X, the weights, Y and the argmax. NiN's blocks end
+    with two 1x1 conv + ReLU layers before a 3x3/2 pool; without this their middle activation
+    would be saved in full. Backward: dZ1 from the second stage (``stage_grads``), masked by
+    Z1 > 0 with db1 summed in one pass, then the 1x1 conv's dX and dW. With ``create_graph=True``
+    the chain is re-run from differentiable ops and differentiated with the graph kept."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode):
+        ctx.channels_last1 = is_channels_last(x) or is_channels_last(w1)
+        z1 = torch.ops.cnnkernels.conv2d(x, w1, b1, *_POINTWISE, "relu", ctx.channels_last1)
+        args, y, arg = _forward(z1, w2, b2, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode)
+        _remember(ctx, args, (y, arg))
+        ctx.has_bias1 = b1 is not None
+        ctx.save_for_backward(x, w1, b1, w2, b2, y, arg)
+        ctx.mark_non_differentiable(arg)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, w1, b1, w2, b2, y, arg = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        rest = [None] * 9
+        if torch.is_grad_enabled():  # create_graph=True
+            stride, padding, dilation, groups = ctx.geometry
+
+            def chain(x, w1, b1, w2, b2):
+                z1 = _conv.conv2d(x, w1, b1, activation="relu")
+                pool = (*ctx.pool, ctx.ceil_mode)
+                return (Conv2dReLUMaxPool2dFunction.apply(z1, w2, b2, stride, padding, dilation, groups, *pool),)
+
+            return *recompute_grads(chain, (x, w1, b1, w2, b2), (grad_y,), need[:5]), *rest
+        with torch.no_grad():
+            z1 = torch.ops.cnnkernels.conv2d(x, w1, b1, *_POINTWISE, "relu", ctx.channels_last1)
+        need_stage1 = need[0] or need[1] or (need[2] and ctx.has_bias1)
+        dz1, dw2, db2 = stage_grads(ctx, grad_y, z1, w2, y, arg, (need_stage1, need[3], need[4]))
+        dx = dw1 = db1 = None
+        if need_stage1:
+            g1, db1 = torch.ops.cnnkernels.conv2d_backward_prep(dz1, z1, "relu", need[2] and ctx.has_bias1)
+            if need[0]:
+                dx = torch.ops.cnnkernels.conv2d_backward_input(
+                    g1, g1, w1, list(x.shape), *_POINTWISE, "none", ctx.channels_last1
+                )
+            if need[1]:
+                dw1, _ = torch.ops.cnnkernels.conv2d_backward_weight(x, g1, g1, w1, *_POINTWISE, "none", False)
+            if not (need[2] and ctx.has_bias1):
+                db1 = None
+        return dx, dw1, db1, dw2, db2, *rest
+
+
+_POINTWISE = ([1, 1], [0, 0, 0, 0], [1, 1], 1)  # stride, padding, dilation, groups of a 1x1 conv
+
+
+def conv1x1_relu_conv2d_relu_max_pool2d(
+    input,
+    weight1,
+    bias1,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    kernel_size=2,
+    pool_stride=None,
+    pool_padding=0,
+    pool_dilation=1,
+    ceil_mode=False,
+):
+    """Body of ``functional.conv1x1_relu_conv2d_relu_max_pool2d``."""
+    if isinstance(input, Tensor) and isinstance(weight1, Tensor) and isinstance(weight, Tensor):
+        cast = autocast_dtype(input.device.type)
+        floats = (torch.float16, torch.bfloat16, torch.float32)
+        if cast is not None and input.dtype in floats:
+            input, weight1, weight = input.to(cast), weight1.to(cast), weight.to(cast)
+            bias1 = bias1.to(cast) if isinstance(bias1, Tensor) else bias1
+            bias = bias.to(cast) if isinstance(bias, Tensor) else bias
+    x, unbatched, *_ = conv2d_args(input, weight1, bias1, 1, 0, 1, 1)
+    if tuple(weight1.shape[2:]) != (1, 1):
+        raise ValueError(f"weight1 must be a 1x1 convolution's weight, got shape {tuple(weight1.shape)}")
+    z1 = torch.empty((x.shape[0], weight1.shape[0], *x.shape[2:]), device="meta", dtype=x.dtype)
+    _, _, stride, pads, dilation, groups, pk, ps, pp, pd = conv2d_relu_max_pool2d_args(
+        z1,
+        weight.to("meta"),
+        None if bias is None else bias.to("meta"),
+        stride,
+        padding,
+        dilation,
+        groups,
+        kernel_size,
+        pool_stride,
+        pool_padding,
+        pool_dilation,
+        ceil_mode,
+    )
+    if weight.device != x.device or weight.dtype != x.dtype:
+        raise TypeError(f"weight ({weight.dtype}, {weight.device}) must match input ({x.dtype}, {x.device})")
+    if bias is not None and (bias.device != x.device or bias.dtype != x.dtype):
+        raise TypeError(f"bias ({bias.dtype}, {bias.device}) must match input ({x.dtype}, {x.device})")
+    y = Conv1x1ReLUConv2dReLUMaxPool2dFunction.apply(
+        x, weight1, bias1, weight, bias, stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode
+    )
     return y.squeeze(0) if unbatched else y
 
 

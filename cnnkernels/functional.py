@@ -82,3 +82,43 @@ def conv2d_relu_max_pool2d(
         pool_dilation,
         ceil_mode,
     )
+
+
+def conv1x1_relu_conv2d_relu_max_pool2d(
+    input,
+    weight1,
+    bias1,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    kernel_size=2,
+    pool_stride=None,
+    pool_padding=0,
+    pool_dilation=1,
+    ceil_mode=False,
+):
+    """``conv2d_relu_max_pool2d(relu(conv2d(input, weight1, bias1)), weight, bias, ...)`` for a
+    1x1 ``weight1``: the 1x1 conv's output is recomputed in the backward (one 1x1 GEMM) instead of
+    saved, so only the input, the weights, the pooled output and the int8 argmax are saved (NiN's
+    blocks end this way). Same results as the composition."""
+    from . import convpool as _convpool
+
+    return _convpool.conv1x1_relu_conv2d_relu_max_pool2d(
+        input,
+        weight1,
+        bias1,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        groups,
+        kernel_size,
+        pool_stride,
+        pool_padding,
+        pool_dilation,
+        ceil_mode,
+    )

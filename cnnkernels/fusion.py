@@ -37,7 +37,17 @@ from torch import fx, nn
 from . import nn as cnn
 from .conv import conv2d as _conv2d
 
-__all__ = ["fuse", "FuseReport", "FuseEntry", "FusedReLU", "FoldedBatchNorm2d", "Conv2dBatchNorm", "concat"]
+__all__ = [
+    "fuse",
+    "FuseReport",
+    "FuseEntry",
+    "FusedReLU",
+    "FusedMaxPool2d",
+    "RecomputedConv2dReLU",
+    "FoldedBatchNorm2d",
+    "Conv2dBatchNorm",
+    "concat",
+]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -51,6 +61,52 @@ class FusedReLU(nn.Identity):
 
     def extra_repr(self) -> str:
         return "fused into the preceding convolution"
+
+
+class FusedMaxPool2d(nn.MaxPool2d):
+    """Placeholder at a ``MaxPool2d``'s place when the preceding ``Conv2dReLUMaxPool2d`` pools in
+    its own kernel: passes its input through unchanged and keeps the pool's arguments (and the
+    layer indices). Inside ``cnnkernels.convpool.layer_by_layer()`` it pools, as the conv before
+    it then does not."""
+
+    summary_name = "MaxPool2d"
+
+    def forward(self, input):
+        from .convpool import fused_layers
+
+        if fused_layers():
+            return input
+        return cnn.MaxPool2d.forward(self, input)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", computed by the preceding convolution's kernel"
+
+
+class RecomputedConv2dReLU(cnn.Conv2dReLU):
+    """A 1x1 ``Conv2d`` + ReLU whose output the next ``Conv2dReLUMaxPool2d`` recomputes in its
+    backward instead of saving (its ``producer``): holds the conv's parameters (same
+    ``state_dict`` keys and values) and passes its input through, the next op applying it.
+    Inside ``cnnkernels.convpool.layer_by_layer()`` it computes its own conv + ReLU."""
+
+    summary_name = "Conv2d"
+
+    def forward(self, input):
+        from .convpool import fused_layers
+
+        if fused_layers():
+            return input
+        return cnn.Conv2dReLU.forward(self, input)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", computed (and recomputed in backward) by the next convolution"
+
+
+class LazyRecomputedConv2dReLU(cnn.LazyConv2dReLU):
+    """``RecomputedConv2dReLU`` with lazy in_channels; becomes one at the first call."""
+
+    cls_to_become = RecomputedConv2dReLU
+    forward = RecomputedConv2dReLU.forward
+    summary_name = "Conv2d"
 
 
 class FoldedBatchNorm2d(nn.BatchNorm2d):
@@ -244,7 +300,16 @@ def _describe(conv_path: str, bn_path: str | None, relu_path: str | None, new: n
 
 
 _LEAVES = {nn.MaxPool2d: cnn.MaxPool2d, nn.AdaptiveAvgPool2d: cnn.AdaptiveAvgPool2d}
-_OURS = (cnn.Conv2d, cnn.LazyConv2d, cnn.MaxPool2d, cnn.AdaptiveAvgPool2d, cnn.Inception, FusedReLU, FoldedBatchNorm2d)
+_OURS = (
+    cnn.Conv2d,
+    cnn.LazyConv2d,
+    cnn.MaxPool2d,
+    cnn.AdaptiveAvgPool2d,
+    cnn.Inception,
+    FusedReLU,
+    FusedMaxPool2d,
+    FoldedBatchNorm2d,
+)  # RecomputedConv2dReLU is a cnn.Conv2d
 
 
 class _Fuser:
@@ -328,6 +393,40 @@ class _Fuser:
                 continue
             seq._modules[name] = self.visit(child, _path(path, name))
             i += 1
+        self.pools(seq, path, names)
+
+    def pools(self, seq: nn.Sequential, path: str, names: list[str]) -> None:
+        """Conv2d+ReLU (already fused) then MaxPool2d -> one ``Conv2dReLUMaxPool2d``; the pool's
+        place keeps a ``FusedMaxPool2d``. The conv may end a plain ``nn.Sequential`` just before
+        the pool (NiN's blocks): a plain Sequential's output is its last layer's."""
+        for i, name in enumerate(names):
+            pool = seq._modules[name]
+            if i == 0 or type(pool) is not cnn.MaxPool2d or pool.return_indices or _has_hooks(pool):
+                continue
+            tail = _conv_relu_tail(seq, names[:i], path)
+            if tail is None:
+                continue
+            holder, conv_name, conv_path = tail
+            conv = holder._modules[conv_name]
+            new = holder._modules[conv_name] = _conv_pool(conv, pool)
+            producer = _pointwise_producer(holder, conv_name)
+            if producer is not None:
+                new.__dict__["_producer"] = holder._modules[producer] = _recomputed(holder._modules[producer])
+                producer_path = _path(_parent(conv_path), producer)
+                for k, e in enumerate(self.report):
+                    if e.name == producer_path:
+                        why = "; ".join(filter(None, (e.reason, f"recomputed in {conv_path}'s backward, not saved")))
+                        self.report[k] = FuseEntry(producer_path, e.was, type(holder._modules[producer]).__name__, why)
+            seq._modules[name] = _adopt(FusedMaxPool2d, pool)
+            pool_path = _path(path, name)
+            for k, e in enumerate(self.report):
+                if e.name == conv_path:
+                    why = "; ".join(filter(None, (e.reason, f"{pool_path} pooled in the same kernel")))
+                    self.report[k] = FuseEntry(
+                        conv_path, e.was + "+MaxPool2d", type(holder._modules[conv_name]).__name__, why
+                    )
+                elif e.name == pool_path:
+                    self.report[k] = FuseEntry(pool_path, "MaxPool2d", "FusedMaxPool2d", f"computed by {conv_path}")
 
     # A module with its own forward: fuse across its children from its fx graph, then recurse.
     def traced(self, m: nn.Module, path: str) -> nn.Module:
@@ -422,6 +521,92 @@ class _Fuser:
                     setattr(m, name, child)
             return m
         return _graph_module(m, graph, children)
+
+
+def _conv_relu_tail(seq: nn.Sequential, names: list[str], path: str):
+    """(container, name, path) of the fused conv + ReLU whose output ``seq``'s layers ``names``
+    end with (directly, or as the end of a plain nested ``nn.Sequential``), else None."""
+    if not names:
+        return None
+    last = seq._modules[names[-1]]
+    if type(last) is FusedReLU and len(names) >= 2:
+        conv = seq._modules[names[-2]]
+        if type(conv) in (cnn.Conv2dReLU, cnn.LazyConv2dReLU) and not _has_hooks(conv):
+            return seq, names[-2], _path(path, names[-2])
+        return None
+    if type(last) is nn.Sequential and not _has_hooks(last):
+        inner = [n for n, c in last._modules.items() if c is not None]
+        return _conv_relu_tail(last, inner, _path(path, names[-1]))
+    return None
+
+
+def _parent(path: str) -> str:
+    return path.rpartition(".")[0]
+
+
+def _pointwise_producer(holder: nn.Sequential, conv_name: str) -> str | None:
+    """The name of a fused 1x1 conv + ReLU (stride 1, no padding, one group) right before
+    ``conv_name`` in ``holder``, whose output only that conv reads, else None: recomputing it
+    costs one 1x1 GEMM and saves its whole activation."""
+    names = [n for n, c in holder._modules.items() if c is not None]
+    i = names.index(conv_name)
+    if i < 2 or type(holder._modules[names[i - 1]]) is not FusedReLU:
+        return None
+    m = holder._modules[names[i - 2]]
+    if type(m) not in (cnn.Conv2dReLU, cnn.LazyConv2dReLU) or _has_hooks(m):
+        return None
+    pointwise = m.kernel_size == (1, 1) and m.stride == (1, 1) and m.dilation == (1, 1) and m.groups == 1
+    return names[i - 2] if pointwise and m.padding in ((0, 0), "valid") else None
+
+
+def _recomputed(conv: nn.Module) -> nn.Module:
+    if type(conv) is cnn.LazyConv2dReLU:
+        new = LazyRecomputedConv2dReLU(
+            conv.out_channels,
+            1,
+            bias=conv.bias is not None,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        return new.train(conv.training)
+    return _adopt(RecomputedConv2dReLU, conv)
+
+
+def _conv_pool(conv: nn.Module, pool: nn.MaxPool2d) -> nn.Module:
+    """A ``Conv2dReLUMaxPool2d`` (lazy if ``conv`` is) with ``conv``'s state and ``pool``'s
+    arguments."""
+    args = dict(
+        pool_kernel_size=pool.kernel_size,
+        pool_stride=pool.stride,
+        pool_padding=pool.padding,
+        pool_dilation=pool.dilation,
+        ceil_mode=pool.ceil_mode,
+    )
+    if type(conv) is cnn.LazyConv2dReLU:
+        new = cnn.LazyConv2dReLUMaxPool2d(
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+            **args,
+        )
+        return new.train(conv.training)
+    new = _adopt(cnn.Conv2dReLUMaxPool2d, conv)
+    cnn._set_pool(
+        new,
+        args["pool_kernel_size"],
+        args["pool_stride"],
+        args["pool_padding"],
+        args["pool_dilation"],
+        args["ceil_mode"],
+    )
+    return new
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:

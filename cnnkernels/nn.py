@@ -279,26 +279,31 @@ class Conv2dReLUMaxPool2d(Conv2dReLU):
 
         if not fused_layers():
             return Conv2dReLU.forward(self, input)
-        return F.conv2d_relu_max_pool2d(
-            input,
-            self.weight,
-            self.bias,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            self.pool_kernel_size,
-            self.pool_stride,
-            self.pool_padding,
-            self.pool_dilation,
-            self.ceil_mode,
-        )
+        geometry = (self.stride, self.padding, self.dilation, self.groups)
+        pool = (self.pool_kernel_size, self.pool_stride, self.pool_padding, self.pool_dilation, self.ceil_mode)
+        producer = self.producer
+        if producer is not None:  # a 1x1 conv + ReLU whose output this op recomputes, not saves
+            return F.conv1x1_relu_conv2d_relu_max_pool2d(
+                input, producer.weight, producer.bias, self.weight, self.bias, *geometry, *pool
+            )
+        return F.conv2d_relu_max_pool2d(input, self.weight, self.bias, *geometry, *pool)
+
+    @property
+    def producer(self):
+        """The 1x1 conv + ReLU module before this one whose output this op recomputes in its
+        backward instead of saving it (``cnnkernels.fusion`` sets it; its placeholder passes its
+        input through), or None. A reference, not a child: ``state_dict`` keys stay."""
+        return self.__dict__.get("_producer")
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (
-            f", relu, max_pool(kernel_size={self.pool_kernel_size}, stride={self.pool_stride}, "
-            f"padding={self.pool_padding}, dilation={self.pool_dilation}, ceil_mode={self.ceil_mode})"
-        )
+        return super().extra_repr() + _pool_repr(self)
+
+
+def _pool_repr(m) -> str:
+    return (
+        f", relu, max_pool(kernel_size={m.pool_kernel_size}, stride={m.pool_stride}, "
+        f"padding={m.pool_padding}, dilation={m.pool_dilation}, ceil_mode={m.ceil_mode})"
+    )
 
 
 def _set_pool(module, kernel_size, stride, padding, dilation, ceil_mode) -> None:
@@ -314,7 +319,15 @@ class LazyConv2dReLUMaxPool2d(LazyConv2dReLU):
 
     cls_to_become = Conv2dReLUMaxPool2d
     forward = Conv2dReLUMaxPool2d.forward
-    extra_repr = Conv2dReLUMaxPool2d.extra_repr
+    producer = Conv2dReLUMaxPool2d.producer
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + _pool_repr(self)
+
+    def _get_in_channels(self, input) -> int:
+        # With a producer, the input is the producer's: this conv takes the producer's output.
+        producer = self.producer
+        return producer.out_channels if producer is not None else super()._get_in_channels(input)
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from cnnkernels.convpool import layer_by_layer
 from cnnkernels.fusion import FusedReLU, fuse
 
 __all__ = ["Classifier", "FusedClassifier", "FusedReLU", "fused_model", "init_cnn", "summary_name", "MIN_INPUT_SIZE"]
@@ -173,9 +174,10 @@ class Classifier(nn.Module):
             X = torch.randn(*X_shape, device=device, dtype=dtype)
         X = self._prepare(X)
         self.materialize(X.shape)
-        for layer in self.net:
-            X = layer(X)
-            print(summary_name(layer), "output shape:\t", X.shape)
+        with layer_by_layer():  # a layer fused with the next one shows its own output here
+            for layer in self.net:
+                X = layer(X)
+                print(summary_name(layer), "output shape:\t", X.shape)
 
 
 class FusedClassifier(Classifier):

@@ -30,7 +30,7 @@ from torch import fx, nn
 import cnnkernels
 import cnnkernels.nn as cnn
 from cnnkernels import fuse
-from cnnkernels.fusion import Conv2dBatchNorm, FoldedBatchNorm2d, FusedReLU, FuseReport, concat
+from cnnkernels.fusion import Conv2dBatchNorm, FoldedBatchNorm2d, FusedMaxPool2d, FusedReLU, FuseReport, concat
 from cnnkernels.models import reference
 from cnnkernels.testing import assert_close, model_verdict
 
@@ -101,9 +101,9 @@ def test_sequential_fuses_and_reports_every_layer():
     fused, report = fuse(model, report=True)
     kinds = [type(m) for m in fused]
     assert kinds == [
-        cnn.Conv2dReLU,
+        cnn.Conv2dReLUMaxPool2d,
         FusedReLU,
-        cnn.MaxPool2d,
+        FusedMaxPool2d,
         Conv2dBatchNorm,
         FoldedBatchNorm2d,
         FusedReLU,
@@ -115,7 +115,8 @@ def test_sequential_fuses_and_reports_every_layer():
     assert fused[3].activation == "relu" and fused[3].bn is fused[4]
     assert isinstance(report, FuseReport)
     rows = {e.name: e for e in report}
-    assert rows["0"].was == "Conv2d+ReLU" and rows["0"].became == "Conv2dReLU"
+    assert rows["0"].was == "Conv2d+ReLU+MaxPool2d" and rows["0"].became == "Conv2dReLUMaxPool2d"
+    assert rows["2"].became == "FusedMaxPool2d" and rows["2"].reason == "computed by 0"
     assert rows["3"].was == "Conv2d+BatchNorm2d+ReLU" and "4 folded in eval mode" in rows["3"].reason
     assert rows["6"].became == "Conv2d" and rows["7"].became == "AdaptiveAvgPool2d"
     assert [e.name for e in report.kept] == ["8", "9"]
@@ -133,7 +134,7 @@ def test_copy_by_default_shared_with_inplace():
     assert type(model[0]) is nn.Conv2d  # the original is untouched
     ids = [id(p) for p in model.parameters()] + [id(b) for b in model.buffers()]
     shared = fuse(model, inplace=True)
-    assert shared is model and type(model[0]) is cnn.Conv2dReLU
+    assert shared is model and type(model[0]) is cnn.Conv2dReLUMaxPool2d
     assert [id(p) for p in shared.parameters()] + [id(b) for b in shared.buffers()] == ids
 
 

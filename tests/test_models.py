@@ -478,7 +478,13 @@ def test_twin_errors():
 def test_vgg_any_arch():
     model = models.VGG(arch=[(2, 4), (1, 6), (1, 8)], num_classes=3)
     assert model.hparams["arch"] == ((2, 4), (1, 6), (1, 8))
-    assert [type(m).__name__ for m in model.net[0]] == ["LazyConv2dReLU", "FusedReLU"] * 2 + ["MaxPool2d"]
+    assert [type(m).__name__ for m in model.net[0]] == [
+        "LazyConv2dReLU",
+        "FusedReLU",
+        "LazyConv2dReLUMaxPool2d",  # the block's last conv pools in its kernel
+        "FusedReLU",
+        "FusedMaxPool2d",
+    ]
     assert model.min_input_size == 8
 
 

@@ -84,6 +84,22 @@ def test_plain_run_skips_everything(collected):
     assert SKIP_REASON in proc.stdout
 
 
+def test_benchmarks_run_without_pytest_benchmark(tmp_path):
+    """Where pytest-benchmark is missing (a bare GPU machine), each item runs once through the
+    suites' stand-in fixture and still records its extra_info, which reaches gpu_check's rows
+    (the host-cost items here: they run on any machine)."""
+    import os
+
+    rows = tmp_path / "rows.jsonl"
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark"]
+    cmd += ["-m", "host", "-k", "test_host_op"]
+    env = dict(os.environ, GPU_CHECK_ROWS=str(rows))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert got and all(r["outcome"] == "passed" and r["python_calls"] > 0 for r in got)
+
+
 @no_gpu_only
 def test_gpu_check_without_gpu_exits_2_with_one_line(tmp_path):
     import os

@@ -395,4 +395,4 @@ def test_readme_byte_table_is_regenerated():
     table = R.readme_table(batch=128)
     assert table.count("\n") == 5 and "GoogLeNet" in table
     assert table in README.read_text(encoding="utf-8"), "README: paste `python -m cnnkernels.roofline --readme`"
-    assert re.search(r"batch 128, bf16", README.read_text(encoding="utf-8"))
+    assert re.search(r"batch\s+128,\s+bf16", README.read_text(encoding="utf-8"))

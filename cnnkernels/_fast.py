@@ -101,6 +101,16 @@ def recording():
         _common.RECORDERS.remove(record)
 
 
+def written(record: list, like: Tensor, dtype: torch.dtype) -> Tensor:
+    """The one tensor of ``dtype`` shaped like ``like`` that the recorded launches were handed
+    (an output the op keeps to itself, such as a max pool's argmax); Unplannable unless unique."""
+    found = {id(a): a for _, _, args, _, _ in record for a in args if isinstance(a, Tensor) and a.dtype == dtype}
+    found = [a for a in found.values() if a.shape == like.shape]
+    if len(found) != 1:
+        raise Unplannable(f"{len(found)} launch arguments of {dtype} shaped {tuple(like.shape)}")
+    return found[0]
+
+
 class LaunchPlan:
     """The launches of one recorded call, replayable with new input tensors of the same key.
 

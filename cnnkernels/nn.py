@@ -199,7 +199,10 @@ class Inception(nn.Module):
             # first launch's second and third arguments, recomputed by the plan.
             # Its fifth is the reduce convs' output (scratch), which the backward needs.
             w_cat, b_cat, scratch = record[0][2][1], record[0][2][2], record[0][2][4]
+            stacked = params[0].shape[0] + params[2].shape[0] + params[6].shape[0]
             with contextlib.suppress(_fast.Unplannable):
+                if w_cat.shape != (stacked, *params[0].shape[1:]) or b_cat.shape != (stacked,):
+                    raise _fast.Unplannable("the first launch is not the stacked 1x1 GEMM")
                 launches = _fast.LaunchPlan.build(record, (x4, pooled, *params), (out, scratch), (w_cat, b_cat))
                 _fast.put(key, InceptionPlan(launches, unbatched, key[1]))
         return out.squeeze(0) if unbatched else out

@@ -266,10 +266,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     )
     with _fast.recording() as record:
         y, idx = MaxPool2dFunction.apply(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
-    if key is not None and x.device.type != "meta" and len(record) == 1:
-        arg = record[0][2][2]  # the launch's third argument is the argmax it writes
+    if key is not None and x.device.type != "meta":
         geometry = (list(x.shape), kernel_size, stride, padding, dilation, is_channels_last(x))
         with contextlib.suppress(_fast.Unplannable):
+            arg = _fast.written(record, y, _k.argmax_dtype(kernel_size))
             launches = _fast.LaunchPlan.build(record, (x,), (y, arg, idx) if return_indices else (y, arg))
             _fast.put(key, PoolPlan(launches, PlannedMaxPoolFunction, unbatched, key[1], geometry, return_indices))
     if unbatched:

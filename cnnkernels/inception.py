@@ -8,13 +8,16 @@ channel slice of it, so the concatenation costs no copy and no extra memory pass
     scratch[:, c2a:]        <- relu(b3_1(x))                  /  x read once
     out[:, c1:c1+c2b]       <- relu(b2_2(scratch[:, :c2a]))     3x3, pad 1
     out[:, ...:...+c3b]     <- relu(b3_2(scratch[:, c2a:]))     5x5, pad 2
-    out[:, -c4:]            <- relu(b4_2(maxpool3x3(x)))        1x1 on the pooled input
+    out[:, -c4:]            <- relu(b4_2(maxpool3x3(x)))        1x1, x pooled while loaded
 
 Backward hands each branch a slice (a view) of dOut, again without copies: each conv's dY is
 masked (ReLU, from the saved ``out`` and ``scratch``) and its db summed in one elementwise pass,
 the 3x3 and 5x5 convs write their dX into the matching channel slices of one d_scratch buffer,
-and the three 1x1 convs' dY' is joined from dOut[:, :c1] and d_scratch by that same pass. The max-pool branch is a separate autograd node whose dX torch's
-autograd adds to the block's. Parameters stay per branch, so ``state_dict`` keys are the seed's.
+and the three 1x1 convs' dY' is joined from dOut[:, :c1] and d_scratch by that same pass. The
+pool branch: with ``pooled`` None (what ``cnnkernels.nn.Inception`` passes) the 1x1 GEMM pools x as
+it loads it (``kernels/convpool.py``), nothing pooled is written or saved, and the backward
+recomputes the pool (and its argmax) from the saved x and adds its dX to the block's; with a
+pooled tensor given, that tensor is an input of its own whose gradient torch's autograd routes. Parameters stay per branch, so ``state_dict`` keys are the seed's.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ from torch import Tensor
 
 from cnnkernels.kernels import conv as _kc
 from cnnkernels.kernels import conv1x1 as _k1
+from cnnkernels.kernels import convpool as _kcp
 
+from ._utils import is_channels_last
+
+_POOL3 = ([3, 3], [1, 1], [1, 1], [1, 1], False)  # kernel, stride, padding, dilation, ceil_mode
 _PAD3 = (1, 1, 1, 1)
 _PAD5 = (2, 2, 2, 2)
 _ONE = (1, 1)
@@ -33,7 +40,7 @@ _ONE = (1, 1)
 @torch.library.triton_op("cnnkernels::inception", mutates_args=())
 def inception_op(
     x: Tensor,
-    pooled: Tensor,
+    pooled: Tensor | None,
     w1: Tensor,
     b1: Tensor,
     w21: Tensor,
@@ -48,7 +55,8 @@ def inception_op(
     b4: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (out, scratch, w_cat): the block's output, the two reduce-conv outputs, and the
-    stacked input-side 1x1 weights (kept for the backward, so it does not stack them again)."""
+    stacked input-side 1x1 weights (kept for the backward, so it does not stack them again).
+    ``pooled`` None: the pool branch's 3x3/1 max pool runs while its 1x1 GEMM loads x."""
     n, _, h, w = x.shape
     c1, c2a, c2b, c3a, c3b, c4 = w1.shape[0], w21.shape[0], w22.shape[0], w31.shape[0], w32.shape[0], w4.shape[0]
     kw = dict(device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
@@ -61,7 +69,10 @@ def inception_op(
     o2, o3 = c1 + c2b, c1 + c2b + c3b
     _kc.conv2d_forward(scratch[:, :c2a], w22, b22, _ONE, _PAD3, _ONE, 1, "relu", out=out[:, c1:o2])
     _kc.conv2d_forward(scratch[:, c2a:], w32, b32, _ONE, _PAD5, _ONE, 1, "relu", out=out[:, o2:o3])
-    _k1.conv1x1_forward(pooled, w4, b4, "relu", out[:, o3:])
+    if pooled is None:
+        _kcp.max_pool_conv1x1_forward(x, w4, b4, (3, 3), (1, 1), "relu", out[:, o3:])
+    else:
+        _k1.conv1x1_forward(pooled, w4, b4, "relu", out[:, o3:])
     return out, scratch, w_cat
 
 
@@ -132,9 +143,17 @@ class InceptionFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True
             return _composed_grads(ctx, grad_out, x, pooled, params)
         w22, w32, w4 = params[4], params[8], params[10]
+        on_load = pooled is None  # pooled while loaded: recompute it (and its argmax) from x
+        if on_load:
+            pooled, arg, _ = torch.ops.cnnkernels.max_pool2d(x, *_POOL3, False)
         dx, d_pooled, dw_cat, db_cat, dw22, db22, dw32, db32, dw4, db4 = torch.ops.cnnkernels.inception_backward(
             grad_out, x, pooled, out, scratch, w_cat, w22, w32, w4, ctx.sizes[0]
         )
+        if on_load:  # the pool's backward joins the block's dX; the pooled input takes no gradient
+            dx = dx + torch.ops.cnnkernels.max_pool2d_backward(
+                d_pooled, arg, list(x.shape), *_POOL3[:4], is_channels_last(x)
+            )
+            d_pooled = None
         dw1, dw21, dw31 = dw_cat.split(ctx.sizes)
         db1, db21, db31 = db_cat.split(ctx.sizes)
         return dx, d_pooled, dw1, db1, dw21, db21, dw22, db22, dw31, db31, dw32, db32, dw4, db4
@@ -153,7 +172,10 @@ def recompute_grads(fn, inputs, grad_outputs, needs, create_graph=True):
     such as the pooled input from x) and stays connected to that graph: with ``create_graph``
     the result is differentiable again. None for the inputs not flagged."""
     with torch.enable_grad():
-        leaves = [t.view_as(t) if t.requires_grad else t.detach().requires_grad_(n) for t, n in zip(inputs, needs)]
+        leaves = [
+            None if t is None else t.view_as(t) if t.requires_grad else t.detach().requires_grad_(n)
+            for t, n in zip(inputs, needs)
+        ]
         outs = fn(*leaves)
         pairs = [(o, g) for o, g in zip(outs, grad_outputs) if g is not None and o.requires_grad]
         wanted = [t for t, n in zip(leaves, needs) if n]
@@ -172,6 +194,10 @@ def _block(x, pooled, w1, b1, w21, b21, w22, b22, w31, b31, w32, b32, w4, b4):
     from .cat import cat
     from .conv import conv2d
 
+    if pooled is None:  # the pool branch pools on load: here, a differentiable pool of x
+        from .pool import max_pool2d
+
+        pooled = max_pool2d(x, 3, 1, 1)
     s2 = conv2d(x, w21, b21, activation="relu")
     s3 = conv2d(x, w31, b31, activation="relu")
     y1 = conv2d(x, w1, b1, activation="relu")

@@ -16,6 +16,7 @@ cnnkernels.memory`` prints the table for the four models.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -81,14 +82,31 @@ def saved_bytes(model: nn.Module, shape, dtype: torch.dtype = torch.bfloat16) ->
     if materialize is not None:  # lazy layers get their sizes first (a shape-only twin run)
         materialize(x.shape)
     model.to(dtype)
-    with torch.no_grad():  # a first call may re-lay out weights (channels_last): settle them first
+    with _full_path(), torch.no_grad():  # a first call may re-lay out weights (channels_last): settle them first
         model(x)
     state = [*model.parameters(), *model.buffers()]  # held: their storages' addresses stay theirs
     params = {t.untyped_storage()._cdata for t in state}
     recorder = _Recorder(params)  # holds every saved tensor (autograd does), so no address repeats
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(recorder.pack, recorder.unpack):
-        model(x)
-    return recorder.total
+    with _full_path(), torch.enable_grad():
+        with torch.autograd.graph.saved_tensors_hooks(recorder.pack, recorder.unpack):
+            out = model(x)  # held until counted: the graph (and what it saved) stays alive
+        total = recorder.total
+    del out
+    return total
+
+
+@contextlib.contextmanager
+def _full_path():
+    """The eager fast path off (``cnnkernels._fast``): a replayed plan saves what the full path
+    saves, but plans are built from launches that meta tensors never make."""
+    from cnnkernels import _fast
+
+    was = _fast.enabled
+    _fast.enabled = False
+    try:
+        yield
+    finally:
+        _fast.enabled = was
 
 
 def _build(name: str, fused: bool, **kwargs) -> nn.Module:

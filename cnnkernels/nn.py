@@ -191,7 +191,7 @@ class Inception(nn.Module):
             params = [p.to(cast) for p in params]
         elif any(p.dtype != x4.dtype for p in params):
             raise TypeError(f"input dtype {x4.dtype} differs from the block's parameter dtype {params[0].dtype}")
-        pooled = F.max_pool2d(x4, 3, 1, 1)
+        pooled = None  # the pool branch pools while its 1x1 GEMM loads x: no pooled tensor
         with _fast.recording() as record:
             out = InceptionFunction.apply(x4, pooled, *params)
         if key is not None and cast is None and len(record) == 4:
@@ -228,7 +228,7 @@ class InceptionPlan:
 
     def __call__(self, x, params):
         x4 = x.unsqueeze(0) if self.unbatched else x
-        pooled = F.max_pool2d(x4, 3, 1, 1)
+        pooled = None  # pooled on load, as in Inception.forward
         if self.grad:
             out = PlannedInceptionFunction.apply(x4, pooled, *params, self)
         else:

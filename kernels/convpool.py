@@ -22,6 +22,13 @@ Backward:  (host side, ``cnnkernels/convpool.py``, from existing kernels) the po
            ReLU mask) and db summed in the same pass; the max-pool backward scatters it to the
            argmax (gather form, no atomics), which is the conv's masked dY' for its dX and dW.
 
+Max pool on load (``_max_pool_conv1x1_fwd_kernel``): a stride-1 max pool that keeps the size
+(Inception's 3x3/1, padding 1) feeding a 1x1 convolution. The GEMM's A tile is the max of the
+window's shifted loads of X (NaN propagates), so the pooled tensor is neither written nor read
+back: per block 2*|X| fewer HBM bytes, the extra loads hitting L1/L2 (neighbouring pixels share
+their windows). Its backward (host side, ``cnnkernels/inception.py``) recomputes the pool's argmax
+from the saved X, so nothing pooled is saved either.
+
 Limits: those of ``kernels/conv.py`` (strided tensors, 32-bit offsets within one image, batch
 pixel count below 2**31) and ``kernels/pool.py`` (pool padding at most half the window, so every
 window holds a conv pixel). Geometry of both the conv and the pool is constexpr.
@@ -45,6 +52,7 @@ from ._common import (
     nchw_strides,
     on_tensor_device,
     pick_configs,
+    prune_by_dtype,
     shape_only,
     tl_dtype,
     to_dtype,
@@ -413,3 +421,128 @@ def conv2d_relu_max_pool2d_forward(
         ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
     )
     return y, arg
+
+
+# ----------------------------------------------------------------------------------------------
+# Max pool on load: a stride-1 max pool feeding a 1x1 convolution (Inception's fourth branch).
+# ----------------------------------------------------------------------------------------------
+
+
+def poolconv_configs() -> list[triton.Config]:
+    """Tiles of the 1x1 GEMM whose A operand is pooled as it is loaded (POOL_R*POOL_S loads per
+    step, mostly from L1/L2: neighbouring pixels share their windows)."""
+
+    def cfg(bm, bn, bk, warps, stages):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+    return pick_configs(
+        gpu=[cfg(128, 128, 64, 8, 3), cfg(64, 128, 64, 4, 3), cfg(64, 64, 64, 4, 3)],
+        interpreter=[cfg(256, 128, 64, 4, 1)],
+    )
+
+
+@triton.autotune(configs=poolconv_configs(), prune_configs_by={"early_config_prune": prune_by_dtype("x_ptr")},
+                 key=["N", "H", "W", "C", "K", "POOL_R", "POOL_S"])
+@triton.jit
+def _max_pool_conv1x1_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    N, H, W, C, K,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wk, stride_wc,
+    stride_b,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    # The pool's geometry is constexpr: its taps unroll.
+    POOL_R: tl.constexpr, POOL_S: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Y[n,k,h,w] = act(b[k] + sum_c W[k,c] * max_{u,v} X[n,c,h+u-ph,w+v-pw]) over the taps inside
+    X: the pooled A tile is the max of POOL_R*POOL_S shifted loads (NaN propagates, as torch's
+    max pool), so the pooled tensor is never written."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < N * H * W
+    mask_n = offs_n < K
+    n_idx = offs_m // (H * W)
+    hw = (offs_m % (H * W)).to(tl.int32)
+    h = hw // W
+    w = hw % W
+    x_rows = x_ptr + n_idx * stride_xn + h * stride_xh + w * stride_xw
+    w_base = w_ptr + offs_n * stride_wk
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for c0 in range(0, C, BLOCK_K):
+        c = c0 + tl.arange(0, BLOCK_K)
+        k_ok = c < C
+        x_c = (c * stride_xc)[None, :]
+        # Compared in ACC_DTYPE: exact (the max is one of the inputs), and under the interpreter
+        # bf16 comparisons would act on raw bit patterns.
+        a = tl.full((BLOCK_M, BLOCK_K), float("-inf"), dtype=ACC_DTYPE)
+        for u in tl.static_range(POOL_R):
+            for v in tl.static_range(POOL_S):
+                hh = h + (u - PAD_H)
+                ww = w + (v - PAD_W)
+                ok = mask_m & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+                tap = ((u - PAD_H) * stride_xh + (v - PAD_W) * stride_xw)
+                t = tl.load((x_rows + tap)[:, None] + x_c, mask=ok[:, None] & k_ok[None, :], other=float("-inf"))
+                a = tl.maximum(a, t.to(ACC_DTYPE), propagate_nan=tl.PropagateNan.ALL)
+        a = tl.where(mask_m[:, None] & k_ok[None, :], a, 0.0).to(x_ptr.dtype.element_ty)
+        b = tl.load(w_base[None, :] + (c * stride_wc)[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
+    if ACTIVATION == "relu":
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    y_off = (n_idx * stride_yn + h * stride_yh + w * stride_yw)[:, None] + (offs_n * stride_yc)[None, :]
+    tl.store(y_ptr + y_off, to_dtype(acc, y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@on_tensor_device
+def max_pool_conv1x1_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    pool_kernel: tuple[int, int],
+    pool_padding: tuple[int, int],
+    activation: str = "relu",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Y = act(conv1x1(max_pool2d(X, pool_kernel, stride 1, pool_padding), W) + b) without writing
+    the pooled tensor. The pool must keep the size (2 * padding = kernel - 1, odd kernel). ``out``
+    may be any strided (N, K, H, W) view, e.g. Inception's channel slice."""
+    check_runnable("input", x)
+    if x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1):
+        raise ValueError("max_pool_conv1x1 takes a 4-D input and a 1x1 conv weight")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"input dtype {x.dtype} and weight dtype {weight.dtype} differ")
+    if any(2 * p != k - 1 for k, p in zip(pool_kernel, pool_padding)):
+        raise ValueError(f"pool_kernel {pool_kernel} with pool_padding {pool_padding} must keep the size")
+    n, c, h, w = x.shape
+    k = weight.shape[0]
+    if weight.shape[1] != c:
+        raise ValueError(f"weight takes {weight.shape[1]} channels, input has {c}")
+    if out is None:
+        out = torch.empty((n, k, h, w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    elif tuple(out.shape) != (n, k, h, w) or out.dtype != x.dtype:
+        raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}, expected {(n, k, h, w)} {x.dtype}")
+    if out.numel() == 0 or shape_only(x):
+        return out
+
+    def grid(meta):
+        return (triton.cdiv(n * h * w, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"]))
+
+    launch(_max_pool_conv1x1_fwd_kernel, grid,
+        x, weight, bias if bias is not None else weight, out,
+        n, h, w, c, k,
+        *nchw_strides(x), weight.stride(0), weight.stride(1),
+        bias.stride(0) if bias is not None else 0,
+        *nchw_strides(out),
+        POOL_R=pool_kernel[0], POOL_S=pool_kernel[1], PAD_H=pool_padding[0], PAD_W=pool_padding[1],
+        HAS_BIAS=bias is not None, ACTIVATION=activation,
+        INPUT_PRECISION=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype), ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
+    )
+    return out

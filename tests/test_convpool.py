@@ -361,3 +361,67 @@ def test_lazy_producer_and_consumer_materialise():
     ref(x)
     ref.load_state_dict(fused.state_dict())
     assert_close(y, ref(x))
+
+
+# --------------------------------------------------- Inception's pool branch: pooled on load
+
+
+def _block_and_input(nan=False):
+    from cnnkernels.models import reference
+
+    ref = reference.Inception(3, (2, 4), (2, 3), 5).double().to(DEVICE)
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, device=DEVICE)
+    ref(x)  # materialise the lazy convs
+    x[0, 1, 2, 3] = x[0, 1, 2, 2]  # a tie inside several windows: the first maximum takes dX
+    x[1, 4, 0, 0] = x[1, 4, 1, 1]
+    if nan:
+        x[1, 2, 3, 3] = float("nan")
+    params = [p for name in ("b1_1", "b2_1", "b2_2", "b3_1", "b3_2", "b4_2") for p in getattr(ref, name).parameters()]
+    return ref, x, params
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan"])
+def test_inception_pools_on_load_like_the_torch_block(nan):
+    from cnnkernels.inception import InceptionFunction
+
+    ref, x, params = _block_and_input(nan)
+    ours_x, ref_x = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = InceptionFunction.apply(ours_x, None, *params)
+    y_ref = ref(ref_x)
+    assert_close(y, y_ref)
+    # Saved at the input's resolution: x, the block output and the reduce convs' output, no pooled x.
+    assert sorted(t.shape[1] for t in saved if t.dim() == 4 and t.shape[2:] == x.shape[2:]) == [4, 6, 15]
+    g = torch.randn_like(y_ref)
+    grads = torch.autograd.grad(y, [ours_x, *params], g)
+    grads_ref = torch.autograd.grad(y_ref, [ref_x, *params], g)
+    for got, want in zip(grads, grads_ref):
+        assert_close(got, want)
+
+
+def test_max_pool_conv1x1_kernel_against_the_composition():
+    x = torch.randn(2, 37, 6, 5, dtype=torch.float32, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(9, 37, 1, 1, dtype=torch.float32, device=DEVICE)
+    b = torch.randn(9, dtype=torch.float32, device=DEVICE)
+    out = torch.full((2, 12, 6, 5), float("nan"), device=DEVICE).to(memory_format=torch.channels_last)
+    kcp.max_pool_conv1x1_forward(x, w, b, (3, 3), (1, 1), "relu", out[:, 2:11])
+    assert_close(out[:, 2:11], F.relu(F.conv2d(F.max_pool2d(x, 3, 1, 1), w, b)))
+    assert torch.isnan(out[:, :2]).all() and torch.isnan(out[:, 11:]).all()  # only its slice written
+    with pytest.raises(ValueError, match="keep the size"):
+        kcp.max_pool_conv1x1_forward(x, w, b, (3, 3), (0, 0))
+
+
+def test_inception_pool_on_load_gradgradcheck():
+    from cnnkernels.inception import InceptionFunction
+
+    blk = cnn.Inception(1, (1, 1), (1, 1), 1).double().to(DEVICE)
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    blk(x)
+    params = [p for c in (blk.b1_1, blk.b2_1, blk.b2_2, blk.b3_1, blk.b3_2, blk.b4_2) for p in (c.weight, c.bias)]
+
+    def fn(x, *p):
+        return InceptionFunction.apply(x, None, *p)
+
+    assert gradcheck(fn, (x, *params), fast_mode=True)
+    assert gradgradcheck(fn, (x, *params), fast_mode=True)

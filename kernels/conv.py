@@ -10,8 +10,10 @@ dX:        gather form over the flattened (r, s, k) index: input pixel h receive
            non-finite is recomputed tap by tap without the (pixel, tap) pairs that no output
            reaches, so a NaN or inf weight poisons exactly the pixels it touches, as in torch.
 dW:        GEMM reducing over N*P*Q, split into chunks for parallelism; each chunk writes an fp32
-           partial and a second kernel sums the partials in a fixed order (no atomics, so results
-           are bit-reproducible run to run).
+           partial and the program that finishes a tile last (an atomic count per tile) sums the
+           tile's partials in split order and writes dW (``store_split_tile``): bit-reproducible
+           run to run, one launch. Stride-1 'same' layers on pixel-linear NHWC tensors run
+           row-tiled (``_conv_bwd_weight_rows_kernel``: no pixel decode in the loop).
 ReLU, db:  one elementwise pass (``_conv_bwd_prep_kernel``) masks dY with ``Y > 0`` of the saved
            output and writes per-block column sums of dY' for db (summed in a fixed order); the
            dX and dW loops then load dY' alone and hold the MMA alone (both wgmma operands from
@@ -334,13 +336,54 @@ def _conv_bwd_input_kernel(
     tl.store(dx_ptrs, to_dtype(acc, dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+@triton.jit
+def store_split_tile(acc, part_ptr, part_split_stride, part_row_stride, part_cols, dw_ptr, dw_row_stride, dw_cols,
+                     row0, rows_left, cols_ok, count_ptr, split, SPLITS,
+                     BLOCK_M: tl.constexpr, SUB_M: tl.constexpr):
+    """Store a dW tile (rows row0 .. row0 + BLOCK_M, the first ``rows_left`` of them real) from the
+    program of reduction split ``split`` of ``SPLITS``. One split: the tile itself, cast to dW's
+    dtype. Several: this split's fp32 partial, then one count of the tile's finished splits (an
+    atomic, released after every thread's partial is written); the program that finishes last
+    sums the partials in split order, so the result is the same bits whichever program that is,
+    writes dW and sets the count back to 0 for the next launch (a CUDA graph replays it).
+    Element (i, j) of split s's partial is at ``part_ptr + s * part_split_stride + i *
+    part_row_stride + part_cols[j]``, of dW at ``dw_ptr + i * dw_row_stride + dw_cols[j]``. The
+    sum runs SUB_M rows at a time, so it needs few registers beside the loop's."""
+    m = tl.arange(0, BLOCK_M)
+    mask = (m < rows_left)[:, None] & cols_ok[None, :]
+    rows = row0 + m
+    if SPLITS == 1:
+        dw_ptrs = dw_ptr + (rows * dw_row_stride)[:, None] + dw_cols[None, :]
+        tl.store(dw_ptrs, to_dtype(acc, dw_ptr.dtype.element_ty), mask=mask)
+    else:
+        offs = (rows * part_row_stride)[:, None] + part_cols[None, :]
+        tl.store(part_ptr + split.to(tl.int64) * part_split_stride + offs, acc, mask=mask)
+        tl.debug_barrier()
+        done = tl.atomic_add(count_ptr, 1, sem="acq_rel")
+        if done == SPLITS - 1:
+            for m0 in tl.static_range(0, BLOCK_M, SUB_M):
+                sub = m0 + tl.arange(0, SUB_M)
+                sub_mask = (sub < rows_left)[:, None] & cols_ok[None, :]
+                sub_offs = ((row0 + sub) * part_row_stride)[:, None] + part_cols[None, :]
+                # .cg: read the other programs' partials from L2, never a stale L1 line.
+                ptr = part_ptr
+                total = tl.load(ptr + sub_offs, mask=sub_mask, other=0.0, cache_modifier=".cg")
+                for _ in range(1, SPLITS):
+                    ptr += part_split_stride
+                    total += tl.load(ptr + sub_offs, mask=sub_mask, other=0.0, cache_modifier=".cg")
+                dw_ptrs = dw_ptr + ((row0 + sub) * dw_row_stride)[:, None] + dw_cols[None, :]
+                tl.store(dw_ptrs, to_dtype(total, dw_ptr.dtype.element_ty), mask=sub_mask)
+            tl.atomic_xchg(count_ptr, 0, sem="relaxed")
+
+
 @triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_by_form}, key=["N", "H", "W", "C", "K", "P", "Q", "CHUNK", *_GEOMETRY_KEY])
 @triton.jit
 def _conv_bwd_weight_kernel(
-    x_ptr, dy_ptr, dw_part_ptr,
-    N, H, W, C, P, Q, K, G, CHUNK,  # C and K are per group; CHUNK = output pixels per split
+    x_ptr, dy_ptr, dw_ptr, dw_part_ptr, count_ptr,
+    N, H, W, C, P, Q, K, G, CHUNK, SPLITS,  # C and K are per group; CHUNK = output pixels per split
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    stride_wk, stride_wc, stride_wr, stride_ws,
     R: tl.constexpr, S: tl.constexpr,
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,
@@ -407,9 +450,11 @@ def _conv_bwd_weight_kernel(
         acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
 
     # Partials are laid out [split, g, k, (r,s,c)], contiguous.
-    row = (split * G + g) * K + offs_k
-    part_ptrs = dw_part_ptr + row.to(tl.int64)[:, None] * (R * S * C) + col[None, :]
-    tl.store(part_ptrs, acc, mask=mask_k[:, None] & col_ok[None, :])
+    tile = pid_m + tl.num_programs(0) * (pid_n + tl.num_programs(1) * g)
+    store_split_tile(acc, dw_part_ptr, G * K * R * S * C, R * S * C, col,
+                     dw_ptr, stride_wk, c * stride_wc + r * stride_wr + s * stride_ws,
+                     (g * K + pid_m * BLOCK_M).to(tl.int32), K - pid_m * BLOCK_M, col_ok, count_ptr + tile, split, SPLITS,
+                     BLOCK_M, 32)
 
 
 def dw_rows_configs() -> list[triton.Config]:
@@ -430,9 +475,10 @@ DW_ROW_LANES = 64
 @triton.autotune(configs=dw_rows_configs(), prune_configs_by={"early_config_prune": prune_by_dtype("x_ptr")}, key=["N", "C", "K", "CHUNK_ROWS", "P", "Q", "R", "S", "DIL_H", "DIL_W"])
 @triton.jit
 def _conv_bwd_weight_rows_kernel(
-    x_ptr, dy_ptr, dw_part_ptr,
-    N, C, K, G, CHUNK_ROWS,  # C and K are per group; CHUNK_ROWS = output rows (n, p) per split
+    x_ptr, dy_ptr, dw_ptr, dw_part_ptr, count_ptr,
+    N, C, K, G, CHUNK_ROWS, SPLITS,  # C and K are per group; CHUNK_ROWS = output rows (n, p) per split
     stride_xc, stride_xw, stride_dyc, stride_dyw,  # X and dY' are pixel-linear: pixel i at i * stride_w
+    stride_wk, stride_wc, stride_wr, stride_ws,
     # P, Q (= H, W: stride 1, 'same' padding) are constexpr: the lane -> (row, column) split and
     # the periodic row-validity pattern fold to constants once per program.
     P: tl.constexpr, Q: tl.constexpr,
@@ -525,9 +571,11 @@ def _conv_bwd_weight_rows_kernel(
             p0 = tl.where(p0 == P, 0, p0)
 
     # Partials are laid out [split, g, k, (r,s,c)], contiguous, as the generic kernel's.
-    prow = (split * G + g) * K + offs_k
-    part_ptrs = dw_part_ptr + prow.to(tl.int64)[:, None] * (R * S * C) + (rs * C + c)[None, :]
-    tl.store(part_ptrs, acc, mask=(offs_k < K)[:, None] & (c < C)[None, :])
+    tile = pid_m + tl.num_programs(0) * (pid_n + tl.num_programs(1) * g)
+    store_split_tile(acc, dw_part_ptr, G * K * R * S * C, R * S * C, rs * C + c,
+                     dw_ptr, stride_wk, c * stride_wc + r * stride_wr + s * stride_ws,
+                     (g * K + pid_m * BLOCK_M).to(tl.int32), K - pid_m * BLOCK_M, c < C, count_ptr + tile, split, SPLITS,
+                     BLOCK_M, 32)
 
 
 PREP_BLOCK_M = 256 if INTERPRET else 64
@@ -867,11 +915,13 @@ def conv2d_backward_weight(
     tiles = triton.cdiv(kg, 128) * triton.cdiv(rsc, 128) * groups
     chunk = _dw_chunk(npq, tiles)
     flat = cg < FLAT_BELOW
+    # Tile counters for the in-kernel sum of the splits: enough for the smallest tiles (64 x 64).
+    counters = split_counters(x.device, triton.cdiv(kg, 64) * r * s * triton.cdiv(cg, 64) * groups)
     if _dw_rows_apply(x, grad_out, stride, flat):
         rows_per_step = max(1, min(DW_ROW_LANES // q, 32))
         chunk_rows = triton.cdiv(triton.cdiv(chunk, q), rows_per_step) * rows_per_step
         splits = triton.cdiv(n * p, chunk_rows)
-        dw_part = torch.empty((splits, k_out * rsc), device=x.device, dtype=acc_dtype(x.dtype))
+        dw_part = _split_partials(splits, k_out * rsc, dw)
 
         def grid_rows(meta):
             return (triton.cdiv(kg, meta["BLOCK_M"]), r * s * triton.cdiv(cg, meta["BLOCK_N"]), splits * groups)
@@ -880,31 +930,55 @@ def conv2d_backward_weight(
         for key in ("STRIDE_H", "STRIDE_W"):
             del geometry[key]
         launch(_conv_bwd_weight_rows_kernel, grid_rows,
-            x, grad_out, dw_part,
-            n, cg, kg, groups, chunk_rows,
+            x, grad_out, dw, dw_part, counters,
+            n, cg, kg, groups, chunk_rows, splits,
             x.stride(1), x.stride(3), grad_out.stride(1), grad_out.stride(3),
+            *nchw_strides(dw),
             P=p, Q=q, **geometry,
             **_dot_args(x.dtype),
         )
-        _reduce_splits(dw_part, dw, splits, cg, r, s, nchw_strides(dw))
         return dw, db
     splits = triton.cdiv(npq, chunk)
-    dw_part = torch.empty((splits, k_out * rsc), device=x.device, dtype=acc_dtype(x.dtype))
+    dw_part = _split_partials(splits, k_out * rsc, dw)
 
     def grid(meta):
         cols = triton.cdiv(rsc, meta["BLOCK_N"]) if flat else r * s * triton.cdiv(cg, meta["BLOCK_N"])
         return (triton.cdiv(kg, meta["BLOCK_M"]), cols, splits * groups)
 
     launch(_conv_bwd_weight_kernel, grid,
-        x, grad_out, dw_part,
-        n, h, w, cg, p, q, kg, groups, chunk,
-        *nchw_strides(x), *nchw_strides(grad_out),
+        x, grad_out, dw, dw_part, counters,
+        n, h, w, cg, p, q, kg, groups, chunk, splits,
+        *nchw_strides(x), *nchw_strides(grad_out), *nchw_strides(dw),
         **_geometry(weight_like, stride, padding, dilation),
         FLAT=flat,
         **_dot_args(x.dtype),
     )
-    _reduce_splits(dw_part, dw, splits, cg, r, s, nchw_strides(dw))
     return dw, db
+
+
+def _split_partials(splits: int, elements: int, dw: torch.Tensor) -> torch.Tensor:
+    """fp32 (fp64 for fp64) workspace for the per-split dW partials; none with one split (dW
+    itself is passed, never read)."""
+    if splits == 1:
+        return dw
+    return torch.empty((splits, elements), device=dw.device, dtype=acc_dtype(dw.dtype))
+
+
+# Per (device, stream): one int32 buffer of tile counters, all 0 between launches (each launch
+# sets the counters it used back to 0), grown when a layer needs more.
+_COUNTERS: dict = {}
+
+
+def split_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 tile counters for ``store_split_tile``. One buffer per device and stream, so
+    launches that share it run one after another; kept across calls (and CUDA graph replays)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 4096), device=device, dtype=torch.int32)
+        _COUNTERS[key] = buf
+    return buf
 
 
 def _pixel_linear(t: torch.Tensor) -> bool:

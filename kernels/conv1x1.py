@@ -8,8 +8,9 @@ buffer). Backward takes dY from the same two places.
 
 Forward:  Y[m, j] = act(b[j] + sum_c X[m, c] W[j, c])
 dX:       dX[m, c] = sum_j dY'[m, j] W[j, c]
-dW, db:   dW[j, c] = sum_m dY'[m, j] X[m, c], db[j] = sum_m dY'[m, j], over M split in chunks,
-          partials summed in fixed order by ``conv._conv_bwd_reduce_kernel`` (no atomics).
+dW, db:   dW[j, c] = sum_m dY'[m, j] X[m, c] over M split in chunks, the partials summed in split
+          order by the program that finishes each tile last (``conv.store_split_tile``); db comes
+          from ``conv2d_backward_prep``.
 dY' = dY * (Y > 0) under ReLU, Y being the saved output.
 
 Limits: offsets within one image are 32-bit (H*W*C < 2**31); batch offsets are 64-bit.
@@ -24,7 +25,6 @@ import triton.language as tl
 from . import conv as _conv
 from ._common import (
     INTERPRET,
-    acc_dtype,
     check_runnable,
     launch,
     mma,
@@ -35,6 +35,7 @@ from ._common import (
     shape_only,
     to_dtype,
 )
+from .conv import store_split_tile
 
 
 def conv1x1_configs(kernel: str) -> list[triton.Config]:
@@ -156,10 +157,11 @@ def _prune_bwd_weight(configs, named_args, **kwargs):
 @triton.autotune(configs=conv1x1_configs("bwd_weight"), prune_configs_by={"early_config_prune": _prune_bwd_weight}, key=["M", "C", "K", "CHUNK", "LINEAR"])
 @triton.jit
 def _conv1x1_bwd_weight_kernel(
-    x_ptr, dy_ptr, dw_part_ptr,
-    M, HW, W, C, K, CHUNK,
+    x_ptr, dy_ptr, dw_ptr, dw_part_ptr, count_ptr,
+    M, HW, W, C, K, CHUNK, SPLITS,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    stride_wk, stride_wc,
     LINEAR: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -203,8 +205,10 @@ def _conv1x1_bwd_weight_kernel(
             xb = tl.load(x_ptr + pix_x[:, None] + (offs_c * stride_xc)[None, :], mask=mask_i[:, None] & mask_c[None, :], other=0.0)
             acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
 
-    row = split * K + offs_j
-    tl.store(dw_part_ptr + row.to(tl.int64)[:, None] * C + offs_c[None, :], acc, mask=mask_j[:, None] & mask_c[None, :])
+    # Partials are laid out [split, k, c], contiguous; the last split's program sums them (fixed order).
+    tile = pid_m + tl.num_programs(0) * pid_n
+    store_split_tile(acc, dw_part_ptr, K * C, C, offs_c, dw_ptr, stride_wk, offs_c * stride_wc,
+                     pid_m * BLOCK_M, K - pid_m * BLOCK_M, mask_c, count_ptr + tile, split, SPLITS, BLOCK_M, 32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,17 +312,17 @@ def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=
         return dw.zero_(), db
     chunk = _conv._dw_chunk(m, triton.cdiv(k, 128) * triton.cdiv(c, 128))
     splits = triton.cdiv(m, chunk)
-    dw_part = torch.empty((splits, k * c), device=x.device, dtype=acc_dtype(x.dtype))
+    dw_part = _conv._split_partials(splits, k * c, dw)
+    counters = _conv.split_counters(x.device, triton.cdiv(k, 64) * triton.cdiv(c, 64))
 
     def grid(meta):
         return (triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_N"]), splits)
 
     launch(_conv1x1_bwd_weight_kernel, grid,
-        x, dy, dw_part,
-        m, h * w, w, c, k, chunk,
-        *nchw_strides(x), *nchw_strides(dy),
+        x, dy, dw, dw_part, counters,
+        m, h * w, w, c, k, chunk, splits,
+        *nchw_strides(x), *nchw_strides(dy), dw.stride(0), dw.stride(1),
         LINEAR=_conv._pixel_linear(x) and _conv._pixel_linear(dy),
         **_conv._dot_args(x.dtype),
     )
-    _conv._reduce_splits(dw_part, dw, splits, c, 1, 1, nchw_strides(dw))
     return dw, db

@@ -231,6 +231,44 @@ def test_dw_row_tiled_through_autograd_with_relu(monkeypatch):
         assert_close(got, leaf.grad, torch.float32, name=name)
 
 
+@pytest.mark.parametrize("form", ["row-tiled", "generic", "1x1"])
+def test_dw_splits_summed_in_kernel(form, monkeypatch):
+    """Several dW splits: the last program of each tile sums the partials (no reduce launch), the
+    result is the same bits run to run, and every tile counter is back at 0 afterwards."""
+    from cnnkernels.kernels import conv1x1 as kconv1x1
+
+    launched = []
+    launch = kconv.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        launched.append(kernel)
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(kconv, "launch", spy)
+    monkeypatch.setattr(kconv1x1, "launch", spy)
+    r = 1 if form == "1x1" else 3
+    x = torch.randn(7, 40, 9, 10, device=DEVICE)
+    if form != "generic":
+        x = x.to(memory_format=torch.channels_last)
+    dy = torch.randn(7, 36, 9, 10, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(36, 40, r, r, device=DEVICE)
+    pad = r // 2
+    assert 7 * 9 * 10 > 2 * kconv._dw_chunk(7 * 90, 1)  # three or more splits
+    if form == "1x1":
+        runs = [kconv1x1.conv1x1_backward_weight(x, dy, None, w, "none", False)[0] for _ in range(2)]
+        want = kconv1x1._conv1x1_bwd_weight_kernel
+    else:
+        geometry = ((1, 1), (pad,) * 4, (1, 1), 1)
+        runs = [kconv.conv2d_backward_weight(x, dy, None, w, *geometry, "none", False)[0] for _ in range(2)]
+        want = kconv._conv_bwd_weight_rows_kernel if form == "row-tiled" else kconv._conv_bwd_weight_kernel
+    assert launched == [want, want]
+    assert torch.equal(runs[0], runs[1])
+    assert all(int(buf.abs().sum()) == 0 for buf in kconv._COUNTERS.values())
+    wr = w.double().requires_grad_()
+    F.conv2d(x.double(), wr, padding=pad).backward(dy.double())
+    assert_close(runs[0], wr.grad, torch.float32, name="grad_weight")
+
+
 def test_autocast_casts_like_nn_conv2d():
     x = torch.randn(1, 3, 8, 8, device=DEVICE)
     w = torch.randn(4, 3, 3, 3, device=DEVICE)

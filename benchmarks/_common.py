@@ -12,12 +12,12 @@ Shapes come from ``cnnkernels.roofline.layer_table`` (the models themselves) at 
 layer's module path, and ``extra_info["same_shape_layers"]`` lists the others.
 
 Timing
-    ``cnnkernels.timing.gpu_time_s`` (``triton.testing.do_bench``: warm-up calls first, so
-    compilation, autotuning and cuDNN's algorithm search stay out) estimates a call, then
-    ``benchmark.pedantic`` rounds of one call each, the callable ending in
-    ``torch.cuda.synchronize()`` so a round is the GPU time plus one launch/sync; the median is
-    reported. Rounds are sized from the estimate to ~0.5 s per benchmark (5..100).
-    Launch overhead dominates only at batch 1: the models' CUDA-graph variant removes it.
+    Every reported time is ``cnnkernels.timing.gpu_time_s``'s median (``triton.testing.do_bench``:
+    warm-up calls first, so compilation, autotuning and cuDNN's algorithm search stay out; the L2
+    cache flushed before each call). pytest-benchmark then runs ``benchmark.pedantic`` rounds of
+    one synchronised call each (sized to ~0.5 s, 5..100) for its own table: wall clock, launch and
+    sync included. Launch overhead dominates only at batch 1: the models' CUDA-graph variant
+    removes it.
 
 Speedup vs cudnn
     Each ``cudnn`` result stores its median in a per-session dict keyed by the benchmark group
@@ -148,22 +148,18 @@ def rounds_for(estimate_s: float, target_s: float = 0.5, lo: int = 5, hi: int = 
 
 
 def measure(benchmark, fn: Callable[[], object]) -> float:
-    """Time ``fn`` with ``cnnkernels.timing.gpu_time_s`` (warm-up included), then run
-    ``benchmark.pedantic`` rounds (synchronised) sized from it, and return the median (s)."""
+    """The median seconds of ``fn`` by ``cnnkernels.timing.gpu_time_s``, what every result reports;
+    then pytest-benchmark's own rounds of ``fn`` (synchronised, sized from it) for its table."""
     import torch
 
-    est = gpu_time_s(fn)
-    rounds = rounds_for(est)
+    median = gpu_time_s(fn)
 
     def synced():
         fn()
         torch.cuda.synchronize()
 
-    benchmark.pedantic(synced, rounds=rounds, warmup_rounds=1, iterations=1)
-    stats = getattr(benchmark, "stats", None)
-    if stats:  # None or empty when pytest-benchmark is disabled: the do_bench median
-        return float(stats.stats.median)
-    return est
+    benchmark.pedantic(synced, rounds=rounds_for(median), warmup_rounds=1, iterations=1)
+    return median
 
 
 _CUDNN_MEDIANS: dict[str, tuple[float, str]] = {}

@@ -63,7 +63,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
-        if HERE in Path(item.path).resolve().parents and "host" not in item.keywords:
+        if HERE in Path(item.path).resolve().parents and not ({"host", "memory"} & set(item.keywords)):
             item.add_marker(skip)
 
 

@@ -238,6 +238,15 @@ def cmd_summary(args) -> int:
         f"{totals.unfused_extra_bytes_fwd / 1e6:.1f} MB of memory traffic per forward "
         f"({totals.unfused_extra_bytes_train / 1e6:.1f} MB per training step) against layer-by-layer execution"
     )
+    if args.train:
+        from cnnkernels import memory
+
+        row = memory.compare(memory.MODELS_BY_KEY[name], shape=shape, dtype=_torch_dtype(args.dtype))
+        out.line(
+            f"training step: {row.fused / memory.MIB:,.1f} MiB saved for backward, against "
+            f"{row.twin / memory.MIB:,.1f} MiB for the torch.nn twin ({row.ratio:.2f}x; measured on the meta device, "
+            "parameters excluded)"
+        )
     return 0
 
 
@@ -582,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--input", default="1,1,224,224", help="N,C,H,W (default: the course's 1,1,224,224)")
     s.add_argument("--dtype", type=dtype_name, default="bfloat16", help="element type for byte counts (default bf16)")
+    s.add_argument(
+        "--train", action="store_true", help="also the bytes saved for backward per training step, fused vs twin"
+    )
     s.set_defaults(fn=cmd_summary)
     c = sub.add_parser("check", help="fused model vs its torch.nn twin: logits and every gradient")
     c.add_argument("model", help="alexnet, vgg, nin, googlenet or all")

@@ -25,6 +25,7 @@ from torch import nn
 __all__ = ["SavedBytes", "saved_bytes", "compare", "table", "MODELS"]
 
 MODELS = ("AlexNet", "VGG", "NiN", "GoogLeNet")
+MODELS_BY_KEY = {m.lower(): m for m in MODELS}  # the command line's names
 MIB = 2**20
 
 
@@ -119,10 +120,12 @@ def _build(name: str, fused: bool, **kwargs) -> nn.Module:
         return getattr(models if fused else reference, name)(**kwargs).train()
 
 
-def compare(name: str, batch: int = 128, size: int = 224, dtype: torch.dtype = torch.bfloat16) -> SavedBytes:
+def compare(
+    name: str, batch: int = 128, size: int = 224, dtype: torch.dtype = torch.bfloat16, *, shape=None
+) -> SavedBytes:
     """Saved bytes of ``cnnkernels.models.<name>`` and of its ``torch.nn`` twin, both in training
-    mode, on a (batch, 1, size, size) input (the course's one-channel images)."""
-    shape = (batch, 1, size, size)
+    mode, on a (batch, 1, size, size) input (the course's one-channel images), or on ``shape``."""
+    shape = (batch, 1, size, size) if shape is None else tuple(shape)
     fused = saved_bytes(_build(name, True), shape, dtype)
     twin = saved_bytes(_build(name, False), shape, dtype)
     return SavedBytes(name, fused, twin)

@@ -21,6 +21,7 @@ BENCH_FILES = (
     "test_bench_pool.py",
     "test_bench_cat.py",
     "test_bench_models.py",
+    "test_bench_memory.py",
 )
 no_gpu_only = pytest.mark.skipif(
     torch.cuda.is_available(), reason="with a CUDA GPU a plain run would run the benchmarks"
@@ -73,9 +74,10 @@ def test_layer_grids(collected):
 
 @no_gpu_only
 def test_plain_run_skips_everything(collected):
-    """Without a GPU every benchmark but the host-cost ones (marked host: they run anywhere) skips."""
+    """Without a GPU every benchmark but the host-cost and saved-bytes ones (marked host and
+    memory: they run anywhere) skips."""
     count, _ = collected
-    proc = _pytest("-q", "-rs", "-m", "not host")
+    proc = _pytest("-q", "-rs", "-m", "not host and not memory")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = proc.stdout.strip().splitlines()[-1]
     skipped, deselected = (int(re.search(rf"(\d+) {w}", summary).group(1)) for w in ("skipped", "deselected"))

@@ -83,3 +83,14 @@ def test_fused_models_meet_the_targets(name, limit):
     row = memory.compare(name)
     assert row.twin > 0 and row.fused > 0
     assert row.ratio <= limit, f"{name}: {row.fused / MIB:.0f} MiB vs twin {row.twin / MIB:.0f} MiB"
+
+
+def test_summary_train_prints_the_measurement(capsys):
+    from cnnkernels import cli
+
+    assert cli.main(["summary", "alexnet", "--train", "--input", "4,1,96,96"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    row = memory.compare("AlexNet", shape=(4, 1, 96, 96))
+    assert f"training step: {row.fused / MIB:,.1f} MiB saved for backward" in text
+    assert f"{row.twin / MIB:,.1f} MiB for the torch.nn twin ({row.ratio:.2f}x" in text
+    assert 0 < row.fused < row.twin

@@ -221,7 +221,7 @@ def test_inception_replay_is_bit_identical(grad, replays):
     from cnnkernels.nn import InceptionPlan
 
     assert sum(isinstance(p, InceptionPlan) for p in _fast._PLANS.values()) == 1
-    assert replays[0] == 4  # the block's plan and its pool branch's, on the second and third calls
+    assert replays[0] == 2  # the block's plan on the second and third calls (its pool branch pools on load)
     for y, grads in results[1:]:
         assert torch.equal(y, results[0][0])
         assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1]))

@@ -23,8 +23,10 @@ Counting rules (``Layer``'s fields hold the numbers):
   it. A max pool that the fused model computes in its conv's kernel (``Conv2dReLUMaxPool2d``)
   moves nothing of its own: the conv writes only the pooled output (and the argmax), and its
   backward reads the pooled gradient, the argmax and the pooled output (the ReLU mask at the
-  argmax) instead of dY and y. Flatten is a view. Dropout is treated as the identity
-  (evaluation) or as fused (training).
+  argmax) instead of dY and y. The Inception block's 3x3/1 max pool, computed while its 1x1
+  conv loads the block input, writes nothing and saves no argmax; its backward reads the input
+  again for the argmax. Flatten is a view. Dropout is treated as the identity (evaluation) or as
+  fused (training).
 * A training step = training forward (+ the argmax bytes) + backward (dX, dW, db) + a plain SGD
   update per parameter (read w, read grad, write w; 2 FLOPs).
 * Floor time of a layer on a GPU = ``max(flops / peak, bytes / bandwidth)``; a model's floor is
@@ -301,6 +303,27 @@ def _pooled_in_conv(conv: Layer, pool: Layer) -> tuple[Layer, Layer]:
     return conv, pool
 
 
+def _pooled_on_load(pool: Layer, conv: str) -> Layer:
+    """The Inception block's 3x3/1 max pool, computed while its 1x1 conv ``conv`` loads the block
+    input: nothing pooled is written, nor an argmax saved; its backward reads the input again to
+    find the argmax, reads dY and writes dX. A layer-by-layer library writes the pooled tensor and
+    reads it back (``2 x out``), and writes and reads an argmax where the fused backward reads the
+    input once more."""
+    b, x = DTYPE_BYTES[pool.dtype], math.prod(pool.in_shape)
+    return dataclasses.replace(
+        pool,
+        computed_in=conv,
+        bytes_fwd=0,
+        bytes_fwd_train=0,
+        bytes_bwd=3 * x * b if pool.needs_input_grad else 0,
+        unfused_extra_bytes_fwd=2 * math.prod(pool.out_shape) * b,
+        unfused_extra_bytes_bwd=2 * math.prod(pool.out_shape) - x * b,
+        bytes_formula="0 (pooled while the 1x1 conv loads its input)",
+        bytes_formula_fwd_train="",
+        bytes_formula_bwd="3 * N*C*H*W * bytes [x again for the argmax, dY, dX]",
+    )
+
+
 def _architecture(model):
     """The ``torch.nn`` class and constructor arguments of ``model``: a name in ``MODELS``
     (case-insensitive; 10 classes), or a ``cnnkernels.models`` model, fused or reference."""
@@ -382,6 +405,8 @@ def layer_table(
             row = _pool_layer("maxpool", path, xs, ys, dtype, needs_grad, geometry)
             if pools_in_convs and rows and isinstance(kernels.get(rows[-1].name), cnn.Conv2dReLUMaxPool2d):
                 rows[-1], row = _pooled_in_conv(rows[-1], row)
+            elif pools_in_convs and path.endswith(".b4_1") and isinstance(kernels.get(path[:-5]), cnn.Inception):
+                row = _pooled_on_load(row, f"{path[:-5]}.b4_2")
         elif isinstance(m, nn.AdaptiveAvgPool2d):
             geometry = dict(kernel=xs[2:], stride=xs[2:], padding=(0, 0))
             row = _pool_layer("avgpool", path, xs, ys, dtype, needs_grad, geometry)

@@ -176,10 +176,22 @@ def test_pool_in_the_conv_kernel_by_hand():
     assert "[pooled]" in conv.formula("bytes") and "argmax" in conv.formula("bytes", "train")
 
 
+def test_inception_pool_while_loading_by_hand():
+    """The Inception block's 3x3/1 pool computed while its 1x1 conv loads the block input."""
+    rows = _rows("GoogLeNet", batch=2)
+    pool = rows["net.2.0.b4_1"]
+    x = 2 * 192 * 28 * 28  # the block input; the pool keeps its shape
+    assert (pool.bytes_fwd, pool.bytes_fwd_train, pool.bytes_bwd) == (0, 0, 3 * x * 2)
+    assert (pool.unfused_extra_bytes_fwd, pool.unfused_extra_bytes_bwd) == (2 * x * 2, 2 * x - x * 2)
+    assert pool.computed_in == "net.2.0.b4_2" and pool.flops_fwd == x * 9
+    alone = {r.name: r for r in R.layer_table("GoogLeNet", batch=2, pools_in_convs=False)}["net.2.0.b4_1"]
+    assert alone.bytes_fwd == 2 * x * 2 and alone.bytes_fwd_train == 2 * x * 2 + x and not alone.computed_in
+
+
 @pytest.mark.parametrize("model", R.MODELS)
 def test_pools_in_conv_kernels_are_what_fuse_makes(model):
     """A max pool moves no bytes of its own exactly where ``cnnkernels.fuse`` computes it in the
-    preceding conv's kernel."""
+    preceding conv's kernel, or (the seed's Inception) in the 1x1 conv that loads its input."""
     import torch
 
     from cnnkernels import fuse
@@ -191,9 +203,13 @@ def test_pools_in_conv_kernels_are_what_fuse_makes(model):
     ref.materialize((1, 1, 224, 224))
     kernels = dict(fuse(ref.net).named_modules(prefix="net"))
     rows = R.layer_table(model)
-    pooled = {(r.computed_in, r.name) for r in rows if r.kind == "maxpool" and r.bytes_fwd == 0}
+    pairs = {(a.name, b.name) for a, b in zip(rows, rows[1:]) if b.computed_in == a.name}
     fused = {(a.name, b.name) for a, b in zip(rows, rows[1:]) if isinstance(kernels[a.name], cnn.Conv2dReLUMaxPool2d)}
-    assert pooled == fused
+    assert pairs == fused
+    on_load = {(r.computed_in, r.name) for r in rows if r.computed_in and (r.computed_in, r.name) not in pairs}
+    blocks = {(f"{p}.b4_2", f"{p}.b4_1") for p, m in kernels.items() if isinstance(m, cnn.Inception)}
+    assert on_load == blocks and (model == "GoogLeNet") == bool(blocks)
+    assert all((r.bytes_fwd == 0) == bool(r.computed_in) for r in rows if r.kind == "maxpool")
 
 
 def test_cat_and_flatten_cost_nothing_fused():
@@ -289,9 +305,13 @@ def test_unfused_extra_bytes(model):
     t = R.totals_of(model, rows)
     relu = sum(2 * math.prod(r.out_shape) * 2 for r in rows if r.kind == "conv")
     cat = sum(2 * math.prod(r.out_shape) * 2 for r in rows if r.kind == "cat")
-    in_conv = [(a, b) for a, b in zip(rows, rows[1:]) if b.kind == "maxpool" and b.bytes_fwd == 0]
-    pool_fwd = sum(2 * math.prod(a.out_shape) * 2 for a, _ in in_conv)
+    in_conv = [(a, b) for a, b in zip(rows, rows[1:]) if b.computed_in == a.name]
+    on_load = [r for r in rows if r.computed_in.endswith(".b4_2")]  # Inception: pooled while the 1x1 loads
+    pool_fwd = sum(2 * math.prod(a.out_shape) * 2 for a, _ in in_conv) + sum(
+        2 * math.prod(r.out_shape) * 2 for r in on_load
+    )
     pool_bwd = sum((3 * math.prod(a.out_shape) - math.prod(b.out_shape)) * 2 for a, b in in_conv)
+    pool_bwd += sum(2 * math.prod(r.out_shape) - math.prod(r.in_shape) * 2 for r in on_load)
     assert t.unfused_relu_bytes_fwd == relu == t.unfused_relu_bytes_bwd
     assert t.unfused_cat_bytes_fwd == cat
     assert (cat > 0) == (model == "GoogLeNet")

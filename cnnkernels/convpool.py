@@ -30,6 +30,7 @@ from cnnkernels.kernels import conv as _kc
 from cnnkernels.kernels import convpool as _k
 from cnnkernels.kernels import pool as _kp
 
+from . import _fast
 from . import conv as _conv
 from ._utils import autocast_dtype, is_channels_last, memory_format
 from .conv import Conv2dBackwardInputFunction, Conv2dBackwardWeightFunction, conv2d_args, relu_mask
@@ -217,7 +218,13 @@ def conv2d_relu_max_pool2d(
     pool_dilation=1,
     ceil_mode=False,
 ):
-    """Body of ``functional.conv2d_relu_max_pool2d``."""
+    """Body of ``functional.conv2d_relu_max_pool2d``. A call whose key was seen before replays
+    its plan (see ``cnnkernels._fast``)."""
+    geometry = (stride, padding, dilation, groups, kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)
+    key = _fast.key(("conv_pool", *geometry), input, weight, bias)
+    plan = _fast.get(key) if key is not None else None
+    if plan is not None:
+        return plan(input, weight, bias)
     if isinstance(input, Tensor) and isinstance(weight, Tensor):
         cast = autocast_dtype(input.device.type)
         floats = (torch.float16, torch.bfloat16, torch.float32)
@@ -239,8 +246,69 @@ def conv2d_relu_max_pool2d(
         pool_dilation,
         ceil_mode,
     )
-    y = Conv2dReLUMaxPool2dFunction.apply(x, weight, bias, stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode)
+    with _fast.recording() as record:
+        y = Conv2dReLUMaxPool2dFunction.apply(
+            x, weight, bias, stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode
+        )
+    if key is not None and x.device.type != "meta":
+        with contextlib.suppress(_fast.Unplannable):
+            arg = _fast.written(record, y, _kp.argmax_dtype(tuple(pk)))
+            launches = _fast.LaunchPlan.build(record, (x, weight, bias), (y, arg))
+            channels_last = is_channels_last(x) or is_channels_last(weight)
+            op_args = (stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode, channels_last, len(record) == 1)
+            _fast.put(key, ConvPoolPlan(launches, unbatched, key[1], PlannedConvPoolFunction, op_args))
     return y.squeeze(0) if unbatched else y
+
+
+class ConvPoolPlan:
+    """A fused conv + pool call's plan (see ``cnnkernels._fast``): launches, whether the input was
+    unbatched, and the autograd function that replays the op's saved tensors and backward."""
+
+    def __init__(self, launches, unbatched, grad, function, op_args):
+        self.launches, self.unbatched, self.grad = launches, unbatched, grad
+        self.function, self.op_args = function, op_args
+
+    def __call__(self, input, *params):
+        x = input.unsqueeze(0) if self.unbatched else input
+        if self.grad:
+            y = self.function.apply(x, *params, self)
+        else:
+            y = self.launches.run((x, *params))[0]
+        return y.squeeze(0) if self.unbatched else y
+
+
+class PlannedConvPoolFunction(torch.autograd.Function):
+    """``Conv2dReLUMaxPool2dFunction`` replayed from a ``ConvPoolPlan``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, plan):
+        y, arg = plan.launches.run((x, weight, bias))
+        _setup(ctx, (x, weight, bias, *plan.op_args), (y, arg))
+        ctx.mark_non_differentiable(arg)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return *_grads(ctx, grad_y), None
+
+
+class PlannedChainFunction(torch.autograd.Function):
+    """``Conv1x1ReLUConv2dReLUMaxPool2dFunction`` replayed from a ``ConvPoolPlan``."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, plan):
+        y, arg, z1 = plan.launches.run((x, w1, b1, w2, b2))
+        channels_last1, *op_args = plan.op_args
+        ctx.channels_last1 = channels_last1
+        _remember(ctx, (z1, w2, b2, *op_args), (y, arg))
+        ctx.has_bias1 = b1 is not None
+        ctx.save_for_backward(x, w1, b1, w2, b2, y, arg)
+        ctx.mark_non_differentiable(arg)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return *Conv1x1ReLUConv2dReLUMaxPool2dFunction.backward(ctx, grad_y)[:5], None
 
 
 class Conv1x1ReLUConv2dReLUMaxPool2dFunction(torch.autograd.Function):
@@ -314,7 +382,13 @@ def conv1x1_relu_conv2d_relu_max_pool2d(
     pool_dilation=1,
     ceil_mode=False,
 ):
-    """Body of ``functional.conv1x1_relu_conv2d_relu_max_pool2d``."""
+    """Body of ``functional.conv1x1_relu_conv2d_relu_max_pool2d``. A call whose key was seen
+    before replays its plan (see ``cnnkernels._fast``)."""
+    geometry = (stride, padding, dilation, groups, kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)
+    key = _fast.key(("chain", *geometry), input, weight1, bias1, weight, bias)
+    plan = _fast.get(key) if key is not None else None
+    if plan is not None:
+        return plan(input, weight1, bias1, weight, bias)
     if isinstance(input, Tensor) and isinstance(weight1, Tensor) and isinstance(weight, Tensor):
         cast = autocast_dtype(input.device.type)
         floats = (torch.float16, torch.bfloat16, torch.float32)
@@ -344,9 +418,23 @@ def conv1x1_relu_conv2d_relu_max_pool2d(
         raise TypeError(f"weight ({weight.dtype}, {weight.device}) must match input ({x.dtype}, {x.device})")
     if bias is not None and (bias.device != x.device or bias.dtype != x.dtype):
         raise TypeError(f"bias ({bias.dtype}, {bias.device}) must match input ({x.dtype}, {x.device})")
-    y = Conv1x1ReLUConv2dReLUMaxPool2dFunction.apply(
-        x, weight1, bias1, weight, bias, stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode
-    )
+    with _fast.recording() as record:
+        y = Conv1x1ReLUConv2dReLUMaxPool2dFunction.apply(
+            x, weight1, bias1, weight, bias, stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode
+        )
+    if key is not None and x.device.type != "meta":
+        with contextlib.suppress(_fast.Unplannable):
+            arg = _fast.written(record, y, _kp.argmax_dtype(tuple(pk)))
+            z1_shape = (x.shape[0], weight1.shape[0], *x.shape[2:])
+            z1 = {id(a): a for a in record[0][2] if isinstance(a, Tensor) and a is not x and a.shape == z1_shape}
+            z1 = list(z1.values())
+            if len(z1) != 1:
+                raise _fast.Unplannable("the first launch does not write the 1x1 stage's output alone")
+            launches = _fast.LaunchPlan.build(record, (x, weight1, bias1, weight, bias), (y, arg, z1[0]))
+            channels_last1 = is_channels_last(x) or is_channels_last(weight1)
+            channels_last = is_channels_last(z1[0]) or is_channels_last(weight)
+            op_args = (channels_last1, stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode, channels_last, None)
+            _fast.put(key, ConvPoolPlan(launches, unbatched, key[1], PlannedChainFunction, op_args))
     return y.squeeze(0) if unbatched else y
 
 

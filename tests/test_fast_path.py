@@ -55,6 +55,13 @@ OPS = {
     "max_pool2d_indices": lambda x, w, b: CF.max_pool2d(x, (3, 2), 1, 1, ceil_mode=True, return_indices=True),
     "adaptive_avg_pool2d": lambda x, w, b: CF.adaptive_avg_pool2d(x, (4, 3)),
     "global_avg_pool2d": lambda x, w, b: CF.adaptive_avg_pool2d(x, 1),
+    "conv2d_relu_max_pool2d": lambda x, w, b: CF.conv2d_relu_max_pool2d(x, w, b, padding=1, kernel_size=2),
+    "conv2d_relu_max_pool2d_3x3s2": lambda x, w, b: CF.conv2d_relu_max_pool2d(
+        x, w, b, padding=1, kernel_size=3, pool_stride=2, ceil_mode=True
+    ),
+    "conv1x1_chain": lambda x, w, b: CF.conv1x1_relu_conv2d_relu_max_pool2d(
+        x, w[:8, :, :1, :1].contiguous(), b[:8], w, b, padding=1, kernel_size=3, pool_stride=2
+    ),
 }
 
 
@@ -76,7 +83,10 @@ def test_replay_is_bit_identical_forward(name, replays):
         assert torch.equal(a, c) and torch.equal(a, f)
 
 
-@pytest.mark.parametrize("name", ["conv2d_relu", "conv1x1_relu", "max_pool2d", "global_avg_pool2d"])
+@pytest.mark.parametrize(
+    "name",
+    ["conv2d_relu", "conv1x1_relu", "max_pool2d", "global_avg_pool2d", "conv2d_relu_max_pool2d", "conv1x1_chain"],
+)
 def test_replay_is_bit_identical_backward(name, replays):
     op = OPS[name]
     results = []

@@ -19,6 +19,8 @@ or skip is recorded, never hidden.
             GB/s and fraction of the measured copy bandwidth
   models    test_bench_models.py: each model's bf16 forward and training step at batch 128, cudnn
             and cnnkernels, with peak memory
+  graphs    test_bench_models.py's CUDA-graph forward (``cnnkernels.graphs``) at batch 1 and 32, cudnn
+            and cnnkernels: where launch cost, not the kernels, decides
   accuracy  ``cnnkernels check``'s ``check_model``: each model against its ``torch.nn`` twin, bf16,
             batch 32, 224x224, by the model rule (``cnnkernels.testing.model_verdict``)
   compile   the model benchmarks under ``torch.compile`` (default mode); with ``--max-autotune``
@@ -75,7 +77,15 @@ MODELS = ("AlexNet", "VGG", "NiN", "GoogLeNet")
 BATCH = 128
 ACCURACY_BATCH = 32
 DTYPE = "bfloat16"
-SECTION_BUDGETS_S = {"ceilings": 30, "conv": 60, "pool": 30, "models": 120, "accuracy": 60, "compile": 600}
+SECTION_BUDGETS_S = {
+    "ceilings": 30,
+    "conv": 60,
+    "pool": 30,
+    "models": 120,
+    "graphs": 60,
+    "accuracy": 60,
+    "compile": 600,
+}
 RESERVE_S = 8  # kept back for writing the results
 GRACE_S = 15  # a pytest section may run this long past its budget (one item finishing) before it is stopped
 
@@ -145,6 +155,13 @@ def node_ids(section: str, max_autotune: bool = False) -> list[str]:
             lambda r: r.kind == "avgpool", "bytes_fwd", 1
         )
         return ids("test_bench_pool.py", "test_pool", pools, both, pair)
+    if section == "graphs":  # whole forwards replayed from CUDA graphs, where launch cost decides
+        return [
+            f"benchmarks/test_bench_models.py::test_model_cudagraph[{m}-batch{b}-{p}]"
+            for m in MODELS
+            for b in (1, 32)
+            for p in pair
+        ]
     providers = pair if section == "models" else ("torch.compile",) + ("torch.compile-max-autotune",) * max_autotune
     return [
         f"benchmarks/test_bench_models.py::test_model[{m}-batch{BATCH}-{mode}-bf16-{p}]"
@@ -191,7 +208,9 @@ class Check:
         self.t0 = time.perf_counter()
         self.deadline = self.t0 + args.budget
         self.results: dict = {"schema": SCHEMA, "meta": {}, "tests": {"status": "skipped"}, "sections": {}}
-        self.results |= {k: [] for k in ("ceilings", "conv", "pool", "models", "accuracy", "failures", "skipped")}
+        self.results |= {
+            k: [] for k in ("ceilings", "conv", "pool", "models", "graphs", "accuracy", "failures", "skipped")
+        }
         self.out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else HERE / "results"
 
     def fail(self, section: str, item: str, kind: str, message: str) -> None:
@@ -425,7 +444,15 @@ def markdown(res: dict) -> str:
                 + [_pct(ours.get("roofline_fraction")), ours.get("peak_memory_mb")]
             )
     head = ["model", "mode", *providers[:3], "max-autotune", "vs cudnn", "vs torch.compile", "roofline", "peak MiB"]
-    return "\n".join(lines + _table(head, rows))
+    lines += _table(head, rows)
+    if res.get("graphs"):
+        lines += ["", "## Forward replayed from a CUDA graph, bf16 (median ms)", ""]
+        rows = [
+            [r.get(k) for k in ("model", "batch", "provider", "median_ms")] + [_x(r.get("speedup_vs_cudnn"))]
+            for r in res["graphs"]
+        ]
+        lines += _table(["model", "batch", "provider", "ms", "vs cudnn"], rows)
+    return "\n".join(lines)
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -461,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         check.skip("tests", "pytest -m gpu tests", "--skip-tests")
     else:
         check.run_tests(max(10.0, min(args.tests_timeout, check.remaining() - 150)))
-    for name in ("ceilings", "conv", "pool", "models", "accuracy", "compile"):
+    for name in ("ceilings", "conv", "pool", "models", "graphs", "accuracy", "compile"):
         check.section(name)
     check.write()
     failures = check.results["failures"]

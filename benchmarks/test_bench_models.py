@@ -76,9 +76,10 @@ def test_model(benchmark, model, batch, mode, dtype, provider):
 
 
 @pytest.mark.parametrize("provider", CUDAGRAPH_PROVIDERS)
+@pytest.mark.parametrize("batch", [1, 32], ids=["batch1", "batch32"])
 @pytest.mark.parametrize("model", MODELS)
-def test_model_cudagraph(benchmark, model, provider):
+def test_model_cudagraph(benchmark, model, batch, provider):
     def build(p):
-        return model_cudagraph_callable(model, p, "bfloat16", 1)
+        return model_cudagraph_callable(model, p, "bfloat16", batch)
 
-    _bench_model(benchmark, "model-cudagraph", model, 1, "bfloat16", "forward", provider, build, cuda_graph=True)
+    _bench_model(benchmark, "model-cudagraph", model, batch, "bfloat16", "forward", provider, build, cuda_graph=True)

@@ -57,7 +57,7 @@ def test_model_grid_is_complete(collected):
     models = [i for i in ids if "::test_model[" in i]
     assert len(models) == 4 * 3 * 3 * 3 * 4  # model x batch x mode x dtype x provider
     assert "benchmarks/test_bench_models.py::test_model[GoogLeNet-batch128-train-bf16-cnnkernels]" in ids
-    assert sum("::test_model_cudagraph[" in i for i in ids) == 4 * 3
+    assert sum("::test_model_cudagraph[" in i for i in ids) == 4 * 2 * 3  # model x batch {1, 32} x provider
 
 
 def test_layer_grids(collected):
@@ -172,6 +172,8 @@ def test_gpu_check_selects_collected_benchmarks(collected):
     selected = [i for s in sections for i in gc.node_ids(s, max_autotune=True)]
     assert len(selected) == 20 + 16 + 16 + 16 and set(selected) <= set(ids)
     assert all("-bf16-" in i for i in selected)
+    graphs = gc.node_ids("graphs")  # bf16 forwards from CUDA graphs, batch 1 and 32
+    assert len(graphs) == 4 * 2 * 2 and set(graphs) <= set(ids)
     assert sum("::test_ceiling" in i or "test_bench_ceilings.py::" in i for i in ids) == 2
 
 

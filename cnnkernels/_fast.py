@@ -94,11 +94,12 @@ def clear() -> None:
 def recording():
     """Record every launch inside the block (they still run) into the yielded list."""
     record: list = []
-    _common.RECORDERS.append(record)
+    stack = _common.RECORDING.__dict__.setdefault("stack", [])
+    stack.append(record)
     try:
         yield record
     finally:
-        _common.RECORDERS.remove(record)
+        stack.remove(record)
 
 
 def written(record: list, like: Tensor, dtype: torch.dtype) -> Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 
 import torch
 import triton
@@ -194,8 +195,9 @@ def to_dtype(x, dtype: tl.constexpr):
     return x.to(dtype)
 
 
-# Open launch records (``cnnkernels._fast.recording``): each launch is appended to the innermost.
-RECORDERS: list[list] = []
+# Open launch records (``cnnkernels._fast.recording``), per thread (replicas of a model may run on
+# threads, one per GPU): each launch is appended to the innermost record of its own thread.
+RECORDING = threading.local()
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
@@ -204,5 +206,6 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     While a record is open the launch (and the config the autotuner chose) is also recorded, from
     which the eager fast path replays later calls."""
     torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
-    if RECORDERS:
-        RECORDERS[-1].append((kernel, grid, args, kwargs, getattr(kernel, "best_config", None)))
+    records = getattr(RECORDING, "stack", None)
+    if records:
+        records[-1].append((kernel, grid, args, kwargs, getattr(kernel, "best_config", None)))

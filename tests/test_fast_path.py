@@ -275,3 +275,24 @@ def test_a_change_of_device_misses_the_cache(replays):
     y = CF.conv2d_relu(xm, wm, bm, padding=1)
     assert y.device.type == "meta" and y.shape == (2, 16, 9, 9)
     assert replays[0] == 0 and len(_fast._PLANS) == 1, "meta calls take the full path and plan nothing"
+
+
+def test_recording_is_per_thread(replays):
+    """A launch on another thread never lands in this thread's record (replicas of a model may
+    run on threads, one per GPU)."""
+    import threading
+
+    x, w, b = _inputs(shape=(2, 8, 24, 24))
+    # Every call of the other thread has a new key, so each takes the full path and launches.
+    other = threading.Thread(target=lambda: [CF.max_pool2d(x[..., :k], 2) for k in range(2, 24)])
+    # Launches counted, not run: Triton's interpreter itself runs one kernel at a time.
+    with host.launches_stubbed() as launched:
+        other.start()
+        for k in range(3, 24):
+            CF.conv2d(x[..., :k, :], w, b, padding=1)
+        other.join()
+    assert sum("max_pool" in name for name in launched) == 22
+    # Each plan was built from its own call's launches alone.
+    kernels = [[fn.__name__ for fn, *_ in plan.launches.launches] for plan in _fast._PLANS.values()]
+    assert len(kernels) == 43
+    assert sorted(map(tuple, kernels)) == [("_conv_fwd_kernel",)] * 21 + [("_max_pool2d_fwd_kernel",)] * 22

@@ -9,6 +9,7 @@ import torch
 
 import cnnkernels.cat  # noqa: F401  (each module registers its ops)
 import cnnkernels.conv  # noqa: F401
+import cnnkernels.convpool  # noqa: F401
 import cnnkernels.inception  # noqa: F401
 import cnnkernels.pool  # noqa: F401
 
@@ -45,6 +46,7 @@ def _cases():
         "conv1x1": (x, w1, _r(5), "relu", True),
         "conv1x1_backward_input": (_r(*y1.shape), y1, w1, [2, 3, 7, 7], "relu", False),
         "conv1x1_backward_weight": (x, _r(*y1.shape), y1, w1.detach(), "relu", True),
+        "conv2d_relu_max_pool2d": (x, w, b, *geo, [3, 3], [2, 2], [1, 1], [1, 1], True, False, True),
         "max_pool2d": (x, [3, 3], [2, 2], [1, 1], [1, 1], True, True),
         "max_pool2d_backward": (_r(*arg.shape), arg, [2, 3, 7, 7], [3, 3], [2, 2], [1, 1], [1, 1], False),
         "adaptive_avg_pool2d": (x, [3, 4]),

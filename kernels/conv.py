@@ -126,13 +126,24 @@ def _conv_fwd_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < K
-    n_idx = offs_m // (P * Q)
+    # Rows past M and columns past K load pixel m % M and filter k % K instead (no mask for them
+    # in the loop); their results are never stored.
+    n_idx = (offs_m % M) // (P * Q)
     pq = (offs_m % (P * Q)).to(tl.int32)
     ih0 = (pq // Q) * STRIDE_H - PAD_H
     iw0 = (pq % Q) * STRIDE_W - PAD_W
     x_base = x_ptr + g * C * stride_xc + n_idx * stride_xn
     x_rows = x_base + ih0 * stride_xh + iw0 * stride_xw  # tap (0, 0); may point before the image
-    w_base = w_ptr + (g * K + offs_n) * stride_wk
+    w_base = w_ptr + (g * K + offs_n % K) * stride_wk
+    # Tap-wise with at most 31 taps: bit r*S + s of a pixel's tap_bits says whether tap (r, s)
+    # reads inside the image, fixed per program; a step tests it against one scalar bit.
+    TAP_BITS: tl.constexpr = (not FLAT) and R * S <= 31
+    if TAP_BITS:
+        tap_bits = tl.zeros((BLOCK_M,), tl.int32)
+        for tap in tl.static_range(R * S):
+            ih = ih0 + (tap // S) * DIL_H
+            iw = iw0 + (tap % S) * DIL_W
+            tap_bits |= tl.where((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W), 1 << tap, 0)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     if FLAT:
@@ -144,6 +155,7 @@ def _conv_fwd_kernel(
     c0 = tl.full((), 0, tl.int32)
     tap_r = tl.full((), 0, tl.int32)
     tap_s = tl.full((), 0, tl.int32)
+    tap_bit = tl.full((), 1, tl.int32)
     for t in range(0, steps):
         if FLAT:
             # Reduction index kk = (r*S + s)*C + c: 2-D window arithmetic, no padding lanes.
@@ -162,24 +174,28 @@ def _conv_fwd_kernel(
             r = tap_r
             s = tap_s
             c = c0 + tl.arange(0, BLOCK_K)
+            k_ok = c < C
+            if TAP_BITS:
+                row_ok = (tap_bits & tap_bit) != 0
+            else:
+                ih = ih0 + r * DIL_H
+                iw = iw0 + s * DIL_W
+                row_ok = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             c0 += BLOCK_K
             next_tap = c0 >= C
             c0 = tl.where(next_tap, 0, c0)
+            tap_bit = tl.where(next_tap, tap_bit << 1, tap_bit)
             tap_s = tl.where(next_tap, tap_s + 1, tap_s)
             next_row = tap_s == S
             tap_s = tl.where(next_row, 0, tap_s)
             tap_r = tl.where(next_row, tap_r + 1, tap_r)
-            k_ok = c < C
-            ih = ih0 + r * DIL_H
-            iw = iw0 + s * DIL_W
-            row_ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             mask_a = row_ok[:, None] & k_ok[None, :]
             # Row addresses are built once per program; a tap moves them all by one scalar.
             tap_off = r * (DIL_H * stride_xh) + s * (DIL_W * stride_xw)
             a_ptrs = (x_rows + tap_off)[:, None] + (c * stride_xc)[None, :]
             w_off = c * stride_wc + r * stride_wr + s * stride_ws
         a = tl.load(a_ptrs, mask=mask_a, other=0.0)
-        b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+        b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
 
     # Epilogue on the fp32 accumulator: bias, activation, cast, strided store.

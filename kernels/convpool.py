@@ -69,9 +69,11 @@ def convpool_configs(flat: bool) -> list[triton.Config]:
         return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
 
     if flat:
-        gpu = [cfg(64, 64, 32, 4, 2), cfg(128, 64, 32, 8, 2)]
+        gpu = [cfg(64, 32, 32, 4, 2), cfg(64, 64, 32, 8, 2)]
     else:
-        gpu = [cfg(64, 128, 64, 4, 3), cfg(128, 128, 64, 8, 3), cfg(64, 64, 64, 4, 3)]
+        # 32 accumulator registers a thread, as many for the running max and for the argmax:
+        # larger tiles spill (static, sm_90: 128x128 and 64x128 spill 400-800 registers).
+        gpu = [cfg(64, 64, 64, 4, 3), cfg(128, 64, 64, 8, 3)]
     return pick_configs(gpu=gpu, interpreter=[cfg(128, 128, 64, 4, 1)])
 
 
@@ -243,51 +245,30 @@ def _conv_relu_max_pool_fwd_kernel(
 
     best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), dtype=ACC_DTYPE)
     arg = tl.full((BLOCK_M, BLOCK_N), -1, dtype=tl.int32)
-    for u in tl.static_range(POOL_R):
+    # A runtime loop over the window's taps (row-major, as the max-pool kernel scans them): one
+    # copy of the GEMM main loop in the code, not POOL_R*POOL_S unrolled ones (registers).
+    for tap in range(0, POOL_R * POOL_S):
+        u = tap // POOL_S
+        v = tap % POOL_S
         p = pi * POOL_STRIDE_H - POOL_PAD_H + u * POOL_DIL_H
-        for v in tl.static_range(POOL_S):
-            q = pj * POOL_STRIDE_W - POOL_PAD_W + v * POOL_DIL_W
-            row_ok = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
-            ih0 = p * STRIDE_H - PAD_H
-            iw0 = q * STRIDE_W - PAD_W
-            x_rows = x_base + ih0 * stride_xh + iw0 * stride_xw
-            acc = _conv_tile(
-                x_base,
-                x_rows,
-                ih0,
-                iw0,
-                row_ok,
-                w_base,
-                mask_n,
-                H,
-                W,
-                C,
-                stride_xc,
-                stride_xh,
-                stride_xw,
-                stride_wc,
-                stride_wr,
-                stride_ws,
-                R,
-                S,
-                DIL_H,
-                DIL_W,
-                FLAT,
-                INPUT_PRECISION,
-                UPCAST,
-                ACC_DTYPE,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_K,
-            )
-            if HAS_BIAS:
-                acc += bias[None, :]
-            acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
-            # Compared as stored (rounded to the output dtype), so ties are the unfused path's.
-            val = to_dtype(acc, y_ptr.dtype.element_ty).to(ACC_DTYPE)
-            take = row_ok[:, None] & ((val > best) | (val != val) | (arg < 0))
-            best = tl.where(take, val, best)
-            arg = tl.where(take, u * POOL_S + v, arg)
+        q = pj * POOL_STRIDE_W - POOL_PAD_W + v * POOL_DIL_W
+        row_ok = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+        ih0 = p * STRIDE_H - PAD_H
+        iw0 = q * STRIDE_W - PAD_W
+        x_rows = x_base + ih0 * stride_xh + iw0 * stride_xw
+        acc = _conv_tile(
+            x_base, x_rows, ih0, iw0, row_ok, w_base, mask_n, H, W, C,
+            stride_xc, stride_xh, stride_xw, stride_wc, stride_wr, stride_ws,
+            R, S, DIL_H, DIL_W, FLAT, INPUT_PRECISION, UPCAST, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K,
+        )
+        if HAS_BIAS:
+            acc += bias[None, :]
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        # Compared as stored (rounded to the output dtype), so ties are the unfused path's.
+        val = to_dtype(acc, y_ptr.dtype.element_ty).to(ACC_DTYPE)
+        take = row_ok[:, None] & ((val > best) | (val != val) | (arg < 0))
+        best = tl.where(take, val, best)
+        arg = tl.where(take, tap, arg)
 
     y_off = (n_idx * stride_yn + pi * stride_yh + pj * stride_yw)[:, None] + ((g * K + offs_n) * stride_yc)[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
@@ -430,13 +411,14 @@ def conv2d_relu_max_pool2d_forward(
 
 def poolconv_configs() -> list[triton.Config]:
     """Tiles of the 1x1 GEMM whose A operand is pooled as it is loaded (POOL_R*POOL_S loads per
-    step, mostly from L1/L2: neighbouring pixels share their windows)."""
+    step, mostly from L1/L2: neighbouring pixels share their windows). The max runs in registers,
+    so A reaches the MMA from registers; few stages: each stage would hold every tap's tile."""
 
     def cfg(bm, bn, bk, warps, stages):
         return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
 
     return pick_configs(
-        gpu=[cfg(128, 128, 64, 8, 3), cfg(64, 128, 64, 4, 3), cfg(64, 64, 64, 4, 3)],
+        gpu=[cfg(64, 128, 64, 4, 1), cfg(128, 128, 64, 8, 1), cfg(64, 64, 64, 4, 2)],
         interpreter=[cfg(256, 128, 64, 4, 1)],
     )
 

@@ -4,8 +4,9 @@ within-window argmax are written; the full-resolution activation never reaches m
 Forward:   Z[n,k,p,q]  = relu(b[k] + conv(X, W)[n,k,p,q])          (the conv layer's output)
            Y[n,k,i,j]  = max over pool taps (u, v) inside Z of Z[n,k,i*ps-pp+u*pd, j*ps-pp+v*pd]
            A[n,k,i,j]  = u*PS + v of the tap taken
-           The GEMM's M rows are pooled pixels; for each pool tap (a constexpr loop) the program
-           runs the implicit-GEMM main loop of ``kernels/conv.py`` for the conv pixels under that
+           The GEMM's M rows are pooled pixels; for each pool tap (a loop of constant trip count,
+           not unrolled: one copy of the GEMM loop in the code) the program runs the implicit-GEMM
+           main loop of ``kernels/conv.py`` for the conv pixels under that
            tap, applies bias and ReLU on the fp32 accumulator, rounds to the output dtype (so the
            comparison is the unfused path's, on stored values) and merges into a running max.
            The merge is the max-pool kernel's: a tap is taken when ``v > best`` or ``v`` is NaN
@@ -94,33 +95,13 @@ _KEY = ["N", "H", "W", "C", "K", "P", "Q", "PP", "QQ", "R", "S", "STRIDE_H", "ST
 
 @triton.jit
 def _conv_tile(
-    x_base,
-    x_rows,
-    ih0,
-    iw0,
-    row_ok,
-    w_base,
-    mask_n,
-    H,
-    W,
-    C,
-    stride_xc,
-    stride_xh,
-    stride_xw,
-    stride_wc,
-    stride_wr,
-    stride_ws,
-    R: tl.constexpr,
-    S: tl.constexpr,
-    DIL_H: tl.constexpr,
-    DIL_W: tl.constexpr,
-    FLAT: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-    ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    x_base, x_rows, ih0, iw0, row_ok, w_base, mask_n,
+    H, W, C,
+    stride_xc, stride_xh, stride_xw,
+    stride_wc, stride_wr, stride_ws,
+    R: tl.constexpr, S: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr, FLAT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """The conv forward's main loop (``kernels/conv.py``) for one tile of rows: sum over
     (r, s, c) of X at each row's window origin (ih0, iw0) times W. ``x_rows`` is the row base
@@ -173,58 +154,24 @@ def _conv_tile(
 @triton.autotune(configs=_all_configs(), prune_configs_by={"early_config_prune": _prune}, key=_KEY)
 @triton.jit
 def _conv_relu_max_pool_fwd_kernel(
-    x_ptr,
-    w_ptr,
-    b_ptr,
-    y_ptr,
-    arg_ptr,
-    N,
-    H,
-    W,
-    C,
-    P,
-    Q,
-    K,
-    PP,
-    QQ,  # C and K per group; (P, Q) the conv output, (PP, QQ) the pooled
-    stride_xn,
-    stride_xc,
-    stride_xh,
-    stride_xw,
-    stride_wk,
-    stride_wc,
-    stride_wr,
-    stride_ws,
+    x_ptr, w_ptr, b_ptr, y_ptr, arg_ptr,
+    N, H, W, C, P, Q, K, PP, QQ,  # C and K per group; (P, Q) the conv output, (PP, QQ) the pooled
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wk, stride_wc, stride_wr, stride_ws,
     stride_b,
-    stride_yn,
-    stride_yc,
-    stride_yh,
-    stride_yw,  # shared by y and arg
-    # Geometry is constexpr: the pool-tap loop unrolls and the window arithmetic folds.
-    R: tl.constexpr,
-    S: tl.constexpr,
-    STRIDE_H: tl.constexpr,
-    STRIDE_W: tl.constexpr,
-    PAD_H: tl.constexpr,
-    PAD_W: tl.constexpr,
-    DIL_H: tl.constexpr,
-    DIL_W: tl.constexpr,
-    POOL_R: tl.constexpr,
-    POOL_S: tl.constexpr,
-    POOL_STRIDE_H: tl.constexpr,
-    POOL_STRIDE_W: tl.constexpr,
-    POOL_PAD_H: tl.constexpr,
-    POOL_PAD_W: tl.constexpr,
-    POOL_DIL_H: tl.constexpr,
-    POOL_DIL_W: tl.constexpr,
-    FLAT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-    ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    stride_yn, stride_yc, stride_yh, stride_yw,  # shared by y and arg
+    # Geometry is constexpr: the window arithmetic folds and the tap loops have constant trip counts.
+    R: tl.constexpr, S: tl.constexpr,
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    POOL_R: tl.constexpr, POOL_S: tl.constexpr,
+    POOL_STRIDE_H: tl.constexpr, POOL_STRIDE_W: tl.constexpr,
+    POOL_PAD_H: tl.constexpr, POOL_PAD_W: tl.constexpr,
+    POOL_DIL_H: tl.constexpr, POOL_DIL_W: tl.constexpr,
+    FLAT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -305,22 +252,14 @@ def one_kernel_wins(
 
 def _geometry(weight, stride, padding, dilation, pool_kernel, pool_stride, pool_padding, pool_dilation) -> dict:
     return {
-        "R": weight.shape[2],
-        "S": weight.shape[3],
-        "STRIDE_H": stride[0],
-        "STRIDE_W": stride[1],
-        "PAD_H": padding[0],
-        "PAD_W": padding[2],
-        "DIL_H": dilation[0],
-        "DIL_W": dilation[1],
-        "POOL_R": pool_kernel[0],
-        "POOL_S": pool_kernel[1],
-        "POOL_STRIDE_H": pool_stride[0],
-        "POOL_STRIDE_W": pool_stride[1],
-        "POOL_PAD_H": pool_padding[0],
-        "POOL_PAD_W": pool_padding[1],
-        "POOL_DIL_H": pool_dilation[0],
-        "POOL_DIL_W": pool_dilation[1],
+        "R": weight.shape[2], "S": weight.shape[3],
+        "STRIDE_H": stride[0], "STRIDE_W": stride[1],
+        "PAD_H": padding[0], "PAD_W": padding[2],
+        "DIL_H": dilation[0], "DIL_W": dilation[1],
+        "POOL_R": pool_kernel[0], "POOL_S": pool_kernel[1],
+        "POOL_STRIDE_H": pool_stride[0], "POOL_STRIDE_W": pool_stride[1],
+        "POOL_PAD_H": pool_padding[0], "POOL_PAD_W": pool_padding[1],
+        "POOL_DIL_H": pool_dilation[0], "POOL_DIL_W": pool_dilation[1],
     }
 
 
@@ -373,33 +312,15 @@ def conv2d_relu_max_pool2d_forward(
     def grid(meta):
         return (triton.cdiv(n * pp * qq, meta["BLOCK_M"]), triton.cdiv(kg, meta["BLOCK_N"]), groups)
 
-    launch(
-        _conv_relu_max_pool_fwd_kernel,
-        grid,
-        x,
-        weight,
-        b_arg,
-        y,
-        arg,
-        n,
-        h,
-        w,
-        cg,
-        p,
-        q,
-        kg,
-        pp,
-        qq,
-        *nchw_strides(x),
-        *nchw_strides(weight),
+    launch(_conv_relu_max_pool_fwd_kernel, grid,
+        x, weight, b_arg, y, arg,
+        n, h, w, cg, p, q, kg, pp, qq,
+        *nchw_strides(x), *nchw_strides(weight),
         bias.stride(0) if bias is not None else 0,
         *nchw_strides(y),
         **_geometry(weight, stride, padding, dilation, pool_kernel, pool_stride, pool_padding, pool_dilation),
-        FLAT=cg < FLAT_BELOW,
-        HAS_BIAS=bias is not None,
-        INPUT_PRECISION=dot_precision(x.dtype),
-        UPCAST=dot_upcast(x.dtype),
-        ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
+        FLAT=cg < FLAT_BELOW, HAS_BIAS=bias is not None,
+        INPUT_PRECISION=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype), ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
     )
     return y, arg
 
@@ -435,7 +356,7 @@ def _max_pool_conv1x1_fwd_kernel(
     stride_wk, stride_wc,
     stride_b,
     stride_yn, stride_yc, stride_yh, stride_yw,
-    # The pool's geometry is constexpr: its taps unroll.
+    # The pool's geometry is constexpr: its taps unroll and the window arithmetic folds.
     POOL_R: tl.constexpr, POOL_S: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,

@@ -85,6 +85,19 @@ def _prune_by_form(configs, named_args, **kwargs):
     return fit_to_dtype(conv_configs(bool(flat)), first.element_size())
 
 
+def _prune_fwd(configs, named_args, **kwargs):
+    """``_prune_by_form``; for 4-byte operands (TF32) the 128x128 tile becomes 128x64 on one
+    warpgroup: on two, Triton 3.6 serialises the 128x128 TF32 wgmma (C7515)."""
+    kept = _prune_by_form(configs, named_args, **kwargs)
+    if INTERPRET or named_args[next(iter(named_args))].element_size() != 4:
+        return kept
+    wide = [cfg.kwargs["BLOCK_M"] == 128 and cfg.kwargs["BLOCK_N"] == 128 for cfg in kept]
+    return [
+        triton.Config({**cfg.kwargs, "BLOCK_N": 64}, num_warps=4, num_stages=cfg.num_stages) if w else cfg
+        for cfg, w in zip(kept, wide)
+    ]
+
+
 def reduce_configs() -> list[triton.Config]:
     return pick_configs(
         gpu=[triton.Config({"BLOCK": 1024}, num_warps=4), triton.Config({"BLOCK": 256}, num_warps=2)],
@@ -99,7 +112,7 @@ _GEOMETRY_KEY = ["R", "S", "STRIDE_H", "STRIDE_W", "DIL_H", "DIL_W", "FLAT"]  # 
 FLAT_BELOW = 32
 
 
-@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_by_form}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY])
+@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_fwd}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY])
 @triton.jit
 def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,

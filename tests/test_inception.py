@@ -65,8 +65,15 @@ def test_no_concatenation_copy(monkeypatch):
         writes.append(y0)
         return real_1(x_, w, b, act, y0, y1)
 
+    real_p = inc._kcp.max_pool_conv1x1_forward
+
+    def pooled_conv1(x_, w, b, kernel, padding, act, out=None):  # the pool branch: pooled on load
+        writes.append(out)
+        return real_p(x_, w, b, kernel, padding, act, out)
+
     monkeypatch.setattr(inc._kc, "conv2d_forward", conv)
     monkeypatch.setattr(inc._k1, "conv1x1_forward", conv1)
+    monkeypatch.setattr(inc._kcp, "max_pool_conv1x1_forward", pooled_conv1)
     cat_inputs = []
     real_cat = torch.cat
     monkeypatch.setattr(

@@ -48,6 +48,7 @@ def key(args: tuple, a: Tensor, *more: Tensor | None):
         or torch._C._is_any_autocast_enabled()
         or torch._C._len_torch_dispatch_stack()  # a dispatch mode (FlopCounterMode, fake mode) sees the ops
         or torch._C._is_torch_function_mode_enabled()
+        or torch._C._get_tracing_state() is not None  # torch.jit.trace records the ops
         or torch.compiler.is_compiling()
     ):
         return None

@@ -29,6 +29,7 @@ own specialisation, so index arithmetic folds to constants.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import triton
@@ -497,7 +498,7 @@ def dw_rows_configs() -> list[triton.Config]:
 
 
 # Widest output row the row-tiled dW takes whole (ROWS >= 1 rows per step at BLOCK_K = 64 pixel
-# lanes); wider rows are taken in BLOCK_K-wide segments.
+# lanes); wider rows are taken in segments of at most BLOCK_K columns.
 DW_ROW_LANES = 64
 
 
@@ -506,8 +507,12 @@ DW_ROW_LANES = 64
 def _conv_bwd_weight_rows_kernel(
     x_ptr, dy_ptr, dw_ptr, dw_part_ptr, count_ptr,
     N, C, K, G, CHUNK_ROWS, SPLITS,  # C and K are per group; CHUNK_ROWS = output rows (n, p) per split
-    stride_xc, stride_xw, stride_dyc, stride_dyw,  # X and dY' are pixel-linear: pixel i at i * stride_w
+    # X and dY' are pixel-linear: pixel i at i * stride_w, passed as stride_w / W_MULT with the
+    # factor W_MULT constexpr, so a channel slice of a wider NHWC buffer (pixels of e.g. 152
+    # channels) is known 16-byte aligned without its stride being a multiple of 16 elements.
+    stride_xc, stride_xw_div, stride_dyc, stride_dyw_div,
     stride_wk, stride_wc, stride_wr, stride_ws,
+    XW_MULT: tl.constexpr, DYW_MULT: tl.constexpr,
     # P, Q (= H, W: stride 1, 'same' padding) are constexpr: the lane -> (row, column) split and
     # the periodic row-validity pattern fold to constants once per program.
     P: tl.constexpr, Q: tl.constexpr,
@@ -522,12 +527,15 @@ def _conv_bwd_weight_rows_kernel(
     output (n, p, q) and of its input through tap (r, s) are then i and i + (r*dh - pt)*W +
     (s*dw - pl) with i = (n*P + p)*Q + q, so a step's addresses are loop-invariant lanes plus one
     scalar. A step covers ROWS whole output rows (lane j: row j // Q, column j % Q; lanes past
-    ROWS*Q idle) or, for rows wider than BLOCK_K, one BLOCK_K-wide segment of a row. Where the
-    tap leaves the image is a per-lane column test fixed for the program and a per-row test read
-    from one scalar bit pattern, so the loop decodes no pixel index and divides nothing.
+    ROWS*Q idle) or, for rows wider than BLOCK_K, one of SEGS equal segments of a row. Where the
+    tap leaves the image is a per-lane column test fixed for the program (per segment: one bit
+    each) and a per-row test read from one scalar bit pattern, so the loop decodes no pixel index
+    and divides nothing.
     Splits run over whole output rows (axis 2: split, group); axis 1: one tap x a channel block."""
     ROWS: tl.constexpr = (BLOCK_K // Q) if (BLOCK_K // Q) < 32 else 32
     SEGS: tl.constexpr = (Q + BLOCK_K - 1) // BLOCK_K
+    stride_xw = stride_xw_div * XW_MULT
+    stride_dyw = stride_dyw_div * DYW_MULT
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_z = tl.program_id(2)
@@ -580,22 +588,33 @@ def _conv_bwd_weight_rows_kernel(
             p0 += ROWS % P
             p0 = tl.where(p0 >= P, p0 - P, p0)
     else:
-        dy_ptrs = dy_ptrs + (j * stride_dyw)[None, :]
-        x_ptrs = x_ptrs + ((tap + j) * stride_xw)[:, None]
-        row = row0
-        q0 = tl.full((), 0, tl.int32)
-        for _ in range(0, (row_end - row0) * SEGS):
-            q = q0 + j
+        # A row in SEGS segments of WSEG columns (lanes past WSEG idle). Bit k of a lane's seg_dy
+        # (seg_x): in segment k the lane's column is in the row (and its tap column in the
+        # image); a step tests one scalar bit, zero for X when the tap's input row is outside.
+        WSEG: tl.constexpr = (Q + SEGS - 1) // SEGS
+        seg_dy = tl.zeros((BLOCK_K,), tl.int32)
+        seg_x = tl.zeros((BLOCK_K,), tl.int32)
+        for k in tl.static_range(SEGS):
+            q = k * WSEG + j
             iw = q + s * DIL_W - PAD_W
-            q_end = tl.where((p0 >= lo) & (p0 < hi), Q, 0)  # X: the tap's input row is in the image
-            off = row.to(tl.int64) * Q + q0
-            a = tl.load(dy_ptrs + off * stride_dyw, mask=(q < Q)[None, :], other=0.0)
-            xb = tl.load(x_ptrs + off * stride_xw, mask=((q < q_end) & (iw >= 0) & (iw < Q))[:, None], other=0.0)
+            ok = (j < WSEG) & (q < Q)
+            seg_dy |= tl.where(ok, 1 << k, 0)
+            seg_x |= tl.where(ok & (iw >= 0) & (iw < Q), 1 << k, 0)
+        dy_ptrs = dy_ptrs + ((row0.to(tl.int64) * Q + j) * stride_dyw)[None, :]
+        x_ptrs = x_ptrs + ((row0.to(tl.int64) * Q + tap + j) * stride_xw)[:, None]
+        seg_bit = tl.full((), 1, tl.int32)
+        for _ in range(0, (row_end - row0) * SEGS):
+            row_bit = tl.where((p0 >= lo) & (p0 < hi), seg_bit, 0)
+            a = tl.load(dy_ptrs, mask=((seg_dy & seg_bit) != 0)[None, :], other=0.0)
+            xb = tl.load(x_ptrs, mask=((seg_x & row_bit) != 0)[:, None], other=0.0)
             acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
-            q0 += BLOCK_K
-            wrap = q0 >= Q
-            q0 = tl.where(wrap, 0, q0)
-            row = tl.where(wrap, row + 1, row)
+            seg_bit = seg_bit << 1
+            wrap = seg_bit == (1 << SEGS)
+            # Next segment: WSEG columns on; after the last, column 0 of the next row.
+            step = tl.where(wrap, Q - (SEGS - 1) * WSEG, WSEG)
+            dy_ptrs += step * stride_dyw
+            x_ptrs += step * stride_xw
+            seg_bit = tl.where(wrap, 1, seg_bit)
             p0 = tl.where(wrap, p0 + 1, p0)
             p0 = tl.where(p0 == P, 0, p0)
 
@@ -955,14 +974,16 @@ def conv2d_backward_weight(
         def grid_rows(meta):
             return (triton.cdiv(kg, meta["BLOCK_M"]), r * s * triton.cdiv(cg, meta["BLOCK_N"]), splits * groups)
 
+        xw_mult, dyw_mult = math.gcd(x.stride(3), 16), math.gcd(grad_out.stride(3), 16)
         geometry = _geometry(weight_like, stride, padding, dilation)
         for key in ("STRIDE_H", "STRIDE_W"):
             del geometry[key]
         launch(_conv_bwd_weight_rows_kernel, grid_rows,
             x, grad_out, dw, dw_part, counters,
             n, cg, kg, groups, chunk_rows, splits,
-            x.stride(1), x.stride(3), grad_out.stride(1), grad_out.stride(3),
+            x.stride(1), x.stride(3) // xw_mult, grad_out.stride(1), grad_out.stride(3) // dyw_mult,
             *nchw_strides(dw),
+            XW_MULT=xw_mult, DYW_MULT=dyw_mult,
             P=p, Q=q, **geometry,
             **_dot_args(x.dtype),
         )
@@ -1011,11 +1032,11 @@ def split_counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 def _pixel_linear(t: torch.Tensor) -> bool:
-    """Pixel (n, h, w) of ``t`` sits at ((n*H + h)*W + w) * stride_w: NHWC with whole images (a
-    channel slice of a wider NHWC buffer qualifies)."""
-    n, _, h, w = t.shape
-    sn, _, sh, sw = t.stride()
-    return (h == 1 or sh == w * sw) and (n == 1 or sn == h * w * sw)
+    """Pixel (n, h, w) of ``t`` sits at ((n*H + h)*W + w) * stride_w and channels are contiguous:
+    NHWC with whole images (a channel slice of a wider NHWC buffer qualifies)."""
+    n, c, h, w = t.shape
+    sn, sc, sh, sw = t.stride()
+    return (c == 1 or sc == 1) and (h == 1 or sh == w * sw) and (n == 1 or sn == h * w * sw)
 
 
 def _dw_rows_apply(x: torch.Tensor, grad_out: torch.Tensor, stride, flat: bool) -> bool:
@@ -1028,7 +1049,9 @@ def _dw_rows_apply(x: torch.Tensor, grad_out: torch.Tensor, stride, flat: bool) 
         return False
     if not (_pixel_linear(x) and _pixel_linear(grad_out)):
         return False
-    return q > DW_ROW_LANES or p + min(DW_ROW_LANES // q, 32) <= 65
+    if q > DW_ROW_LANES:
+        return q <= 30 * 32  # at most 30 segments (of 32 lanes for fp32): one bit each
+    return p + min(DW_ROW_LANES // q, 32) <= 65
 
 
 def _reduce_splits(part, out, splits, c, r, s, strides) -> None:

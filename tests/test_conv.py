@@ -183,6 +183,7 @@ DW_ROWS = [
     pytest.param(dict(n=3, c=33, h=9, w=11, k=40, r=5, s=5, pad=2, dil=1), id="5x5-taps"),
     pytest.param(dict(n=4, c=32, h=9, w=10, k=8, r=3, s=3, pad=2, dil=2, slice=True), id="dilated-channel-slices"),
     pytest.param(dict(n=2, c=32, h=3, w=70, k=16, r=3, s=3, pad=1, dil=1), id="segments-w70"),
+    pytest.param(dict(n=1, c=32, h=3, w=130, k=8, r=3, s=3, pad=1, dil=1), id="segments-w130-last-partial"),
 ]
 
 
@@ -198,6 +199,7 @@ def test_dw_row_tiled(case):
         dy = torch.randn(n, k, h, w, device=DEVICE).to(memory_format=torch.channels_last)
     wt = torch.randn(k, c, case["r"], case["s"], device=DEVICE)
     assert kconv._dw_rows_apply(x, dy, (1, 1), c < kconv.FLAT_BELOW)
+    assert not kconv._pixel_linear(x.contiguous())  # NCHW: channels strided, the generic dW
     geometry = ((1, 1), (pad,) * 4, (dil, dil), 1)
     for dtype in (torch.float32, torch.bfloat16):
         xd, dyd = x.to(dtype), dy.to(dtype)

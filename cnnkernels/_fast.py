@@ -64,6 +64,8 @@ def key(args: tuple, a: Tensor, *more: Tensor | None):
             return None
         parts.append((t.shape, t.stride(), t.dtype, t.device))
         grad = grad or (record and t.requires_grad)
+    if a.is_meta:  # shapes only: nothing to replay (and no launch to record without the interpreter)
+        return None
     dev = torch.cuda.current_device() if a.is_cuda else None
     tf32 = torch._C._get_cudnn_allow_tf32() if a.dtype == torch.float32 else None
     k = (args, grad, dev, tf32, *parts)
@@ -127,7 +129,13 @@ class LaunchPlan:
     def build(cls, record: list, inputs: tuple, outputs: tuple, derived: tuple = ()) -> LaunchPlan:
         """``derived``: tensors the recorded call computed from its inputs with torch ops (not
         launches); the caller recomputes them and passes them after the inputs to ``run``."""
-        inputs = (*inputs, *derived)
+        try:
+            return cls._build(record, (*inputs, *derived), outputs)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a record this cannot read
+            raise Unplannable(f"{type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _build(cls, record: list, inputs: tuple, outputs: tuple) -> LaunchPlan:
         slots: dict[int, int] = {id(t): i for i, t in enumerate(inputs) if t is not None}
         n_in = len(inputs)
         allocs: list = []
@@ -153,6 +161,8 @@ class LaunchPlan:
 
         launches = []
         for kernel, grid, args, kwargs, cfg in record:
+            if cfg is None and hasattr(kernel, "configs"):
+                raise Unplannable("an autotuned kernel that chose no config (it did not run)")
             fn = kernel.fn if cfg is not None else kernel
             if cfg is not None and cfg.pre_hook is not None:
                 raise Unplannable("a config with a pre-hook")

@@ -209,22 +209,19 @@ class Inception(nn.Module):
 
 
 class InceptionPlan:
-    """An Inception call's plan (see ``cnnkernels._fast``): the block's four launches, the
-    stacked 1x1 weights rebuilt only when a weight changed (its version counter moved)."""
+    """An Inception call's plan (see ``cnnkernels._fast``): the block's four launches. The three
+    input-side 1x1 weights are stacked anew on each call (a few KB): a cache keyed on the
+    weights' version counters would go stale under writes through ``.data``, which do not move
+    them."""
 
     def __init__(self, launches, unbatched, grad):
         self.launches, self.unbatched, self.grad = launches, unbatched, grad
-        self.stacked_for = None
-        self.stacked = None
 
-    def stack(self, params):
+    @staticmethod
+    def stack(params):
         w1, b1, w21, b21, _, _, w31, b31 = params[:8]
-        versions = tuple((id(t), t._version) for t in (w1, b1, w21, b21, w31, b31))
-        if versions != self.stacked_for:
-            with torch.no_grad():
-                self.stacked = (torch.cat((w1, w21, w31)), torch.cat((b1, b21, b31)))
-            self.stacked_for = versions
-        return self.stacked
+        with torch.no_grad():
+            return torch.cat((w1, w21, w31)), torch.cat((b1, b21, b31))
 
     def __call__(self, x, params):
         x4 = x.unsqueeze(0) if self.unbatched else x

@@ -237,12 +237,17 @@ def test_inception_replay_is_bit_identical(grad, replays):
         assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1]))
     ref = _full_path(lambda: block(x))
     assert torch.equal(results[0][0], ref.detach())
-    # A weight changed in place (an optimizer step) re-stacks the 1x1 weights.
+    # A weight changed in place (an optimizer step; a write through .data, which moves no version
+    # counter) reaches the replay.
     with torch.no_grad():
         block.b2_1.weight.add_(0.5)
     again = block(x)
     assert torch.equal(again.detach(), _full_path(lambda: block(x)).detach())
     assert not torch.equal(again.detach(), ref.detach())
+    block.b3_1.weight.data.mul_(-1.0)
+    flipped = block(x)
+    assert torch.equal(flipped.detach(), _full_path(lambda: block(x)).detach())
+    assert not torch.equal(flipped.detach(), again.detach())
 
 
 def test_dispatch_modes_and_transforms_see_the_ops(replays):

@@ -412,6 +412,7 @@ def test_max_pool_conv1x1_kernel_against_the_composition():
         kcp.max_pool_conv1x1_forward(x, w, b, (3, 3), (0, 0))
 
 
+@pytest.mark.slow  # ~90 s under the interpreter; the block's first-order gradients stay in the fast suite
 def test_inception_pool_on_load_gradgradcheck():
     from cnnkernels.inception import InceptionFunction
 

@@ -18,6 +18,8 @@ Limits: offsets within one image are 32-bit (H*W*C < 2**31); batch offsets are 6
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -143,10 +145,14 @@ def _conv1x1_bwd_input_kernel(
 
 
 def _prune_bwd_weight(configs, named_args, **kwargs):
-    """``prune_by_dtype``, and for 4-byte operands (TF32) the 128x128 tile on two warpgroups: on
-    one, its fp32 operand fragments spill."""
+    """``prune_by_dtype``, and the 128x128 tile on two warpgroups for 4-byte operands (TF32) and
+    for the pixel-decoding (not LINEAR) loop: on one, they spill."""
     configs = prune_by_dtype("x_ptr")(configs, named_args, **kwargs)
-    if named_args.get("x_ptr", kwargs.get("x_ptr")).element_size() < 4 or INTERPRET:
+    linear = kwargs.get("LINEAR", named_args.get("LINEAR"))
+    if not INTERPRET and named_args.get("K", kwargs.get("K")) <= 64:
+        # At most 64 output channels (NiN's 10-class layer): a 128-row tile is mostly idle and spills.
+        configs = [cfg for cfg in configs if cfg.kwargs["BLOCK_M"] <= 64] or configs
+    if (named_args.get("x_ptr", kwargs.get("x_ptr")).element_size() < 4 and linear) or INTERPRET:
         return configs
     return [
         triton.Config(cfg.kwargs, num_warps=8 if cfg.kwargs["BLOCK_M"] == 128 else cfg.num_warps, num_stages=cfg.num_stages)
@@ -163,6 +169,10 @@ def _conv1x1_bwd_weight_kernel(
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     stride_wk, stride_wc,
     LINEAR: tl.constexpr,
+    # stride_xw and stride_dyw arrive divided by these constexpr factors: a channel slice of a
+    # wider NHWC buffer (pixels of e.g. 152 channels) is then known 16-byte aligned.
+    XW_MULT: tl.constexpr, DYW_MULT: tl.constexpr,
+    K_MULT: tl.constexpr, C_MULT: tl.constexpr,  # known factors of K and C (e.g. 8 of K = 280)
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -170,6 +180,8 @@ def _conv1x1_bwd_weight_kernel(
     masked and db summed beforehand (``conv2d_backward_prep``): the loop holds the MMA only.
     LINEAR: X and dY' are pixel-linear (pixel m at m * stride_w, NHWC with whole images, channel
     slices allowed), so the loop advances pointers like a plain GEMM and decodes no pixel index."""
+    stride_xw = stride_xw * XW_MULT
+    stride_dyw = stride_dyw * DYW_MULT
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     split = tl.program_id(2)
@@ -185,8 +197,9 @@ def _conv1x1_bwd_weight_kernel(
         # Rows past K and columns past C load row j % K and column c % C (no mask but the pixel
         # count in the loop); their results are never stored.
         i = tl.arange(0, BLOCK_K)
-        dy_ptrs = dy_ptr + ((offs_j % K) * stride_dyc)[:, None] + ((start + i) * stride_dyw)[None, :]
-        x_ptrs = x_ptr + ((offs_c % C) * stride_xc)[None, :] + ((start + i) * stride_xw)[:, None]
+        # K and C rebuilt with their factor visible, so the wrapped index stays 8-wide contiguous.
+        dy_ptrs = dy_ptr + ((offs_j % ((K // K_MULT) * K_MULT)) * stride_dyc)[:, None] + ((start + i) * stride_dyw)[None, :]
+        x_ptrs = x_ptr + ((offs_c % ((C // C_MULT) * C_MULT)) * stride_xc)[None, :] + ((start + i) * stride_xw)[:, None]
         left = (end - start).to(tl.int32)
         for _ in range(0, tl.cdiv(left, BLOCK_K)):
             a = tl.load(dy_ptrs, mask=(i < left)[None, :], other=0.0)
@@ -315,14 +328,19 @@ def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=
     dw_part = _conv._split_partials(splits, k * c, dw)
     counters = _conv.split_counters(x.device, triton.cdiv(k, 64) * triton.cdiv(c, 64))
 
+    linear = _conv._pixel_linear(x) and _conv._pixel_linear(dy)
+    xw_mult = math.gcd(x.stride(3), 16) if linear else 1
+    dyw_mult = math.gcd(dy.stride(3), 16) if linear else 1
+
     def grid(meta):
         return (triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_N"]), splits)
 
     launch(_conv1x1_bwd_weight_kernel, grid,
         x, dy, dw, dw_part, counters,
         m, h * w, w, c, k, chunk, splits,
-        *nchw_strides(x), *nchw_strides(dy), dw.stride(0), dw.stride(1),
-        LINEAR=_conv._pixel_linear(x) and _conv._pixel_linear(dy),
+        *nchw_strides(x)[:3], x.stride(3) // xw_mult, *nchw_strides(dy)[:3], dy.stride(3) // dyw_mult,
+        dw.stride(0), dw.stride(1),
+        LINEAR=linear, XW_MULT=xw_mult, DYW_MULT=dyw_mult, K_MULT=math.gcd(k, 16), C_MULT=math.gcd(c, 16),
         **_conv._dot_args(x.dtype),
     )
     return dw, db

@@ -40,7 +40,7 @@ def key(args: tuple, a: Tensor, *more: Tensor | None):
     ``args``, or None when the call must take the full path: a tensor that is not a
     plain ``Tensor`` or ``Parameter`` (fake, functional or another subclass, a vmap or grad
     transform's wrapper), autocast on, a dispatch or torch-function mode active (which must see
-    the ops), ``torch.compile`` tracing, an unhashable argument. Besides each tensor's shape, strides,
+    the ops), ``torch.compile`` tracing. Besides each tensor's shape, strides,
     dtype and device, the key holds whether autograd will record the call, the current CUDA
     device (triton launches there) and, for fp32, whether TF32 is allowed."""
     if (
@@ -68,23 +68,26 @@ def key(args: tuple, a: Tensor, *more: Tensor | None):
         return None
     dev = torch.cuda.current_device() if a.is_cuda else None
     tf32 = torch._C._get_cudnn_allow_tf32() if a.dtype == torch.float32 else None
-    k = (args, grad, dev, tf32, *parts)
-    try:
-        hash(k)
-    except TypeError:
-        return None
-    return k
+    return (args, grad, dev, tf32, *parts)  # unhashable arguments: see ``get``
 
 
 _wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
 def get(key):
-    return _PLANS.get(key)
+    """The plan for ``key``, or None (also for a key holding an unhashable argument, a list:
+    such a call always takes the full path)."""
+    try:
+        return _PLANS.get(key)
+    except TypeError:
+        return None
 
 
 def put(key, plan) -> None:
-    _PLANS[key] = plan
+    try:
+        _PLANS[key] = plan
+    except TypeError:  # an unhashable argument
+        return
     if len(_PLANS) > _MAX_PLANS:
         _PLANS.popitem(last=False)
 

@@ -264,6 +264,14 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched, kernel_size, stride, padding, dilation = max_pool2d_args(
         input, kernel_size, stride, padding, dilation, ceil_mode
     )
+    if key is not None and not key[1] and not return_indices:
+        # No autograd and no indices: the launcher alone, without the argmax no backward reads.
+        with _fast.recording() as record:
+            y, _, _ = _k.max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode, False, False)
+        with contextlib.suppress(_fast.Unplannable):
+            launches = _fast.LaunchPlan.build(record, (x,), (y,))
+            _fast.put(key, PoolPlan(launches, PlannedMaxPoolFunction, unbatched, False, None))
+        return y.squeeze(0) if unbatched else y
     with _fast.recording() as record:
         y, idx = MaxPool2dFunction.apply(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     if key is not None and x.device.type != "meta":

@@ -71,7 +71,7 @@ def _max_pool2d_fwd_kernel(
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,
-    RETURN_INDICES: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    RETURN_INDICES: tl.constexpr, ACC_DTYPE: tl.constexpr, SAVE_ARGMAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -110,7 +110,8 @@ def _max_pool2d_fwd_kernel(
     y_off = (n_idx * stride_yn + p * stride_yh + q * stride_yw)[:, None] + (offs_c * stride_yc)[None, :]
     mask = mask_m[:, None] & mask_c[None, :]
     tl.store(y_ptr + y_off, to_dtype(best, y_ptr.dtype.element_ty), mask=mask)
-    tl.store(arg_ptr + y_off, arg.to(arg_ptr.dtype.element_ty), mask=mask)
+    if SAVE_ARGMAX:  # for the backward; an inference call skips these bytes
+        tl.store(arg_ptr + y_off, arg.to(arg_ptr.dtype.element_ty), mask=mask)
     if RETURN_INDICES:
         ih = ih0[:, None] + (arg // S) * DIL_H
         iw = iw0[:, None] + (arg % S) * DIL_W
@@ -219,15 +220,19 @@ def max_pool2d_forward(
     dilation: tuple[int, int],
     ceil_mode: bool = False,
     return_indices: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(Y, argmax, indices or None) of max pooling. Y takes X's memory format; argmax (see
-    ``argmax_dtype``) and the int64 indices share Y's strides."""
+    save_argmax: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(Y, argmax or None, indices or None) of max pooling. Y takes X's memory format; argmax (see
+    ``argmax_dtype``; not written, and None, without ``save_argmax``: a call no backward follows)
+    and the int64 indices share Y's strides."""
     _check("input", x)
     n, c, h, w = x.shape
     p = pool_output_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
     q = pool_output_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
     y = torch.empty((n, c, p, q), device=x.device, dtype=x.dtype, memory_format=suggest_memory_format(x))
-    arg = torch.empty_strided(y.shape, y.stride(), device=x.device, dtype=argmax_dtype(kernel_size))
+    arg = None
+    if save_argmax:
+        arg = torch.empty_strided(y.shape, y.stride(), device=x.device, dtype=argmax_dtype(kernel_size))
     idx = torch.empty_strided(y.shape, y.stride(), device=x.device, dtype=torch.int64) if return_indices else None
     if y.numel() == 0 or shape_only(x):
         return y, arg, idx
@@ -236,11 +241,12 @@ def max_pool2d_forward(
         return (triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_C"]))
 
     launch(_max_pool2d_fwd_kernel, grid,
-        x, y, arg, idx if idx is not None else arg,  # idx is never written without RETURN_INDICES
+        # argmax and idx are never written without SAVE_ARGMAX, RETURN_INDICES: y stands in.
+        x, y, y if arg is None else arg, y if idx is None else idx,
         n, c, h, w, p, q,
         *nchw_strides(x), *nchw_strides(y),
         **_geometry(kernel_size, stride, padding, dilation),
-        RETURN_INDICES=return_indices, ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
+        RETURN_INDICES=return_indices, ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)), SAVE_ARGMAX=save_argmax,
     )
     return y, arg, idx
 

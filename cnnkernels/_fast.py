@@ -67,6 +67,8 @@ def key(args: tuple, a: Tensor, *more: Tensor | None):
     if a.is_meta:  # shapes only: nothing to replay (and no launch to record without the interpreter)
         return None
     dev = torch.cuda.current_device() if a.is_cuda else None
+    if dev is not None and a.get_device() != dev:  # the launchers switch devices: not replayed
+        return None
     tf32 = torch._C._get_cudnn_allow_tf32() if a.dtype == torch.float32 else None
     return (args, grad, dev, tf32, *parts)  # unhashable arguments: see ``get``
 
@@ -183,6 +185,8 @@ class LaunchPlan:
                     break
                 template.append(kw.pop(name))
             tensor_slots = [(i, slot(a)) for i, a in enumerate(args) if isinstance(a, Tensor)]
+            for i, _ in tensor_slots:
+                template[i] = None  # the plan holds no tensor of the recorded call (its memory is freed)
             launches.append((fn, template, tensor_slots, grid, kw))
         out_slots = []
         for t in outputs:

@@ -301,3 +301,17 @@ def test_recording_is_per_thread(replays):
     kernels = [[fn.__name__ for fn, *_ in plan.launches.launches] for plan in _fast._PLANS.values()]
     assert len(kernels) == 43
     assert sorted(map(tuple, kernels)) == [("_conv_fwd_kernel",)] * 21 + [("_max_pool2d_fwd_kernel",)] * 22
+
+
+@pytest.mark.parametrize("name", ["conv2d_relu", "max_pool2d", "conv2d_relu_max_pool2d"])
+def test_a_plan_keeps_no_tensor_of_its_first_call_alive(name, replays):
+    import gc
+    import weakref
+
+    x, w, b = _inputs()
+    first = _flat(OPS[name](x, w, b))[0]
+    assert len(_fast._PLANS) >= 1
+    alive = [weakref.ref(t) for t in (first, x, w, b)]
+    del first, x, w, b
+    gc.collect()
+    assert all(ref() is None for ref in alive), "a plan must not pin its first call's tensors in memory"

@@ -21,6 +21,7 @@ import contextlib
 from collections import OrderedDict
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 from torch.nn import Parameter
 
@@ -49,6 +50,7 @@ def key(args: tuple, a: Tensor, *more: Tensor | None):
         or torch._C._len_torch_dispatch_stack()  # a dispatch mode (FlopCounterMode, fake mode) sees the ops
         or torch._C._is_torch_function_mode_enabled()
         or torch._C._get_tracing_state() is not None  # torch.jit.trace records the ops
+        or _forward_ad._current_level >= 0  # dual tensors: forward-mode AD must see the ops
         or torch.compiler.is_compiling()
     ):
         return None
@@ -142,6 +144,10 @@ class LaunchPlan:
     @classmethod
     def _build(cls, record: list, inputs: tuple, outputs: tuple) -> LaunchPlan:
         slots: dict[int, int] = {id(t): i for i, t in enumerate(inputs) if t is not None}
+        if len(slots) != sum(t is not None for t in inputs):
+            # One tensor passed as two inputs: the key cannot tell, so a later call with two
+            # distinct tensors would read one of them from the other's slot.
+            raise Unplannable("an input passed twice")
         n_in = len(inputs)
         allocs: list = []
         views: list = []

@@ -220,7 +220,18 @@ def conv2d_relu_max_pool2d(
 ):
     """Body of ``functional.conv2d_relu_max_pool2d``. A call whose key was seen before replays
     its plan (see ``cnnkernels._fast``)."""
-    geometry = (stride, padding, dilation, groups, kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)
+    geometry = (
+        stride,
+        padding,
+        dilation,
+        groups,
+        kernel_size,
+        pool_stride,
+        pool_padding,
+        pool_dilation,
+        ceil_mode,
+        type(ceil_mode),
+    )
     key = _fast.key(("conv_pool", *geometry), input, weight, bias)
     plan = _fast.get(key) if key is not None else None
     if plan is not None:
@@ -384,7 +395,18 @@ def conv1x1_relu_conv2d_relu_max_pool2d(
 ):
     """Body of ``functional.conv1x1_relu_conv2d_relu_max_pool2d``. A call whose key was seen
     before replays its plan (see ``cnnkernels._fast``)."""
-    geometry = (stride, padding, dilation, groups, kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)
+    geometry = (
+        stride,
+        padding,
+        dilation,
+        groups,
+        kernel_size,
+        pool_stride,
+        pool_padding,
+        pool_dilation,
+        ceil_mode,
+        type(ceil_mode),
+    )
     key = _fast.key(("chain", *geometry), input, weight1, bias1, weight, bias)
     plan = _fast.get(key) if key is not None else None
     if plan is not None:

@@ -79,6 +79,12 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         return F.adaptive_avg_pool2d(input, self.output_size)
 
 
+# What the Inception block's checks read of its submodules besides parameters and hooks.
+_GEOMETRY = (
+    "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "ceil_mode", "return_indices",
+)  # fmt: skip
+
+
 class Inception(nn.Module):
     """The seed's Inception block (c1, (c2a, c2b), (c3a, c3b), c4) on fused, zero-copy kernels.
 
@@ -162,7 +168,18 @@ class Inception(nn.Module):
         params = []
         for conv in convs:
             params += [conv._parameters.get("weight"), conv._parameters.get("bias")]
-        shape = tuple((id(m), type(m), len(m._forward_hooks), len(m._forward_pre_hooks)) for m in mods.values())
+        if None in params:  # a parametrized weight (weight_norm, ...) or no bias: the full path decides
+            return None, params
+        shape = tuple(
+            (
+                id(m),
+                type(m),
+                len(m._forward_hooks),
+                len(m._forward_pre_hooks),
+                *(getattr(m, a, None) for a in _GEOMETRY),
+            )
+            for m in mods.values()
+        )
         return _fast.key(("inception", id(self), shape), x, *params), params
 
     def forward(self, x: Tensor) -> Tensor:

@@ -255,7 +255,8 @@ class PoolPlan:
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Body of ``functional.max_pool2d``. A call whose key was seen before replays its plan."""
-    key = _fast.key(("max", kernel_size, stride, padding, dilation, ceil_mode, return_indices), input)
+    flags = (type(ceil_mode), type(return_indices))  # 1 == True, but only a bool passes the checks
+    key = _fast.key(("max", kernel_size, stride, padding, dilation, ceil_mode, return_indices, flags), input)
     plan = _fast.get(key) if key is not None else None
     if plan is not None:
         return plan(input)

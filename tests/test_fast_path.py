@@ -315,3 +315,65 @@ def test_a_plan_keeps_no_tensor_of_its_first_call_alive(name, replays):
     del first, x, w, b
     gc.collect()
     assert all(ref() is None for ref in alive), "a plan must not pin its first call's tensors in memory"
+
+
+def test_a_tensor_passed_twice_builds_no_plan(replays):
+    x, w, b = _inputs()
+    w1 = w[:8, :, :1, :1].contiguous()
+    shared = b[:8].clone()
+    chain = CF.conv1x1_relu_conv2d_relu_max_pool2d
+    chain(x, w1, shared, w[:, :8].contiguous(), torch.cat([shared, shared]), padding=1, kernel_size=3, pool_stride=2)
+    w2, b1, b2 = w[:8, :8].contiguous(), b[:8].clone(), b[8:].clone()
+    chain(x, w1, b1, w2, b1, padding=1, kernel_size=3, pool_stride=2)  # b1 twice: no plan from this call
+    y = chain(x, w1, b1, w2, b2, padding=1, kernel_size=3, pool_stride=2)
+    ref = _full_path(lambda: chain(x, w1, b1, w2, b2, padding=1, kernel_size=3, pool_stride=2))
+    assert torch.equal(y, ref)
+
+
+def test_forward_mode_ad_takes_the_full_path(replays):
+    import torch.autograd.forward_ad as fwAD
+
+    x, w, b = _inputs()
+    CF.conv2d(x, w, b)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.ones_like(x))
+        with pytest.raises(Exception) as fast:
+            CF.conv2d(dual, w, b)
+        with pytest.raises(Exception) as full:
+            _full_path(lambda: CF.conv2d(dual, w, b))
+    assert type(fast.value) is type(full.value)
+    assert replays[0] == 0
+
+
+def test_flag_types_and_module_geometry_are_part_of_the_key(replays):
+    from cnnkernels.nn import Inception
+
+    x, w, b = _inputs()
+    CF.max_pool2d(x, 2, ceil_mode=True)
+    with pytest.raises(TypeError, match="ceil_mode must be a bool"):
+        CF.max_pool2d(x, 2, ceil_mode=1)
+    block = Inception(4, (3, 5), (2, 3), 4).to(DEVICE)
+    block(x)
+    block(x)
+    block.b2_2.padding = (0, 0)
+    with pytest.raises(ValueError, match="b2_2"):
+        block(x)
+
+
+def test_inception_with_a_parametrized_weight(replays):
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from cnnkernels.nn import Inception
+
+    x, _, _ = _inputs()
+    block = Inception(4, (3, 5), (2, 3), 4).to(DEVICE)
+    block(x)
+    weight_norm(block.b2_2)
+    try:
+        outs = [block(x) for _ in range(3)]
+    except ValueError as exc:  # the block may refuse a parametrized branch: then in one line, every call
+        with pytest.raises(ValueError, match=str(exc)[:20]):
+            _full_path(lambda: block(x))
+        return
+    ref = _full_path(lambda: block(x))
+    assert all(torch.equal(o, ref) for o in outs)

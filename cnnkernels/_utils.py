@@ -65,6 +65,20 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     return torch.get_autocast_dtype(device_type)
 
 
+def autocast_inputs(input, weight, *optional):
+    """``(input, weight, *optional)`` as ``nn.Conv2d`` sees them under an active autocast: when
+    input and weight are fp16/bf16/fp32, each of them and every optional floating tensor is cast
+    to the autocast dtype; anything else (no autocast, fp64, a non-tensor) passes unchanged."""
+    if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        return (input, weight, *optional)
+    cast = autocast_dtype(input.device.type)
+    floats = (torch.float16, torch.bfloat16, torch.float32)
+    if cast is None or input.dtype not in floats or weight.dtype not in floats:
+        return (input, weight, *optional)
+    rest = (t.to(cast) if isinstance(t, torch.Tensor) and t.dtype in floats else t for t in optional)
+    return (input.to(cast), weight.to(cast), *rest)
+
+
 def is_channels_last(x: torch.Tensor) -> bool:
     """Whether a 4-D tensor is laid out NHWC, judged by its strides as torch does (a 1-channel
     tensor is contiguous in both formats; its strides still tell which one it was made in)."""

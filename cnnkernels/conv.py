@@ -22,7 +22,7 @@ from torch import Tensor
 from cnnkernels.kernels import conv as _k
 
 from . import _fast, conv1x1
-from ._utils import as_int, autocast_dtype, check_same, check_tensor, is_channels_last, memory_format, pair
+from ._utils import as_int, autocast_inputs, check_same, check_tensor, is_channels_last, memory_format, pair
 
 
 @torch.library.triton_op("cnnkernels::conv2d", mutates_args=())
@@ -429,14 +429,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     plan = _fast.get(key) if key is not None else None
     if plan is not None:
         return plan(input, weight, bias)
-    if isinstance(input, Tensor) and isinstance(weight, Tensor):
-        # Under autocast, cast first (as nn.Conv2d does), so fp32 weights meet a bf16 input.
-        cast = autocast_dtype(input.device.type)
-        floats = (torch.float16, torch.bfloat16, torch.float32)
-        if cast is not None and input.dtype in floats and weight.dtype in floats:
-            input, weight = input.to(cast), weight.to(cast)
-            if isinstance(bias, Tensor) and bias.dtype in floats:
-                bias = bias.to(cast)
+    # Under autocast, cast first (as nn.Conv2d does), so fp32 weights meet a bf16 input.
+    input, weight, bias = autocast_inputs(input, weight, bias)
     x, unbatched, stride, pads, dilation, groups = conv2d_args(input, weight, bias, stride, padding, dilation, groups)
     one = conv1x1.eligible(weight, stride, pads, groups)
     with _fast.recording() as record:

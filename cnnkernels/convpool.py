@@ -32,7 +32,7 @@ from cnnkernels.kernels import pool as _kp
 
 from . import _fast
 from . import conv as _conv
-from ._utils import autocast_dtype, is_channels_last, memory_format
+from ._utils import autocast_inputs, is_channels_last, memory_format
 from .conv import Conv2dBackwardInputFunction, Conv2dBackwardWeightFunction, conv2d_args, relu_mask
 from .inception import recompute_grads
 from .pool import MaxPool2dBackwardFunction, max_pool2d_args
@@ -236,13 +236,7 @@ def conv2d_relu_max_pool2d(
     plan = _fast.get(key) if key is not None else None
     if plan is not None:
         return plan(input, weight, bias)
-    if isinstance(input, Tensor) and isinstance(weight, Tensor):
-        cast = autocast_dtype(input.device.type)
-        floats = (torch.float16, torch.bfloat16, torch.float32)
-        if cast is not None and input.dtype in floats and weight.dtype in floats:
-            input, weight = input.to(cast), weight.to(cast)
-            if isinstance(bias, Tensor) and bias.dtype in floats:
-                bias = bias.to(cast)
+    input, weight, bias = autocast_inputs(input, weight, bias)
     x, unbatched, stride, pads, dilation, groups, pk, ps, pp, pd = conv2d_relu_max_pool2d_args(
         input,
         weight,
@@ -411,13 +405,7 @@ def conv1x1_relu_conv2d_relu_max_pool2d(
     plan = _fast.get(key) if key is not None else None
     if plan is not None:
         return plan(input, weight1, bias1, weight, bias)
-    if isinstance(input, Tensor) and isinstance(weight1, Tensor) and isinstance(weight, Tensor):
-        cast = autocast_dtype(input.device.type)
-        floats = (torch.float16, torch.bfloat16, torch.float32)
-        if cast is not None and input.dtype in floats:
-            input, weight1, weight = input.to(cast), weight1.to(cast), weight.to(cast)
-            bias1 = bias1.to(cast) if isinstance(bias1, Tensor) else bias1
-            bias = bias.to(cast) if isinstance(bias, Tensor) else bias
+    input, weight1, bias1, weight, bias = autocast_inputs(input, weight1, bias1, weight, bias)
     x, unbatched, *_ = conv2d_args(input, weight1, bias1, 1, 0, 1, 1)
     if tuple(weight1.shape[2:]) != (1, 1):
         raise ValueError(f"weight1 must be a 1x1 convolution's weight, got shape {tuple(weight1.shape)}")

@@ -131,11 +131,16 @@ class InceptionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pooled, *params):
         out, scratch, w_cat = torch.ops.cnnkernels.inception(x, pooled, *params)
-        w1, w21, w22, w31, w32, w4 = params[0::2]
+        InceptionFunction.setup(ctx, x, pooled, params, out, scratch, w_cat)
+        return out
+
+    @staticmethod
+    def setup(ctx, x, pooled, params, out, scratch, w_cat):
+        """What the backward reads; shared with the fast path's replay (``cnnkernels.nn``)."""
+        w1, w21, w31 = params[0], params[2], params[6]
         ctx.sizes = (w1.shape[0], w21.shape[0], w31.shape[0])
         ctx.n_params = len(params)
         ctx.save_for_backward(x, pooled, out, scratch, w_cat, *params)
-        return out
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -259,10 +259,7 @@ class PlannedInceptionFunction(torch.autograd.Function):
         *params, plan = params_and_plan
         w_cat, b_cat = plan.stack(params)
         out, scratch = plan.launches.run((x, pooled, *params, w_cat, b_cat))
-        w1, w21, w22, w31, w32, w4 = params[0::2]
-        ctx.sizes = (w1.shape[0], w21.shape[0], w31.shape[0])
-        ctx.n_params = len(params)
-        ctx.save_for_backward(x, pooled, out, scratch, w_cat, *params)
+        InceptionFunction.setup(ctx, x, pooled, params, out, scratch, w_cat)
         return out
 
     @staticmethod

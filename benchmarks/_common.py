@@ -1,29 +1,13 @@
-"""Shared pieces of the benchmark suites: parameter grids, the callables each provider runs,
-timing, and the ``extra_info`` every result carries (``gpu_check.py`` runs a selection of them).
+"""Shared pieces of the benchmark suites: parameter grids, the callables each provider runs, and
+the ``extra_info`` every result carries (``gpu_check.py`` runs a selection of them).
 
-Providers
-    ``cnnkernels``                  the fused Triton kernels (``cnnkernels.functional`` / ``cnnkernels.models``)
-    ``cudnn``                       ``torch.nn`` eager on channels_last tensors (cuDNN; ``cudnn.benchmark`` on)
-    ``torch.compile``               the ``torch.nn`` reference under ``torch.compile`` (default mode)
-    ``torch.compile-max-autotune``  the same with ``mode="max-autotune"``
-
-Shapes come from ``cnnkernels.roofline.layer_table`` (the models themselves) at the seed's
-224x224x1 input and batch 128; layers of identical geometry are benchmarked once, under the first
-layer's module path, and ``extra_info["same_shape_layers"]`` lists the others.
-
-Timing
-    Every reported time is ``cnnkernels.timing.gpu_time_s``'s median (``triton.testing.do_bench``:
-    warm-up calls first, so compilation, autotuning and cuDNN's algorithm search stay out; the L2
-    cache flushed before each call). pytest-benchmark then runs ``benchmark.pedantic`` rounds of
-    one synchronised call each (sized to ~0.5 s, 5..100) for its own table: wall clock, launch and
-    sync included. Launch overhead dominates only at batch 1: the models' CUDA-graph variant
-    removes it.
-
-Speedup vs cudnn
-    Each ``cudnn`` result stores its median in a per-session dict keyed by the benchmark group
-    (op, layer or model, dtype, mode, batch). Any other provider divides that median by its own.
-    If the cudnn case has not run yet in this session (ordering, ``-k`` selection), the cudnn
-    callable is built and timed on the spot with ``gpu_time_s`` and cached; ``extra_info["cudnn_median_source"]`` says which.
+Providers: ``cnnkernels`` (the fused kernels), ``cudnn`` (``torch.nn`` eager, channels_last,
+``cudnn.benchmark`` on), ``torch.compile`` and ``torch.compile-max-autotune`` (of the ``torch.nn``
+code). Shapes: ``cnnkernels.roofline.layer_table`` at 1x224x224, batch 128, each geometry once
+(``extra_info["same_shape_layers"]`` lists the others). Every reported time is
+``cnnkernels.timing.gpu_time_s``'s median; pytest-benchmark's own table then times synchronised
+calls. The speedup divides this session's cudnn median for the same group by the result's own
+(timed on the spot when the cudnn case has not run; ``cudnn_median_source`` says which).
 """
 
 from __future__ import annotations
@@ -54,18 +38,19 @@ MODES = [_param(m, id=m) for m in ("forward", "backward", "train")]
 DTYPES = [_param(d, id=DTYPE_IDS[d]) for d in DTYPE_IDS]
 
 # Per-layer grid: bf16 in every mode, fp16 and fp32 forward only.
-_LAYER_GRID = [
-    ("bfloat16", "forward"),
-    ("bfloat16", "backward"),
-    ("bfloat16", "train"),
+_LAYER_GRID = [("bfloat16", m) for m in ("forward", "backward", "train")] + [
     ("float16", "forward"),
     ("float32", "forward"),
 ]
-LAYER_CASES = [_param(d, m, id=f"{DTYPE_IDS[d]}-{m}") for d, m in _LAYER_GRID]
-# Pooling has no parameters: "train" would equal forward + backward.
-NO_PARAM_CASES = [_param(d, m, id=f"{DTYPE_IDS[d]}-{m}") for d, m in _LAYER_GRID if m != "train"]
-# Concatenation's backward only slices the gradient (views in torch): forward only.
-FORWARD_CASES = [_param(d, m, id=f"{DTYPE_IDS[d]}-{m}") for d, m in _LAYER_GRID if m == "forward"]
+
+
+def _cases(modes=("forward", "backward", "train")) -> list:
+    return [_param(d, m, id=f"{DTYPE_IDS[d]}-{m}") for d, m in _LAYER_GRID if m in modes]
+
+
+LAYER_CASES = _cases()
+NO_PARAM_CASES = _cases(("forward", "backward"))  # pooling has no parameters: train = forward + backward
+FORWARD_CASES = _cases(("forward",))  # concatenation's backward only slices the gradient
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,22 +128,14 @@ def torch_dtype(name: str):
 # Timing
 
 
-def rounds_for(estimate_s: float, target_s: float = 0.5, lo: int = 5, hi: int = 100) -> int:
-    return max(lo, min(hi, int(target_s / max(estimate_s, 1e-7))))
-
-
 def measure(benchmark, fn: Callable[[], object]) -> float:
     """The median seconds of ``fn`` by ``cnnkernels.timing.gpu_time_s``, what every result reports;
-    then pytest-benchmark's own rounds of ``fn`` (synchronised, sized from it) for its table."""
+    then pytest-benchmark's own rounds of ``fn`` (synchronised, ~0.5 s, 5..100) for its table."""
     import torch
 
     median = gpu_time_s(fn)
-
-    def synced():
-        fn()
-        torch.cuda.synchronize()
-
-    benchmark.pedantic(synced, rounds=rounds_for(median), warmup_rounds=1, iterations=1)
+    rounds = max(5, min(100, int(0.5 / max(median, 1e-7))))
+    benchmark.pedantic(lambda: (fn(), torch.cuda.synchronize()), rounds=rounds, warmup_rounds=1, iterations=1)
     return median
 
 
@@ -172,31 +149,12 @@ def cudnn_median(key: str, build_cudnn: Callable[[], Callable[[], object]]) -> t
     return _CUDNN_MEDIANS[key]
 
 
-def record(
-    benchmark,
-    *,
-    provider: str,
-    median_s: float,
-    dtype: str,
-    shape: str,
-    mode: str,
-    flops: float,
-    nbytes: float,
-    flops_formula: str,
-    bytes_formula: str,
-    floor: dict[str, float],
-    build_cudnn: Callable[[], Callable[[], object]] | None,
-    **extra,
-) -> None:
-    """Fill ``benchmark.extra_info`` for one result; ``floor`` maps GPU_CEILINGS keys to floor seconds."""
+def record(benchmark, *, median_s, flops, nbytes, flops_formula, bytes_formula, floor, build_cudnn, **extra) -> None:
+    """Fill ``benchmark.extra_info`` for one result (``extra``: provider, dtype, shape, mode, ...);
+    ``floor`` maps GPU_CEILINGS keys to floor seconds."""
     info = dict(gpu_info())
-    key = benchmark.group
-    gpu = info["roofline_gpu"]
+    key, gpu, provider = benchmark.group, info["roofline_gpu"], extra["provider"]
     info.update(
-        provider=provider,
-        dtype=dtype,
-        shape=shape,
-        mode=mode,
         median_ms=median_s * 1e3,
         tflops=flops / median_s / 1e12 if flops else None,
         tflops_formula=f"({flops_formula}) / median" if flops else None,
@@ -243,12 +201,7 @@ def _mode_callable(op, inputs, params, mode: str):
     import torch
 
     if mode == "forward":
-
-        def forward():
-            with torch.no_grad():
-                return op(*inputs)
-
-        return forward
+        return torch.no_grad()(lambda: op(*inputs))
     wants = [t for t in (*inputs, *params) if isinstance(t, torch.Tensor) and t.requires_grad]
     if mode == "backward":
         y = op(*inputs)
@@ -261,7 +214,6 @@ def _mode_callable(op, inputs, params, mode: str):
     if mode == "train":
         opt = torch.optim.SGD([p for p in params if p.requires_grad], lr=1e-4, foreach=True)
         g = torch.randn_like(op(*inputs).detach())
-
         grad_inputs = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
 
         def train():
@@ -367,25 +319,12 @@ def bench_layer(benchmark, op: str, case: LayerCase, dtype: str, mode: str, prov
     else:
         moved, formula = layer.nbytes(mode), layer.formula("bytes", mode)
         floor = {g: layer.floor_s(g, mode) for g in roofline.GPU_CEILINGS}
-    record(
-        benchmark,
-        provider=provider,
-        median_s=median,
-        dtype=dtype,
-        shape=f"in {shape_str(layer.in_shape)} -> out {shape_str(layer.out_shape)}",
-        mode=mode,
-        flops=layer.flops(mode),
-        nbytes=moved,
-        flops_formula=layer.formula("flops", mode),
-        bytes_formula=formula,
-        floor=floor,
-        build_cudnn=lambda: builder(layer, "cudnn", mode),
-        layer=case.id,
-        kernel=layer.kernel,
-        stride=layer.stride,
-        padding=layer.padding,
-        same_shape_layers=list(case.same_shape_layers),
-    )
+    shape = f"in {shape_str(layer.in_shape)} -> out {shape_str(layer.out_shape)}"
+    info = dict(provider=provider, dtype=dtype, shape=shape, mode=mode, flops=layer.flops(mode), nbytes=moved)
+    info.update(flops_formula=layer.formula("flops", mode), bytes_formula=formula, floor=floor, layer=case.id)
+    info.update(kernel=layer.kernel, stride=layer.stride, padding=layer.padding)
+    build_cudnn = lambda: builder(layer, "cudnn", mode)  # noqa: E731
+    record(benchmark, median_s=median, build_cudnn=build_cudnn, same_shape_layers=list(case.same_shape_layers), **info)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,10 +1,7 @@
-"""The benchmarks time compiled kernels on a CUDA GPU. Without one every item is collected (so
-``pytest benchmarks --collect-only`` lists the full grid) and skipped with the reason: the
-Triton interpreter says nothing about speed.
-
-For ``gpu_check.py``: with ``GPU_CHECK_ROWS`` set, every item's outcome and ``extra_info`` is
-appended to that file as one JSON line as soon as it finishes (a run stopped later keeps them);
-with ``GPU_CHECK_DEADLINE`` (Unix time) set, items that would start after it are skipped."""
+"""The benchmarks time compiled kernels on a CUDA GPU; without one every item is collected and
+skipped with the reason (the host and memory items run anywhere). For ``gpu_check.py``:
+``GPU_CHECK_ROWS`` names a file that gets each finished item's outcome and ``extra_info`` as a JSON
+line; items that would start after ``GPU_CHECK_DEADLINE`` (Unix time) are skipped."""
 
 import gc
 import json
@@ -14,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 # pytest's default (prepend) import mode puts this folder on the import path, so `import _common`
 # works here and in the suites; gpu_check.py, run as a script, has it as its own folder.
@@ -22,21 +20,12 @@ from _common import SKIP_REASON
 HERE = Path(__file__).resolve().parent
 
 
-def _has_cuda() -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
-
-
-HAS_CUDA = _has_cuda()
+HAS_CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 
 if "pytest_benchmark" not in sys.modules:  # the plugin is absent (or disabled): a stand-in runs each item once
 
     class _Benchmark:
-        """What the suites use of pytest-benchmark's fixture; without its statistics, ``measure``
-        reports the ``cnnkernels.timing`` median."""
+        """What the suites use of pytest-benchmark's fixture, without its statistics."""
 
         stats = None
 
@@ -92,8 +81,6 @@ def pytest_runtest_makereport(item, call):
 def _cudnn_autotune():
     """cuDNN picks its fastest algorithm per shape (during each benchmark's warm-up calls)."""
     if HAS_CUDA:
-        import torch
-
         torch.backends.cudnn.benchmark = True
     yield
 
@@ -102,8 +89,6 @@ def _cudnn_autotune():
 def _free_memory():
     yield
     if HAS_CUDA:
-        import torch
-
         gc.collect()
         torch._dynamo.reset()
         torch.cuda.empty_cache()

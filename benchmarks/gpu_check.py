@@ -2,53 +2,23 @@
 
     python benchmarks/gpu_check.py [--budget 450] [--tests-timeout 180] [--max-autotune] [--skip-tests]
 
-A thin driver: each section below runs the project's own tests or benchmark functions in a pytest
-subprocess (the compiled kernels, never the interpreter), so every number is a benchmark's
-(``cnnkernels.timing``: ``triton.testing.do_bench``, then pytest-benchmark's rounds; peak memory
-in every model row) and every verdict a test's or ``cnnkernels check``'s. Each section has its own
-time budget, clipped to what is left of ``--budget``: items that would start after it are skipped
-and recorded, and a run that outlives it is stopped (finished items are kept). A failure, timeout
-or skip is recorded, never hidden.
-
-  tests     ``pytest -m gpu tests``: the compiled kernels against cuDNN
-  ceilings  test_bench_ceilings.py: measured bf16 matmul peak and device-to-device copy bandwidth
-  conv      test_bench_conv.py / test_bench_conv1x1.py: the four largest conv layers and the largest
-            1x1, batch 128, bf16, forward and backward, cudnn and cnnkernels; TFLOP/s and fraction
-            of the measured matmul peak
-  pool      test_bench_pool.py: the three largest max pools and the global average pool, same grid;
-            GB/s and fraction of the measured copy bandwidth
-  models    test_bench_models.py: each model's bf16 forward and training step at batch 128, cudnn
-            and cnnkernels, with peak memory
-  graphs    test_bench_models.py's CUDA-graph forward (``cnnkernels.graphs``) at batch 1 and 32, cudnn
-            and cnnkernels: where launch cost, not the kernels, decides
-  accuracy  ``cnnkernels check``'s ``check_model``: each model against its ``torch.nn`` twin, bf16,
-            batch 32, 224x224, by the model rule (``cnnkernels.testing.model_verdict``)
-  compile   the model benchmarks under ``torch.compile`` (default mode); with ``--max-autotune``
-            also mode="max-autotune" while the budget lasts (off by default: it would not fit)
+A thin driver: each section runs the project's own tests or benchmarks in a pytest subprocess
+(compiled kernels, never the interpreter), within its own time budget clipped to what is left of
+``--budget``; items past it are skipped and recorded, finished ones kept. Sections: ``tests``
+(``pytest -m gpu tests``), ``ceilings`` (measured bf16 matmul peak and copy bandwidth), ``conv``
+(the four largest conv layers and the largest 1x1), ``pool`` (the three largest max pools and the
+global average pool), ``models`` (each model's forward and training step), ``graphs`` (CUDA-graph
+forwards at batch 1 and 32), ``accuracy`` (``cnnkernels check``'s comparison, batch 32) and
+``compile`` (the models under ``torch.compile``; ``--max-autotune`` adds max-autotune). All bf16,
+batch 128, cudnn against cnnkernels unless said otherwise.
 
 Exit status: 0 when everything that ran passed (a benchmark section cut short by its budget is a
-timeout, not a failure), 1 when a test, benchmark or accuracy check failed or the tests timed
-out, 2 without a CUDA GPU.
-
-Writes ``results.json``, ``<gpu-slug>-<YYYY-MM-DD>.json`` (the same content) and
-``<gpu-slug>-<YYYY-MM-DD>.md`` into ``$OUT`` when set, else ``benchmarks/results/``, after every
-section, and prints the Markdown last. ``python -m cnnkernels.plot results.json -o speedup.png``
-draws the model speedups.
-
-results.json (schema "cnnkernels.gpu_check/2"):
-  meta         gpu, gpu_slug, capability, torch, triton, cuda, date, budget_s, elapsed_s, roofline_gpu
-  tests        status (passed|failed|timeout|error), returncode, summary, elapsed_s, command, output_tail
-  ceilings, conv, pool, models
-               one row per benchmark that passed: its ``extra_info`` (provider, dtype, shape, mode,
-               median_ms, tflops, gbps, floor_ms, roofline_fraction, speedup_vs_cudnn, formulas;
-               layer or model, batch, params, peak_memory_mb) and ``test`` (the pytest node id);
-               conv rows add fraction_of_peak, pool rows fraction_of_copy_bw, cnnkernels model rows
-               speedup_vs_torch_compile (and _vs_max_autotune)
-  accuracy     rows: model, batch, dtype, status, logits_err, torch_logits_err, worst, worst_err,
-               worst_torch_err, worst_fraction_of_bound, failed, bound
-  sections     name -> status, elapsed_s, budget_s
-  failures     rows: section, item, kind (error|timeout|failed), message
-  skipped      rows: section, item, reason
+timeout, not a failure), 1 on a failed test, benchmark or accuracy check or a tests timeout, 2
+without a CUDA GPU. After every section it writes ``results.json`` (schema
+"cnnkernels.gpu_check/2": meta, tests, ceilings, conv, pool, models, graphs, accuracy, sections,
+failures, skipped; each benchmark row its ``extra_info`` and pytest node id) and the same as
+``<gpu-slug>-<date>.json`` and ``.md`` into ``$OUT`` or ``benchmarks/results/``; it prints the
+Markdown last. ``python -m cnnkernels.plot results.json`` draws the model speedups.
 """
 
 from __future__ import annotations
@@ -77,15 +47,7 @@ MODELS = ("AlexNet", "VGG", "NiN", "GoogLeNet")
 BATCH = 128
 ACCURACY_BATCH = 32
 DTYPE = "bfloat16"
-SECTION_BUDGETS_S = {
-    "ceilings": 30,
-    "conv": 60,
-    "pool": 30,
-    "models": 120,
-    "graphs": 60,
-    "accuracy": 60,
-    "compile": 600,
-}
+SECTION_BUDGETS_S = dict(ceilings=30, conv=60, pool=30, models=120, graphs=60, accuracy=60, compile=600)
 RESERVE_S = 8  # kept back for writing the results
 GRACE_S = 15  # a pytest section may run this long past its budget (one item finishing) before it is stopped
 
@@ -176,9 +138,7 @@ class SectionTimeout(BaseException):
 
 
 def accuracy(model: str, batch: int = ACCURACY_BATCH, size: int = 224, dtype: str = DTYPE, device="cuda") -> dict:
-    """``cnnkernels check``'s comparison of ``model`` (``cnnkernels.cli.check_model``: logits, input
-    and every parameter gradient against the ``torch.nn`` twin in float64 and in ``dtype``, eval
-    mode, judged by ``cnnkernels.testing.model_verdict``) as one results row."""
+    """``cnnkernels check``'s comparison of ``model`` (``cnnkernels.cli.check_model``) as one results row."""
     import torch
 
     from cnnkernels.cli import check_model
@@ -208,9 +168,7 @@ class Check:
         self.t0 = time.perf_counter()
         self.deadline = self.t0 + args.budget
         self.results: dict = {"schema": SCHEMA, "meta": {}, "tests": {"status": "skipped"}, "sections": {}}
-        self.results |= {
-            k: [] for k in ("ceilings", "conv", "pool", "models", "graphs", "accuracy", "failures", "skipped")
-        }
+        self.results |= {k: [] for k in (*SECTION_BUDGETS_S, "failures", "skipped") if k != "compile"}
         self.out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else HERE / "results"
 
     def fail(self, section: str, item: str, kind: str, message: str) -> None:
@@ -242,7 +200,7 @@ class Check:
             status = self.accuracy(budget) if name == "accuracy" else self.benchmarks(name, budget)
         except Exception as exc:  # noqa: BLE001 - recorded, the check goes on
             status = "error"
-            self.fail(name, "(section)", "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+            self.fail(name, "(section)", "error", f"{exc!r}\n{traceback.format_exc(limit=8)}")
         elapsed = round(time.perf_counter() - start, 1)
         self.results["sections"][name] = {"status": status, "elapsed_s": elapsed, "budget_s": round(budget, 1)}
         self.write()
@@ -311,12 +269,12 @@ class Check:
                 try:
                     row = accuracy(model)
                 except Exception as exc:  # noqa: BLE001
-                    self.fail(
-                        "accuracy", model, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}"
-                    )
+                    self.fail("accuracy", model, "error", f"{exc!r}\n{traceback.format_exc(limit=6)}")
                     row = {"model": model, "batch": ACCURACY_BATCH, "dtype": DTYPE, "status": "failed"}
                 finally:
-                    _free()
+                    gc.collect()
+                    with contextlib.suppress(Exception):
+                        sys.modules["torch"].cuda.empty_cache()
                 self.results["accuracy"].append(row)
                 if row["status"].startswith("failed: "):
                     self.fail("accuracy", model, "failed", f"outside the model rule (model_verdict): {row}")
@@ -340,27 +298,17 @@ class Check:
             (self.out_dir / f"{stem}.md").write_text(markdown(self.results))
 
 
-def _free() -> None:
-    gc.collect()
-    with contextlib.suppress(Exception):
-        import torch
-
-        torch.cuda.empty_cache()
-
-
 # -- Markdown --------------------------------------------------------------------------------
 
 
 def _fmt(v, spec: str | None = None) -> str:
     """Numbers for the tables: 3 significant digits without exponents for the usual ranges."""
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        a = abs(v)
-        if spec:
-            return format(v, spec)
-        return f"{v:.0f}" if a >= 100 else f"{v:.1f}" if a >= 10 else f"{v:.3g}" if a >= 0.01 or a == 0 else f"{v:.2e}"
-    return str(v)
+    if not isinstance(v, float):
+        return "–" if v is None else str(v)
+    a = abs(v)
+    if spec:
+        return format(v, spec)
+    return f"{v:.0f}" if a >= 100 else f"{v:.1f}" if a >= 10 else f"{v:.3g}" if a >= 0.01 or a == 0 else f"{v:.2e}"
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -401,16 +349,8 @@ def markdown(res: dict) -> str:
             "",
         ]
         keys = ("model", "logits_err", "torch_logits_err", "worst", "worst_err", "worst_torch_err", "status")
-        head = [
-            "model",
-            "logits: cnnkernels",
-            "logits: torch bf16",
-            "worst tensor",
-            "its error",
-            "torch bf16",
-            "status",
-        ]
-        lines += _table(head, [[r.get(k) for k in keys] for r in res["accuracy"]])
+        head = ["model", "logits: cnnkernels", "logits: torch bf16", "worst tensor", "its error", "torch bf16"]
+        lines += _table([*head, "status"], [[r.get(k) for k in keys] for r in res["accuracy"]])
     for section, title, metric, frac, frac_title in (
         ("conv", "Largest conv layers (conv + bias + ReLU)", "tflops", "fraction_of_peak", "of measured peak"),
         ("pool", "Pooling", "gbps", "fraction_of_copy_bw", "of copy bandwidth"),
@@ -472,10 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu-check: torch is not importable ({exc}); nothing measured", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
-        print(
-            "gpu-check: no CUDA GPU (torch.cuda.is_available() is False): nothing measured; run it on a machine with an NVIDIA GPU",
-            file=sys.stderr,
-        )
+        print("gpu-check: no CUDA GPU (torch.cuda.is_available() is False): nothing measured", file=sys.stderr)
         return 2
     from _common import gpu_info
 

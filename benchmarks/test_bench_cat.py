@@ -1,10 +1,5 @@
-"""Channel concatenation of each Inception block's four branch outputs, as a standalone op.
-
-Inside the fused GoogLeNet the concatenation costs nothing (each branch writes its channel
-slice of the block output); this measures the copy that ``torch.cat`` makes in an unfused
-network and ``cnnkernels.functional.cat`` against it: 2 x the block output's bytes. Forward
-only (bf16, fp16, fp32): the backward of a concatenation only slices the incoming gradient.
-"""
+"""Channel concatenation of each Inception block's four branch outputs as a standalone copy
+(``torch.cat`` in an unfused network; free inside the fused GoogLeNet), forward only."""
 
 import pytest
 

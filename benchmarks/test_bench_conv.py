@@ -1,11 +1,5 @@
-"""Convolution + bias + ReLU (kernels larger than 1x1) at every such layer of the four models.
-
-Shapes: the layers of ``cnnkernels.roofline.layer_table`` at batch 128 on the seed's 1x224x224
-input, one benchmark per distinct geometry. Grid: provider (cnnkernels fused conv+ReLU, cuDNN
-conv then ReLU, ``torch.compile`` of the latter with and without max-autotune) x {bf16 forward,
-backward, train (fwd + bwd + SGD on weight and bias); fp16 and fp32 forward}. Backward is dX
-(except the first layer, whose input needs no gradient) + dW + db through the ReLU mask.
-"""
+"""Convolution + bias + ReLU (kernels larger than 1x1) at every distinct such layer geometry of the
+four models, batch 128: bf16 forward, backward and train (+ SGD), fp16 and fp32 forward."""
 
 import pytest
 

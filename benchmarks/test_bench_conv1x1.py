@@ -1,9 +1,4 @@
-"""1x1 convolution + bias + ReLU (NiN's and Inception's pointwise layers, GoogLeNet's stem).
-
-Same grid and timing as ``test_bench_conv.py``: every distinct 1x1 layer geometry of the four
-models at batch 128; providers cnnkernels / cudnn / torch.compile / torch.compile-max-autotune;
-bf16 forward, backward and train, fp16 and fp32 forward.
-"""
+"""1x1 convolution + bias + ReLU at every distinct 1x1 layer geometry: the grid of ``test_bench_conv.py``."""
 
 import pytest
 

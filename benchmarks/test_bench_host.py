@@ -1,8 +1,5 @@
-"""Host cost: what an op call or a model call costs the CPU on the way to its launches, with
-every Triton launch replaced by a counter (``cnnkernels.host``). Marked ``host``: runs on any
-machine (under Triton's interpreter without a GPU, where only the host path is measured, which
-is the same code as on a GPU). ``extra_info`` holds Python calls and launches per call and, for
-ops, torch's host cost for the same op on a one-element problem, measured in the same run."""
+"""Host cost (``cnnkernels.host``): an op call or a model call with every Triton launch replaced by
+a counter. Marked ``host``: runs on any machine; ops carry torch's cost for the same op too."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Training memory: bytes saved for backward in one training step, fused model against its
-``torch.nn`` twin, bf16, batch 128, 224x224 (``cnnkernels.memory``: ``saved_tensors_hooks`` on
-the meta device, each storage once, parameters excluded). Exact and device-independent, so it is
-marked ``memory`` and runs on any machine. Each result's ``extra_info`` holds both figures, their
-ratio and the issue's target; the test fails when a model misses its target."""
+"""Training memory (``cnnkernels.memory``): bytes saved for backward, fused model against its
+``torch.nn`` twin, bf16, batch 128, 224x224, on the meta device (marked ``memory``: runs anywhere);
+fails when a model misses its target."""
 
 from __future__ import annotations
 

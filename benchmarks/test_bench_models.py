@@ -1,14 +1,9 @@
-"""Whole models: AlexNet, VGG-11, NiN and GoogLeNet on the seed's (batch, 1, 224, 224) input.
-
-Full grid: model x batch {1, 32, 128} x mode {forward (eval, no grad), backward (gradients of all
-parameters through a retained graph, train-mode dropout), train (forward + cross-entropy +
-backward + SGD step)} x dtype {bf16, fp16, fp32} x provider {cnnkernels, cudnn,
-torch.compile, torch.compile-max-autotune}. The cudnn and torch.compile providers run the
-``torch.nn`` reference twin (``cnnkernels.models.reference``) with the same weights.
-
-Batch 1 is dominated by launch overhead when timed eagerly, so ``test_model_cudagraph`` times
-the bf16 forward replayed from a CUDA graph (torch.compile: ``mode="reduce-overhead"``).
-FLOPs, bytes and floors are ``cnnkernels.roofline.model_totals`` (sums of the per-layer counts).
+"""Whole models on the seed's (batch, 1, 224, 224) input: model x batch {1, 32, 128} x mode
+{forward (eval, no grad), backward (all parameter gradients, train mode), train (+ cross-entropy
+and an SGD step)} x dtype x provider; cudnn and torch.compile run the ``torch.nn`` twin with the
+same weights. ``test_model_cudagraph``: the bf16 forward replayed from a CUDA graph, where launch
+cost decides (torch.compile: ``mode="reduce-overhead"``). FLOPs, bytes and floors are
+``cnnkernels.roofline.model_totals``.
 """
 
 import pytest
@@ -41,26 +36,12 @@ def _bench_model(benchmark, kind, model, batch, dtype, mode, provider, build, **
     fn = build(provider)
     median = measure(benchmark, fn)
     t = roofline.model_totals(model, batch=batch, dtype=dtype)
-    record(
-        benchmark,
-        provider=provider,
-        median_s=median,
-        dtype=dtype,
-        shape=f"{batch}x1x224x224",
-        mode=mode,
-        flops=t.flops(mode),
-        nbytes=t.nbytes(mode),
-        flops_formula=FLOPS_FORMULA,
-        bytes_formula=BYTES_FORMULA,
-        floor={g: t.floor_s(g, mode) for g in roofline.GPU_CEILINGS},
-        build_cudnn=lambda: build("cudnn"),
-        model=model,
-        batch=batch,
-        params=t.params,
-        unfused_extra_bytes=t.unfused_extra_bytes(mode),
-        peak_memory_mb=peak_memory_bytes(fn) / 2**20,
-        **extra,
-    )
+    extra.update(provider=provider, dtype=dtype, shape=f"{batch}x1x224x224", mode=mode, model=model, batch=batch)
+    extra.update(params=t.params, unfused_extra_bytes=t.unfused_extra_bytes(mode), flops=t.flops(mode))
+    extra.update(nbytes=t.nbytes(mode), flops_formula=FLOPS_FORMULA, bytes_formula=BYTES_FORMULA)
+    floor = {g: t.floor_s(g, mode) for g in roofline.GPU_CEILINGS}
+    peak_mb = peak_memory_bytes(fn) / 2**20
+    record(benchmark, median_s=median, floor=floor, build_cudnn=lambda: build("cudnn"), peak_memory_mb=peak_mb, **extra)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

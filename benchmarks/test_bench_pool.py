@@ -1,11 +1,5 @@
-"""Max pooling and global average pooling at every pooling layer of the four models.
-
-Every distinct pooling geometry at batch 128 (the Inception branches' 3x3 stride-1 pools
-included); providers cnnkernels / cudnn (``torch.nn.functional``) / torch.compile /
-torch.compile-max-autotune; bf16 forward and backward, fp16 and fp32 forward. No "train" mode:
-pooling has no parameters, so a training step is forward + backward. Pooling is memory-bound:
-read GB/s and the roofline fraction (bytes / bandwidth floor) rather than TFLOP/s.
-"""
+"""Max pooling and global average pooling at every distinct pooling geometry of the four models,
+batch 128: bf16 forward and backward, fp16 and fp32 forward; memory-bound, so GB/s."""
 
 import pytest
 

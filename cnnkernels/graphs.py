@@ -1,24 +1,14 @@
 """Whole-model CUDA graphs: a forward, or a whole training step, captured once and replayed.
 
-At batch 1 a GPU finishes most of these networks' kernels in microseconds, so launching them one
-by one from Python costs more than running them. A captured CUDA graph replays every launch of a
-forward (or of forward, backward and optimizer step) with one call and no Python in between.
-
-The recipe is PyTorch's whole-network capture: warm up on a side stream (which settles the
-autotuner's choices, the eager fast path's plans and the caching allocator), capture into a
-``torch.cuda.CUDAGraph``, then replay with inputs copied into static buffers. The kernels are
-capture-safe: no host synchronisation, no autotuning once warmed up (a new shape would autotune:
-capture each shape separately), and allocations come from the graph's private memory pool.
-
-    step = cnnkernels.graphs.capture_train_step(model, optimizer, loss_fn, x, y)
-    for x, y in loader:
-        loss = step(x, y)          # a tensor, valid until the next replay
+At batch 1 launching the kernels one by one from Python costs more than running them; a captured
+CUDA graph replays every launch with one call. PyTorch's whole-network recipe: warm up on a side
+stream (settling the autotuner, the fast path's plans and the allocator), capture, then replay with
+inputs copied into static buffers. Capture each input shape separately (a new shape autotunes).
 
     forward = cnnkernels.graphs.capture_forward(model.eval(), x)
     logits = forward(x)            # a static output buffer, overwritten by the next call
-
-``torch.compile(model, mode="reduce-overhead")`` also captures CUDA graphs over the ``cnnkernels``
-ops (they are ``torch.library.triton_op``s).
+    step = cnnkernels.graphs.capture_train_step(model, optimizer, loss_fn, x, y)
+    loss = step(x, y)              # a tensor, valid until the next replay
 """
 
 from __future__ import annotations
@@ -37,6 +27,8 @@ def _need_cuda(t: Tensor, name: str) -> None:
 
 
 def _warm_up(fn: Callable[[], object], steps: int) -> None:
+    if steps < 1:
+        raise ValueError(f"warmup must be at least 1 (it settles autotuning before capture), got {steps}")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -45,15 +37,21 @@ def _warm_up(fn: Callable[[], object], steps: int) -> None:
     torch.cuda.current_stream().wait_stream(side)
 
 
+def _copy_in(static: Tensor, t: Tensor, name: str) -> None:
+    if t.shape != static.shape or t.dtype != static.dtype:
+        raise ValueError(
+            f"{name} has shape {tuple(t.shape)} and dtype {t.dtype}; the graph was captured for "
+            f"{tuple(static.shape)} {static.dtype}"
+        )
+    static.copy_(t)
+
+
 class GraphedForward:
-    """``model(x)`` captured as one CUDA graph for inputs shaped like ``example``. Call it with a
-    tensor of the same shape, dtype and device: it is copied into the static input, the graph
-    replays, and the static output (overwritten by the next call) is returned."""
+    """``model(x)`` captured as one CUDA graph for inputs shaped like ``example``; a call copies
+    ``x`` into the static input, replays and returns the static output."""
 
     def __init__(self, model: nn.Module, example: Tensor, warmup: int = 3):
         _need_cuda(example, "example")
-        if warmup < 1:
-            raise ValueError(f"warmup must be at least 1 (it settles autotuning before capture), got {warmup}")
         self.static_input = example.detach().clone()
         with torch.no_grad():
             _warm_up(lambda: model(self.static_input), warmup)
@@ -62,63 +60,38 @@ class GraphedForward:
                 self.static_output = model(self.static_input)
 
     def __call__(self, x: Tensor) -> Tensor:
-        if x.shape != self.static_input.shape or x.dtype != self.static_input.dtype:
-            raise ValueError(
-                f"x has shape {tuple(x.shape)} and dtype {x.dtype}; the graph was captured for "
-                f"{tuple(self.static_input.shape)} {self.static_input.dtype}"
-            )
-        self.static_input.copy_(x)
+        _copy_in(self.static_input, x, "x")
         self.graph.replay()
         return self.static_output
 
 
 class GraphedTrainStep:
-    """One training step (forward, ``loss_fn(output, target)``, backward, ``optimizer.step()``)
-    captured as one CUDA graph. Gradients are set to None before capture, so the captured backward
-    allocates them from the graph's pool; the optimizer must be capturable (e.g. SGD, or Adam with
-    ``capturable=True``). Returns the static loss tensor."""
+    """Forward, ``loss_fn(output, target)``, backward and ``optimizer.step()`` captured as one CUDA
+    graph (gradients are allocated from the graph's pool; the optimizer must be capturable, e.g.
+    SGD, or Adam with ``capturable=True``). A call returns the static loss tensor."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        loss_fn: Callable[[Tensor, Tensor], Tensor],
-        example_input: Tensor,
-        example_target: Tensor,
-        warmup: int = 3,
-    ):
+    def __init__(self, model, optimizer, loss_fn, example_input: Tensor, example_target: Tensor, warmup: int = 3):
         _need_cuda(example_input, "example_input")
         _need_cuda(example_target, "example_target")
-        if warmup < 1:
-            raise ValueError(f"warmup must be at least 1 (it settles autotuning before capture), got {warmup}")
         self.static_input = example_input.detach().clone()
         self.static_target = example_target.detach().clone()
         self.optimizer = optimizer
 
         def step() -> Tensor:
-            optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(self.static_input), self.static_target)
             loss.backward()
             optimizer.step()
             return loss
 
-        _warm_up(step, warmup)
+        _warm_up(lambda: (optimizer.zero_grad(set_to_none=True), step()), warmup)
         optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.static_loss = loss_fn(model(self.static_input), self.static_target)
-            self.static_loss.backward()
-            optimizer.step()
+            self.static_loss = step()
 
     def __call__(self, x: Tensor, target: Tensor) -> Tensor:
-        for t, static, name in ((x, self.static_input, "x"), (target, self.static_target, "target")):
-            if t.shape != static.shape or t.dtype != static.dtype:
-                raise ValueError(
-                    f"{name} has shape {tuple(t.shape)} and dtype {t.dtype}; the graph was captured for "
-                    f"{tuple(static.shape)} {static.dtype}"
-                )
-        self.static_input.copy_(x)
-        self.static_target.copy_(target)
+        _copy_in(self.static_input, x, "x")
+        _copy_in(self.static_target, target, "target")
         self.graph.replay()
         return self.static_loss
 

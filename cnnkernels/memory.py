@@ -1,16 +1,10 @@
 """Bytes saved for backward in one training step, measured exactly on the ``meta`` device.
 
-Every tensor that autograd keeps for the backward passes through
-``torch.autograd.graph.saved_tensors_hooks``; the hook records its storage (each storage once:
-a view, a second save of the same tensor or an op's outputs that share one buffer count once)
-and its size in bytes. Parameters are excluded: they live for the whole run whatever the graph
-saves. On the ``meta`` device nothing is computed and no kernel runs, so the figure is the same
-on any machine, with or without a GPU, and independent of timing.
-
-``saved_bytes(model, shape)`` measures one model; ``compare(name)`` measures a fused model of
-``cnnkernels.models`` against its ``torch.nn`` twin of ``cnnkernels.models.reference``, both in
-training mode, bf16, at the issue's batch 128 and 224x224 by default. ``python -m
-cnnkernels.memory`` prints the table for the four models.
+Every tensor autograd keeps for the backward passes through
+``torch.autograd.graph.saved_tensors_hooks``, which records its storage once (views, repeated saves
+and outputs sharing a buffer count once), parameters excluded. Nothing is computed, so the figure
+is the same on any machine. ``saved_bytes`` measures one model, ``compare`` a fused model against
+its ``torch.nn`` twin; ``python -m cnnkernels.memory`` prints the four models.
 """
 
 from __future__ import annotations
@@ -22,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["SavedBytes", "saved_bytes", "compare", "table", "MODELS"]
+__all__ = ["SavedBytes", "saved_bytes", "compare", "MODELS"]
 
 MODELS = ("AlexNet", "VGG", "NiN", "GoogLeNet")
 MODELS_BY_KEY = {m.lower(): m for m in MODELS}  # the command line's names
@@ -66,10 +60,8 @@ class _Recorder:
 
 
 def saved_bytes(model: nn.Module, shape, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Bytes of the storages autograd saves for backward when ``model`` (on the ``meta`` device,
-    in its current train/eval mode) runs a forward on a ``shape`` input of ``dtype`` with
-    gradients on; parameters excluded, each storage counted once. The backward is not run: what
-    is saved is fixed once the forward has built the graph."""
+    """Bytes autograd saves for backward when ``model`` (on the ``meta`` device, in its current
+    mode) runs a forward on a ``shape`` input of ``dtype``; parameters excluded, each storage once."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -131,16 +123,6 @@ def compare(
     return SavedBytes(name, fused, twin)
 
 
-def table(batch: int = 128, size: int = 224, dtype: torch.dtype = torch.bfloat16) -> list[SavedBytes]:
-    """``compare`` for every model."""
-    return [compare(name, batch, size, dtype) for name in MODELS]
-
-
-def format_rows(rows: list[SavedBytes]) -> list[list[str]]:
-    """Rows of text: model, fused MiB, twin MiB, ratio."""
-    return [[r.name, f"{r.fused / MIB:,.0f}", f"{r.twin / MIB:,.0f}", f"{r.ratio:.2f}"] for r in rows]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="bytes saved for backward per training step, fused vs torch.nn")
     parser.add_argument("--batch", type=int, default=128)
@@ -148,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"saved for backward, one training step, bf16, batch {args.batch}, {args.size}x{args.size} (MiB)")
     print(f"{'model':<10} {'fused':>8} {'twin':>8} {'ratio':>6}")
-    for row in format_rows(table(args.batch, args.size)):
-        print(f"{row[0]:<10} {row[1]:>8} {row[2]:>8} {row[3]:>6}")
+    for r in (compare(name, args.batch, args.size) for name in MODELS):
+        print(f"{r.name:<10} {r.fused / MIB:>8,.0f} {r.twin / MIB:>8,.0f} {r.ratio:>6.2f}")
     return 0
 
 

@@ -2,12 +2,9 @@
 
     python -m cnnkernels.plot results.json -o speedup.png [--dtype bfloat16] [--batch 128]
 
-One group of bars per (model, mode); one bar per baseline (cudnn, torch.compile,
-torch.compile-max-autotune, whichever the file holds): speedup = baseline median / cnnkernels
-median, so above 1 means the fused model is faster. A dashed line marks 1.
-
-matplotlib is imported only when drawing; it is the optional ``plot`` extra
-(``pip install 'cnnkernels[plot]'``). ``speedups`` needs nothing beyond the standard library.
+One group of bars per (model, mode), one bar per baseline the file holds: baseline median /
+cnnkernels median (above the dashed 1: the fused model is faster). Drawing needs matplotlib, the
+optional ``plot`` extra (``pip install 'cnnkernels[plot]'``).
 """
 
 from __future__ import annotations
@@ -59,18 +56,15 @@ def speedups(results: dict, *, dtype: str | None = None, batch: int | None = Non
     med = {
         (r["model"], r["mode"], r["provider"]): r["median_ms"]
         for r in rows
-        if r["dtype"] == dtype and r["batch"] == batch
+        if (r["dtype"], r["batch"]) == (dtype, batch)
     }
-    out = []
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    for model in models:
-        for mode in MODES:
-            ours = med.get((model, mode, "cnnkernels"))
-            if not ours:
-                continue
-            for base in BASELINES:
-                if (model, mode, base) in med:
-                    out.append(Speedup(model, mode, base, med[(model, mode, base)] / ours))
+    out = [
+        Speedup(model, mode, base, med[(model, mode, base)] / med[(model, mode, "cnnkernels")])
+        for model in dict.fromkeys(r["model"] for r in rows)
+        for mode in MODES
+        for base in BASELINES
+        if med.get((model, mode, "cnnkernels")) and (model, mode, base) in med
+    ]
     if not out:
         raise ValueError(f"no cnnkernels result with a baseline to compare at {dtype}, batch {batch}")
     return out, dtype, batch
@@ -90,9 +84,7 @@ def _pyplot():
 
 
 def draw(results: dict, *, dtype: str | None = None, batch: int | None = None):
-    """The grouped bar chart as a matplotlib figure (its caller closes it). The legend sits to the
-    right of the axes and the y-axis leaves headroom above the tallest bar, so no bar label runs
-    into the legend or the title."""
+    """The grouped bar chart as a matplotlib figure (its caller closes it); legend right of the axes."""
     data, dtype, batch = speedups(results, dtype=dtype, batch=batch)
     plt = _pyplot()
     groups = list(dict.fromkeys((s.model, s.mode) for s in data))
@@ -139,12 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         path = plot_speedups(args.results, args.output, dtype=args.dtype, batch=args.batch)
-    except (ValueError, OSError) as exc:  # bad input: the file, its content, --dtype/--batch
+    except (ValueError, OSError, ImportError) as exc:  # bad input (2), or the 'plot' extra is missing (1)
         print(f"cnnkernels.plot: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:  # the optional 'plot' extra is missing
-        print(f"cnnkernels.plot: {exc}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(exc, ImportError) else 2
     print(path)
     return 0
 

@@ -1,15 +1,10 @@
-"""Host overhead: what an op call or a model forward costs the CPU before its kernels run.
+"""Host overhead: what an op call or a model call costs the CPU on the way to its launches.
 
-At batch 1 and on small layers a GPU finishes a kernel in microseconds, so the host's path to
-the launch decides the speed. This module measures that path on any machine, GPU or not:
-``launches_stubbed()`` replaces Triton's own launch (``JITFunction.run``, and the interpreter's
-``InterpretedFunction.run``) with a counter, so everything above it (argument checks, autograd,
-``torch.library`` dispatch, the autotuner's per-call work, the launchers) runs as it would on a
-GPU while nothing computes. The same measure is taken of torch's eager op on a CPU problem of one
-element (dispatch, checks and allocation with nearly no arithmetic) in the same run, so the two
-figures share the machine's speed.
-
-Used by ``benchmarks/test_bench_host.py`` and ``cnnkernels bench --host``.
+``launches_stubbed()`` replaces Triton's launch (``JITFunction.run`` and the interpreter's) with a
+counter, so everything above it (checks, autograd, ``torch.library`` dispatch, the autotuner's
+per-call work, the launchers) runs as on a GPU while nothing computes; torch's eager op on a
+one-element CPU problem is measured in the same run for comparison. Used by
+``benchmarks/test_bench_host.py`` and ``cnnkernels bench --host``.
 """
 
 from __future__ import annotations
@@ -25,8 +20,7 @@ import torch
 
 @dataclass
 class HostCost:
-    """One measured callable: microseconds per call (best of ``repeats`` rounds), Python function
-    calls per call and Triton launches per call."""
+    """One measured callable: microseconds (best round), Python calls and Triton launches per call."""
 
     name: str
     us: float
@@ -74,29 +68,12 @@ def count_python_calls(fn: Callable[[], object]) -> int:
 def measure(name: str, fn: Callable[[], object], *, repeats: int = 5, min_time: float = 0.05) -> HostCost:
     """Host cost of ``fn()`` with launches stubbed: warmed up (first calls settle caches and the
     autotuner), then the best of ``repeats`` rounds of at least ``min_time`` seconds each."""
-    with single_thread():
-        return _measure(name, fn, repeats, min_time)
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """torch on one CPU thread: no thread-pool wake-ups in a one-element torch reference."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _measure(name, fn, repeats, min_time) -> HostCost:
-    with launches_stubbed() as launched:
+    with single_thread(), launches_stubbed() as launched:
         for _ in range(3):
             fn()
         launched.clear()
         fn()
-        launches = len(launched)
-        calls = count_python_calls(fn)
+        launches, calls = len(launched), count_python_calls(fn)
         loops = 1
         while True:
             t0 = time.perf_counter()
@@ -114,6 +91,17 @@ def _measure(name, fn, repeats, min_time) -> HostCost:
     return HostCost(name, best * 1e6, calls, launches)
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """torch on one CPU thread: no thread-pool wake-ups in a one-element torch reference."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _device() -> str:
     from cnnkernels.kernels._common import INTERPRET
 
@@ -121,20 +109,19 @@ def _device() -> str:
 
 
 def op_cases() -> list[tuple[str, Callable[[], object], Callable[[], object]]]:
-    """(name, ours, torch's) per op: ``cnnkernels.functional`` at a GoogLeNet-sized layer (3x3
-    conv 64 -> 128 on 14x14, channels_last, bf16 on a GPU / fp32 on the CPU), torch's eager op
-    with the same arguments on a one-element CPU problem (dispatch, checks and allocation, nearly
-    no arithmetic)."""
+    """(name, ours, torch's) per op: ``cnnkernels.functional`` at a GoogLeNet-sized layer (64 -> 128
+    channels, 14x14, channels_last), torch's eager op with the same arguments on one element."""
     import torch.nn.functional as tF
 
     from cnnkernels import functional as F
 
     dev = _device()
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
-    x = torch.randn(1, 64, 14, 14, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
-    w = torch.randn(128, 64, 3, 3, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
+    x, w, w1x1 = (
+        torch.randn(*shape, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
+        for shape in ((1, 64, 14, 14), (128, 64, 3, 3), (128, 64, 1, 1))
+    )
     b = torch.randn(128, device=dev, dtype=dtype)
-    w1x1 = torch.randn(128, 64, 1, 1, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
     wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
     x1, t1, b1 = torch.randn(1, 1, 1, 1), torch.randn(1, 1, 3, 3), torch.randn(1)
     o1 = torch.randn(1, 1, 1, 1)
@@ -157,23 +144,21 @@ def op_cases() -> list[tuple[str, Callable[[], object], Callable[[], object]]]:
 
 
 def op_costs(repeats: int = 5) -> list[tuple[HostCost, HostCost]]:
-    """(ours, torch's) host cost of every ``op_cases`` entry, eager calls after the first (as a
-    model's forward makes them), grad mode on."""
-    out = []
+    """(ours, torch's) host cost of every ``op_cases`` entry, calls after the first, grad mode on."""
     with torch.enable_grad():
-        for name, ours, theirs in op_cases():
-            out.append((measure(name, ours, repeats=repeats), measure("torch " + name, theirs, repeats=repeats)))
-    return out
+        return [
+            (measure(n, ours, repeats=repeats), measure("torch " + n, theirs, repeats=repeats))
+            for n, ours, theirs in op_cases()
+        ]
 
 
 def model_case(name: str, train: bool = False) -> Callable[[], object]:
     """One forward (no grad, eval) or one training step (forward + backward, train mode) of the
     fused model ``name`` at batch 1, 1x224x224 (the course's input); lazy layers materialised."""
-    from cnnkernels import models
+    from cnnkernels.cli import _build
 
     dev = _device()
-    classes = {"alexnet": models.AlexNet, "vgg": models.VGG, "nin": models.NiN, "googlenet": models.GoogLeNet}
-    model = classes[name](num_classes=10).to(dev)
+    model = _build(name).to(dev)
     x = torch.randn(1, 1, 224, 224, device=dev)
     with torch.no_grad(), launches_stubbed():
         model(x)

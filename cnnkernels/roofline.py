@@ -1,48 +1,28 @@
 """Analytic roofline of a model: per-layer FLOPs, fewest bytes and floor times.
 
-The layer table comes from the model itself. ``layer_table`` builds the ``torch.nn`` model
-(``cnnkernels.models.reference``) on the ``meta`` device, runs it once with forward hooks (shapes
-only: nothing is computed, no kernel runs) and asks ``cnnkernels.fuse`` of it which kernel each
-layer becomes; it returns one ``Layer`` per conv / pool / concatenation / flatten / linear
-module, named by its module path (as in ``state_dict``). ``totals_of`` sums a table into a
-``ModelTotals`` for a forward pass and a training step. Importing this module imports no torch.
+``layer_table`` builds the ``torch.nn`` model on the ``meta`` device, runs it once with forward
+hooks (shapes only) and asks ``cnnkernels.fuse`` of it which kernel each layer becomes: one
+``Layer`` per conv / pool / concatenation / flatten / linear module, named by its module path.
+``totals_of`` sums a table into ``ModelTotals``. Importing this module imports no torch.
 
-Counting rules (``Layer``'s fields hold the numbers):
+Counting rules:
 
-* FLOPs: conv and linear count ``2 * MACs`` (bias and ReLU ignored). The backward is dX + dW,
-  ``2 x`` the forward, except where the layer's input needs no gradient (the first layer: the
-  image), where only dW is computed (``1 x``), as autograd does. Pooling counts one operation per
-  window element read forward and one per input element backward; concatenation and flatten none.
-  ``tests/test_roofline.py`` holds the conv and linear counts to ``torch.utils.flop_counter``.
-* Bytes are the fewest a perfect implementation moves: every input, weight and output read or
-  written exactly once at the element size of ``dtype``. A ReLU after a linear layer, or fused
-  into its conv, adds nothing forward; backward its mask comes from the saved output ``y``, so
-  backward reads dY and y once each. A concatenation that the fused model does in place (the
-  seed's Inception: each branch writes its channel slice of the block output) costs nothing.
-  Max pooling saves a 1-byte within-window argmax per output in training and its backward reads
-  it. A max pool that the fused model computes in its conv's kernel (``Conv2dReLUMaxPool2d``)
-  moves nothing of its own: the conv writes only the pooled output (and the argmax), and its
-  backward reads the pooled gradient, the argmax and the pooled output (the ReLU mask at the
-  argmax) instead of dY and y. The Inception block's 3x3/1 max pool, computed while its 1x1
-  conv loads the block input, writes nothing and saves no argmax; its backward reads the input
-  again for the argmax. Flatten is a view. Dropout is treated as the identity (evaluation) or as
-  fused (training).
-* A training step = training forward (+ the argmax bytes) + backward (dX, dW, db) + a plain SGD
-  update per parameter (read w, read grad, write w; 2 FLOPs).
-* Floor time of a layer on a GPU = ``max(flops / peak, bytes / bandwidth)``; a model's floor is
-  the sum of its layers' floors (layers run one after another), forward and backward separately.
-* ``unfused_extra_bytes_*``: what a layer-by-layer library moves on top of the fused kernels. A
-  separate ReLU after a conv reads and writes the conv output forward (``2 x out``) and, backward,
-  writes the masked gradient that the conv backward then reads again (``2 x out``); ``torch.cat``
-  reads and writes every branch output (``2 x out`` of the block); a max pool computed in its
-  conv's kernel spares the conv output's write and the pool's read of it forward (``2 x y``) and,
-  backward, the pool's full-resolution dY written, then read with y for the ReLU mask (``3 x y``),
-  where the fused backward reads the pooled output instead (``- out``). Only what the fused
-  model fuses counts.
+* FLOPs: conv and linear ``2 * MACs``; backward dX + dW (``2 x``), only dW (``1 x``) where the
+  input needs no gradient (the image). Pooling: one per window element read forward, one per input
+  element backward. ``tests/test_roofline.py`` holds them to ``torch.utils.flop_counter``.
+* Bytes: every input, weight and output moved exactly once. A ReLU in its conv costs nothing
+  forward; backward reads dY and the saved output y (its mask). A concatenation done in place
+  (each Inception branch writes its slice) costs nothing. A max pool saves a 1-byte argmax in
+  training. A max pool computed in its conv's kernel moves nothing itself: the conv writes the
+  pooled output and argmax, its backward reads those and the pooled dY. The Inception pool branch,
+  pooled while its 1x1 conv loads the input, writes nothing; its backward reads the input again.
+* Training step: training forward + backward + an SGD update (read w and grad, write w; 2 FLOPs).
+* Floor: ``max(flops / peak, bytes / bandwidth)`` per layer, summed over the layers.
+* ``unfused_extra_bytes_*``: what a layer-by-layer library moves on top: a separate ReLU reads and
+  writes the conv output (``2 x out``, forward and backward), ``torch.cat`` reads and writes the
+  block output, a separate max pool after its conv ``2 x y`` forward and ``3 x y - out`` backward.
 
-Peaks (``GPU_CEILINGS``) are the measured-class dense tensor-core rates and HBM bandwidths that
-the project's design assumes (H100: ~790 TFLOP/s bf16, ~3.0 TB/s; H200: same compute, ~4.3 TB/s);
-float32 counts the TF32 tensor-core rate (half the bf16 rate), cuDNN's default for convolutions.
+``GPU_CEILINGS``: dense tensor-core peaks and HBM bandwidths (fp32: the TF32 rate).
 """
 
 from __future__ import annotations
@@ -50,20 +30,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-
-__all__ = [
-    "DTYPE_BYTES",
-    "GPU_CEILINGS",
-    "MODELS",
-    "GpuCeiling",
-    "Layer",
-    "ModelTotals",
-    "ceiling_for",
-    "layer_table",
-    "model_totals",
-    "readme_table",
-    "totals_of",
-]
 
 # --------------------------------------------------------------------------------------------
 # GPU ceilings
@@ -101,11 +67,7 @@ GPU_CEILINGS: dict[str, GpuCeiling] = {
 
 def ceiling_for(device_name: str) -> str | None:
     """The ``GPU_CEILINGS`` key matching a device name (``torch.cuda.get_device_name()``), or None."""
-    upper = device_name.upper()
-    for key in ("H200", "H100"):  # H200 first: no H100 name contains "H200"
-        if key in upper:
-            return key
-    return None
+    return next((key for key in ("H200", "H100") if key in device_name.upper()), None)
 
 
 DTYPE_BYTES: dict[str, int] = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
@@ -450,9 +412,7 @@ class ModelTotals:
     bytes_bwd: int
     flops_train: int  # forward + backward + SGD update
     bytes_train: int  # training forward + backward + SGD update
-    floor_fwd_s: dict[str, float]  # by GPU_CEILINGS key: sum of per-layer floors
-    floor_bwd_s: dict[str, float]
-    floor_train_s: dict[str, float]
+    floors: dict[str, dict[str, float]]  # mode -> GPU_CEILINGS key -> sum of per-layer floors (s)
     sgd_flops: int
     sgd_bytes: int
     unfused_relu_bytes_fwd: int  # separate ReLU pass after each conv: read + write its output
@@ -485,7 +445,7 @@ class ModelTotals:
         return {"forward": self.bytes_fwd, "backward": self.bytes_bwd, "train": self.bytes_train}[mode]
 
     def floor_s(self, gpu: str = "H100", mode: str = "forward") -> float:
-        return {"forward": self.floor_fwd_s, "backward": self.floor_bwd_s, "train": self.floor_train_s}[mode][gpu]
+        return self.floors[mode][gpu]
 
 
 def totals_of(model: str, rows: Sequence[Layer]) -> ModelTotals:
@@ -511,9 +471,7 @@ def totals_of(model: str, rows: Sequence[Layer]) -> ModelTotals:
         bytes_bwd=sum(r.bytes_bwd for r in rows),
         flops_train=sum(r.flops("train") for r in rows) + sgd_flops,
         bytes_train=sum(r.nbytes("train") for r in rows) + sgd_bytes,
-        floor_fwd_s=floors["forward"],
-        floor_bwd_s=floors["backward"],
-        floor_train_s=floors["train"],
+        floors=floors,
         sgd_flops=sgd_flops,
         sgd_bytes=sgd_bytes,
         unfused_relu_bytes_fwd=sum(r.unfused_extra_bytes_fwd for r in conv),
@@ -550,26 +508,11 @@ def readme_table(batch: int = 128, dtype: str = "bfloat16") -> str:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:  # a printed summary; --readme: the README's table
-    import argparse
+    from cnnkernels.cli import OneLineParser, dtype_name, positive_int
 
-    def positive(text: str) -> int:
-        if not text.isdigit() or int(text) <= 0:
-            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-        return int(text)
-
-    def dtype(text: str) -> str:
-        try:
-            return _dtype_name(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be one of fp32, fp16, bf16, fp64, got {text!r}") from None
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line on stderr, exit 2
-            self.exit(2, f"{self.prog}: {message}\n")
-
-    ap = Parser(prog="python -m cnnkernels.roofline", description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=positive, default=128)
-    ap.add_argument("--dtype", type=dtype, default="bfloat16")
+    ap = OneLineParser(prog="python -m cnnkernels.roofline", description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=positive_int, default=128)
+    ap.add_argument("--dtype", type=dtype_name, default="bfloat16")
     ap.add_argument("--gpu", default="H100", choices=sorted(GPU_CEILINGS))
     ap.add_argument("--layers", action="store_true", help="print every layer, not only the totals")
     ap.add_argument("--readme", action="store_true", help="print the README's table of the bytes fusion saves")

@@ -1,24 +1,13 @@
 """Static sm_90 report: what a launch compiles, measured against Triton's own GEMM.
 
-``python -m cnnkernels.report`` (or ``cnnkernels report``) needs no GPU. It
-
-1. runs every model (AlexNet, VGG-11, NiN, GoogLeNet; batch 1 and 128; bf16, fp16, fp32) and the
-   functional API's documented cases forward and backward on the ``meta`` device with the Triton
-   launch intercepted at ``torch.library.wrap_triton`` (every launcher launches through it), so
-   each launch's kernel, arguments and grid are the real ones;
-2. compiles each distinct launch, at every config its autotuner keeps after ``prune_configs_by``,
-   through Triton's own ``JITFunction.warmup`` with the active driver replaced by one whose target
-   is ``GPUTarget("cuda", 90, 32)``: Triton's binder specialises the real argument values exactly
-   as at a launch (an int equal to 1 becomes a constant, ints and pointers divisible by 16 are
-   marked so), and a kernel signature change needs no edit here;
-3. reads each cubin with the ``cuobjdump`` shipped in the triton wheel and runs the wheel's
-   ``ptxas`` on the PTX with warnings on: registers, spills, shared memory, CTAs per SM, the HGMMA
-   shape and operand source, and the main loop (found from the SASS back-branch): instructions,
-   HGMMAs, instructions per HGMMA, loads by kind, wgmma waits to zero, ptxas warning codes;
-4. compiles Triton's tutorial pointer GEMM and a descriptor (TMA) GEMM the same way as anchors.
-
-It exits 1 when a row breaks a rule of ``LIMITS``. Every figure is static, sm_90. The report
-always compiles, so it re-runs itself without ``TRITON_INTERPRET`` when that is set.
+``python -m cnnkernels.report`` (or ``cnnkernels report``) needs no GPU: it runs the models and the
+functional API's documented cases forward and backward on the ``meta`` device with the launch
+intercepted at ``torch.library.wrap_triton``, compiles each distinct launch at every config its
+autotuner keeps through Triton's own ``JITFunction.warmup`` for ``GPUTarget("cuda", 90, 32)``
+(Triton's binder specialises the real arguments as at a launch), reads each cubin with the wheel's
+``cuobjdump`` and ``ptxas``, and compiles Triton's tutorial pointer GEMM and a TMA GEMM as anchors.
+It exits 1 when a row breaks a rule of ``LIMITS``; under ``TRITON_INTERPRET`` it re-runs itself
+without it. The README's "Static report" section describes the columns.
 """
 
 from __future__ import annotations
@@ -39,30 +28,21 @@ from collections.abc import Callable, Iterator
 
 TARGET = ("cuda", 90, 32)
 
-# The rules every compiled row is held to, and the ceilings later work tightens. ``None``: shown,
-# not enforced yet.
+# The rules every compiled row is held to (``None``: shown, not enforced yet).
 LIMITS: dict[str, object] = {
-    # spilled registers (ptxas spill stores/loads, local memory, stack): none
-    "max_spills": 0,
-    # a dot kernel in these dtypes must lower to HGMMA (wgmma)
-    "hgmma_dtypes": ("bf16", "fp16"),
-    # ptxas performance warnings that fail a row; C7515: wgmma.mma_async serialised
-    "forbidden_warnings": ("C7515",),
-    # a global load of at most this many bits in a main loop is scalar (one fp32, or at most two
-    # 16-bit elements); none is allowed where every tensor of the launch allows 16-byte loads
+    "max_spills": 0,  # spill instructions + stack + local bytes
+    "hgmma_dtypes": ("bf16", "fp16"),  # a dot kernel in these dtypes must lower to HGMMA (wgmma)
+    "forbidden_warnings": ("C7515",),  # ptxas: wgmma.mma_async serialised
+    # a main-loop global load of at most this many bits is scalar: none where every tensor allows 16-byte loads
     "scalar_load_bits": 32,
-    # except this one: a TF32 wgmma reads both operands K-major from shared memory, so an operand
-    # that is contiguous along M or N in global memory can only be copied 4 bytes at a time (the
-    # tutorial GEMM anchor in fp32 does the same); no 16-byte copy exists for that layout
+    # except this one: a TF32 wgmma reads both operands K-major, so an M- or N-contiguous fp32
+    # operand is copied 4 bytes at a time (the fp32 tutorial anchor does the same)
     "tf32_mn_major_copy": "LDGSTS.32",
-    # shared memory per CTA (Hopper: 227 KB)
-    "max_smem": 227 * 1024,
-    # main-loop instructions per HGMMA as a ratio to the same-dtype pointer anchor (Triton's
-    # tutorial GEMM), for the dtypes below: at most 1.3x the anchor's loop overhead
+    "max_smem": 227 * 1024,  # shared memory per CTA (Hopper: 227 KB)
+    # main-loop instructions per HGMMA over the same-dtype pointer anchor's, for these dtypes
     "max_loop_ratio": 1.3,
     "loop_ratio_dtypes": ("bf16", "fp16"),
-    # wgmma waits to zero per main-loop iteration
-    "max_loop_wait0": None,
+    "max_loop_wait0": None,  # wgmma waits to zero per main-loop iteration
 }
 
 # Hopper (H100/H200) per-SM resources for CTAs per SM.
@@ -383,36 +363,25 @@ def anchor_launches(dtypes=DTYPES) -> list[Launch]:
 # ----------------------------------------------------------------------------------------------
 
 
-class _Sm90Driver:
-    """Stands in for the active driver: Triton's launch path asks it for the device, the stream
-    and the target, and nothing else when it only compiles (``warmup``)."""
-
-    def __init__(self):
-        from triton.backends.compiler import GPUTarget
-
-        self.target = GPUTarget(*TARGET)
-
-    def get_current_target(self):
-        return self.target
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_active_torch_device(self):
-        import torch
-
-        return torch.device("meta")
-
-
 @contextlib.contextmanager
 def sm90_driver():
+    """The active driver replaced by one for sm_90: all Triton's ``warmup`` asks of it (target,
+    device, stream)."""
+    import types
+
+    import torch
+    from triton.backends.compiler import GPUTarget
     from triton.runtime.driver import driver
 
-    saved = driver._active
-    driver.set_active(_Sm90Driver())
+    saved, target = driver._active, GPUTarget(*TARGET)
+    driver.set_active(
+        types.SimpleNamespace(
+            get_current_target=lambda: target,
+            get_current_device=lambda: 0,
+            get_current_stream=lambda device=None: 0,
+            get_active_torch_device=lambda: torch.device("meta"),
+        )
+    )
     try:
         yield
     finally:
@@ -461,18 +430,10 @@ def config_label(launch: Launch, cfg) -> str:
 
 def _tool(name: str) -> str:
     import triton
+    from triton.backends.nvidia.compiler import get_ptxas
 
-    if name == "ptxas":
-        try:  # the ptxas Triton itself runs for this architecture
-            from triton.backends.nvidia.compiler import get_ptxas
-
-            return get_ptxas(TARGET[1]).path
-        except ImportError:
-            pass
-        with contextlib.suppress(Exception):
-            from triton import knobs
-
-            return knobs.nvidia.ptxas.path
+    if name == "ptxas":  # the ptxas Triton itself runs for this architecture
+        return get_ptxas(TARGET[1]).path
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
@@ -764,7 +725,86 @@ def run_report(
         # same default); the backward hooks that label layers warn on the first layer's input.
         warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION.*")
         warnings.filterwarnings("ignore", message="Full backward hook is firing.*")
-        return _run_report(quick, kernel_prefix, dtypes, jobs)
+        t_all = time.perf_counter()
+        anchors = anchor_launches(dtypes)
+        launches = [lc for lc in collect_launches(quick, dtypes) if lc.family.startswith(kernel_prefix)]
+        counts = [model_counts(name) for name in MODELS]
+        # One job per distinct (specialisation, config); the launches sharing it are its layers.
+        groups: dict[str, list] = {}
+        for lc in [*anchors, *launches]:
+            for cfg in configs_kept(lc):
+                groups.setdefault(specialisation_key(lc, cfg), [lc, cfg, 0])[2] += 1
+
+        _JOBS[:] = [(lc, cfg) for lc, cfg, _ in groups.values()]
+        layers = [n for _, _, n in groups.values()]
+        _progress(
+            f"{'captured launches':<28} {len(launches):>5} launches, {len(_JOBS)} distinct compiles "
+            f"{time.perf_counter() - t_all:7.1f} s"
+        )
+
+        families: dict[str, list[int]] = {}
+        for i, (lc, _) in enumerate(_JOBS):
+            families.setdefault("anchor" if lc.layer.startswith("anchor") else lc.family, []).append(i)
+
+        results: dict[int, tuple] = {}
+        pool = None
+        if jobs > 1:
+            import multiprocessing
+
+            # fork: the workers inherit the captured launches (nothing but job numbers is pickled)
+            pool = multiprocessing.get_context("fork").Pool(jobs)
+        try:
+            for family, idx in families.items():
+                t0 = time.perf_counter()
+                done = pool.imap_unordered(_compile_job, idx) if pool else map(_compile_job, idx)
+                for i, *res in done:
+                    results[i] = res
+                _progress(f"{family:<28} {len(idx):>5} compiles {time.perf_counter() - t0:7.1f} s")
+        finally:
+            if pool:
+                pool.close()
+                pool.join()
+
+        rows: dict[tuple, Row] = {}
+        anchor_ratio: dict[str, float] = {}
+        for i, (lc, cfg) in enumerate(_JOBS):
+            khash, smem, a = results[i]
+            key = (khash, lc.dtype)
+            if key in rows:
+                rows[key].layers += layers[i]
+                continue
+            opts = cfg.all_kwargs() if cfg is not None else lc.kwargs
+            row = Row(
+                **a,  # what ``analyse`` read: regs, spills, hgmma, operands, loop_*, warnings, has_dot
+                kernel=lc.family,
+                layer=lc.layer,
+                dtype=lc.dtype,
+                config=config_label(lc, cfg),
+                smem=smem,
+                ctas_per_sm=ctas_per_sm(a["regs"], smem, opts.get("num_warps", 4)),
+                loop_ratio=None,
+                anchor=lc.layer.startswith("anchor"),
+                vector_layout=allows_16_byte_loads(lc),
+                layers=layers[i],
+                hash=khash,
+            )
+            if row.kernel == "anchor_pointer_gemm" and row.instr_per_hgmma:
+                anchor_ratio[row.dtype] = row.instr_per_hgmma
+            rows[key] = row
+
+        out = list(rows.values())
+        for row in out:
+            base = anchor_ratio.get(row.dtype)
+            if base and row.instr_per_hgmma:
+                row.loop_ratio = round(row.instr_per_hgmma / base, 2)
+            row.failures = check(row)
+            row.ok = not row.failures
+        bad = sum(not r.ok for r in out)
+        _progress(
+            f"{'total':<28} {len(out):>5} rows {time.perf_counter() - t_all:7.1f} s: {len(launches)} launches, "
+            f"{len(_JOBS)} compiles, {bad} row(s) failing LIMITS"
+        )
+        return out, counts
 
 
 def specialisation_key(launch: Launch, cfg) -> str:
@@ -784,99 +824,6 @@ def _compile_job(i: int) -> tuple[int, str, int, dict]:
     launch, cfg = _JOBS[i]
     kernel = compile_launch(launch, cfg)
     return i, kernel.hash, int(kernel.metadata.shared), analyse(kernel)
-
-
-def _run_report(quick: bool, kernel_prefix: str, dtypes, jobs: int = 1) -> tuple[list[Row], list[ModelCounts]]:
-    t_all = time.perf_counter()
-    t0 = time.perf_counter()
-    anchors = anchor_launches(dtypes)
-    launches = [lc for lc in collect_launches(quick, dtypes) if lc.family.startswith(kernel_prefix)]
-    counts = [model_counts(name) for name in MODELS]
-
-    # One job per distinct (specialisation, config); the launches sharing it are its layers.
-    groups: dict[str, list] = {}
-    for lc in [*anchors, *launches]:
-        for cfg in configs_kept(lc):
-            groups.setdefault(specialisation_key(lc, cfg), [lc, cfg, 0])[2] += 1
-    _JOBS[:] = [(lc, cfg) for lc, cfg, _ in groups.values()]
-    layers = [n for _, _, n in groups.values()]
-    _progress(
-        f"{'captured launches':<28} {len(launches):>5} launches, {len(_JOBS)} distinct compiles "
-        f"{time.perf_counter() - t0:7.1f} s"
-    )
-
-    families: dict[str, list[int]] = {}
-    for i, (lc, _) in enumerate(_JOBS):
-        families.setdefault("anchor" if lc.layer.startswith("anchor") else lc.family, []).append(i)
-
-    results: dict[int, tuple] = {}
-    pool = None
-    if jobs > 1:
-        import multiprocessing
-
-        # fork: the workers inherit the captured launches (nothing but job numbers is pickled)
-        pool = multiprocessing.get_context("fork").Pool(jobs)
-    try:
-        for family, idx in families.items():
-            t0 = time.perf_counter()
-            done = pool.imap_unordered(_compile_job, idx) if pool else map(_compile_job, idx)
-            for i, *res in done:
-                results[i] = res
-            _progress(f"{family:<28} {len(idx):>5} compiles {time.perf_counter() - t0:7.1f} s")
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
-
-    rows: dict[tuple, Row] = {}
-    anchor_ratio: dict[str, float] = {}
-    for i, (lc, cfg) in enumerate(_JOBS):
-        khash, smem, a = results[i]
-        key = (khash, lc.dtype)
-        if key in rows:
-            rows[key].layers += layers[i]
-            continue
-        opts = cfg.all_kwargs() if cfg is not None else lc.kwargs
-        row = Row(
-            kernel=lc.family,
-            layer=lc.layer,
-            dtype=lc.dtype,
-            config=config_label(lc, cfg),
-            regs=a["regs"],
-            spills=a["spills"],
-            smem=smem,
-            ctas_per_sm=ctas_per_sm(a["regs"], smem, opts.get("num_warps", 4)),
-            hgmma=a["hgmma"],
-            operands=a["operands"],
-            loop_instr=a["loop_instr"],
-            loop_hgmma=a["loop_hgmma"],
-            loop_ratio=None,
-            loop_loads=a["loop_loads"],
-            loop_wait0=a["loop_wait0"],
-            warnings=a["warnings"],
-            anchor=lc.layer.startswith("anchor"),
-            has_dot=a["has_dot"],
-            vector_layout=allows_16_byte_loads(lc),
-            layers=layers[i],
-            hash=khash,
-        )
-        if row.kernel == "anchor_pointer_gemm" and row.instr_per_hgmma:
-            anchor_ratio[row.dtype] = row.instr_per_hgmma
-        rows[key] = row
-
-    out = list(rows.values())
-    for row in out:
-        base = anchor_ratio.get(row.dtype)
-        if base and row.instr_per_hgmma:
-            row.loop_ratio = round(row.instr_per_hgmma / base, 2)
-        row.failures = check(row)
-        row.ok = not row.failures
-    bad = sum(not r.ok for r in out)
-    _progress(
-        f"{'total':<28} {len(out):>5} rows {time.perf_counter() - t_all:7.1f} s: {len(launches)} launches, "
-        f"{len(_JOBS)} compiles, {bad} row(s) failing LIMITS"
-    )
-    return out, counts
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ Max pool on load (``_max_pool_conv1x1_fwd_kernel``): a stride-1 max pool that ke
 (Inception's 3x3/1, padding 1) feeding a 1x1 convolution. The GEMM's A tile is the max of the
 window's shifted loads of X (NaN propagates), so the pooled tensor is neither written nor read
 back: per block 2*|X| fewer HBM bytes, the extra loads hitting L1/L2 (neighbouring pixels share
-their windows). Its backward (host side, ``cnnkernels/inception.py``) recomputes the pool's argmax
+their windows). A program pools pairs of vertically adjacent pixels from shared row maxima
+(4 rows x 3 loads per pair for 3x3, not 2 x 9), and taps outside the image load a clamped
+in-window pixel instead of being masked. Its backward (host side, ``cnnkernels/inception.py``) recomputes the pool's argmax
 from the saved X, so nothing pooled is saved either.
 
 Limits: those of ``kernels/conv.py`` (strided tensors, 32-bit offsets within one image, batch
@@ -331,23 +333,46 @@ def conv2d_relu_max_pool2d_forward(
 
 
 def poolconv_configs() -> list[triton.Config]:
-    """Tiles of the 1x1 GEMM whose A operand is pooled as it is loaded (POOL_R*POOL_S loads per
-    step, mostly from L1/L2: neighbouring pixels share their windows). The max runs in registers,
-    so A reaches the MMA from registers, and the loop carries the window's loads and maxima
-    (static, sm_90, bf16: 156-184 registers, no spills, 5.5-6x the anchor's instructions per
-    HGMMA; a pipelined stage would hold every tap's tile: 98 KB and 14x)."""
+    """Tiles of the 1x1 GEMM whose A operand is pooled as it is loaded (``BLOCK_M`` pixels as
+    ``BLOCK_M / 2`` vertical pairs, two GEMMs of ``BLOCK_M / 2`` rows; the extra loads mostly hit
+    L1/L2: neighbouring pixels share their windows). The max runs in registers, so A reaches the
+    MMA from registers. Eight warps: the two warpgroups split N and each pools half of the A
+    tile, so a thread pools half as much per HGMMA (static, sm_90, bf16, GoogLeNet's 14x14x512
+    pool branch: 0.7-0.8x the anchor's instructions per HGMMA, 136-250 registers, no spills;
+    four warps 1.2x, 64x128 tiles on four warps spill)."""
 
     def cfg(bm, bn, bk, warps, stages):
         return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
 
     return pick_configs(
-        gpu=[cfg(64, 64, 32, 4, 1), cfg(64, 128, 32, 4, 1), cfg(128, 64, 32, 8, 1)],
+        gpu=[cfg(128, 128, 32, 8, 1), cfg(128, 64, 64, 8, 1), cfg(128, 128, 64, 8, 1)],
         interpreter=[cfg(256, 128, 64, 4, 1)],
     )
 
 
+_INTERPRET = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def _max_nan(a, b):
+    """Elementwise max, NaN propagating (torch's max pool). Compiled, 16-bit operands take one
+    packed ``max.NaN`` per pair of elements, as they sit in registers (a plain ``tl.maximum``
+    is unpacked and repacked around each pair); the interpreter (and fp32, fp64) take
+    ``tl.maximum``."""
+    if _INTERPRET:
+        return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+    elif a.dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise("max.NaN.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.bfloat16,
+                                         is_pure=True, pack=2)
+    elif a.dtype == tl.float16:
+        return tl.inline_asm_elementwise("max.NaN.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float16,
+                                         is_pure=True, pack=2)
+    else:
+        return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
 @triton.autotune(configs=poolconv_configs(), prune_configs_by={"early_config_prune": prune_by_dtype("x_ptr")},
-                 key=["N", "H", "W", "C", "K", "POOL_R", "POOL_S"])
+                 key=["N", "H", "W", "C", "K", "POOL_R", "POOL_S", "C_ALIGN"])
 @triton.jit
 def _max_pool_conv1x1_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
@@ -359,51 +384,105 @@ def _max_pool_conv1x1_fwd_kernel(
     # The pool's geometry is constexpr: its taps unroll and the window arithmetic folds.
     POOL_R: tl.constexpr, POOL_S: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    C_ALIGN: tl.constexpr,  # a power of two dividing C (at most 64): whole channel blocks need no mask
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Y[n,k,h,w] = act(b[k] + sum_c W[k,c] * max_{u,v} X[n,c,h+u-ph,w+v-pw]) over the taps inside
-    X: the pooled A tile is the max of POOL_R*POOL_S shifted loads (NaN propagates, as torch's
-    max pool), so the pooled tensor is never written."""
+    X: the pooled A tile is the max of the window's shifted loads (NaN propagates, as torch's max
+    pool), so the pooled tensor is never written.
+
+    A program's BLOCK_M pixels are pairs of vertically adjacent pixels (h, w) and (h + 1, w), h
+    even: the top half-tile holds the upper pixel of each pair, the bottom half the lower one,
+    each its own GEMM of BLOCK_M / 2 rows against the same W tile. The pool is separable: the
+    row maxima of the POOL_R + 1 image rows under a pair are loaded once and feed both pixels'
+    windows (per pair POOL_S * (POOL_R + 1) loads, not 2 * POOL_R * POOL_S).
+    A tap outside the image loads the window's nearest pixel inside it instead (coordinates
+    clamped to the image: a member of the same window, since the pool keeps the size), which
+    leaves the max unchanged, so no tap is masked; pairs past the batch load pair s % S and the
+    lower pixel of a pair on an odd image's last row loads clamped rows (neither is stored);
+    channels are masked only when C is not a multiple of BLOCK_K (``C_ALIGN``)."""
+    HALF: tl.constexpr = BLOCK_M // 2
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    HS = (H + 1) // 2
+    S = N * HS * W  # pixel pairs
+    offs_s = pid_m.to(tl.int64) * HALF + tl.arange(0, HALF)
+    mask_s = offs_s < S
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < N * H * W
     mask_n = offs_n < K
-    n_idx = offs_m // (H * W)
-    hw = (offs_m % (H * W)).to(tl.int32)
-    h = hw // W
-    w = hw % W
-    x_rows = x_ptr + n_idx * stride_xn + h * stride_xh + w * stride_xw
-    w_base = w_ptr + offs_n * stride_wk
+    n_idx = (offs_s % S) // (HS * W)
+    sw = (offs_s % (HS * W)).to(tl.int32)
+    h = (sw // W) * 2  # the upper pixel's row
+    w = sw % W
+    x_img = x_ptr + n_idx * stride_xn
+    w_base = w_ptr + (offs_n % K) * stride_wk
+    EVEN_C: tl.constexpr = C_ALIGN % BLOCK_K == 0
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    acc_top = tl.zeros((HALF, BLOCK_N), dtype=ACC_DTYPE)
+    acc_bot = tl.zeros((HALF, BLOCK_N), dtype=ACC_DTYPE)
     for c0 in range(0, C, BLOCK_K):
         c = c0 + tl.arange(0, BLOCK_K)
         k_ok = c < C
         x_c = (c * stride_xc)[None, :]
-        # Compared in ACC_DTYPE: exact (the max is one of the inputs), and under the interpreter
-        # bf16 comparisons would act on raw bit patterns.
-        a = tl.full((BLOCK_M, BLOCK_K), float("-inf"), dtype=ACC_DTYPE)
-        for u in tl.static_range(POOL_R):
+        for d in tl.static_range(POOL_R + 1):
+            # Row maximum of image row h + d - PAD_H (clamped) over the window's columns.
+            hh = tl.minimum(tl.maximum(h + (d - PAD_H), 0), H - 1)
             for v in tl.static_range(POOL_S):
-                hh = h + (u - PAD_H)
-                ww = w + (v - PAD_W)
-                ok = mask_m & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-                tap = ((u - PAD_H) * stride_xh + (v - PAD_W) * stride_xw)
-                t = tl.load((x_rows + tap)[:, None] + x_c, mask=ok[:, None] & k_ok[None, :], other=float("-inf"))
-                a = tl.maximum(a, t.to(ACC_DTYPE), propagate_nan=tl.PropagateNan.ALL)
-        a = tl.where(mask_m[:, None] & k_ok[None, :], a, 0.0).to(x_ptr.dtype.element_ty)
-        b = tl.load(w_base[None, :] + (c * stride_wc)[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+                ww = tl.minimum(tl.maximum(w + (v - PAD_W), 0), W - 1)
+                ptrs = (x_img + (hh * stride_xh + ww * stride_xw))[:, None] + x_c
+                if EVEN_C:
+                    t = tl.load(ptrs)
+                else:
+                    t = tl.load(ptrs, mask=k_ok[None, :], other=0.0)
+                if UPCAST:
+                    # Under the interpreter bf16 comparisons act on raw bit patterns.
+                    t = t.to(ACC_DTYPE)
+                if v == 0:
+                    row = t
+                else:
+                    row = _max_nan(row, t)
+            # Rows 0 .. POOL_R - 1 are the upper pixel's window, rows 1 .. POOL_R the lower's;
+            # the rows they share are reduced once.
+            if d == 0:
+                first = row
+            elif d == 1:
+                mid = row
+            elif d < POOL_R:
+                mid = _max_nan(mid, row)
+            else:
+                last = row
+        top = _max_nan(first, mid)
+        bot = _max_nan(mid, last)
+        if EVEN_C:
+            b = tl.load(w_base[None, :] + (c * stride_wc)[:, None])
+        else:
+            b = tl.load(w_base[None, :] + (c * stride_wc)[:, None], mask=k_ok[:, None], other=0.0)
+        # A select keeps Triton from moving the A operand's layout change up to every load
+        # (a shared-memory round trip per load instead of one per half-tile).
+        top = tl.where(C > 0, top, 0.0)
+        bot = tl.where(C > 0, bot, 0.0)
+        acc_top = mma(top.to(x_ptr.dtype.element_ty), b, acc_top, INPUT_PRECISION, UPCAST)
+        acc_bot = mma(bot.to(x_ptr.dtype.element_ty), b, acc_bot, INPUT_PRECISION, UPCAST)
 
     if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
+        bias = tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
+        acc_top += bias
+        acc_bot += bias
     if ACTIVATION == "relu":
-        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
-    y_off = (n_idx * stride_yn + h * stride_yh + w * stride_yw)[:, None] + (offs_n * stride_yc)[None, :]
-    tl.store(y_ptr + y_off, to_dtype(acc, y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        acc_top = tl.maximum(acc_top, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        acc_bot = tl.maximum(acc_bot, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    y_top = n_idx * stride_yn + h * stride_yh + w * stride_yw
+    y_col = (offs_n * stride_yc)[None, :]
+    tl.store(y_ptr + y_top[:, None] + y_col, to_dtype(acc_top, y_ptr.dtype.element_ty),
+             mask=mask_s[:, None] & mask_n[None, :])
+    tl.store(y_ptr + (y_top + stride_yh)[:, None] + y_col, to_dtype(acc_bot, y_ptr.dtype.element_ty),
+             mask=(mask_s & (h + 1 < H))[:, None] & mask_n[None, :])
+
+
+def _pow2_dividing(c: int, cap: int = 64) -> int:
+    """The largest power of two dividing ``c``, at most ``cap``."""
+    return min(c & -c, cap) if c else cap
 
 
 @on_tensor_device
@@ -437,8 +516,8 @@ def max_pool_conv1x1_forward(
     if out.numel() == 0 or shape_only(x):
         return out
 
-    def grid(meta):
-        return (triton.cdiv(n * h * w, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"]))
+    def grid(meta):  # a program's BLOCK_M pixels are BLOCK_M / 2 vertical pairs
+        return (triton.cdiv(n * ((h + 1) // 2) * w, meta["BLOCK_M"] // 2), triton.cdiv(k, meta["BLOCK_N"]))
 
     launch(_max_pool_conv1x1_fwd_kernel, grid,
         x, weight, bias if bias is not None else weight, out,
@@ -447,7 +526,7 @@ def max_pool_conv1x1_forward(
         bias.stride(0) if bias is not None else 0,
         *nchw_strides(out),
         POOL_R=pool_kernel[0], POOL_S=pool_kernel[1], PAD_H=pool_padding[0], PAD_W=pool_padding[1],
-        HAS_BIAS=bias is not None, ACTIVATION=activation,
+        HAS_BIAS=bias is not None, ACTIVATION=activation, C_ALIGN=_pow2_dividing(c),
         INPUT_PRECISION=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype), ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
     )
     return out

@@ -10,8 +10,8 @@ its ``torch.nn`` twin; ``python -m cnnkernels.memory`` prints the four models.
 from __future__ import annotations
 
 import argparse
-import contextlib
 from dataclasses import dataclass
+from unittest import mock
 
 import torch
 from torch import nn
@@ -36,29 +36,6 @@ class SavedBytes:
         return self.fused / self.twin
 
 
-class _Recorder:
-    """The pack hook: every saved tensor's storage, once, unless it is a parameter's."""
-
-    def __init__(self, params: set[int]) -> None:
-        self.params = params
-        self.storages: dict[int, int] = {}
-
-    def pack(self, t: torch.Tensor):
-        storage = t.untyped_storage()
-        key = storage._cdata  # the StorageImpl's address: one per storage, also on the meta device
-        if key not in self.params:
-            self.storages[key] = storage.nbytes()
-        return t
-
-    @staticmethod
-    def unpack(t: torch.Tensor) -> torch.Tensor:
-        return t
-
-    @property
-    def total(self) -> int:
-        return sum(self.storages.values())
-
-
 def saved_bytes(model: nn.Module, shape, dtype: torch.dtype = torch.bfloat16) -> int:
     """Bytes autograd saves for backward when ``model`` (on the ``meta`` device, in its current
     mode) runs a forward on a ``shape`` input of ``dtype``; parameters excluded, each storage once."""
@@ -79,27 +56,24 @@ def saved_bytes(model: nn.Module, shape, dtype: torch.dtype = torch.bfloat16) ->
         model(x)
     state = [*model.parameters(), *model.buffers()]  # held: their storages' addresses stay theirs
     params = {t.untyped_storage()._cdata for t in state}
-    recorder = _Recorder(params)  # holds every saved tensor (autograd does), so no address repeats
-    with _full_path(), torch.enable_grad():
-        with torch.autograd.graph.saved_tensors_hooks(recorder.pack, recorder.unpack):
-            out = model(x)  # held until counted: the graph (and what it saved) stays alive
-        total = recorder.total
+    storages: dict[int, int] = {}  # the StorageImpl's address (one per storage, also on meta) -> bytes
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if (key := t.untyped_storage()._cdata) not in params:
+            storages[key] = t.untyped_storage().nbytes()
+        return t
+
+    with _full_path(), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)  # held until counted: the graph (and every tensor it saved) stays alive
     del out
-    return total
+    return sum(storages.values())
 
 
-@contextlib.contextmanager
 def _full_path():
-    """The eager fast path off (``cnnkernels._fast``): a replayed plan saves what the full path
-    saves, but plans are built from launches that meta tensors never make."""
+    """The eager fast path off (``cnnkernels._fast``): its plans come from launches meta tensors never make."""
     from cnnkernels import _fast
 
-    was = _fast.enabled
-    _fast.enabled = False
-    try:
-        yield
-    finally:
-        _fast.enabled = was
+    return mock.patch.object(_fast, "enabled", False)
 
 
 def _build(name: str, fused: bool, **kwargs) -> nn.Module:

@@ -514,7 +514,6 @@ def _main(argv: Sequence[str] | None = None) -> int:  # a printed summary; --rea
     ap.add_argument("--batch", type=positive_int, default=128)
     ap.add_argument("--dtype", type=dtype_name, default="bfloat16")
     ap.add_argument("--gpu", default="H100", choices=sorted(GPU_CEILINGS))
-    ap.add_argument("--layers", action="store_true", help="print every layer, not only the totals")
     ap.add_argument("--readme", action="store_true", help="print the README's table of the bytes fusion saves")
     args = ap.parse_args(argv)
     if args.readme:
@@ -522,13 +521,7 @@ def _main(argv: Sequence[str] | None = None) -> int:  # a printed summary; --rea
         return 0
     print(f"batch {args.batch}, {args.dtype}, floors on {GPU_CEILINGS[args.gpu].name}")
     for m in MODELS:
-        rows = layer_table(m, batch=args.batch, dtype=args.dtype)
-        t = totals_of(m, rows)
-        for r in rows if args.layers else ():
-            print(
-                f"  {m:9s} {r.name:16s} {r.kind:8s} {'x'.join(map(str, r.out_shape[1:])):>12s} "
-                f"{r.flops_fwd / 1e9:10.2f} GFLOP {r.bytes_fwd / 1e6:9.1f} MB {r.floor_s(args.gpu) * 1e6:9.1f} us"
-            )
+        t = model_totals(m, batch=args.batch, dtype=args.dtype)  # per layer: cnnkernels summary MODEL
         print(
             f"{m:9s} params {t.params / 1e6:7.2f} M | fwd {t.flops_fwd / 1e12:7.3f} TFLOP {t.bytes_fwd / 1e9:7.3f} GB "
             f"floor {t.floor_s(args.gpu) * 1e3:7.3f} ms | train {t.flops_train / 1e12:7.3f} TFLOP {t.bytes_train / 1e9:7.3f} GB "

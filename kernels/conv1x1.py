@@ -65,7 +65,19 @@ def _pixel_offsets(offs_m, HW, W, stride_n, stride_h, stride_w):
     return n * stride_n + (hw // W) * stride_h + (hw % W) * stride_w
 
 
-@triton.autotune(configs=conv1x1_configs("fwd"), prune_configs_by={"early_config_prune": prune_by_dtype("x_ptr")}, key=["M", "C", "K", "SPLIT"])
+def _prune_fwd(configs, named_args, **kwargs):
+    """``prune_by_dtype``; for 4-byte operands (TF32) the 64x128 tile runs on one warpgroup: on
+    two, Triton 3.6 serialises its wgmma (C7515)."""
+    configs = prune_by_dtype("x_ptr")(configs, named_args, **kwargs)
+    if INTERPRET or named_args.get("x_ptr", kwargs.get("x_ptr")).element_size() != 4:
+        return configs
+    return [
+        triton.Config(cfg.kwargs, num_warps=4 if cfg.kwargs["BLOCK_N"] == 128 else cfg.num_warps, num_stages=cfg.num_stages)
+        for cfg in configs
+    ]
+
+
+@triton.autotune(configs=conv1x1_configs("fwd"), prune_configs_by={"early_config_prune": _prune_fwd}, key=["M", "C", "K", "SPLIT"])
 @triton.jit
 def _conv1x1_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y0_ptr, y1_ptr,
@@ -128,15 +140,17 @@ def _conv1x1_bwd_input_kernel(
     offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_c = offs_c < C
-    pix_dy = _pixel_offsets(offs_m, HW, W, stride_dyn, stride_dyh, stride_dyw)[:, None]
+    # Rows past M load pixel m % M and columns past C load column c % C (no mask for them in
+    # the loop, only the reduction tail's); their results are never stored.
+    pix_dy = _pixel_offsets(offs_m % M, HW, W, stride_dyn, stride_dyh, stride_dyw)[:, None]
+    w_cols = (offs_c % C) * stride_wc
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for k0 in range(0, K, BLOCK_K):
         j = k0 + tl.arange(0, BLOCK_K)
         j_ok = j < K
-        a = tl.load(dy_ptr + pix_dy + (j * stride_dyc)[None, :], mask=mask_m[:, None] & j_ok[None, :], other=0.0)
-        b = tl.load(w_ptr + (j * stride_wk)[:, None] + (offs_c * stride_wc)[None, :],
-                    mask=j_ok[:, None] & mask_c[None, :], other=0.0)
+        a = tl.load(dy_ptr + pix_dy + (j * stride_dyc)[None, :], mask=j_ok[None, :], other=0.0)
+        b = tl.load(w_ptr + (j * stride_wk)[:, None] + w_cols[None, :], mask=j_ok[:, None], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
 
     pix_dx = _pixel_offsets(offs_m, HW, W, stride_dxn, stride_dxh, stride_dxw)

@@ -22,6 +22,8 @@ from conftest import DEVICE
         pytest.param((2, 20, 5, 7, 30), id="odd"),
         pytest.param((1, 3, 1, 1, 1), id="tiny"),
         pytest.param((3, 130, 4, 4, 70), id="C130"),
+        # Partial last blocks along M, C and K at once (dX wraps rows past M and columns past C).
+        pytest.param((3, 150, 10, 9, 140), id="tails-M270-C150-K140"),
     ],
 )
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])

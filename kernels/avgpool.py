@@ -92,17 +92,17 @@ def _adaptive_avg_pool2d_fwd_kernel(
     h1 = ((p + 1) * H + P - 1) // P
     w0 = (q * W) // Q
     w1 = ((q + 1) * W + Q - 1) // Q
-    x_base = x_ptr + n_idx * stride_xn
-    x_c = (offs_c * stride_xc)[None, :]
+    # One 64-bit base per tile row; the window's offsets within the image are 32-bit.
+    x_tile = x_ptr + (n_idx * stride_xn)[:, None] + (offs_c * stride_xc)[None, :]
 
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC_DTYPE)
     for i in range(KH_MAX):
         ih = h0 + i
         row_ok = mask_m & (ih < h1)
+        row_off = ih * stride_xh + w0 * stride_xw
         for j in range(KW_MAX):
-            iw = w0 + j
-            ok = (row_ok & (iw < w1))[:, None] & mask_c[None, :]
-            v = tl.load((x_base + ih * stride_xh + iw * stride_xw)[:, None] + x_c, mask=ok, other=0.0)
+            ok = (row_ok & (w0 + j < w1))[:, None] & mask_c[None, :]
+            v = tl.load(x_tile + (row_off + j * stride_xw)[:, None], mask=ok, other=0.0)
             acc += v.to(ACC_DTYPE)
     area = ((h1 - h0) * (w1 - w0)).to(ACC_DTYPE)
     out = acc / area[:, None]

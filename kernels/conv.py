@@ -13,7 +13,11 @@ dW:        GEMM reducing over N*P*Q, split into chunks for parallelism; each chu
            partial and the program that finishes a tile last (an atomic count per tile) sums the
            tile's partials in split order and writes dW (``store_split_tile``): bit-reproducible
            run to run, one launch. Stride-1 'same' layers on pixel-linear NHWC tensors run
-           row-tiled (``_conv_bwd_weight_rows_kernel``: no pixel decode in the loop).
+           row-tiled (``_conv_bwd_weight_rows_kernel``: no pixel decode in the loop; below 32
+           channels with narrow tiles when the channels are whole 16-byte vectors). Layers whose
+           channels are not (1- and 3-channel first layers) run the generic kernel's span form on
+           a zero-padded copy of X that holds each output column's filter-row spans
+           (``_span_tensor``): 16-byte loads, pointers moved by scalars, no window test.
 ReLU, db:  one elementwise pass (``_conv_bwd_prep_kernel``) masks dY with ``Y > 0`` of the saved
            output and writes per-block column sums of dY' for db (summed in a fixed order); the
            dX and dW loops then load dY' alone and hold the MMA alone (both wgmma operands from
@@ -48,7 +52,6 @@ from ._common import (
     nonfinite,
     on_tensor_device,
     pick_configs,
-    prune_by_dtype,
     shape_only,
     tl_dtype,
     to_dtype,
@@ -406,7 +409,31 @@ def store_split_tile(acc, part_ptr, part_split_stride, part_row_stride, part_col
             tl.atomic_xchg(count_ptr, 0, sem="relaxed")
 
 
-@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_by_form}, key=["N", "H", "W", "C", "K", "P", "Q", "CHUNK", *_GEOMETRY_KEY])
+def dw_span_configs() -> list[triton.Config]:
+    """Configs of the span form of the generic dW (first layers): BLOCK_K is the step's 64 pixel
+    lanes (``SPAN_LANES``) for every dtype, since the host splits rows into lanes; each keeps
+    both wgmma operands in shared memory (``cnnkernels.report``)."""
+
+    def cfg(bm, bn, bk, warps, stages):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+    return pick_configs(gpu=[cfg(64, 64, SPAN_LANES, 4, 3), cfg(64, 64, SPAN_LANES, 4, 4)],
+                        interpreter=[cfg(256, 128, SPAN_LANES, 4, 1)])
+
+
+# Pixel lanes per step of the span form (whole output rows, or equal segments of a wider row).
+SPAN_LANES = 64
+_SPAN_LANES = tl.constexpr(SPAN_LANES)
+
+
+def _prune_dw(configs, named_args, **kwargs):
+    """``_prune_by_form``; the span form's own configs, unchanged for every dtype."""
+    if kwargs.get("SPAN", named_args.get("SPAN")):
+        return dw_span_configs()
+    return _prune_by_form(configs, named_args, **kwargs)
+
+
+@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_dw}, key=["N", "H", "W", "C", "K", "P", "Q", "CHUNK", *_GEOMETRY_KEY, "SPAN"])
 @triton.jit
 def _conv_bwd_weight_kernel(
     x_ptr, dy_ptr, dw_ptr, dw_part_ptr, count_ptr,
@@ -419,69 +446,140 @@ def _conv_bwd_weight_kernel(
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,
     FLAT: tl.constexpr,
+    # The span form (first layers, see ``conv2d_backward_weight``): x_ptr is the span tensor,
+    # SPAN_T its span width, SPAN_Q = Q; a step is SPAN_ROWS whole output rows, or (SPAN_ROWS = 0)
+    # one of SPAN_SEGS equal segments of a row.
+    SPAN: tl.constexpr, SPAN_T: tl.constexpr, SPAN_Q: tl.constexpr, SPAN_ROWS: tl.constexpr, SPAN_SEGS: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Partial dW[k, (r,s,c)] = sum_{i in chunk} dY'[i, k] X[i, (r,s,c)] over output pixels i, dY'
     masked beforehand and db summed there (``_conv_bwd_prep_kernel``): the loop holds the MMA only.
     Axis 1 runs over column tiles (one tap x a channel
-    block, or a block of the flattened (r, s, c) index when FLAT); axis 2 over (split, group)."""
+    block, or a block of the flattened (r, s, c) index when FLAT); axis 2 over (split, group).
+
+    SPAN (one group, dilation 1 along W, pixel-linear dY'): X arrives as the span tensor
+    Xs[n, h, q, t] = Xpad[n, h, (q*STRIDE_W)*C + t] (``_span_tensor``: the zero-padded input, each
+    row flattened over (w, c)), so the columns (r, t), t = s*C + c < S*C, of output pixel (n, p, q)
+    are row p*STRIDE_H + r*DIL_H of Xs: one contiguous span of SPAN_T elements per tap row, read
+    in 16-byte vectors, with no window test. CHUNK counts output rows (n, p) per split; a step
+    moves both pointers by scalars (no pixel decode), the lanes' mask is fixed per step kind."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_z = tl.program_id(2)
     split = pid_z // G
     g = (pid_z % G).to(tl.int64)
 
-    NPQ = N * P * Q
     offs_k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_k = offs_k < K
-    if FLAT:
-        col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = col < R * S * C
-        c = col % C
-        r = (col // C) // S
-        s = (col // C) % S
-    else:
-        c_blocks = tl.cdiv(C, BLOCK_N)
-        rs = pid_n // c_blocks
-        r = rs // S
-        s = rs % S
-        c = (pid_n % c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = c < C
-        col = rs * C + c
-
-    dy_base = dy_ptr + (g * K + offs_k) * stride_dyc
-    x_base = x_ptr + (g * C + c) * stride_xc
-
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    start = split.to(tl.int64) * CHUNK
-    end = tl.minimum(start + CHUNK, NPQ)
-    for i0 in range(start, end, BLOCK_K):
-        offs_i = i0 + tl.arange(0, BLOCK_K)
-        mask_i = offs_i < end
-        n_idx = offs_i // (P * Q)
-        pq = (offs_i % (P * Q)).to(tl.int32)
-        p = pq // Q
-        q = pq % Q
-        mask_a = mask_k[:, None] & mask_i[None, :]
-        a = tl.load(dy_base[:, None] + (n_idx * stride_dyn + p * stride_dyh + q * stride_dyw)[None, :], mask=mask_a, other=0.0)
-        if FLAT:
-            ih = (p * STRIDE_H - PAD_H)[:, None] + (r * DIL_H)[None, :]
-            iw = (q * STRIDE_W - PAD_W)[:, None] + (s * DIL_W)[None, :]
-            mask_b = mask_i[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_ptrs = x_base[None, :] + (n_idx * stride_xn)[:, None] + ih * stride_xh + iw * stride_xw
+    if SPAN:
+        tl.static_assert(BLOCK_K == _SPAN_LANES, "the host splits rows into SPAN_LANES pixel lanes")
+        RT: tl.constexpr = R * SPAN_T
+        col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        r = col // SPAN_T
+        t = col % SPAN_T
+        s = t // C
+        c = t % C
+        col_ok = (col < RT) & (t < S * C)
+        # Columns past R*SPAN_T read column col % (R*SPAN_T) and rows past K row k % K (no mask
+        # for them in the loop); their results are never stored.
+        colw = col % RT
+        x_cols = (colw // SPAN_T) * (DIL_H * SPAN_Q * SPAN_T) + colw % SPAN_T
+        # Runs of 8 columns stay in one tap row and 8-aligned span (SPAN_T and R*SPAN_T are
+        # multiples of 8): 16-byte vectors, which the compiler cannot see through // and %.
+        x_cols = tl.max_contiguous(tl.multiple_of(x_cols, 8), 8)
+        j = tl.arange(0, BLOCK_K)
+        row0 = split * CHUNK
+        row_end = tl.minimum(row0 + CHUNK, N * P)
+        p0 = row0 % P
+        # Xs position in units of SPAN_T elements (so the compiler sees 16-byte alignment).
+        xo = ((row0 // P).to(tl.int64) * H + p0 * STRIDE_H) * SPAN_Q
+        dy_ptrs = dy_ptr + ((g * K + offs_k % K) * stride_dyc)[:, None] + ((row0.to(tl.int64) * SPAN_Q + j) * stride_dyw)[None, :]
+        img_skip = (H - P * STRIDE_H) * SPAN_Q  # from past an image's last output row to the next image
+        if SPAN_ROWS >= 1:
+            x_lane = (j // SPAN_Q) * (STRIDE_H * SPAN_Q) + j % SPAN_Q
+            x_ptrs = x_ptr + ((xo + x_lane) * SPAN_T)[:, None] + x_cols[None, :]
+            live = j < SPAN_ROWS * SPAN_Q
+            for _ in range(0, (row_end - row0) // SPAN_ROWS):
+                a = tl.load(dy_ptrs, mask=live[None, :], other=0.0)
+                xb = tl.load(x_ptrs, mask=live[:, None], other=0.0)
+                acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
+                dy_ptrs += SPAN_ROWS * SPAN_Q * stride_dyw
+                p0 += SPAN_ROWS
+                wrap = p0 == P
+                p0 = tl.where(wrap, 0, p0)
+                x_ptrs += tl.where(wrap, img_skip + SPAN_ROWS * STRIDE_H * SPAN_Q, SPAN_ROWS * STRIDE_H * SPAN_Q) * SPAN_T
         else:
-            ih = p * STRIDE_H - PAD_H + r * DIL_H
-            iw = q * STRIDE_W - PAD_W + s * DIL_W
-            row_ok = mask_i & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            mask_b = row_ok[:, None] & col_ok[None, :]
-            x_ptrs = x_base[None, :] + (n_idx * stride_xn + ih * stride_xh + iw * stride_xw)[:, None]
-        xb = tl.load(x_ptrs, mask=mask_b, other=0.0)
-        acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
+            WSEG: tl.constexpr = (SPAN_Q + SPAN_SEGS - 1) // SPAN_SEGS
+            x_ptrs = x_ptr + ((xo + j) * SPAN_T)[:, None] + x_cols[None, :]
+            seg = tl.full((), 0, tl.int32)
+            for _ in range(0, (row_end - row0) * SPAN_SEGS):
+                live = j < tl.minimum(WSEG, SPAN_Q - seg * WSEG)
+                a = tl.load(dy_ptrs, mask=live[None, :], other=0.0)
+                xb = tl.load(x_ptrs, mask=live[:, None], other=0.0)
+                acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
+                seg += 1
+                next_row = seg == SPAN_SEGS
+                seg = tl.where(next_row, 0, seg)
+                p0 = tl.where(next_row, p0 + 1, p0)
+                wrap = p0 == P
+                p0 = tl.where(wrap, 0, p0)
+                dy_ptrs += tl.where(next_row, SPAN_Q - (SPAN_SEGS - 1) * WSEG, WSEG) * stride_dyw
+                x_step = tl.where(next_row, STRIDE_H * SPAN_Q - (SPAN_SEGS - 1) * WSEG, WSEG) + tl.where(wrap, img_skip, 0)
+                x_ptrs += x_step * SPAN_T
+        part_split = G * K * RT
+        part_row = RT
+    else:
+        NPQ = N * P * Q
+        mask_k = offs_k < K
+        if FLAT:
+            col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            col_ok = col < R * S * C
+            c = col % C
+            r = (col // C) // S
+            s = (col // C) % S
+        else:
+            c_blocks = tl.cdiv(C, BLOCK_N)
+            rs = pid_n // c_blocks
+            r = rs // S
+            s = rs % S
+            c = (pid_n % c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+            col_ok = c < C
+            col = rs * C + c
 
-    # Partials are laid out [split, g, k, (r,s,c)], contiguous.
+        dy_base = dy_ptr + (g * K + offs_k) * stride_dyc
+        x_base = x_ptr + (g * C + c) * stride_xc
+
+        start = split.to(tl.int64) * CHUNK
+        end = tl.minimum(start + CHUNK, NPQ)
+        for i0 in range(start, end, BLOCK_K):
+            offs_i = i0 + tl.arange(0, BLOCK_K)
+            mask_i = offs_i < end
+            n_idx = offs_i // (P * Q)
+            pq = (offs_i % (P * Q)).to(tl.int32)
+            p = pq // Q
+            q = pq % Q
+            mask_a = mask_k[:, None] & mask_i[None, :]
+            a = tl.load(dy_base[:, None] + (n_idx * stride_dyn + p * stride_dyh + q * stride_dyw)[None, :], mask=mask_a, other=0.0)
+            if FLAT:
+                ih = (p * STRIDE_H - PAD_H)[:, None] + (r * DIL_H)[None, :]
+                iw = (q * STRIDE_W - PAD_W)[:, None] + (s * DIL_W)[None, :]
+                mask_b = mask_i[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                x_ptrs = x_base[None, :] + (n_idx * stride_xn)[:, None] + ih * stride_xh + iw * stride_xw
+            else:
+                ih = p * STRIDE_H - PAD_H + r * DIL_H
+                iw = q * STRIDE_W - PAD_W + s * DIL_W
+                row_ok = mask_i & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                mask_b = row_ok[:, None] & col_ok[None, :]
+                x_ptrs = x_base[None, :] + (n_idx * stride_xn + ih * stride_xh + iw * stride_xw)[:, None]
+            xb = tl.load(x_ptrs, mask=mask_b, other=0.0)
+            acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
+        part_split = G * K * R * S * C
+        part_row = R * S * C
+
+    # Partials are laid out [split, g, k, column], contiguous (column: (r,s,c), or (r,t) for SPAN).
     tile = pid_m + tl.num_programs(0) * (pid_n + tl.num_programs(1) * g)
-    store_split_tile(acc, dw_part_ptr, G * K * R * S * C, R * S * C, col,
+    store_split_tile(acc, dw_part_ptr, part_split, part_row, col,
                      dw_ptr, stride_wk, c * stride_wc + r * stride_wr + s * stride_ws,
                      (g * K + pid_m * BLOCK_M).to(tl.int32), K - pid_m * BLOCK_M, col_ok, count_ptr + tile, split, SPLITS,
                      BLOCK_M, 32)
@@ -497,12 +595,34 @@ def dw_rows_configs() -> list[triton.Config]:
     return pick_configs(gpu=[cfg(128, 128, 64, 8, 3), cfg(64, 64, 64, 4, 3)], interpreter=[cfg(256, 128, 64, 4, 1)])
 
 
+def dw_rows_narrow_configs() -> list[triton.Config]:
+    """Configs of the row-tiled dW for at most 32 channels per group (GoogLeNet's 5x5 branches
+    read 16, 24 or 32): a 32-wide channel block, so a tap's columns are not mostly padding."""
+
+    def cfg(bm, bn, bk, warps, stages):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+    return pick_configs(gpu=[cfg(64, 32, 64, 4, 3), cfg(128, 32, 64, 8, 3)], interpreter=[cfg(256, 32, 64, 4, 1)])
+
+
+# Channels per group up to which the row-tiled dW takes its narrow configs.
+DW_ROWS_NARROW = 32
+
+
+def _prune_dw_rows(configs, named_args, **kwargs):
+    """The narrow configs for at most ``DW_ROWS_NARROW`` channels per group, else the wide ones;
+    fitted to the dtype (``fit_to_dtype``)."""
+    c = named_args.get("C", kwargs.get("C"))
+    kept = dw_rows_narrow_configs() if c <= DW_ROWS_NARROW else dw_rows_configs()
+    return fit_to_dtype(kept, named_args["x_ptr"].element_size())
+
+
 # Widest output row the row-tiled dW takes whole (ROWS >= 1 rows per step at BLOCK_K = 64 pixel
 # lanes); wider rows are taken in segments of at most BLOCK_K columns.
 DW_ROW_LANES = 64
 
 
-@triton.autotune(configs=dw_rows_configs(), prune_configs_by={"early_config_prune": prune_by_dtype("x_ptr")}, key=["N", "C", "K", "CHUNK_ROWS", "P", "Q", "R", "S", "DIL_H", "DIL_W"])
+@triton.autotune(configs=dw_rows_configs(), prune_configs_by={"early_config_prune": _prune_dw_rows}, key=["N", "C", "K", "CHUNK_ROWS", "P", "Q", "R", "S", "DIL_H", "DIL_W"])
 @triton.jit
 def _conv_bwd_weight_rows_kernel(
     x_ptr, dy_ptr, dw_ptr, dw_part_ptr, count_ptr,
@@ -513,6 +633,7 @@ def _conv_bwd_weight_rows_kernel(
     stride_xc, stride_xw_div, stride_dyc, stride_dyw_div,
     stride_wk, stride_wc, stride_wr, stride_ws,
     XW_MULT: tl.constexpr, DYW_MULT: tl.constexpr,
+    C_MULT: tl.constexpr,  # a known factor of C (8 of C = 24): the wrapped channel stays 8-wide contiguous
     # P, Q (= H, W: stride 1, 'same' padding) are constexpr: the lane -> (row, column) split and
     # the periodic row-validity pattern fold to constants once per program.
     P: tl.constexpr, Q: tl.constexpr,
@@ -551,7 +672,7 @@ def _conv_bwd_weight_rows_kernel(
     # Rows past K and columns past C load row k % K and column c % C instead (no mask in the
     # loop); their results are never stored.
     dy_ptrs = dy_ptr + ((g * K + offs_k % K) * stride_dyc)[:, None]
-    x_ptrs = x_ptr + ((g * C + c % C) * stride_xc)[None, :]
+    x_ptrs = x_ptr + ((g * C + c % ((C // C_MULT) * C_MULT)) * stride_xc)[None, :]
     row0 = split * CHUNK_ROWS
     row_end = tl.minimum(row0 + CHUNK_ROWS, N * P)
     tap = (r * DIL_H - PAD_H) * Q + (s * DIL_W - PAD_W)  # pixel shift of the tap; may be < 0
@@ -963,9 +1084,11 @@ def conv2d_backward_weight(
     tiles = triton.cdiv(kg, 128) * triton.cdiv(rsc, 128) * groups
     chunk = _dw_chunk(npq, tiles)
     flat = cg < FLAT_BELOW
-    # Tile counters for the in-kernel sum of the splits: enough for the smallest tiles (64 x 64).
-    counters = split_counters(x.device, triton.cdiv(kg, 64) * r * s * triton.cdiv(cg, 64) * groups)
-    if _dw_rows_apply(x, grad_out, stride, flat):
+    # Tile counters for the in-kernel sum of the splits: enough for the smallest tiles (64 x 32).
+    counters = split_counters(x.device, triton.cdiv(kg, 64) * r * s * triton.cdiv(cg, 32) * groups)
+    if _dw_span_apply(x, grad_out, stride, dilation, groups, flat):
+        return _dw_span(x, grad_out, dw, weight_like, stride, padding, dilation, chunk), db
+    if _dw_rows_apply(x, grad_out, stride, flat, groups):
         rows_per_step = max(1, min(DW_ROW_LANES // q, 32))
         chunk_rows = triton.cdiv(triton.cdiv(chunk, q), rows_per_step) * rows_per_step
         splits = triton.cdiv(n * p, chunk_rows)
@@ -983,7 +1106,7 @@ def conv2d_backward_weight(
             n, cg, kg, groups, chunk_rows, splits,
             x.stride(1), x.stride(3) // xw_mult, grad_out.stride(1), grad_out.stride(3) // dyw_mult,
             *nchw_strides(dw),
-            XW_MULT=xw_mult, DYW_MULT=dyw_mult,
+            XW_MULT=xw_mult, DYW_MULT=dyw_mult, C_MULT=math.gcd(cg, 16),
             P=p, Q=q, **geometry,
             **_dot_args(x.dtype),
         )
@@ -1000,10 +1123,82 @@ def conv2d_backward_weight(
         n, h, w, cg, p, q, kg, groups, chunk, splits,
         *nchw_strides(x), *nchw_strides(grad_out), *nchw_strides(dw),
         **_geometry(weight_like, stride, padding, dilation),
-        FLAT=flat,
+        FLAT=flat, SPAN=False, SPAN_T=0, SPAN_Q=0, SPAN_ROWS=0, SPAN_SEGS=0,
         **_dot_args(x.dtype),
     )
     return dw, db
+
+
+def _dw_span_apply(x, grad_out, stride, dilation, groups, flat: bool) -> bool:
+    """Whether dW takes the span form of ``_conv_bwd_weight_kernel``: a flattened-(r, s, c) layer
+    (fewer than ``FLAT_BELOW`` channels) whose channels are not whole 16-byte vectors (the 1- and
+    3-channel first layers), one group, dilation 1 along W, and a pixel-linear dY'."""
+    c = x.shape[1]
+    return (
+        flat and groups == 1 and dilation[1] == 1 and (c * x.element_size()) % 16 != 0 and _pixel_linear(grad_out)
+    )
+
+
+def _span_width(s: int, c: int) -> int:
+    """Elements of a tap row's span: the S*C of one filter row rounded up to whole 16-byte vectors
+    (8 elements; 16-byte aligned for every dtype the kernels take)."""
+    return triton.cdiv(s * c, 8) * 8
+
+
+def _span_tensor(x: torch.Tensor, r: int, s: int, p: int, q: int, stride, padding, dilation) -> torch.Tensor:
+    """Xs[n, h, q, t] = Xpad[n, h, (q*sw)*C + t] for t < ``_span_width(S, C)``: the input padded with
+    zeros (rows and columns, as the convolution pads it), each row flattened over (w, c), and for
+    each output column q the span its filter rows read. Contiguous, so every (q, tap row) span
+    starts 16-byte aligned. Rows: the (P-1)*sh + (R-1)*dh + 1 that the output reads."""
+    n, c, h, w = x.shape
+    sh, sw = stride
+    pt, pl = padding[0], padding[2]
+    t = _span_width(s, c)
+    hs = (p - 1) * sh + (r - 1) * dilation[0] + 1
+    wp = (q - 1) * sw + triton.cdiv(t, c)
+    xp = x.new_zeros((n, hs, wp, c))
+    hh, ww = min(h, hs - pt), min(w, wp - pl)
+    if hh > 0 and ww > 0:
+        xp[:, pt : pt + hh, pl : pl + ww, :] = x.permute(0, 2, 3, 1)[:, :hh, :ww, :]
+    spans = xp.view(n, hs, wp * c).as_strided((n, hs, q, t), (hs * wp * c, wp * c, sw * c, 1))
+    return spans.contiguous()
+
+
+def _span_geometry(p: int, q: int) -> tuple[int, int]:
+    """(rows, segments) of a span-form step of ``SPAN_LANES`` pixel lanes: the most whole output
+    rows that divide P (so a step never crosses an image), or, for rows wider than the step,
+    the number of equal segments a row is taken in (rows 0)."""
+    if q <= SPAN_LANES:
+        return max(d for d in range(1, SPAN_LANES // q + 1) if p % d == 0), 0
+    return 0, triton.cdiv(q, SPAN_LANES)
+
+
+def _dw_span(x, grad_out, dw, weight_like, stride, padding, dilation, chunk: int) -> torch.Tensor:
+    """dW of a first layer through the span form of ``_conv_bwd_weight_kernel`` (one group)."""
+    n, c, h, w = x.shape
+    k, _, r, s = weight_like.shape
+    _, _, p, q = grad_out.shape
+    xs = _span_tensor(x, r, s, p, q, stride, padding, dilation)
+    t = xs.shape[3]
+    rows, segs = _span_geometry(p, q)
+    unit = max(rows, 1)
+    chunk_rows = triton.cdiv(triton.cdiv(chunk, q), unit) * unit
+    splits = triton.cdiv(n * p, chunk_rows)
+    dw_part = _split_partials(splits, k * r * t, dw)
+    counters = split_counters(x.device, triton.cdiv(k, 64) * triton.cdiv(r * t, 64))
+
+    def grid(meta):
+        return (triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(r * t, meta["BLOCK_N"]), splits)
+
+    launch(_conv_bwd_weight_kernel, grid,
+        xs, grad_out, dw, dw_part, counters,
+        n, xs.shape[1], w, c, p, q, k, 1, chunk_rows, splits,
+        *nchw_strides(xs), *nchw_strides(grad_out), *nchw_strides(dw),
+        **_geometry(weight_like, stride, padding, dilation),
+        FLAT=True, SPAN=True, SPAN_T=t, SPAN_Q=q, SPAN_ROWS=rows, SPAN_SEGS=segs,
+        **_dot_args(x.dtype),
+    )
+    return dw
 
 
 def _split_partials(splits: int, elements: int, dw: torch.Tensor) -> torch.Tensor:
@@ -1039,13 +1234,17 @@ def _pixel_linear(t: torch.Tensor) -> bool:
     return (c == 1 or sc == 1) and (h == 1 or sh == w * sw) and (n == 1 or sn == h * w * sw)
 
 
-def _dw_rows_apply(x: torch.Tensor, grad_out: torch.Tensor, stride, flat: bool) -> bool:
-    """Whether dW runs row-tiled (``_conv_bwd_weight_rows_kernel``): a tap-wise, stride-1 'same'
-    convolution (output size = input size) with pixel-linear X and dY', and rows either wider than
-    the step (segments) or few enough per image for the kernel's 64-bit row pattern."""
-    _, _, h, w = x.shape
+def _dw_rows_apply(x: torch.Tensor, grad_out: torch.Tensor, stride, flat: bool, groups: int = 1) -> bool:
+    """Whether dW runs row-tiled (``_conv_bwd_weight_rows_kernel``): a stride-1 'same' convolution
+    (output size = input size) with pixel-linear X and dY', and rows either wider than the step
+    (segments) or few enough per image for the kernel's 64-bit row pattern. Below ``FLAT_BELOW``
+    channels per group (``flat``) only when a group's channels are whole 16-byte vectors (16 or
+    24 in bf16: GoogLeNet's 5x5 branches); 1- and 3-channel first layers take the span form."""
+    _, c, h, w = x.shape
     _, _, p, q = grad_out.shape
-    if flat or tuple(stride) != (1, 1) or (p, q) != (h, w):
+    if flat and (c // groups * x.element_size()) % 16:
+        return False
+    if tuple(stride) != (1, 1) or (p, q) != (h, w):
         return False
     if not (_pixel_linear(x) and _pixel_linear(grad_out)):
         return False

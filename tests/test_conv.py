@@ -184,6 +184,9 @@ DW_ROWS = [
     pytest.param(dict(n=4, c=32, h=9, w=10, k=8, r=3, s=3, pad=2, dil=2, slice=True), id="dilated-channel-slices"),
     pytest.param(dict(n=2, c=32, h=3, w=70, k=16, r=3, s=3, pad=1, dil=1), id="segments-w70"),
     pytest.param(dict(n=1, c=32, h=3, w=130, k=8, r=3, s=3, pad=1, dil=1), id="segments-w130-last-partial"),
+    # Below FLAT_BELOW channels, channels in whole 16-byte vectors (GoogLeNet's 5x5 branches): narrow tiles.
+    pytest.param(dict(n=3, c=24, h=7, w=7, k=16, r=5, s=5, pad=2, dil=1), id="5x5-C24-narrow"),
+    pytest.param(dict(n=4, c=16, h=9, w=9, k=12, r=5, s=5, pad=2, dil=1, slice=True), id="5x5-C16-channel-slices"),
 ]
 
 
@@ -210,6 +213,81 @@ def test_dw_row_tiled(case):
         F.conv2d(xr, wr, br, padding=pad, dilation=dil).backward(dyd.double())
         assert_close(dw, wr.grad, dtype, name="grad_weight")
         assert_close(db, br.grad, dtype, name="grad_bias")
+
+
+# Span form of the generic dW (1- to 7-channel layers: channels not whole 16-byte vectors): whole
+# output rows per step (several rows, one row), rows wider than the step in segments (the last
+# one shorter), strides and dilations that differ per axis, asymmetric padding, an even kernel,
+# 'valid' padding; several splits in most.
+DW_SPAN = [
+    pytest.param(dict(n=4, c=1, h=12, w=12, k=8, r=3, s=3, stride=(1, 1), pad=(1, 1, 1, 1)), id="3x3-C1-rows"),
+    pytest.param(dict(n=3, c=3, h=21, w=19, k=10, r=7, s=7, stride=(2, 2), pad=(3, 3, 3, 3)), id="7x7s2-C3-one-row"),
+    pytest.param(dict(n=5, c=1, h=39, w=39, k=8, r=11, s=11, stride=(4, 4), pad=(1, 1, 1, 1)), id="11x11s4-C1-span16"),
+    pytest.param(dict(n=2, c=1, h=5, w=150, k=8, r=3, s=3, stride=(1, 1), pad=(1, 1, 1, 1)), id="segments-w150"),
+    pytest.param(
+        dict(n=2, c=3, h=7, w=140, k=6, r=3, s=5, stride=(2, 1), pad=(1, 1, 2, 2), dil=(2, 1)), id="segments-dilated-h"
+    ),
+    pytest.param(dict(n=3, c=2, h=10, w=9, k=5, r=4, s=2, stride=(1, 2), pad=(1, 2, 0, 1)), id="even-kernel-asym-pad"),
+    pytest.param(dict(n=6, c=5, h=8, w=7, k=40, r=3, s=3, stride=(1, 1), pad=(0, 0, 0, 0)), id="valid-C5-K40"),
+]
+
+
+@pytest.mark.parametrize("case", DW_SPAN)
+def test_dw_span_form(case, monkeypatch):
+    """Span form: dW against float64 torch, the same bits on a second run, every tile counter back
+    at 0; the span form is the one launched."""
+    n, c, h, w, k, r, s = (case[key] for key in "n c h w k r s".split())
+    stride, pad, dil = case["stride"], case["pad"], case.get("dil", (1, 1))
+    x = torch.randn(n, c, h, w, device=DEVICE)
+    wt = torch.randn(k, c, r, s, device=DEVICE)
+    xpad = F.pad(x, (pad[2], pad[3], pad[0], pad[1]))
+    p = kconv.conv_output_size(h, r, stride[0], pad[0] + pad[1], dil[0])
+    q = kconv.conv_output_size(w, s, stride[1], pad[2] + pad[3], dil[1])
+    dy = torch.randn(n, k, p, q, device=DEVICE).to(memory_format=torch.channels_last)
+    assert kconv._dw_span_apply(x, dy, stride, dil, 1, c < kconv.FLAT_BELOW)
+    assert not kconv._dw_span_apply(x, dy.contiguous(), stride, dil, 1, True)  # NCHW dY: the flat form
+    spans = []
+    launch = kconv.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        spans.append(kwargs.get("SPAN"))
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(kconv, "launch", spy)
+    for dtype in (torch.float32, torch.bfloat16):
+        xd, dyd, wd = x.to(dtype), dy.to(dtype), wt.to(dtype)
+        runs = [
+            kconv.conv2d_backward_weight(xd, dyd, None, wd, stride, pad, dil, 1, "none", False)[0] for _ in range(2)
+        ]
+        assert torch.equal(runs[0], runs[1])
+        assert all(int(buf.abs().sum()) == 0 for buf in kconv._COUNTERS.values())
+        wr = wd.double().requires_grad_()
+        F.conv2d(xpad.to(dtype).double(), wr, stride=stride, dilation=dil).backward(dyd.double())
+        assert_close(runs[0], wr.grad, dtype, name="grad_weight")
+    assert spans == [True] * 4
+
+
+def test_dw_span_through_autograd_with_relu(monkeypatch):
+    """CF.conv2d_relu on a 1-channel NCHW input (a first layer): dW takes the span form on the
+    masked dY' (channels_last), and every gradient matches torch."""
+    spans = []
+    launch = kconv.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if kernel is kconv._conv_bwd_weight_kernel:
+            spans.append(kwargs["SPAN"])
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(kconv, "launch", spy)
+    x = torch.randn(3, 1, 23, 21, device=DEVICE)
+    w = torch.randn(12, 1, 7, 7, device=DEVICE) / 7
+    b = torch.randn(12, device=DEVICE)
+    _, grads, dy = forward_backward(lambda x_, w_, b_: CF.conv2d_relu(x_, w_, b_, stride=2, padding=3), (x, w, b))
+    assert spans == [True]
+    leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
+    conv2d_ref(*leaves, stride=2, padding=3, dilation=1, groups=1, relu=True).backward(dy.double())
+    for name, got, leaf in zip(("grad_input", "grad_weight", "grad_bias"), grads, leaves):
+        assert_close(got, leaf.grad, torch.float32, name=name)
 
 
 def test_dw_row_tiled_through_autograd_with_relu(monkeypatch):

@@ -1,11 +1,4 @@
-"""Reference helpers and the one dtype -> tolerance table used by every test and check.
-
-NaN, +inf and -inf must sit exactly where the reference has them (both ways); over the finite
-elements a result passes when ``||out - ref|| / ||ref|| <= rtol`` (relative Frobenius norm, robust to
-the odd element near zero) and, elementwise, ``|out - ref| <= atol + rtol_elem * |ref|``.
-For fp16/bf16 there is also the stronger check ``err(out vs fp64) <= 2 * err(torch vs fp64) + atol``:
-the kernel may not be worse than twice torch's own rounding.
-"""
+"""Reference helpers and the one dtype -> tolerance table used by every test and check."""
 
 from __future__ import annotations
 
@@ -58,10 +51,9 @@ def assert_close(
     torch_out: torch.Tensor | None = None,
     device_type: str | None = None,
 ) -> None:
-    """Assert ``out`` matches ``ref`` (ideally an fp64 reference) within the table's tolerance.
-
-    ``torch_out`` is torch's own low-precision result for the same inputs; for fp16/bf16 the
-    kernel's error against ``ref`` must then also stay within twice torch's (plus atol)."""
+    """Assert ``out`` matches ``ref`` (ideally fp64): NaN/±inf exactly where ``ref`` has them, then
+    ``||out - ref|| / ||ref|| <= rtol`` and ``|out - ref| <= atol + rtol_elem * |ref|`` over the finite
+    elements; for fp16/bf16 with ``torch_out`` (torch's own result), also at most twice its error + atol."""
     dtype = dtype or out.dtype
     tol = tolerance(dtype, device_type or out.device.type)
     if out.shape != ref.shape:
@@ -135,14 +127,9 @@ def model_verdict(
     dtype: torch.dtype | None = None,
     device_type: str | None = None,
 ) -> ModelVerdict:
-    """The one pass rule for a whole model against its ``torch.nn`` twin (logits, or one gradient).
-
-    ``out`` is the fused model's tensor, ``ref64`` the twin's run in float64 and ``torch_out``
-    the twin's run in the model's dtype (``dtype``, default ``out.dtype``). The tensor passes when
-    ``err(out vs ref64) <= 2 * err(torch_out vs ref64) + floor`` (relative Frobenius norms), the
-    floor being the dtype's ``rtol`` in ``TOLERANCES``: a whole model's rounding compounds over its
-    layers, so a per-op bound alone would fail correct bf16 models, while in fp32/fp64, where
-    torch's own error is tiny, the per-dtype tolerance is what still bounds the result."""
+    """The pass rule for a whole model's tensor (logits, or one gradient) against its ``torch.nn``
+    twin: ``err(out vs ref64) <= 2 * err(torch_out vs ref64) + rtol`` (relative norms; ``ref64`` the
+    twin in float64, ``torch_out`` the twin in ``dtype``, ``rtol`` the dtype's in ``TOLERANCES``)."""
     dtype = dtype or out.dtype
     floor = tolerance(dtype, device_type or out.device.type).rtol
     out, ref64, torch_out = out.detach().cpu(), ref64.detach().cpu(), torch_out.detach().cpu()

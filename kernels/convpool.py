@@ -66,16 +66,21 @@ from .pool import argmax_dtype, pool_output_size
 
 def convpool_configs(flat: bool) -> list[triton.Config]:
     """GEMM tiles (rows are pooled pixels); the running max and argmax add two tiles of
-    registers beside the accumulator, so the GPU tiles are the conv forward's smaller ones."""
+    registers beside the accumulator, so the GPU tiles are the conv forward's smaller ones.
+    Flattened (C < 32): BLOCK_K = 64 holds a 7x7 filter of one channel in one step; eight warps,
+    the two warpgroups splitting N, so each thread gathers and merges half the tile (static,
+    sm_90, bf16, GoogLeNet's stem: four warps 4.8x the anchor's instructions per HGMMA, eight
+    2.6x; 64x32 and 64x128 tiles spill)."""
 
     def cfg(bm, bn, bk, warps, stages):
         return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
 
     if flat:
-        gpu = [cfg(64, 32, 32, 4, 2), cfg(64, 64, 32, 8, 2)]
+        gpu = [cfg(64, 64, 64, 8, 2)]
     else:
         # 32 accumulator registers a thread, as many for the running max and for the argmax:
         # larger tiles spill (static, sm_90: 128x128 and 64x128 spill 400-800 registers).
+        # Static, sm_90, bf16, VGG's second layer: both at 0.94-0.96x the anchor per HGMMA.
         gpu = [cfg(64, 64, 64, 4, 3), cfg(128, 64, 64, 8, 3)]
     return pick_configs(gpu=gpu, interpreter=[cfg(128, 128, 64, 4, 1)])
 
@@ -92,46 +97,85 @@ def _all_configs() -> list[triton.Config]:
     return convpool_configs(False) + convpool_configs(True)
 
 
-_KEY = ["N", "H", "W", "C", "K", "P", "Q", "PP", "QQ", "R", "S", "STRIDE_H", "STRIDE_W", "POOL_R", "POOL_S", "FLAT"]
+_KEY = ["N", "H", "W", "C", "K", "P", "Q", "PP", "QQ", "R", "S", "STRIDE_H", "STRIDE_W", "POOL_R", "POOL_S", "FLAT",
+        "C_ALIGN"]
+
+
+@triton.jit
+def _window_bits(start, extent, SPAN: tl.constexpr):
+    """Per row, bit j set where start + j lies in [0, extent), for j < SPAN (at most 31)."""
+    lo = tl.minimum(tl.maximum(-start, 0), SPAN)
+    hi = tl.minimum(tl.maximum(extent - start, 0), SPAN)
+    return ((1 << hi) - 1) & ~((1 << lo) - 1)
+
+
+@triton.jit
+def _flat_lanes(t: tl.constexpr, C, stride_xc, stride_xh, stride_xw, stride_wc, stride_wr, stride_ws,
+                S: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr, RSC: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """Step t's lanes of the flattened (r, s, c) reduction: X offset past the tap-(0, 0) row
+    address, the pair of window bits a lane needs (bit 15 past RSC: never set), W offset, r, s
+    and whether the lane is inside RSC (a lane past it reads lane 0's offsets)."""
+    kk = t * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_ok = kk < RSC
+    kk = tl.where(k_ok, kk, 0)
+    c = kk % C
+    r = (kk // C) // S
+    s = (kk // C) % S
+    off = r * (DIL_H * stride_xh) + s * (DIL_W * stride_xw) + c * stride_xc
+    bits = tl.where(k_ok, (1 << (r * DIL_H)) | (1 << (16 + s * DIL_W)), 1 << 15)
+    w_off = c * stride_wc + r * stride_wr + s * stride_ws
+    return off, bits, w_off, r, s, k_ok
 
 
 @triton.jit
 def _conv_tile(
-    x_base, x_rows, ih0, iw0, row_ok, w_base, mask_n,
-    H, W, C,
-    stride_xc, stride_xh, stride_xw,
-    stride_wc, stride_wr, stride_ws,
-    R: tl.constexpr, S: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr, FLAT: tl.constexpr,
+    x_rows, win, ih0, iw0, w_base,
+    H, W, C, stride_xc, stride_xh, stride_xw, stride_wc, stride_wr, stride_ws,
+    R: tl.constexpr, S: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    FLAT: tl.constexpr, RSC: tl.constexpr, BITS: tl.constexpr, EVEN_C: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """The conv forward's main loop (``kernels/conv.py``) for one tile of rows: sum over
-    (r, s, c) of X at each row's window origin (ih0, iw0) times W. ``x_rows`` is the row base
-    address at tap (0, 0); rows with ``row_ok`` False contribute nothing."""
+    """The conv forward's main loop for one tile of rows (conv pixels, each inside the conv
+    output): sum over (r, s, c) of X at the row's window times W. ``x_rows``: the rows' addresses
+    at tap (0, 0), which may lie outside the image (input row ih0, column iw0). With BITS,
+    ``win`` holds per row bit r * DIL_H where filter row r reads inside the image and bit
+    16 + s * DIL_W where filter column s does, so a lane's or a tap's test is one AND and one
+    compare; without, the coordinates are compared.
+    FLAT (C < 32; RSC = R * S * C, a constexpr): steps of BLOCK_K lanes of the flattened (r, s, c)
+    index, unrolled; each lane's offsets and bits depend on nothing else (``_flat_lanes``), so
+    they leave the pool's tap loop. Tap-wise: one tap and BLOCK_K channels a step, the tap (r, s)
+    advanced without a division."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     if FLAT:
-        steps = tl.cdiv(R * S * C, BLOCK_K)
+        for t in tl.static_range((RSC + BLOCK_K - 1) // BLOCK_K):
+            off, bits, w_off, r, s, k_ok = _flat_lanes(t, C, stride_xc, stride_xh, stride_xw, stride_wc, stride_wr,
+                                                       stride_ws, S, DIL_H, DIL_W, RSC, BLOCK_K)
+            if BITS:
+                ok = (win[:, None] & bits[None, :]) == bits[None, :]
+            else:
+                ih = ih0[:, None] + (r * DIL_H)[None, :]
+                iw = iw0[:, None] + (s * DIL_W)[None, :]
+                ok = k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_rows[:, None] + off[None, :], mask=ok, other=0.0)
+            b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None], other=0.0)
+            acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
     else:
-        steps = R * S * tl.cdiv(C, BLOCK_K)
-    c0 = tl.full((), 0, tl.int32)
-    tap_r = tl.full((), 0, tl.int32)
-    tap_s = tl.full((), 0, tl.int32)
-    for t in range(0, steps):
-        if FLAT:
-            kk = t * BLOCK_K + tl.arange(0, BLOCK_K)
-            k_ok = kk < R * S * C
-            c = kk % C
-            r = (kk // C) // S
-            s = (kk // C) % S
-            ih = ih0[:, None] + (r * DIL_H)[None, :]
-            iw = iw0[:, None] + (s * DIL_W)[None, :]
-            mask_a = row_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a_ptrs = x_base[:, None] + ih * stride_xh + iw * stride_xw + (c * stride_xc)[None, :]
-            w_off = c * stride_wc + r * stride_wr + s * stride_ws
-        else:
-            r = tap_r
-            s = tap_s
+        c0 = tl.full((), 0, tl.int32)
+        tap_r = tl.full((), 0, tl.int32)
+        tap_s = tl.full((), 0, tl.int32)
+        for _t in range(0, R * S * tl.cdiv(C, BLOCK_K)):
             c = c0 + tl.arange(0, BLOCK_K)
+            if BITS:
+                tap_bits = (1 << (tap_r * DIL_H)) | (1 << (16 + tap_s * DIL_W))
+                row_ok = (win & tap_bits) == tap_bits
+            else:
+                ih = ih0 + tap_r * DIL_H
+                iw = iw0 + tap_s * DIL_W
+                row_ok = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            tap_off = tap_r * (DIL_H * stride_xh) + tap_s * (DIL_W * stride_xw)
+            w_off = c * stride_wc + tap_r * stride_wr + tap_s * stride_ws
             c0 += BLOCK_K
             next_tap = c0 >= C
             c0 = tl.where(next_tap, 0, c0)
@@ -139,17 +183,15 @@ def _conv_tile(
             next_row = tap_s == S
             tap_s = tl.where(next_row, 0, tap_s)
             tap_r = tl.where(next_row, tap_r + 1, tap_r)
-            k_ok = c < C
-            ih = ih0 + r * DIL_H
-            iw = iw0 + s * DIL_W
-            ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            mask_a = ok[:, None] & k_ok[None, :]
-            tap_off = r * (DIL_H * stride_xh) + s * (DIL_W * stride_xw)
             a_ptrs = (x_rows + tap_off)[:, None] + (c * stride_xc)[None, :]
-            w_off = c * stride_wc + r * stride_wr + s * stride_ws
-        a = tl.load(a_ptrs, mask=mask_a, other=0.0)
-        b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+            if EVEN_C:
+                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                b = tl.load(w_base[None, :] + w_off[:, None])
+            else:
+                k_ok = c < C
+                a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None], other=0.0)
+            acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
     return acc
 
 
@@ -172,53 +214,88 @@ def _conv_relu_max_pool_fwd_kernel(
     POOL_PAD_H: tl.constexpr, POOL_PAD_W: tl.constexpr,
     POOL_DIL_H: tl.constexpr, POOL_DIL_W: tl.constexpr,
     FLAT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    RSC: tl.constexpr,  # R * S * C when FLAT (the flattened reduction, unrolled), else 0
+    C_ALIGN: tl.constexpr,  # a power of two dividing C (at most 64): whole channel blocks need no mask
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """A pool tap outside the conv output runs the conv pixel of the nearest tap inside it
+    (its (u, v) clamped to the row's valid range) and is recorded as that tap: a duplicate of a
+    tap the scan visits anyway, first visits in row-major order, so ``v > best`` (first maximum
+    wins) and ``v`` NaN (last NaN wins) end where torch's scan over the valid taps ends. No row
+    is masked (rows past M run pixel m % M and are never stored). ReLU leaves the tap loop: the
+    running max is over the rounded ``b + conv`` (ReLU and rounding are monotone, so the max
+    commutes with them), and a row whose max is <= 0 takes 0 at its first valid tap, torch's
+    choice among the zeros ReLU leaves."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2).to(tl.int64)
 
+    MP = N * PP * QQ
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < N * PP * QQ
+    mask_m = offs_m < MP
     mask_n = offs_n < K
-    n_idx = offs_m // (PP * QQ)
+    n_idx = (offs_m % MP) // (PP * QQ)
     ij = (offs_m % (PP * QQ)).to(tl.int32)
     pi = ij // QQ
     pj = ij % QQ
-    x_base = x_ptr + g * C * stride_xc + n_idx * stride_xn
-    w_base = w_ptr + (g * K + offs_n) * stride_wk
+    # The window's conv pixels are p0 + u * POOL_DIL_H, u in [u_lo, u_hi] (likewise q, v).
+    p0 = pi * POOL_STRIDE_H - POOL_PAD_H
+    q0 = pj * POOL_STRIDE_W - POOL_PAD_W
+    u_lo = tl.maximum(-p0 + (POOL_DIL_H - 1), 0) // POOL_DIL_H
+    v_lo = tl.maximum(-q0 + (POOL_DIL_W - 1), 0) // POOL_DIL_W
+    u_hi = tl.minimum((P - 1 - p0) // POOL_DIL_H, POOL_R - 1)
+    v_hi = tl.minimum((Q - 1 - q0) // POOL_DIL_W, POOL_S - 1)
+    # In-image bits over the union of the window's receptive fields: row bit j where input row
+    # p0 * STRIDE_H - PAD_H + j is inside the image (the bits a tap needs are these shifted by
+    # u * POOL_DIL_H * STRIDE_H), column bits likewise.
+    SPAN_H: tl.constexpr = (POOL_R - 1) * POOL_DIL_H * STRIDE_H + (R - 1) * DIL_H + 1
+    SPAN_W: tl.constexpr = (POOL_S - 1) * POOL_DIL_W * STRIDE_W + (S - 1) * DIL_W + 1
+    ih_base = p0 * STRIDE_H - PAD_H
+    iw_base = q0 * STRIDE_W - PAD_W
+    rows_in = _window_bits(ih_base, H, min(SPAN_H, 31))
+    cols_in = _window_bits(iw_base, W, min(SPAN_W, 31))
+    x_img = x_ptr + g * C * stride_xc + n_idx * stride_xn
+    w_base = w_ptr + (g * K + offs_n % K) * stride_wk
     if HAS_BIAS:
         bias = tl.load(b_ptr + (g * K + offs_n) * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)
+    EVEN_C: tl.constexpr = C_ALIGN % BLOCK_K == 0
+    BITS: tl.constexpr = SPAN_H <= 31 and SPAN_W <= 31 and (R - 1) * DIL_H <= 14 and (S - 1) * DIL_W <= 14
 
     best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), dtype=ACC_DTYPE)
-    arg = tl.full((BLOCK_M, BLOCK_N), -1, dtype=tl.int32)
+    arg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     # A runtime loop over the window's taps (row-major, as the max-pool kernel scans them): one
     # copy of the GEMM main loop in the code, not POOL_R*POOL_S unrolled ones (registers).
     for tap in range(0, POOL_R * POOL_S):
-        u = tap // POOL_S
-        v = tap % POOL_S
-        p = pi * POOL_STRIDE_H - POOL_PAD_H + u * POOL_DIL_H
-        q = pj * POOL_STRIDE_W - POOL_PAD_W + v * POOL_DIL_W
-        row_ok = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
-        ih0 = p * STRIDE_H - PAD_H
-        iw0 = q * STRIDE_W - PAD_W
-        x_rows = x_base + ih0 * stride_xh + iw0 * stride_xw
+        u = tl.minimum(tl.maximum(tap // POOL_S, u_lo), u_hi)
+        v = tl.minimum(tl.maximum(tap % POOL_S, v_lo), v_hi)
+        sh_h = u * (POOL_DIL_H * STRIDE_H)
+        sh_w = v * (POOL_DIL_W * STRIDE_W)
+        if BITS:
+            win = ((rows_in >> sh_h) & 0x7FFF) | (((cols_in >> sh_w) & 0x7FFF) << 16)
+        else:
+            win = rows_in
+        ih0 = ih_base + sh_h
+        iw0 = iw_base + sh_w
+        x_rows = x_img + ih0 * stride_xh + iw0 * stride_xw
         acc = _conv_tile(
-            x_base, x_rows, ih0, iw0, row_ok, w_base, mask_n, H, W, C,
-            stride_xc, stride_xh, stride_xw, stride_wc, stride_wr, stride_ws,
-            R, S, DIL_H, DIL_W, FLAT, INPUT_PRECISION, UPCAST, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K,
+            x_rows, win, ih0, iw0, w_base, H, W, C, stride_xc, stride_xh, stride_xw, stride_wc, stride_wr, stride_ws,
+            R, S, DIL_H, DIL_W, FLAT, RSC, BITS, EVEN_C, INPUT_PRECISION, UPCAST, ACC_DTYPE,
+            BLOCK_M, BLOCK_N, BLOCK_K,
         )
         if HAS_BIAS:
             acc += bias[None, :]
-        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
         # Compared as stored (rounded to the output dtype), so ties are the unfused path's.
         val = to_dtype(acc, y_ptr.dtype.element_ty).to(ACC_DTYPE)
-        take = row_ok[:, None] & ((val > best) | (val != val) | (arg < 0))
+        take = (val > best) | (val != val)
         best = tl.where(take, val, best)
-        arg = tl.where(take, tap, arg)
+        arg = tl.where(take, (u * POOL_S + v)[:, None], arg)
 
+    # ReLU: a max <= 0 (not NaN) becomes 0 at the first valid tap.
+    zero = best <= 0.0
+    best = tl.where(zero, 0.0, best)
+    arg = tl.where(zero, (u_lo * POOL_S + v_lo)[:, None], arg)
     y_off = (n_idx * stride_yn + pi * stride_yh + pj * stride_yw)[:, None] + ((g * K + offs_n) * stride_yc)[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
     tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
@@ -322,6 +399,7 @@ def conv2d_relu_max_pool2d_forward(
         *nchw_strides(y),
         **_geometry(weight, stride, padding, dilation, pool_kernel, pool_stride, pool_padding, pool_dilation),
         FLAT=cg < FLAT_BELOW, HAS_BIAS=bias is not None,
+        RSC=r * s * cg if cg < FLAT_BELOW else 0, C_ALIGN=_pow2_dividing(cg),
         INPUT_PRECISION=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype), ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
     )
     return y, arg

@@ -132,6 +132,39 @@ def test_both_forward_schemes_give_the_composition(name, one_kernel):
     assert torch.equal(rows * z.shape[3] + cols, idx)
 
 
+@pytest.mark.parametrize(
+    "x_shape,k,r,stride,padding,dilation,pool",
+    [
+        ((2, 64, 7, 6), 5, 3, 1, 1, 1, (3, 2, 1, True)),  # tap-wise, whole channel blocks, clamped taps
+        ((1, 3, 12, 11), 4, 3, 1, 8, 8, (2, 2, 0, True)),  # flattened, dilation 8: coordinates compared
+        ((1, 40, 11, 10), 3, 2, 1, 8, 15, (3, 2, 1, False)),  # tap-wise, dilation 15: coordinates compared
+    ],
+    ids=["tapwise-c64-pad-ceil", "flat-dilated", "tapwise-dilated"],
+)
+def test_one_kernel_ties_nan_and_argmax_like_torch(x_shape, k, r, stride, padding, dilation, pool):
+    """The one-kernel forward against torch's max_pool2d(relu(conv2d)) with its indices: integer
+    data (exact ties, windows all <= 0 after ReLU), NaN inputs (the last NaN of a window wins),
+    pool taps outside the conv output at both ends (padding, ceil_mode)."""
+    pk, ps, pp, ceil = pool
+    x = torch.randint(-1, 2, x_shape, device=DEVICE).double()
+    x[0, 1, 2, 3] = float("nan")
+    x[-1, 0, x_shape[2] - 1, x_shape[3] - 2] = float("nan")
+    w = torch.randint(-1, 2, (k, x_shape[1], r, r), device=DEVICE).double()
+    b = torch.randint(-2, 3, (k,), device=DEVICE).double()
+    y, arg = torch.ops.cnnkernels.conv2d_relu_max_pool2d(
+        x, w, b, [stride] * 2, [padding] * 4, [dilation] * 2, 1, [pk] * 2, [ps] * 2, [pp] * 2, [1, 1], ceil, False,
+        True,
+    )
+    z = F.relu(F.conv2d(x, w, b, stride, padding, dilation))
+    y_ref, idx = F.max_pool2d(z, pk, ps, pp, ceil_mode=ceil, return_indices=True)
+    assert (z == 0).any() and torch.isnan(z).any() and not torch.isnan(y_ref).all()
+    assert torch.equal(torch.isnan(y), torch.isnan(y_ref))
+    assert torch.equal(y.nan_to_num(), y_ref.nan_to_num())
+    rows = torch.arange(y.shape[2], device=DEVICE).view(1, 1, -1, 1) * ps - pp + arg.long() // pk
+    cols = torch.arange(y.shape[3], device=DEVICE).view(1, 1, 1, -1) * ps - pp + arg.long() % pk
+    assert torch.equal(rows * z.shape[3] + cols, idx)
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_low_precision_and_layouts(dtype, channels_last):

@@ -12,6 +12,7 @@ without it. The README's "Static report" section describes the columns.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -54,15 +55,12 @@ MODELS = ("AlexNet", "VGG", "NiN", "GoogLeNet")
 IMAGE = (1, 224, 224)  # the course's Fashion-MNIST images resized to 224
 
 
-# ----------------------------------------------------------------------------------------------
 # Capturing launches on the meta device
-# ----------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Launch:
-    """One Triton launch as a launcher made it: kernel (Autotuner or JITFunction), arguments,
-    grid, the layer it belongs to and the dtype of its first tensor."""
+    """One Triton launch as a launcher made it (kernel: an Autotuner or a JITFunction)."""
 
     kernel: object
     args: tuple
@@ -119,15 +117,11 @@ class _Recorder:
 
 @contextlib.contextmanager
 def capturing() -> Iterator[_Recorder]:
-    import torch
+    from unittest import mock
 
     rec = _Recorder()
-    saved = torch.library.wrap_triton
-    torch.library.wrap_triton = rec.wrap
-    try:
+    with mock.patch("torch.library.wrap_triton", rec.wrap):
         yield rec
-    finally:
-        torch.library.wrap_triton = saved
 
 
 def _torch_dtype(dtype: str):
@@ -149,8 +143,8 @@ def _meta_model(name: str, batch: int, dtype: str):
 
 
 def _label_modules(model, prefix: str, rec: _Recorder) -> list:
-    """Forward and backward hooks that tell the recorder which module a launch belongs to. A fused
-    block (Inception) runs its branches itself and refuses hooks on them: it is labelled whole."""
+    """Hooks that tell the recorder which module a launch belongs to (an Inception block as a whole:
+    it runs its branches itself)."""
     from cnnkernels.nn import Inception
 
     handles = []
@@ -177,12 +171,7 @@ def _label_modules(model, prefix: str, rec: _Recorder) -> list:
     return handles
 
 
-@dataclasses.dataclass
-class ModelCounts:
-    model: str
-    launches_forward: int
-    launches_train_step: int
-    torch_ops_forward: int
+ModelCounts = collections.namedtuple("ModelCounts", "model launches_forward launches_train_step torch_ops_forward")
 
 
 def model_launches(name: str, batch: int, dtype: str) -> list[Launch]:
@@ -200,8 +189,7 @@ def model_launches(name: str, batch: int, dtype: str) -> list[Launch]:
 
 
 def model_counts(name: str, batch: int = 128, dtype: str = "bf16") -> ModelCounts:
-    """Triton launches per forward and per training step, and the other torch ops (not
-    ``cnnkernels`` ops) per forward, counted on the meta device (train mode: dropout runs)."""
+    """Triton launches per forward and per training step, other torch ops per forward (meta, train mode)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     ops: Counter = Counter()
@@ -224,8 +212,7 @@ def model_counts(name: str, batch: int = 128, dtype: str = "bf16") -> ModelCount
 
 
 def functional_launches(batch: int, dtype: str) -> list[Launch]:
-    """The functional API's documented cases (README, "Functions and modules"), forward and
-    backward, on channels_last activations."""
+    """The functional API's documented cases (README), forward and backward, channels_last."""
     import torch
 
     import cnnkernels.functional as CF
@@ -261,9 +248,7 @@ def functional_launches(batch: int, dtype: str) -> list[Launch]:
     return launches
 
 
-# ----------------------------------------------------------------------------------------------
 # Anchors: Triton's tutorial pointer GEMM (03) and a descriptor (TMA) GEMM
-# ----------------------------------------------------------------------------------------------
 
 
 def _anchor_kernels():
@@ -358,9 +343,7 @@ def anchor_launches(dtypes=DTYPES) -> list[Launch]:
     return out
 
 
-# ----------------------------------------------------------------------------------------------
 # Compiling through Triton's own binder for sm_90
-# ----------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -389,8 +372,7 @@ def sm90_driver():
 
 
 def configs_kept(launch: Launch) -> list:
-    """The configs the launch's autotuner keeps after its early prune (``None`` for a plain
-    ``JITFunction`` launch, whose kwargs carry everything)."""
+    """The configs the launch's autotuner keeps after its early prune (``[None]`` for a plain JIT launch)."""
     tuner = launch.kernel
     if not hasattr(tuner, "prune_configs"):
         return [None]
@@ -423,9 +405,7 @@ def config_label(launch: Launch, cfg) -> str:
     return f"{short} w{opts.get('num_warps', 4)} s{opts.get('num_stages', 3)}"
 
 
-# ----------------------------------------------------------------------------------------------
 # Reading the compiled code
-# ----------------------------------------------------------------------------------------------
 
 
 def _tool(name: str) -> str:
@@ -455,8 +435,8 @@ def _opcode(ins: str) -> str:
 
 
 def main_loop(instrs: list[tuple[int, str]]) -> list[str] | None:
-    """The instructions of the main loop: of the loops closed by a backward branch, the one with
-    the most HGMMAs, then the innermost (shortest); without HGMMA, the longest loop."""
+    """The main loop's instructions: of the loops closed by a backward branch, the innermost with
+    the most HGMMAs; without HGMMA, the longest."""
     loops = []
     for addr, ins in instrs:
         if not _opcode(ins).startswith("BRA"):
@@ -475,22 +455,16 @@ def main_loop(instrs: list[tuple[int, str]]) -> list[str] | None:
     return max(loops, key=len)
 
 
+_LOAD_BITS = {"128": 128, "64": 64, "U16": 16, "S16": 16, "U8": 8, "S8": 8}  # else 32
+
+
 def _load_kind(ins: str) -> str | None:
-    op = _opcode(ins)
-    base = op.split(".")[0]
-    if base == "UTMALDG":
-        return "UTMALDG"
+    base, *parts = _opcode(ins).split(".")
     if base not in ("LDG", "LDGSTS"):
-        return None
-    parts = op.split(".")[1:]
+        return "UTMALDG" if base == "UTMALDG" else None
     bits = 32
     for p in parts:
-        if p in ("128", "64"):
-            bits = int(p)
-        elif p in ("U16", "S16"):
-            bits = 16
-        elif p in ("U8", "S8"):
-            bits = 8
+        bits = _LOAD_BITS.get(p, bits)
     return f"{base}.{bits}"
 
 
@@ -505,15 +479,9 @@ def analyse_sass(sass: str) -> dict:
         srcs = [s.strip() for s in re.sub(r"^@!?U?P\w+\s+", "", hgmma[0]).split(None, 1)[1].split(",")]
         operands = "SS" if len(srcs) > 1 and srcs[1].startswith("gdesc") else "RS"
     loop = main_loop(instrs)
-    out = dict(
-        hgmma=shape,
-        operands=operands,
-        spill_ops=sum(op.split(".")[0] in ("LDL", "STL") for op in ops),
-        loop_instr=None,
-        loop_hgmma=None,
-        loop_loads={},
-        loop_wait0=None,
-    )
+    spill_ops = sum(op.split(".")[0] in ("LDL", "STL") for op in ops)
+    out = dict(hgmma=shape, operands=operands, spill_ops=spill_ops, loop_instr=None, loop_hgmma=None, loop_wait0=None)
+    out["loop_loads"] = {}
     if loop is not None:
         loads = Counter(k for k in map(_load_kind, loop) if k)
         out.update(
@@ -541,11 +509,8 @@ def _ptxas_warnings(ptx: str, fp_fusion: bool) -> list[str]:
         cmd += [*extra, f"--gpu-name={arch}", src, "-o", os.path.join(d, "k.o")]
         log = subprocess.run(cmd, capture_output=True, text=True).stderr
     # C7515 and its kin come as "info : (C7515) Potential Performance Loss: ..."
-    return sorted(set(re.findall(r"\((C\d{4})\)", log)) | _spill_warning(log))
-
-
-def _spill_warning(log: str) -> set[str]:
-    return {"spill"} if re.search(r"warning\s*:.*spill", log, re.IGNORECASE) else set()
+    spill = {"spill"} if re.search(r"warning\s*:.*spill", log, re.IGNORECASE) else set()
+    return sorted(set(re.findall(r"\((C\d{4})\)", log)) | spill)
 
 
 _ANALYSIS_VERSION = 2  # bump when ``analyse`` changes what it stores
@@ -593,9 +558,8 @@ def ctas_per_sm(regs: int, smem: int, warps: int) -> int:
 
 
 def allows_16_byte_loads(launch: Launch) -> bool:
-    """True when every tensor of the launch has a contiguous run of whole 16-byte vectors: a
-    16-byte-aligned base, a unit-stride dimension (the channels of a 4-D NCHW-shaped tensor) whose
-    extent is a multiple of 16 bytes, and every other stride a multiple of 16 bytes."""
+    """Every tensor of the launch 16-byte aligned, unit-stride along its channels (4-D) or last dim
+    with a multiple of 16 bytes there, and every other stride a multiple of 16 bytes."""
     import torch
 
     tensors = [a for a in (*launch.args, *launch.kwargs.values()) if isinstance(a, torch.Tensor)]
@@ -611,9 +575,7 @@ def allows_16_byte_loads(launch: Launch) -> bool:
     return bool(tensors)
 
 
-# ----------------------------------------------------------------------------------------------
 # Rows
-# ----------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -688,8 +650,7 @@ def _progress(msg: str) -> None:
 
 def collect_launches(quick: bool, dtypes=DTYPES) -> list[Launch]:
     """Every launch of the four models (batch 1 and 128) and the functional cases, per dtype; with
-    ``quick``, per kernel family the specialisation most layers share, GoogLeNet and the
-    functional cases at batch 128."""
+    ``quick``, GoogLeNet and the functional cases at batch 128, one specialisation per family."""
     launches = []
     for dtype in dtypes:
         if quick:
@@ -808,8 +769,7 @@ def run_report(
 
 
 def specialisation_key(launch: Launch, cfg) -> str:
-    """Triton's own cache key for this launch at this config on sm_90 (its binder's
-    specialisation and options): launches with equal keys compile to the same kernel."""
+    """Triton's own cache key (binder specialisation and options) of this launch at ``cfg`` on sm_90."""
     fn = launch.jit_fn
     with sm90_driver():
         binder = fn.device_caches[0][-1]
@@ -826,9 +786,7 @@ def _compile_job(i: int) -> tuple[int, str, int, dict]:
     return i, kernel.hash, int(kernel.metadata.shared), analyse(kernel)
 
 
-# ----------------------------------------------------------------------------------------------
 # Output
-# ----------------------------------------------------------------------------------------------
 
 JSON_KEYS = (
     "kernel layer dtype config regs spills smem ctas_per_sm hgmma operands loop_instr loop_hgmma loop_ratio "
@@ -877,8 +835,7 @@ def format_table(rows: list[Row], counts: list[ModelCounts]) -> str:
 
 
 def _reexec_without_interpreter(argv: list[str]) -> int | None:
-    """The report compiles for sm_90: under ``TRITON_INTERPRET`` Triton's jit functions are
-    interpreter objects, so run again in a fresh process without it."""
+    """Under ``TRITON_INTERPRET`` jit functions are interpreter objects: run again without it."""
     if os.environ.get("TRITON_INTERPRET", "") in ("", "0"):
         return None
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -904,14 +861,14 @@ def main(argv: list[str] | None = None) -> int:
     rows, counts = run_report(
         quick=args.quick, kernel_prefix=args.kernel, dtypes=tuple(args.dtype or DTYPES), jobs=max(1, args.jobs)
     )
-    if len([r for r in rows if not r.anchor]) == 0:
+    if all(r.anchor for r in rows):
         print(f"no kernel family starts with {args.kernel!r}", file=sys.stderr)
         return 2
     if args.json:
         for r in rows:
             print(json.dumps(row_json(r)))
         for c in counts:
-            print(json.dumps(dataclasses.asdict(c)))
+            print(json.dumps(c._asdict()))
     else:
         print(format_table(rows, counts))
     return 1 if any(not r.ok for r in rows) else 0

@@ -1,19 +1,15 @@
 """The ``cnnkernels`` command line: summary, check, bench, report, train, demo.
 
-Without a GPU the kernels run under Triton's interpreter: the CLI switches it on before triton
-is imported, and says so. Bad input (an unknown model, a non-positive size, an input too small
-for the architecture, an unreadable data file) is one line on stderr naming the argument and
-exit code 2, before any work starts.
-
-Output is plain text, one line per finished step with its time, so that progress shows on a
-terminal and in a log alike; with the optional ``cli`` extra (rich) installed, tables get boxes
-and verdicts colours.
+Bad input is one line on stderr naming the argument and exit code 2, before any work starts.
+Output is plain text, one line per finished step; with rich installed, boxed tables and colours.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import math
 import os
 import sys
@@ -24,18 +20,6 @@ ALIASES = {"vgg11": "vgg", "vgg-11": "vgg", "inception": "googlenet"}
 # Default image side per model for ``check`` and ``train`` on the CPU (interpreter): about the
 # smallest size the architecture admits, so each model finishes in about a minute.
 CPU_SIZE = {"alexnet": 67, "vgg": 32, "nin": 67, "googlenet": 32}
-# --dtype spellings -> torch dtype names.
-DTYPES = {
-    "fp32": "float32",
-    "float32": "float32",
-    "fp16": "float16",
-    "float16": "float16",
-    "half": "float16",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp64": "float64",
-    "float64": "float64",
-}
 RICH_HINT = "colours and boxed tables: pip install 'cnnkernels[cli]' (rich)"
 
 
@@ -43,7 +27,6 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
-# ---------------------------------------------------------------------------------------------
 # argument types: each rejects bad input at parse time, naming the argument
 
 
@@ -61,6 +44,10 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1, "positive")
 
 
+def nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0, "non-negative")
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -72,9 +59,49 @@ def positive_float(text: str) -> float:
 
 
 def dtype_name(text: str) -> str:
-    if text.lower() not in DTYPES:
-        raise argparse.ArgumentTypeError(f"must be one of fp32, fp16, bf16, fp64, got {text!r}")
-    return DTYPES[text.lower()]
+    from cnnkernels.roofline import _dtype_name
+
+    try:
+        return _dtype_name(text.lower())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be one of fp32, fp16, bf16, fp64, got {text!r}") from None
+
+
+def _opt(default, type, help: str):  # noqa: A002 - argparse's own names
+    """A ``TrainConfig`` field that is also a ``cnnkernels train`` option (``--name-with-dashes``)."""
+    return dataclasses.field(default=default, metadata={"type": type, "help": help})
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """What one training run needs (``cnnkernels.train.train``): ``cnnkernels train``'s options."""
+
+    model: str = dataclasses.field(
+        metadata={"help": "alexnet, vgg, nin, googlenet, or MODULE:FUNCTION / FILE.py:FUNCTION (num_classes=10)"}
+    )
+    steps: int = _opt(5, positive_int, "optimizer steps in all (default 5)")
+    batch: int = _opt(8, positive_int, "global batch, split evenly across ranks (default 8)")
+    lr: float = _opt(0.01, positive_float, "SGD learning rate (default 0.01)")
+    momentum: float = _opt(0.0, float, "SGD momentum (default 0)")
+    size: int | None = _opt(None, positive_int, "image side (default 224 on a GPU, small on the CPU)")
+    data: str | None = _opt(None, str, "folder with Fashion-MNIST idx files (default: synthetic data)")
+    dtype: str | None = _opt(
+        None,
+        dtype_name,
+        "fp32, bf16 or fp16: autocast with fp32 master weights, fp16 with a GradScaler "
+        "(default bf16 on a GPU, fp32 on the CPU)",
+    )
+    seed: int = _opt(0, nonnegative_int, "weights, data order and synthetic data (default 0)")
+    checkpoint: str | None = _opt(None, str, "checkpoint file, written atomically by rank 0")
+    save_every: int = _opt(0, nonnegative_int, "save every N steps (default 0: at the end only)")
+    resume: bool = _opt(False, bool, "continue from --checkpoint when it exists (start fresh when not)")
+    log_every: int = _opt(1, positive_int, "a progress line every N steps (default 1)")
+    accum: int = _opt(1, positive_int, "micro-batches per step: gradient accumulation (DDP no_sync)")
+    workers: int | None = _opt(None, nonnegative_int, "DataLoader workers (default 4 on a GPU, 0 on the CPU)")
+    val_images: int | None = _opt(None, positive_int, "validation images (default all on a GPU, one batch on the CPU)")
+    synthetic: int = _opt(60000, positive_int, "synthetic training images (default 60000)")
+    bucket_cap_mb: float = _opt(25.0, positive_float, "DDP gradient bucket size (default 25)")
+    fuse: bool = _opt(False, bool, "run cnnkernels.fuse on a MODULE:FUNCTION model first")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -84,7 +111,6 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message}\n")
 
 
-# ---------------------------------------------------------------------------------------------
 # output: plain text, with rich's boxes and colours on top when it is installed
 
 
@@ -137,7 +163,6 @@ def _secs(s: float) -> str:
     return f"{s:.1f} s" if s < 60 else f"{int(s // 60)} min {s % 60:02.0f} s"
 
 
-# ---------------------------------------------------------------------------------------------
 # shared checks
 
 
@@ -188,13 +213,16 @@ def _parse_shape(text: str) -> tuple[int, int, int, int]:
     return dims
 
 
+def shape_str(shape) -> str:
+    return "x".join(map(str, shape))
+
+
 def _torch_dtype(name: str):
     import torch
 
     return getattr(torch, name)
 
 
-# ---------------------------------------------------------------------------------------------
 # summary
 
 
@@ -206,32 +234,18 @@ def cmd_summary(args) -> int:
     _check_size(name, _build(name), shape[2], shape[3], arg="--input")
     rows = roofline.layer_table(name, shape, dtype=args.dtype)
     totals = roofline.totals_of(name, rows)
+
+    def cells(x, *first):  # a Layer or the ModelTotals
+        gflops, mb, us = x.flops_fwd / 1e9, x.bytes_fwd / 1e6, x.floor_s() * 1e6
+        return [*first, f"{x.params:,}", f"{gflops:.3f}", f"{mb:.2f}", f"{us:.1f}"]
+
     out = Out()
     out.table(
         f"{name} at input {shape}, {totals.dtype}: roofline floor on an H100 (analytic)",
         ["layer", "kind", "output shape", "params", "GFLOP fwd", "MB fwd", "floor fwd (us)"],
-        [
-            [
-                r.name,
-                f"{r.kind} in {r.computed_in}" if r.computed_in else r.kind,
-                "x".join(map(str, r.out_shape)),
-                f"{r.params:,}",
-                f"{r.flops_fwd / 1e9:.3f}",
-                f"{r.bytes_fwd / 1e6:.2f}",
-                f"{r.floor_s('H100') * 1e6:.1f}",
-            ]
-            for r in rows
-        ],
+        [cells(r, r.name, f"{r.kind} in {r.computed_in}".removesuffix(" in "), shape_str(r.out_shape)) for r in rows],
         right=(3, 4, 5, 6),
-        total=[
-            "total",
-            "",
-            "",
-            f"{totals.params:,}",
-            f"{totals.flops_fwd / 1e9:.3f}",
-            f"{totals.bytes_fwd / 1e6:.2f}",
-            f"{totals.floor_s('H100') * 1e6:.1f}",
-        ],
+        total=cells(totals, "total", "", ""),
     )
     out.line(
         f"training step floor: {totals.floor_s('H100', 'train') * 1e6:.1f} us on an H100; fusion saves "
@@ -250,16 +264,13 @@ def cmd_summary(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
 # check
 
 
 def check_model(name: str, batch: int, size: int, dtype, device: str, seed: int = 0, progress=None) -> list:
-    """Fused model vs its ``torch.nn`` twin with the same weights, eval mode (no dropout):
-    logits, input gradient and every parameter gradient, each judged by
-    ``cnnkernels.testing.model_verdict`` against a float64 run of the twin and the twin run in
-    ``dtype`` (torch's own error). Returns one ``ModelVerdict`` per tensor. ``progress(label,
-    seconds)`` is called after each stage."""
+    """Fused model vs its ``torch.nn`` twin with the same weights, eval mode: one
+    ``cnnkernels.testing.model_verdict`` per tensor (logits, input and parameter gradients), against
+    the twin in float64 and in ``dtype``. ``progress(label, seconds)`` is called after each stage."""
     import copy
 
     import torch
@@ -338,34 +349,23 @@ def cmd_check(args) -> int:
         verdicts = check_model(
             name, batch, size, dtype, device, progress=lambda label, s: out.line(f"    {label}: {_secs(s)}")
         )
-        secs = time.perf_counter() - t0
+        took = _secs(time.perf_counter() - t0)
         bad = [v for v in verdicts if not v.ok]
         worst = max(verdicts, key=lambda v: v.err / v.bound if v.bound > 0 else math.inf)
         if bad:
             failed.append(name)
-            out.line(
-                f"{name}: FAILED, {len(bad)} of {len(verdicts)} tensors outside their bound "
-                f"(first: {bad[0].name}) ({_secs(secs)})",
-                style="bold red",
-            )
+            first = f"FAILED, {len(bad)} of {len(verdicts)} tensors outside their bound (first: {bad[0].name})"
+            out.line(f"{name}: {first} ({took})", style="bold red")
         else:
+            closest = f"(closest: {worst.name} at {worst.err / worst.bound:.0%} of it)"
             out.line(
-                f"{name}: PASS, all {len(verdicts)} tensors within their bound "
-                f"(closest: {worst.name} at {worst.err / worst.bound:.0%} of it) ({_secs(secs)})",
-                style="bold green",
+                f"{name}: PASS, all {len(verdicts)} tensors within their bound {closest} ({took})", style="bold green"
             )
         out.table(
             f"{name}: fused vs torch.nn twin, batch {batch}, {size}x{size}, {dname}",
             ["tensor", "max abs err", "rel err", f"torch {dname} rel err", "bound", "ok"],
             [
-                [
-                    v.name,
-                    f"{v.max_abs:.2e}",
-                    f"{v.err:.2e}",
-                    f"{v.torch_err:.2e}",
-                    f"{v.bound:.2e}",
-                    "pass" if v.ok else "FAIL",
-                ]
+                [v.name, *(f"{e:.2e}" for e in (v.max_abs, v.err, v.torch_err, v.bound)), "pass" if v.ok else "FAIL"]
                 for v in verdicts
             ],
             right=(1, 2, 3, 4),
@@ -378,7 +378,6 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
-# ---------------------------------------------------------------------------------------------
 # bench
 
 
@@ -394,6 +393,7 @@ def cmd_bench(args) -> int:
     for name in names:
         _check_size(name, _build(name, reference=True), args.size, args.size)
     from cnnkernels import models
+    from cnnkernels.timing import gpu_time_s, peak_memory_bytes
 
     out = Out()
     dtype = _torch_dtype(args.dtype)
@@ -407,12 +407,15 @@ def cmd_bench(args) -> int:
         fused = models.from_reference(ref).to(dtype).eval()
         ref = ref.to(dtype).to(memory_format=torch.channels_last).eval()
         xd = x.to(dtype)
-        stats = {}
+        base = None
         for provider, model in (("cudnn", ref), ("cnnkernels", fused), ("torch.compile", torch.compile(ref))):
-            stats[provider] = _measure(lambda m=model, inp=xd: m(inp))
-        for provider, (ms, mib) in stats.items():
-            speedup = f"{stats['cudnn'][0] / ms:.2f}x"
-            rows.append([name, provider, f"{ms:.3f}", f"{args.batch / ms * 1e3:,.0f}", speedup, f"{mib:,.0f}"])
+            with torch.no_grad():  # median ms (triton.testing.do_bench) and peak MiB of a forward
+                fn = functools.partial(model, xd)
+                ms, mib = gpu_time_s(fn) * 1e3, peak_memory_bytes(fn) / 2**20
+            base = base or ms
+            rows.append(
+                [name, provider, f"{ms:.3f}", f"{args.batch / ms * 1e3:,.0f}", f"{base / ms:.2f}x", f"{mib:,.0f}"]
+            )
         out.line(f"{name}: measured ({_secs(time.perf_counter() - t0)})")
     out.table(
         f"{torch.cuda.get_device_name()}, {args.dtype}, batch {args.batch}, forward",
@@ -424,16 +427,15 @@ def cmd_bench(args) -> int:
 
 
 def _bench_host(names: list[str]) -> int:
-    """Host cost per op and per model with every Triton launch replaced by a counter
-    (``cnnkernels.host``): runs anywhere, a GPU or the interpreter on the CPU."""
+    """Host cost per op and per model call, launches counted not run (``cnnkernels.host``): runs anywhere."""
     _backend()
     from cnnkernels import host
 
     out = Out()
-    rows = []
-    for ours, theirs in host.op_costs():
-        ratio = ours.us / theirs.us
-        rows.append([ours.name, f"{ours.us:.1f}", f"{theirs.us:.1f}", f"{ratio:.2f}x", str(ours.python_calls)])
+    rows = [
+        [ours.name, f"{ours.us:.1f}", f"{theirs.us:.1f}", f"{ours.us / theirs.us:.2f}x", str(ours.python_calls)]
+        for ours, theirs in host.op_costs()
+    ]
     out.table(
         "host cost per op call (launches counted, not run; torch: the same op on one element)",
         ["op", "cnnkernels us", "torch us", "ratio", "Python calls"],
@@ -454,18 +456,6 @@ def _bench_host(names: list[str]) -> int:
     return 0
 
 
-def _measure(fn) -> tuple[float, float]:
-    """Median milliseconds (``cnnkernels.timing.gpu_time_s``) and peak MiB allocated
-    (``cnnkernels.timing.peak_memory_bytes``) of a no-grad call of ``fn``."""
-    import torch
-
-    from .timing import gpu_time_s, peak_memory_bytes
-
-    with torch.no_grad():
-        return gpu_time_s(fn) * 1e3, peak_memory_bytes(fn) / 2**20
-
-
-# ---------------------------------------------------------------------------------------------
 # train
 
 
@@ -478,13 +468,7 @@ def cmd_train(args) -> int:
         _backend()
         from cnnkernels import train
 
-        cfg = train.TrainConfig(
-            **{
-                f.name: getattr(args, f.name)
-                for f in train.dataclasses.fields(train.TrainConfig)
-                if hasattr(args, f.name)
-            }
-        )
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
         run = train.train
         if "TORCHELASTIC_ERROR_FILE" in os.environ:  # under torchrun: its summary shows this rank's error
             from torch.distributed.elastic.multiprocessing.errors import record
@@ -498,10 +482,6 @@ def cmd_train(args) -> int:
     return status
 
 
-def nonnegative_int(text: str) -> int:
-    return _int_at_least(text, 0, "non-negative")
-
-
 def _add_train_parser(sub) -> None:
     t = sub.add_parser(
         "train",
@@ -509,55 +489,22 @@ def _add_train_parser(sub) -> None:
         description="Train on the fused kernels. Runs unchanged under torchrun --nproc-per-node N "
         "(DistributedDataParallel, NCCL on GPUs, Gloo on CPUs); --batch is the global batch.",
     )
-    t.add_argument("model", help="alexnet, vgg, nin, googlenet, or MODULE:FUNCTION / FILE.py:FUNCTION (num_classes=10)")
-    t.add_argument("--steps", type=positive_int, default=5, help="optimizer steps in all (default 5)")
-    t.add_argument("--batch", type=positive_int, default=8, help="global batch, split evenly across ranks (default 8)")
-    t.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate (default 0.01)")
-    t.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
-    t.add_argument(
-        "--size", type=positive_int, default=None, help="image side (default 224 on a GPU, small on the CPU)"
-    )
-    t.add_argument("--data", default=None, help="folder with Fashion-MNIST idx files (default: synthetic data)")
-    t.add_argument(
-        "--dtype",
-        type=dtype_name,
-        default=None,
-        help="fp32, bf16 or fp16: autocast with fp32 master weights, fp16 with a GradScaler (default bf16 on a GPU, fp32 on the CPU)",
-    )
-    t.add_argument("--seed", type=nonnegative_int, default=0, help="weights, data order and synthetic data (default 0)")
-    t.add_argument("--checkpoint", default=None, help="checkpoint file, written atomically by rank 0")
-    t.add_argument(
-        "--save-every", type=nonnegative_int, default=0, help="save every N steps (default 0: at the end only)"
-    )
-    t.add_argument(
-        "--resume", action="store_true", help="continue from --checkpoint when it exists (start fresh when not)"
-    )
-    t.add_argument("--log-every", type=positive_int, default=1, help="a progress line every N steps (default 1)")
-    t.add_argument(
-        "--accum", type=positive_int, default=1, help="micro-batches per step: gradient accumulation (DDP no_sync)"
-    )
-    t.add_argument(
-        "--workers", type=nonnegative_int, default=None, help="DataLoader workers (default 4 on a GPU, 0 on the CPU)"
-    )
-    t.add_argument(
-        "--val-images",
-        type=positive_int,
-        default=None,
-        help="validation images (default all on a GPU, one batch on the CPU)",
-    )
-    t.add_argument("--synthetic", type=positive_int, default=60000, help="synthetic training images (default 60000)")
-    t.add_argument("--bucket-cap-mb", type=positive_float, default=25.0, help="DDP gradient bucket size (default 25)")
-    t.add_argument("--fuse", action="store_true", help="run cnnkernels.fuse on a MODULE:FUNCTION model first")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model":
+            t.add_argument("model", help=f.metadata["help"])
+        elif f.default is False:
+            t.add_argument("--" + f.name.replace("_", "-"), action="store_true", help=f.metadata["help"])
+        else:
+            kind = f.metadata["type"]
+            t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f.metadata["help"])
     t.set_defaults(fn=cmd_train)
 
 
-# ---------------------------------------------------------------------------------------------
 # report, demo
 
 
 def cmd_report(args) -> int:
-    """The static sm_90 report; it compiles without the interpreter whatever the environment
-    says (``cnnkernels.report`` re-runs itself without ``TRITON_INTERPRET``)."""
+    """The static sm_90 report (``cnnkernels.report``, which re-runs itself without the interpreter)."""
     from cnnkernels import report
 
     argv = ["--kernel", args.kernel] if args.kernel else []

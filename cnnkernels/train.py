@@ -1,28 +1,9 @@
-"""The training loop behind ``cnnkernels train``: one process, or many under ``torchrun``.
+"""The training loop behind ``cnnkernels train``: one process, or every rank of a ``torchrun`` job.
 
-* **Processes.** Under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
-  ``MASTER_ADDR``/``MASTER_PORT`` in the environment) ``torch.distributed`` is initialised from
-  the environment, NCCL on GPUs and Gloo on CPUs (the interpreter), the model is wrapped in
-  ``DistributedDataParallel`` and the data read through a ``DistributedSampler``. ``--batch`` is
-  the *global* batch, split evenly across the ranks; each rank's loss is the mean over its
-  share, so DDP's all-reduced mean of the ranks' gradients is the gradient of the whole batch.
-  Logging and checkpoints happen on rank 0 only; the process group is destroyed on exit and on
-  error. Without ``torchrun`` the same loop runs in one process (the sampler with one replica,
-  so the data order is the same for any number of ranks).
-* **Precision.** ``--dtype bf16`` (the default on a GPU) and ``fp16`` run the forward under
-  ``torch.autocast`` with fp32 master weights; fp16 scales the loss with ``torch.amp.GradScaler``.
-  ``fp32`` (the default on the CPU) runs without autocast.
-* **Data.** Fashion-MNIST idx files from ``--data`` (plain or gzip; ``t10k-*`` files, when
-  present, are the validation set), resized as the course does (bilinear), or synthetic images
-  that are a pure function of ``--seed`` and the index. Read with a ``DataLoader`` (workers and
-  pinned memory on a GPU).
-* **Checkpoints.** One ``torch.save`` dict at ``--checkpoint``: the unwrapped model's
-  ``state_dict`` under ``"model"``, the optimizer, the scaler, the step and epoch and every
-  rank's RNG states. Written to a temporary file in the same folder, flushed and fsynced, then
-  renamed over the old one (``os.replace`` is atomic), so a kill at any moment leaves either the
-  previous checkpoint or the new one. ``--resume`` continues from it, bit for bit: the data order
-  depends only on the seed, the epoch and the step, and the RNG states are restored. SIGTERM
-  finishes the current step, saves, and exits with status 143.
+DistributedDataParallel over NCCL (GPUs) or Gloo (CPUs) with a ``DistributedSampler``; ``--batch``
+is the global batch. Autocast with fp32 master weights (fp16 with a ``GradScaler``). Fashion-MNIST
+idx files or synthetic images. Atomic checkpoints (rank 0) and bit-for-bit resume; SIGTERM saves
+and exits 143. The README's "Training" section says what each option does.
 """
 
 from __future__ import annotations
@@ -44,10 +25,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from cnnkernels import cli as _cli
-from cnnkernels.cli import CPU_SIZE, MODELS, UsageError, _secs
+from cnnkernels.cli import CPU_SIZE, MODELS, TrainConfig, UsageError, _secs
 
 __all__ = ["TrainConfig", "train", "save_checkpoint", "load_checkpoint", "build_model", "SyntheticImages"]
 
@@ -56,32 +37,6 @@ SIGTERM_EXIT = 128 + signal.SIGTERM  # the shell's status for a process ended by
 AMP = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """What one run needs; ``cnnkernels train``'s options, one field each."""
-
-    model: str
-    steps: int = 5
-    batch: int = 8  # global: split evenly across the ranks
-    lr: float = 0.01
-    momentum: float = 0.0
-    size: int | None = None  # image side; default 224 on a GPU, small on the CPU
-    data: str | None = None
-    dtype: str | None = None  # float32, bfloat16 or float16; default bf16 on a GPU, fp32 on the CPU
-    seed: int = 0
-    checkpoint: str | None = None
-    save_every: int = 0  # 0: only at the end (and on SIGTERM)
-    resume: bool = False
-    log_every: int = 1
-    accum: int = 1  # micro-batches per step (gradient accumulation, DDP's no_sync between them)
-    workers: int | None = None  # DataLoader workers; default 4 on a GPU, 0 on the CPU
-    val_images: int | None = None  # default: all on a GPU, one global batch on the CPU
-    synthetic: int = 60000  # size of the synthetic training set
-    bucket_cap_mb: float = 25.0  # DDP's gradient bucket size
-    fuse: bool = False  # run cnnkernels.fuse on a MODULE:FUNCTION model
-
-
-# ---------------------------------------------------------------------------------------------
 # processes
 
 
@@ -121,7 +76,6 @@ def _device(where: Dist) -> torch.device:
     return torch.device("cuda", where.local_rank)
 
 
-# ---------------------------------------------------------------------------------------------
 # data
 
 
@@ -162,9 +116,8 @@ class IdxImages(Dataset):
 
 
 def read_idx(path: str, ndim: int) -> np.ndarray:
-    """An idx file (the MNIST/Fashion-MNIST format) of unsigned bytes with ``ndim`` dimensions,
-    gzipped or not (told by its first bytes, not its name), as a numpy array. Anything else is a
-    ``UsageError`` naming the file and what is wrong with it."""
+    """An idx file of unsigned bytes with ``ndim`` dimensions, gzipped or not (told by its first
+    bytes), as a numpy array; anything else is a ``UsageError`` naming the file and the problem."""
     import gzip
     import zlib
 
@@ -195,9 +148,8 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
 
 
 def fashion_mnist(directory: str, prefix: str = "train", required: bool = True):
-    """The images and labels of one Fashion-MNIST split (``prefix`` ``train`` or ``t10k``) in
-    ``directory``, checked against each other; ``None`` for a missing split that is not
-    ``required``."""
+    """Images and labels of one Fashion-MNIST split (``train`` or ``t10k``) in ``directory``;
+    ``None`` for a missing split that is not ``required``."""
     import glob
 
     if not os.path.isdir(directory):
@@ -227,28 +179,11 @@ def load_data(cfg: TrainConfig, size: int) -> tuple[Dataset, Dataset | None, str
         train = SyntheticImages(cfg.synthetic, size, cfg.seed)
         val = SyntheticImages(10000, size, cfg.seed, offset=1 << 40)  # disjoint from training items
         return train, val, f"synthetic data ({cfg.synthetic} images, seed {cfg.seed})"
-    images, labels = fashion_mnist(cfg.data)
-    val = None
+    train = IdxImages(*fashion_mnist(cfg.data), size)
     test = fashion_mnist(cfg.data, prefix="t10k", required=False)
-    if test is not None:
-        val = IdxImages(*test, size)
-    return IdxImages(images, labels, size), val, f"Fashion-MNIST from {cfg.data}"
+    return train, None if test is None else IdxImages(*test, size), f"Fashion-MNIST from {cfg.data}"
 
 
-class SkipSampler(Sampler):
-    """``sampler``'s indices without the first ``skip``: where a resumed epoch picks up."""
-
-    def __init__(self, sampler: Sampler, skip: int):
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self):
-        return itertools.islice(iter(self.sampler), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(0, len(self.sampler) - self.skip)
-
-
-# ---------------------------------------------------------------------------------------------
 # model
 
 
@@ -274,20 +209,16 @@ def _load_factory(spec: str):
 
 
 def build_model(cfg: TrainConfig, size: int) -> tuple[nn.Module, str]:
-    """The model named by ``cfg.model`` (one of the four, or ``MODULE:FUNCTION`` called with
-    ``num_classes=10``; with ``cfg.fuse`` rewritten by ``cnnkernels.fuse``) and its display
-    name. Checks the image size against the architecture's minimum."""
+    """The model ``cfg.model`` names (one of the four, or ``MODULE:FUNCTION`` called with
+    ``num_classes=10``, fused with ``cfg.fuse``) and its display name; checks the image size."""
     if ":" in cfg.model:
         name = cfg.model
         model = _load_factory(cfg.model)(num_classes=10)
         if not isinstance(model, nn.Module):
             raise UsageError(f"model: {cfg.model} returned a {type(model).__name__}, not a torch.nn.Module")
         if cfg.fuse:
-            import cnnkernels
+            from cnnkernels import fuse
 
-            fuse = getattr(cnnkernels, "fuse", None)
-            if not callable(fuse):
-                raise UsageError("--fuse: this version of cnnkernels has no cnnkernels.fuse")
             model = fuse(model)
     else:
         try:
@@ -304,9 +235,8 @@ def build_model(cfg: TrainConfig, size: int) -> tuple[nn.Module, str]:
 
 
 def _materialise(model: nn.Module, size: int, device: torch.device) -> None:
-    """Give lazy layers their shapes before DDP sees the parameters, and put conv weights in
-    channels_last (the layout the kernels prefer and the fused models switch to at their first
-    call) so that DDP's gradient buckets are laid out for the final strides."""
+    """Lazy layers materialised and conv weights channels_last (the fused models' layout after their
+    first call) before DDP sees the parameters, so its gradient buckets match the final strides."""
     if hasattr(model, "materialize"):
         model.materialize((1, 1, size, size))
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
@@ -315,14 +245,12 @@ def _materialise(model: nn.Module, size: int, device: torch.device) -> None:
     model.to(memory_format=torch.channels_last)
 
 
-# ---------------------------------------------------------------------------------------------
 # checkpoints
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """``torch.save(state)`` to ``path`` atomically: a temporary file in the same folder,
-    flushed and fsynced, then ``os.replace``d over ``path``. A failure or a kill at any point
-    leaves the previous file as it was (and no temporary file, unless killed mid-write)."""
+    """``torch.save(state)`` to ``path`` atomically: a fsynced temporary file in the same folder,
+    ``os.replace``d over ``path``; a failure or a kill at any point leaves the previous file whole."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
     try:
@@ -344,8 +272,7 @@ def save_checkpoint(path: str, state: dict) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
-    """A checkpoint written by ``save_checkpoint``; anything else is a ``UsageError`` naming the
-    file."""
+    """A checkpoint written by ``save_checkpoint``; anything else is a ``UsageError`` naming the file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated, not a torch file, unpicklable...
@@ -383,40 +310,28 @@ def _seed_everything(seed: int) -> None:
 _RESUME_MUST_MATCH = ("model", "batch", "seed", "size", "dtype", "data", "synthetic", "accum", "fuse")
 
 
-# ---------------------------------------------------------------------------------------------
 # progress
 
 
 class Progress:
-    """Step lines on rank 0: a rich progress bar above the lines on a terminal (with rich
-    installed), plain lines otherwise (a pipe or a log gets each line as the step ends)."""
+    """Step lines on rank 0: on a terminal with rich installed, rich's progress bar under them;
+    otherwise plain lines (a pipe or a log gets each line as the step ends, never wrapped)."""
 
     def __init__(self, total: int, enabled: bool):
-        from cnnkernels.cli import Out
+        self.enabled, self.bar = enabled, None
+        if enabled and sys.stdout.isatty() and importlib.util.find_spec("rich"):
+            from rich import progress as p
 
-        self.enabled = enabled
-        self.out = Out() if enabled else None
-        self.bar = None
-        if enabled and self.out.console is not None and sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("training"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=self.out.console,
-            )
+            columns = (p.TextColumn("training"), p.BarColumn(), p.MofNCompleteColumn(), p.TimeRemainingColumn())
+            self.bar = p.Progress(*columns, console=p.Console(highlight=False))
             self.task = self.bar.add_task("training", total=total)
             self.bar.start()
 
     def line(self, text: str, style: str | None = None) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:  # a pipe or a log: one plain line each, never wrapped
+        if self.bar is not None:
+            self.bar.console.print(text, style=style, markup=False, soft_wrap=True)
+        elif self.enabled:
             print(text, flush=True)
-        else:
-            self.out.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
 
     def advance(self, completed: int) -> None:
         if self.bar is not None:
@@ -428,35 +343,15 @@ class Progress:
             self.bar = None
 
 
-# ---------------------------------------------------------------------------------------------
 # the loop
 
 
-class _Stop:
-    """Set by SIGTERM; the loop checks it after each step (all ranks agree through a MAX
-    all-reduce, so they stop at the same step)."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __call__(self, signum, frame):
-        self.requested = True
-
-
-def _agree(flag: bool, where: Dist, device: torch.device) -> bool:
-    if not where.enabled:
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def _mean_over_ranks(values: list[float], where: Dist, device: torch.device) -> list[float]:
+def _all_reduce(values: list[float], where: Dist, device: torch.device, op=dist.ReduceOp.SUM) -> list[float]:
     if not where.enabled:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return (t / where.world).tolist()
+    dist.all_reduce(t, op=op)
+    return t.tolist()
 
 
 def _evaluate(model: nn.Module, val: Dataset, n: int, batch: int, where: Dist, device, amp) -> tuple[float, int]:
@@ -469,7 +364,7 @@ def _evaluate(model: nn.Module, val: Dataset, n: int, batch: int, where: Dist, d
     with torch.no_grad():
         for x, y in DataLoader(part, batch_size=batch, shuffle=False):
             x, y = x.to(device), y.to(device)
-            with _autocast(device, amp):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = model(x)
             correct[0] += (logits.argmax(1) == y).sum().item()
             correct[1] += len(y)
@@ -479,17 +374,9 @@ def _evaluate(model: nn.Module, val: Dataset, n: int, batch: int, where: Dist, d
     return (correct[0] / correct[1]).item() if correct[1] > 0 else float("nan"), int(correct[1].item())
 
 
-def _autocast(device: torch.device, amp):
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=amp)
-
-
 def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
-    """Run ``cfg`` in this process (rank ``where.rank`` of ``where.world``), initialising and
-    destroying the process group when there are several. Returns ``(exit status, unwrapped
-    model)``: 0 when done, 143 when stopped by SIGTERM (after saving a checkpoint when
-    ``cfg.checkpoint`` is set). Bad settings are ``UsageError``s raised before any work."""
+    """Run ``cfg`` as rank ``where.rank`` of ``where.world`` (one process group for several): returns
+    (0, or 143 after SIGTERM and a checkpoint; the unwrapped model). Bad settings: ``UsageError``."""
     where = where or launch_env()
     # Settings first: every rank refuses the same bad input before the process group exists.
     if cfg.batch % where.world:
@@ -540,168 +427,148 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
         timeout = timedelta(seconds=float(os.environ.get("CNNKERNELS_DIST_TIMEOUT", "1800")))
         dist.init_process_group(backend, timeout=timeout)
     log = Progress(cfg.steps, where.main)
-    stop = _Stop()
-    previous_handler = signal.signal(signal.SIGTERM, stop)
+    stop = []  # SIGTERM appends; checked after each step, all ranks agreeing (a MAX all-reduce)
+    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
     try:
-        return _run(
-            cfg,
-            where,
-            device,
-            size,
-            dtype,
-            model,
-            name,
-            train_set,
-            val_set,
-            source,
-            steps_per_epoch,
-            log,
-            stop,
-            resume_state,
+        amp = AMP[dtype]
+        model.to(device)
+        _materialise(model, size, device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+        step = 0
+        if resume_state is not None:
+            model.load_state_dict(resume_state["model"])
+            optimizer.load_state_dict(resume_state["optimizer"])
+            if resume_state.get("scaler"):
+                scaler.load_state_dict(resume_state["scaler"])
+            step = int(resume_state["step"])
+            rngs = resume_state.get("rng") or []
+            if len(rngs) == where.world:  # the same ranks: each continues its own random streams
+                _set_rng_state(rngs[where.rank], device)
+        net = model
+        if where.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            net = DDP(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                bucket_cap_mb=cfg.bucket_cap_mb,
+            )
+        local_batch = cfg.batch // where.world
+        micro = local_batch // cfg.accum
+        workers = (
+            cfg.workers if cfg.workers is not None else (min(4, os.cpu_count() or 1) if device.type == "cuda" else 0)
         )
+        val_images = cfg.val_images if cfg.val_images is not None else (10**9 if device.type == "cuda" else cfg.batch)
+
+        if device.type == "cpu":
+            log.line(f"No GPU: training under Triton's interpreter at {size}x{size} (slow; correctness only).")
+        ranks = f" on {where.world} processes ({local_batch} each)" if where.enabled else ""
+        log.line(
+            f"training {name} on {source}, batch {cfg.batch}{ranks}, lr {cfg.lr}, {cfg.steps} steps, "
+            f"{dtype}{'' if amp is None else ' autocast, fp32 master weights'}"
+        )
+        if resume_state is not None:
+            log.line(f"resumed from {cfg.checkpoint} at step {step}")
+
+        def state(at_step: int) -> dict:
+            rngs = [_rng_state(device)]
+            if where.enabled:
+                rngs = [None] * where.world
+                dist.all_gather_object(rngs, _rng_state(device))
+            return {
+                "format": CHECKPOINT_FORMAT,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "step": at_step,
+                "epoch": at_step // steps_per_epoch,
+                "step_in_epoch": at_step % steps_per_epoch,
+                "world_size": where.world,
+                "rng": rngs,
+                "config": dict(dataclasses.asdict(cfg), size=size, dtype=dtype),
+            }
+
+        def checkpoint(at_step: int) -> None:
+            if not cfg.checkpoint:
+                return
+            s = state(at_step)  # a collective: every rank takes part
+            if where.main:
+                save_checkpoint(cfg.checkpoint, s)
+            if where.enabled:
+                dist.barrier()
+
+        sampler = DistributedSampler(train_set, num_replicas=where.world, rank=where.rank, shuffle=True, seed=cfg.seed)
+        start, first_step = time.perf_counter(), step
+        images = 0
+        val_acc, val_n = None, 0
+        while step < cfg.steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            sampler.set_epoch(epoch)
+            loader = DataLoader(
+                train_set,
+                batch_size=local_batch,
+                sampler=list(sampler)[offset * local_batch :],  # where a resumed epoch picks up
+                drop_last=True,
+                num_workers=workers,
+                pin_memory=device.type == "cuda",
+                generator=torch.Generator().manual_seed(cfg.seed + epoch),
+            )
+            for x, y in itertools.islice(loader, min(steps_per_epoch - offset, cfg.steps - step)):
+                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                y = y.to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
+                correct = torch.zeros((), device=device)
+                for j in range(cfg.accum):
+                    xs, ys = x[j * micro : (j + 1) * micro], y[j * micro : (j + 1) * micro]
+                    # DDP all-reduces in the backward of the last micro-batch only.
+                    sync = net.no_sync() if where.enabled and j < cfg.accum - 1 else contextlib.nullcontext()
+                    with sync:
+                        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                            logits = net(xs)
+                            loss = F.cross_entropy(logits.float(), ys) / cfg.accum
+                        scaler.scale(loss).backward()
+                    loss_sum += loss.detach()
+                    correct += (logits.argmax(1) == ys).sum()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                images += cfg.batch
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    sums = _all_reduce([loss_sum.item(), correct.item() / local_batch], where, device)
+                    loss_avg, acc = (v / where.world for v in sums)  # means over the ranks
+                    elapsed = time.perf_counter() - start
+                    eta = elapsed / (step - first_step) * (cfg.steps - step)
+                    log.line(
+                        f"step {step:4d}/{cfg.steps}  loss {loss_avg:.4f}  accuracy {acc:.3f}  "
+                        f"{images / elapsed:,.1f} images/s  {_secs(elapsed)} elapsed, ETA {_secs(eta)}"
+                    )
+                log.advance(step)
+                if step % steps_per_epoch == 0 and val_set is not None:
+                    val_acc, val_n = _evaluate(model, val_set, val_images, local_batch, where, device, amp)
+                    log.line(f"epoch {step // steps_per_epoch}: validation accuracy {val_acc:.3f} on {val_n} images")
+                if _all_reduce([len(stop)], where, device, dist.ReduceOp.MAX)[0]:  # all ranks stop at the same step
+                    checkpoint(step)
+                    saved = (
+                        f"checkpoint saved at step {step} to {cfg.checkpoint}" if cfg.checkpoint else "no --checkpoint"
+                    )
+                    log.line(f"SIGTERM: stopped after step {step}/{cfg.steps}; {saved}", style="bold")
+                    return SIGTERM_EXIT, model
+                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                    checkpoint(step)
+        checkpoint(step)
+        if val_set is not None and (val_acc is None or step % steps_per_epoch):
+            val_acc, val_n = _evaluate(model, val_set, val_images, local_batch, where, device, amp)
+        no_val = f"no validation set (no t10k-* idx files in {cfg.data})"
+        val = no_val if val_acc is None else f"validation accuracy {val_acc:.3f} on {val_n} images"
+        done = f"done: {step} steps in {_secs(time.perf_counter() - start)}, {val}"
+        if cfg.checkpoint:
+            done += f"; checkpoint {cfg.checkpoint}"
+        log.line(done, style="bold green")
+        return 0, model
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         log.close()
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _run(
-    cfg, where, device, size, dtype, model, name, train_set, val_set, source, steps_per_epoch, log, stop, resume_state
-):
-    amp = AMP[dtype]
-    model.to(device)
-    _materialise(model, size, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    step = 0
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        step = int(resume_state["step"])
-        rngs = resume_state.get("rng") or []
-        if len(rngs) == where.world:  # the same ranks: each continues its own random streams
-            _set_rng_state(rngs[where.rank], device)
-    net = model
-    if where.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            bucket_cap_mb=cfg.bucket_cap_mb,
-        )
-    local_batch = cfg.batch // where.world
-    micro = local_batch // cfg.accum
-    workers = cfg.workers if cfg.workers is not None else (min(4, os.cpu_count() or 1) if device.type == "cuda" else 0)
-    val_images = cfg.val_images if cfg.val_images is not None else (10**9 if device.type == "cuda" else cfg.batch)
-
-    if device.type == "cpu":
-        log.line(f"No GPU: training under Triton's interpreter at {size}x{size} (slow; correctness only).")
-    ranks = f" on {where.world} processes ({local_batch} each)" if where.enabled else ""
-    log.line(
-        f"training {name} on {source}, batch {cfg.batch}{ranks}, lr {cfg.lr}, {cfg.steps} steps, "
-        f"{dtype}{'' if amp is None else ' autocast, fp32 master weights'}"
-    )
-    if resume_state is not None:
-        log.line(f"resumed from {cfg.checkpoint} at step {step}")
-
-    def state(at_step: int) -> dict:
-        rngs = [_rng_state(device)]
-        if where.enabled:
-            rngs = [None] * where.world
-            dist.all_gather_object(rngs, _rng_state(device))
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "step": at_step,
-            "epoch": at_step // steps_per_epoch,
-            "step_in_epoch": at_step % steps_per_epoch,
-            "world_size": where.world,
-            "rng": rngs,
-            "config": dict(dataclasses.asdict(cfg), size=size, dtype=dtype),
-        }
-
-    def checkpoint(at_step: int) -> None:
-        if not cfg.checkpoint:
-            return
-        s = state(at_step)  # a collective: every rank takes part
-        if where.main:
-            save_checkpoint(cfg.checkpoint, s)
-        if where.enabled:
-            dist.barrier()
-
-    sampler = DistributedSampler(train_set, num_replicas=where.world, rank=where.rank, shuffle=True, seed=cfg.seed)
-    start, first_step = time.perf_counter(), step
-    images = 0
-    val_acc, val_n = None, 0
-    while step < cfg.steps:
-        epoch, offset = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        loader = DataLoader(
-            train_set,
-            batch_size=local_batch,
-            sampler=SkipSampler(sampler, offset * local_batch),
-            drop_last=True,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(cfg.seed + epoch),
-        )
-        for x, y in itertools.islice(loader, min(steps_per_epoch - offset, cfg.steps - step)):
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            y = y.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
-            correct = torch.zeros((), device=device)
-            for j in range(cfg.accum):
-                xs, ys = x[j * micro : (j + 1) * micro], y[j * micro : (j + 1) * micro]
-                # DDP all-reduces in the backward of the last micro-batch only.
-                sync = net.no_sync() if where.enabled and j < cfg.accum - 1 else contextlib.nullcontext()
-                with sync:
-                    with _autocast(device, amp):
-                        logits = net(xs)
-                        loss = F.cross_entropy(logits.float(), ys) / cfg.accum
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-                correct += (logits.argmax(1) == ys).sum()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            images += cfg.batch
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                loss_avg, acc = _mean_over_ranks([loss_sum.item(), correct.item() / local_batch], where, device)
-                elapsed = time.perf_counter() - start
-                per_step = elapsed / (step - first_step)
-                eta = per_step * (cfg.steps - step)
-                log.line(
-                    f"step {step:4d}/{cfg.steps}  loss {loss_avg:.4f}  accuracy {acc:.3f}  "
-                    f"{images / elapsed:,.1f} images/s  {_secs(elapsed)} elapsed, ETA {_secs(eta)}"
-                )
-            log.advance(step)
-            if step % steps_per_epoch == 0 and val_set is not None:
-                val_acc, val_n = _evaluate(model, val_set, val_images, local_batch, where, device, amp)
-                log.line(f"epoch {step // steps_per_epoch}: validation accuracy {val_acc:.3f} on {val_n} images")
-            if _agree(stop.requested, where, device):
-                checkpoint(step)
-                saved = f"checkpoint saved at step {step} to {cfg.checkpoint}" if cfg.checkpoint else "no --checkpoint"
-                log.line(f"SIGTERM: stopped after step {step}/{cfg.steps}; {saved}", style="bold")
-                return SIGTERM_EXIT, model
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                checkpoint(step)
-    checkpoint(step)
-    if val_set is not None and (val_acc is None or step % steps_per_epoch):
-        val_acc, val_n = _evaluate(model, val_set, val_images, local_batch, where, device, amp)
-    total = _secs(time.perf_counter() - start)
-    done = f"done: {step} steps in {total}"
-    if val_acc is not None:
-        done += f", validation accuracy {val_acc:.3f} on {val_n} images"
-    else:
-        done += f", no validation set (no t10k-* idx files in {cfg.data})"
-    if cfg.checkpoint:
-        done += f"; checkpoint {cfg.checkpoint}"
-    log.line(done, style="bold green")
-    return 0, model

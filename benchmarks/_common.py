@@ -27,8 +27,7 @@ DEVICE = "cuda"  # the benchmarks time GPU work only
 
 SKIP_REASON = "needs a CUDA GPU: the interpreter measures nothing about speed"
 
-PROVIDER_NAMES = ("cudnn", "cnnkernels", "torch.compile", "torch.compile-max-autotune")
-PROVIDERS = [_param(p, id=p) for p in PROVIDER_NAMES]
+PROVIDERS = [_param(p, id=p) for p in ("cudnn", "cnnkernels", "torch.compile", "torch.compile-max-autotune")]
 
 IMAGE = (1, 224, 224)  # the seed's (C, H, W)
 LAYER_BATCH = 128
@@ -39,8 +38,7 @@ DTYPES = [_param(d, id=DTYPE_IDS[d]) for d in DTYPE_IDS]
 
 # Per-layer grid: bf16 in every mode, fp16 and fp32 forward only.
 _LAYER_GRID = [("bfloat16", m) for m in ("forward", "backward", "train")] + [
-    ("float16", "forward"),
-    ("float32", "forward"),
+    (d, "forward") for d in ("float16", "float32")
 ]
 
 
@@ -53,7 +51,6 @@ NO_PARAM_CASES = _cases(("forward", "backward"))  # pooling has no parameters: t
 FORWARD_CASES = _cases(("forward",))  # concatenation's backward only slices the gradient
 
 
-# --------------------------------------------------------------------------------------------
 # Layer cases from the roofline tables
 
 
@@ -97,7 +94,6 @@ def shape_str(shape) -> str:
     return "x".join(str(d) for d in shape)
 
 
-# --------------------------------------------------------------------------------------------
 # Environment
 
 
@@ -118,13 +114,6 @@ def gpu_info() -> dict:
     }
 
 
-def torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
-
-
-# --------------------------------------------------------------------------------------------
 # Timing
 
 
@@ -139,14 +128,7 @@ def measure(benchmark, fn: Callable[[], object]) -> float:
     return median
 
 
-_CUDNN_MEDIANS: dict[str, tuple[float, str]] = {}
-
-
-def cudnn_median(key: str, build_cudnn: Callable[[], Callable[[], object]]) -> tuple[float, str]:
-    """The cudnn median (s) for ``key``: this session's cudnn benchmark, else measured now and cached."""
-    if key not in _CUDNN_MEDIANS:
-        _CUDNN_MEDIANS[key] = (gpu_time_s(build_cudnn()), "measured on the spot (triton.testing.do_bench)")
-    return _CUDNN_MEDIANS[key]
+_CUDNN_MEDIANS: dict[str, tuple[float, str]] = {}  # benchmark group -> (cudnn median s, where it came from)
 
 
 def record(benchmark, *, median_s, flops, nbytes, flops_formula, bytes_formula, floor, build_cudnn, **extra) -> None:
@@ -172,13 +154,14 @@ def record(benchmark, *, median_s, flops, nbytes, flops_formula, bytes_formula, 
         _CUDNN_MEDIANS[key] = (median_s, "this session's cudnn benchmark")
         info.update(speedup_vs_cudnn=1.0, cudnn_median_source="itself")
     elif build_cudnn is not None:
-        ref, source = cudnn_median(key, build_cudnn)
+        if key not in _CUDNN_MEDIANS:  # the cudnn case has not run in this session: time it now
+            _CUDNN_MEDIANS[key] = (gpu_time_s(build_cudnn()), "measured on the spot (triton.testing.do_bench)")
+        ref, source = _CUDNN_MEDIANS[key]
         info.update(speedup_vs_cudnn=ref / median_s, cudnn_median_ms=ref * 1e3, cudnn_median_source=source)
     info.update(extra)
     benchmark.extra_info.update(info)
 
 
-# --------------------------------------------------------------------------------------------
 # Callables per provider. Each builder returns a zero-argument callable running one step of
 # ``mode``; tensors are channels_last on the GPU.
 
@@ -189,11 +172,8 @@ def _compile(fn, provider: str):
     # A fresh dynamo cache per benchmark: every case compiles the same code object at a new
     # shape, and the per-code recompile limit would otherwise silently fall back to eager.
     torch._dynamo.reset()
-    if provider == "torch.compile":
-        return torch.compile(fn, dynamic=False)
-    if provider == "torch.compile-max-autotune":
-        return torch.compile(fn, mode="max-autotune", dynamic=False)
-    raise ValueError(f"not a torch.compile provider: {provider!r}")
+    mode = {"torch.compile": None, "torch.compile-max-autotune": "max-autotune"}[provider]
+    return torch.compile(fn, mode=mode, dynamic=False)
 
 
 def _mode_callable(op, inputs, params, mode: str):
@@ -206,11 +186,7 @@ def _mode_callable(op, inputs, params, mode: str):
     if mode == "backward":
         y = op(*inputs)
         g = torch.randn_like(y)
-
-        def backward():
-            return torch.autograd.grad(y, wants, g, retain_graph=True)
-
-        return backward
+        return lambda: torch.autograd.grad(y, wants, g, retain_graph=True)
     if mode == "train":
         opt = torch.optim.SGD([p for p in params if p.requires_grad], lr=1e-4, foreach=True)
         g = torch.randn_like(op(*inputs).detach())
@@ -230,7 +206,7 @@ def _mode_callable(op, inputs, params, mode: str):
 def _activation(shape, dtype, requires_grad: bool):
     import torch
 
-    x = torch.randn(shape, device=DEVICE, dtype=torch_dtype(dtype))
+    x = torch.randn(shape, device=DEVICE, dtype=getattr(torch, dtype))
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x.requires_grad_(requires_grad)
@@ -257,9 +233,9 @@ def conv_callable(layer: roofline.Layer, provider: str, mode: str):
     r, s = layer.kernel
     grad = mode != "forward"
     x = _activation(layer.in_shape, layer.dtype, grad and layer.needs_input_grad)
-    weight = (torch.randn(k, c, r, s, device=DEVICE) * (c * r * s) ** -0.5).to(torch_dtype(layer.dtype))
+    weight = (torch.randn(k, c, r, s, device=DEVICE) * (c * r * s) ** -0.5).to(getattr(torch, layer.dtype))
     weight = weight.contiguous(memory_format=torch.channels_last).requires_grad_(grad)
-    bias = (0.1 * torch.randn(k, device=DEVICE)).to(torch_dtype(layer.dtype)).requires_grad_(grad)
+    bias = (0.1 * torch.randn(k, device=DEVICE)).to(getattr(torch, layer.dtype)).requires_grad_(grad)
     stride, padding, relu = layer.stride, layer.padding, layer.relu
 
     def make(lib):
@@ -276,8 +252,6 @@ def conv_callable(layer: roofline.Layer, provider: str, mode: str):
 
 def pool_callable(layer: roofline.Layer, provider: str, mode: str):
     """Max pooling or global average pooling of ``layer``'s geometry."""
-    if layer.kind not in ("maxpool", "avgpool"):
-        raise ValueError(f"not a pooling layer: {layer.kind}")
     x = _activation(layer.in_shape, layer.dtype, mode != "forward")
     kernel, stride, padding = layer.kernel, layer.stride, layer.padding
 
@@ -304,16 +278,12 @@ def cat_callable(layer: roofline.Layer, provider: str, mode: str):
 
 
 def bench_layer(benchmark, op: str, case: LayerCase, dtype: str, mode: str, provider: str, builder) -> None:
-    """The body of every per-layer benchmark: build ``builder(layer, provider, mode)``, time it,
-    record FLOPs, bytes and the roofline floor of ``case``'s layer. Concatenation is timed as the
-    standalone copy it is outside a fused Inception block (the bytes the roofline counts as
-    saved by writing in place: every branch output read and written once)."""
+    """Every per-layer benchmark: time ``builder(layer, provider, mode)`` and record its FLOPs, bytes
+    and roofline floor (concatenation, forward only: the standalone copy, each branch read and written)."""
     layer = case.layer(dtype)
     benchmark.group = f"{op}:{case.id}:{dtype}:{mode}"
     median = measure(benchmark, builder(layer, provider, mode))
     if layer.kind == "cat":
-        if mode != "forward":
-            raise ValueError("concatenation is benchmarked forward only")
         moved, formula = layer.unfused_extra_bytes_fwd, "2*N*sum(C_i)*H*W * bytes"
         floor = {g: moved / c.bandwidth for g, c in roofline.GPU_CEILINGS.items()}
     else:
@@ -327,14 +297,12 @@ def bench_layer(benchmark, op: str, case: LayerCase, dtype: str, mode: str, prov
     record(benchmark, median_s=median, build_cudnn=build_cudnn, same_shape_layers=list(case.same_shape_layers), **info)
 
 
-# --------------------------------------------------------------------------------------------
 # Models
 
 
 def model_on_gpu(name: str, provider: str, dtype: str):
-    """The model ``provider`` runs, on the GPU in ``dtype``, channels_last (not yet compiled): the
-    fused ``cnnkernels.models`` model for cnnkernels, its ``torch.nn`` twin for the others, with the
-    same weights (seed 0; lazy layers materialised by a shape-only pass, no image computed)."""
+    """The model ``provider`` runs, on the GPU in ``dtype``, channels_last (not compiled): fused for
+    cnnkernels, the ``torch.nn`` twin otherwise, with the same weights (seed 0)."""
     import torch
 
     from cnnkernels import models
@@ -344,7 +312,7 @@ def model_on_gpu(name: str, provider: str, dtype: str):
     model.materialize((1, *IMAGE))
     if provider == "cnnkernels":
         model = models.from_reference(model)
-    return model.to(device=DEVICE, dtype=torch_dtype(dtype), memory_format=torch.channels_last)
+    return model.to(device=DEVICE, dtype=getattr(torch, dtype), memory_format=torch.channels_last)
 
 
 def model_callable(name: str, provider: str, dtype: str, mode: str, batch: int):
@@ -389,6 +357,4 @@ def model_cudagraph_callable(name: str, provider: str, dtype: str, batch: int):
                 return net(x)
 
         return forward
-    if provider not in ("cnnkernels", "cudnn"):
-        raise ValueError(f"no CUDA-graph variant for provider {provider!r}")
     return capture_forward(model, x).graph.replay  # warmed up first: autotuning and cuDNN's search

@@ -2,23 +2,13 @@
 
     python benchmarks/gpu_check.py [--budget 450] [--tests-timeout 180] [--max-autotune] [--skip-tests]
 
-A thin driver: each section runs the project's own tests or benchmarks in a pytest subprocess
-(compiled kernels, never the interpreter), within its own time budget clipped to what is left of
-``--budget``; items past it are skipped and recorded, finished ones kept. Sections: ``tests``
-(``pytest -m gpu tests``), ``ceilings`` (measured bf16 matmul peak and copy bandwidth), ``conv``
-(the four largest conv layers and the largest 1x1), ``pool`` (the three largest max pools and the
-global average pool), ``models`` (each model's forward and training step), ``graphs`` (CUDA-graph
-forwards at batch 1 and 32), ``accuracy`` (``cnnkernels check``'s comparison, batch 32) and
-``compile`` (the models under ``torch.compile``; ``--max-autotune`` adds max-autotune). All bf16,
-batch 128, cudnn against cnnkernels unless said otherwise.
-
-Exit status: 0 when everything that ran passed (a benchmark section cut short by its budget is a
-timeout, not a failure), 1 on a failed test, benchmark or accuracy check or a tests timeout, 2
-without a CUDA GPU. After every section it writes ``results.json`` (schema
-"cnnkernels.gpu_check/2": meta, tests, ceilings, conv, pool, models, graphs, accuracy, sections,
-failures, skipped; each benchmark row its ``extra_info`` and pytest node id) and the same as
-``<gpu-slug>-<date>.json`` and ``.md`` into ``$OUT`` or ``benchmarks/results/``; it prints the
-Markdown last. ``python -m cnnkernels.plot results.json`` draws the model speedups.
+A thin driver (the README's ``make gpu-check`` lists its sections): each section is a pytest run of
+the project's tests or benchmarks on the compiled kernels, within its own time budget clipped to
+what is left of ``--budget``; items past it are skipped and recorded, finished ones kept. Exit
+status: 0 when everything that ran passed (a benchmark section cut short is a timeout, not a
+failure), 1 on a failure or a tests timeout, 2 without a CUDA GPU. After every section it writes
+``results.json`` (schema "cnnkernels.gpu_check/2"; each benchmark row its ``extra_info`` and node
+id) and the same as ``<gpu-slug>-<date>.json`` and ``.md`` into ``$OUT`` or ``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -26,10 +16,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import gc
 import importlib.util
 import json
-import math
 import os
 import re
 import signal
@@ -37,6 +25,7 @@ import subprocess
 import sys
 import time
 import traceback
+from itertools import product
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -94,12 +83,7 @@ def node_ids(section: str, max_autotune: bool = False) -> list[str]:
     from _common import layer_cases
 
     def ids(file, test, cases, modes, providers):
-        return [
-            f"benchmarks/{file}::{test}[{case.id}-bf16-{mode}-{p}]"
-            for case in cases
-            for mode in modes
-            for p in providers
-        ]
+        return [f"benchmarks/{file}::{test}[{c.id}-bf16-{m}-{p}]" for c, m, p in product(cases, modes, providers)]
 
     def largest(predicate, key, k):
         return sorted(layer_cases(predicate), key=lambda c: getattr(c.layer(DTYPE, BATCH), key), reverse=True)[:k]
@@ -117,49 +101,14 @@ def node_ids(section: str, max_autotune: bool = False) -> list[str]:
             lambda r: r.kind == "avgpool", "bytes_fwd", 1
         )
         return ids("test_bench_pool.py", "test_pool", pools, both, pair)
+    if section == "accuracy":
+        return [f"benchmarks/test_bench_models.py::test_model_accuracy[{m}]" for m in MODELS]
     if section == "graphs":  # whole forwards replayed from CUDA graphs, where launch cost decides
-        return [
-            f"benchmarks/test_bench_models.py::test_model_cudagraph[{m}-batch{b}-{p}]"
-            for m in MODELS
-            for b in (1, 32)
-            for p in pair
-        ]
+        graphs = product(MODELS, (1, 32), pair)
+        return [f"benchmarks/test_bench_models.py::test_model_cudagraph[{m}-batch{b}-{p}]" for m, b, p in graphs]
     providers = pair if section == "models" else ("torch.compile",) + ("torch.compile-max-autotune",) * max_autotune
-    return [
-        f"benchmarks/test_bench_models.py::test_model[{m}-batch{BATCH}-{mode}-bf16-{p}]"
-        for m in MODELS  # model-major: each model gets its complete comparison first
-        for mode in ("forward", "train")
-        for p in providers
-    ]
-
-
-class SectionTimeout(BaseException):
-    """Raised by SIGALRM when the in-process accuracy section outlives its budget."""
-
-
-def accuracy(model: str, batch: int = ACCURACY_BATCH, size: int = 224, dtype: str = DTYPE, device="cuda") -> dict:
-    """``cnnkernels check``'s comparison of ``model`` (``cnnkernels.cli.check_model``) as one results row."""
-    import torch
-
-    from cnnkernels.cli import check_model
-
-    verdicts = check_model(model.lower(), batch, size, getattr(torch, dtype), device)
-    worst = max(verdicts, key=lambda v: v.err / v.bound if v.bound > 0 else math.inf)
-    failed = [v.name for v in verdicts if not v.ok]
-    return {
-        "model": model,
-        "batch": batch,
-        "dtype": dtype,
-        "status": f"failed: {failed}" if failed else "ok",
-        "logits_err": verdicts[0].err,
-        "torch_logits_err": verdicts[0].torch_err,
-        "worst": worst.name,
-        "worst_err": worst.err,
-        "worst_torch_err": worst.torch_err,
-        "worst_fraction_of_bound": worst.err / worst.bound if worst.bound > 0 else math.inf,
-        "failed": failed,
-        "bound": "cnnkernels.testing.model_verdict: error vs the float64 twin <= 2 x torch's own + the dtype's rtol",
-    }
+    grid = product(MODELS, ("forward", "train"), providers)  # model-major: each model's comparison complete first
+    return [f"benchmarks/test_bench_models.py::test_model[{m}-batch{BATCH}-{mode}-bf16-{p}]" for m, mode, p in grid]
 
 
 class Check:
@@ -197,7 +146,7 @@ class Check:
         log(f"section {name} (budget {budget:.0f} s)")
         start = time.perf_counter()
         try:
-            status = self.accuracy(budget) if name == "accuracy" else self.benchmarks(name, budget)
+            status = self.benchmarks(name, budget)
         except Exception as exc:  # noqa: BLE001 - recorded, the check goes on
             status = "error"
             self.fail(name, "(section)", "error", f"{exc!r}\n{traceback.format_exc(limit=8)}")
@@ -225,7 +174,8 @@ class Check:
                 self.fail(name, row["test"], "failed", row.get("message", ""))
             elif row["outcome"] == "skipped":
                 self.skip(name, row["test"], row.get("message", ""))
-        self.results["models" if name == "compile" else name] += [r for r in rows if r["outcome"] == "passed"]
+        kept = [r for r in rows if r["outcome"] == "passed" or name == "accuracy" and "status" in r]
+        self.results["models" if name == "compile" else name] += kept
         self._derived()
         done = {r["test"] for r in rows}
         if rec["status"] == "timeout":
@@ -254,39 +204,6 @@ class Check:
                     if (r["model"], r["mode"], base) in med:
                         r[key] = med[(r["model"], r["mode"], base)] / r["median_ms"]
 
-    def accuracy(self, budget: float) -> str:
-        def handler(signum, frame):
-            raise SectionTimeout(f"time budget of {budget:.0f} s spent")
-
-        end = time.perf_counter() + budget
-        old = signal.signal(signal.SIGALRM, handler)
-        signal.setitimer(signal.ITIMER_REAL, max(budget, 0.5))
-        try:
-            for model in MODELS:
-                if time.perf_counter() > end - 2:
-                    self.skip("accuracy", model, "section budget spent")
-                    continue
-                try:
-                    row = accuracy(model)
-                except Exception as exc:  # noqa: BLE001
-                    self.fail("accuracy", model, "error", f"{exc!r}\n{traceback.format_exc(limit=6)}")
-                    row = {"model": model, "batch": ACCURACY_BATCH, "dtype": DTYPE, "status": "failed"}
-                finally:
-                    gc.collect()
-                    with contextlib.suppress(Exception):
-                        sys.modules["torch"].cuda.empty_cache()
-                self.results["accuracy"].append(row)
-                if row["status"].startswith("failed: "):
-                    self.fail("accuracy", model, "failed", f"outside the model rule (model_verdict): {row}")
-                self.write()
-        except SectionTimeout as exc:
-            self.fail("accuracy", "(section)", "timeout", f"{exc}; the models finished before it are kept")
-            return "timeout"
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
-        return "ok"
-
     def write(self) -> None:
         self.results["meta"]["elapsed_s"] = round(time.perf_counter() - self.t0, 1)
         with contextlib.suppress(Exception):
@@ -298,7 +215,7 @@ class Check:
             (self.out_dir / f"{stem}.md").write_text(markdown(self.results))
 
 
-# -- Markdown --------------------------------------------------------------------------------
+# Markdown
 
 
 def _fmt(v, spec: str | None = None) -> str:
@@ -395,7 +312,7 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-# -- main ------------------------------------------------------------------------------------
+# main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,8 @@
 """Whole-model CUDA graphs: a forward, or a whole training step, captured once and replayed.
 
-At batch 1 launching the kernels one by one from Python costs more than running them; a captured
-CUDA graph replays every launch with one call. PyTorch's whole-network recipe: warm up on a side
-stream (settling the autotuner, the fast path's plans and the allocator), capture, then replay with
-inputs copied into static buffers. Capture each input shape separately (a new shape autotunes).
+PyTorch's whole-network recipe: warm up on a side stream (settling autotuning, the fast path's
+plans and the allocator), capture, replay with inputs copied into static buffers (one graph per
+input shape). At batch 1 this removes the per-kernel launch cost.
 
     forward = cnnkernels.graphs.capture_forward(model.eval(), x)
     logits = forward(x)            # a static output buffer, overwritten by the next call

@@ -14,8 +14,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from unittest import mock
 
 import torch
+
+from cnnkernels.cli import MODELS
 
 
 @dataclass
@@ -40,12 +43,8 @@ def launches_stubbed() -> Iterator[list]:
     def run(self, *args, grid, warmup, **kwargs):
         launched.append(getattr(self, "__name__", "?"))
 
-    saved = JITFunction.run, InterpretedFunction.run
-    JITFunction.run = InterpretedFunction.run = run
-    try:
+    with mock.patch.object(JITFunction, "run", run), mock.patch.object(InterpretedFunction, "run", run):
         yield launched
-    finally:
-        JITFunction.run, InterpretedFunction.run = saved
 
 
 def count_python_calls(fn: Callable[[], object]) -> int:
@@ -153,8 +152,8 @@ def op_costs(repeats: int = 5) -> list[tuple[HostCost, HostCost]]:
 
 
 def model_case(name: str, train: bool = False) -> Callable[[], object]:
-    """One forward (no grad, eval) or one training step (forward + backward, train mode) of the
-    fused model ``name`` at batch 1, 1x224x224 (the course's input); lazy layers materialised."""
+    """One forward (eval, no grad) or training step (forward + backward) of the fused model ``name``
+    at batch 1, 1x224x224."""
     from cnnkernels.cli import _build
 
     dev = _device()
@@ -174,9 +173,7 @@ def model_case(name: str, train: bool = False) -> Callable[[], object]:
     return forward
 
 
-def model_costs(
-    names=("alexnet", "vgg", "nin", "googlenet"), *, train: bool = False, repeats: int = 3
-) -> list[HostCost]:
+def model_costs(names=MODELS, *, train: bool = False, repeats: int = 3) -> list[HostCost]:
     """Host cost of ``model_case`` per model: launches stubbed, nothing computes."""
     kind = "training step" if train else "forward"
     return [measure(f"{name} {kind}", model_case(name, train), repeats=repeats) for name in names]

@@ -10,7 +10,7 @@ optional ``plot`` extra (``pip install 'cnnkernels[plot]'``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import collections
 import json
 import sys
 from pathlib import Path
@@ -19,12 +19,7 @@ BASELINES = ("cudnn", "torch.compile", "torch.compile-max-autotune")
 MODES = ("forward", "backward", "train")
 
 
-@dataclasses.dataclass(frozen=True)
-class Speedup:
-    model: str
-    mode: str
-    baseline: str
-    speedup: float  # baseline median / cnnkernels median
+Speedup = collections.namedtuple("Speedup", "model mode baseline speedup")  # speedup: baseline / cnnkernels median
 
 
 def load(path: str | Path) -> dict:
@@ -40,10 +35,8 @@ def load(path: str | Path) -> dict:
 
 
 def speedups(results: dict, *, dtype: str | None = None, batch: int | None = None) -> tuple[list[Speedup], str, int]:
-    """Speedups of cnnkernels over each baseline per (model, mode), for one dtype and batch.
-
-    ``dtype`` defaults to bfloat16 when present (else the first dtype found), ``batch`` to the
-    largest batch of that dtype. Returns the speedups, the dtype and the batch used."""
+    """(speedups of cnnkernels over each baseline per (model, mode), dtype, batch): ``dtype`` by default
+    bfloat16 when present (else the first found), ``batch`` the largest of that dtype."""
     rows = [r for r in results.get("models", []) if r.get("status", "ok") == "ok" and r.get("median_ms")]
     if not rows:
         raise ValueError("no successful model measurements in the results")
@@ -53,11 +46,8 @@ def speedups(results: dict, *, dtype: str | None = None, batch: int | None = Non
     if not batches:
         raise ValueError(f"no model measurements in {dtype}")
     batch = batch if batch is not None else max(batches)
-    med = {
-        (r["model"], r["mode"], r["provider"]): r["median_ms"]
-        for r in rows
-        if (r["dtype"], r["batch"]) == (dtype, batch)
-    }
+    chosen = [r for r in rows if (r["dtype"], r["batch"]) == (dtype, batch)]
+    med = {(r["model"], r["mode"], r["provider"]): r["median_ms"] for r in chosen}
     out = [
         Speedup(model, mode, base, med[(model, mode, base)] / med[(model, mode, "cnnkernels")])
         for model in dict.fromkeys(r["model"] for r in rows)

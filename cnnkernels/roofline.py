@@ -31,7 +31,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-# --------------------------------------------------------------------------------------------
 # GPU ceilings
 
 
@@ -51,17 +50,10 @@ class GpuCeiling:
         return max(flops / self.peak_flops(dtype), nbytes / self.bandwidth)
 
 
+_HOPPER_FLOPS = {"bfloat16": 790e12, "float16": 790e12, "float32": 395e12}  # H100 and H200 alike
 GPU_CEILINGS: dict[str, GpuCeiling] = {
-    "H100": GpuCeiling(
-        name="NVIDIA H100 (80 GB HBM3)",
-        flops={"bfloat16": 790e12, "float16": 790e12, "float32": 395e12},
-        bandwidth=3.0e12,
-    ),
-    "H200": GpuCeiling(
-        name="NVIDIA H200 (141 GB HBM3e)",
-        flops={"bfloat16": 790e12, "float16": 790e12, "float32": 395e12},
-        bandwidth=4.3e12,
-    ),
+    "H100": GpuCeiling("NVIDIA H100 (80 GB HBM3)", _HOPPER_FLOPS, bandwidth=3.0e12),
+    "H200": GpuCeiling("NVIDIA H200 (141 GB HBM3e)", _HOPPER_FLOPS, bandwidth=4.3e12),
 }
 
 
@@ -86,7 +78,6 @@ MODELS: tuple[str, ...] = ("AlexNet", "VGG", "NiN", "GoogLeNet")
 _MODEL_ALIASES = {m.lower(): m for m in MODELS} | {"vgg11": "VGG", "vgg-11": "VGG"}
 
 
-# --------------------------------------------------------------------------------------------
 # Per-layer table
 
 
@@ -122,19 +113,12 @@ class Layer:
 
     def formula(self, what: str, mode: str = "forward") -> str:
         """The formula behind ``flops(mode)`` (``what="flops"``) or ``nbytes(mode)`` (``what="bytes"``)."""
-        if what not in ("flops", "bytes"):
-            raise ValueError(f"what must be 'flops' or 'bytes', got {what!r}")
-        fwd = self.flops_formula if what == "flops" else self.bytes_formula
-        bwd = self.flops_formula_bwd if what == "flops" else self.bytes_formula_bwd
-        if mode == "forward":
-            return fwd
-        if mode == "backward":
-            return bwd
-        if mode == "train":
-            if what == "bytes" and self.bytes_formula_fwd_train:
-                fwd = self.bytes_formula_fwd_train
-            return f"[{fwd}] + [{bwd}]"
-        raise ValueError(f"mode must be forward, backward or train, got {mode!r}")
+        if what not in ("flops", "bytes") or mode not in ("forward", "backward", "train"):
+            raise ValueError(f"what must be flops or bytes and mode forward, backward or train, got {what!r}, {mode!r}")
+        fwd, bwd = getattr(self, f"{what}_formula"), getattr(self, f"{what}_formula_bwd")
+        if mode == "train" and what == "bytes" and self.bytes_formula_fwd_train:
+            fwd = self.bytes_formula_fwd_train
+        return {"forward": fwd, "backward": bwd, "train": f"[{fwd}] + [{bwd}]"}[mode]
 
     @property
     def batch(self) -> int:
@@ -168,24 +152,21 @@ def _pair(v) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def _gemm_layer(kind, name, x_shape, y_shape, dtype, needs_grad, relu, weights, params, geometry) -> Layer:
-    """A conv or linear layer: ``y = x (*) W + b``; ``weights`` elements of W, ``params`` with b."""
-    b = DTYPE_BYTES[dtype]
-    x, y = math.prod(x_shape), math.prod(y_shape)
-    flops = 2 * y * weights // y_shape[1]  # 2 x MACs: each output reads weights / out_channels of W
+def _gemm_layer(kind, head, relu, weights, params, geometry) -> Layer:
+    """A conv or linear layer: ``y = x (*) W + b``; ``weights`` elements of W, ``params`` with b;
+    ``head``: the ``Layer`` fields every row has (name, shapes, dtype, needs_input_grad)."""
+    b, needs_grad = DTYPE_BYTES[head["dtype"]], head["needs_input_grad"]
+    x, y = math.prod(head["in_shape"]), math.prod(head["out_shape"])
+    flops = 2 * y * weights // head["out_shape"][1]  # 2 x MACs: each output reads weights / out_channels of W
     # backward: read dY (+ y for the ReLU mask), x (for dW), W (for dX); write dX, dW, db
     bwd = y + (y if relu else 0) + x + params + (weights + x if needs_grad else 0)
     s = ("N*C*H*W", "K*C*R*S", "K", "N*K*P*Q") if kind == "conv" else ("N*IN", "IN*OUT", "OUT", "N*OUT")
     f = "2*N*K*P*Q*C*R*S" if kind == "conv" else "2*N*IN*OUT"
     fused_relu = kind == "conv" and relu
     return Layer(
-        name=name,
+        **head,
         kind=kind,
-        in_shape=x_shape,
-        out_shape=y_shape,
-        dtype=dtype,
         relu=relu,
-        needs_input_grad=needs_grad,
         params=params,
         flops_fwd=flops,
         flops_bwd=2 * flops if needs_grad else flops,
@@ -206,18 +187,14 @@ def _gemm_layer(kind, name, x_shape, y_shape, dtype, needs_grad, relu, weights, 
     )
 
 
-def _pool_layer(kind, name, x_shape, y_shape, dtype, needs_grad, geometry) -> Layer:
+def _pool_layer(kind, head, geometry) -> Layer:
     """Max pooling (window ``geometry["kernel"]``) or adaptive average pooling."""
-    b = DTYPE_BYTES[dtype]
-    x, y = math.prod(x_shape), math.prod(y_shape)
+    b, needs_grad = DTYPE_BYTES[head["dtype"]], head["needs_input_grad"]
+    x, y = math.prod(head["in_shape"]), math.prod(head["out_shape"])
     argmax = y if kind == "maxpool" else 0  # the 1-byte within-window argmax, saved for backward
     return Layer(
-        name=name,
+        **head,
         kind=kind,
-        in_shape=x_shape,
-        out_shape=y_shape,
-        dtype=dtype,
-        needs_input_grad=needs_grad,
         flops_fwd=y * math.prod(geometry["kernel"]) if kind == "maxpool" else x,
         flops_bwd=x if needs_grad else 0,
         bytes_fwd=(x + y) * b,
@@ -250,45 +227,30 @@ def _pooled_in_conv(conv: Layer, pool: Layer) -> tuple[Layer, Layer]:
         bytes_formula_bwd=conv.bytes_formula_bwd.replace("2*N*K*P*Q [dY, y]", "2*N*K*P'*Q' [pooled dY, y]")
         + " + N*K*P'*Q' [argmax]",
     )
-    pool = dataclasses.replace(
-        pool,
-        computed_in=conv.name,
-        bytes_fwd=0,
-        bytes_fwd_train=0,
-        bytes_bwd=0,
-        unfused_extra_bytes_fwd=2 * y * b,
-        unfused_extra_bytes_bwd=(3 * y - p) * b,
-        bytes_formula="0 (in the conv's kernel)",
-        bytes_formula_fwd_train="",
-        bytes_formula_bwd="0 (in the conv's kernel)",
+    inside = dict(bytes_bwd=0, bytes_formula="0 (in the conv's kernel)", bytes_formula_bwd="0 (in the conv's kernel)")
+    extra = dict(unfused_extra_bytes_fwd=2 * y * b, unfused_extra_bytes_bwd=(3 * y - p) * b)
+    return conv, _computed_in(pool, conv.name, **inside, **extra)
+
+
+def _computed_in(pool: Layer, where: str, **fields) -> Layer:
+    """A max pool computed in another layer's kernel: no forward bytes of its own."""
+    return dataclasses.replace(
+        pool, computed_in=where, bytes_fwd=0, bytes_fwd_train=0, bytes_formula_fwd_train="", **fields
     )
-    return conv, pool
 
 
 def _pooled_on_load(pool: Layer, conv: str) -> Layer:
-    """The Inception block's 3x3/1 max pool, computed while its 1x1 conv ``conv`` loads the block
-    input: nothing pooled is written, nor an argmax saved; its backward reads the input again to
-    find the argmax, reads dY and writes dX. A layer-by-layer library writes the pooled tensor and
-    reads it back (``2 x out``), and writes and reads an argmax where the fused backward reads the
-    input once more."""
-    b, x = DTYPE_BYTES[pool.dtype], math.prod(pool.in_shape)
-    return dataclasses.replace(
-        pool,
-        computed_in=conv,
-        bytes_fwd=0,
-        bytes_fwd_train=0,
-        bytes_bwd=3 * x * b if pool.needs_input_grad else 0,
-        unfused_extra_bytes_fwd=2 * math.prod(pool.out_shape) * b,
-        unfused_extra_bytes_bwd=2 * math.prod(pool.out_shape) - x * b,
-        bytes_formula="0 (pooled while the 1x1 conv loads its input)",
-        bytes_formula_fwd_train="",
-        bytes_formula_bwd="3 * N*C*H*W * bytes [x again for the argmax, dY, dX]",
-    )
+    """The Inception block's 3x3/1 max pool, pooled while its 1x1 conv ``conv`` loads the input: its
+    backward reads the input again (the argmax); unfused, the pooled tensor and a 1-byte argmax."""
+    b, x, y = DTYPE_BYTES[pool.dtype], math.prod(pool.in_shape), math.prod(pool.out_shape)
+    extra = dict(unfused_extra_bytes_fwd=2 * y * b, unfused_extra_bytes_bwd=2 * y - x * b)
+    bwd = dict(bytes_bwd=3 * x * b if pool.needs_input_grad else 0)
+    bwd["bytes_formula_bwd"] = "3 * N*C*H*W * bytes [x again for the argmax, dY, dX]"
+    return _computed_in(pool, conv, bytes_formula="0 (pooled while the 1x1 conv loads its input)", **extra, **bwd)
 
 
 def _architecture(model):
-    """The ``torch.nn`` class and constructor arguments of ``model``: a name in ``MODELS``
-    (case-insensitive; 10 classes), or a ``cnnkernels.models`` model, fused or reference."""
+    """The ``torch.nn`` class and constructor arguments of a ``MODELS`` name or a ``cnnkernels.models`` model."""
     from cnnkernels.models import reference
 
     if isinstance(model, str):
@@ -310,16 +272,9 @@ def layer_table(
     dtype="bfloat16",
     pools_in_convs: bool = True,
 ) -> list[Layer]:
-    """Every conv, pool, concatenation, flatten and linear layer of ``model``, in call order.
-
-    ``model``: a name in ``MODELS`` (case-insensitive, 10 classes) or a ``cnnkernels.models`` model
-    (fused or reference: its architecture at its constructor arguments; its weights are not
-    touched). ``input_shape`` is (N, C, H, W) as passed to ``layer_summary``; ``batch`` replaces
-    its N. ``dtype`` (torch.dtype or name) sets the element size of the byte counts. A
-    concatenation row is named after the block that concatenates (its ``kind`` is "cat") and
-    follows the block's branch layers. ``pools_in_convs=False`` counts each max pool as its own
-    kernel even where the fused model computes it in its conv's (the per-layer benchmarks run
-    each layer alone)."""
+    """Every conv, pool, concatenation (named after its block, after the branches), flatten and linear
+    layer of ``model`` (a name in ``MODELS`` or a ``cnnkernels.models`` model) on an (N, C, H, W)
+    input (``batch`` replaces N), in call order; ``pools_in_convs=False`` counts each max pool alone."""
     import torch
     from torch import nn
 
@@ -350,6 +305,7 @@ def layer_table(
     needs_grad = False  # the image needs no gradient; everything after the first layer with parameters does
     for i, (path, m, x, y) in enumerate(calls):
         fused, xs, ys = kernels.get(path), tuple(x.shape), tuple(y.shape)
+        head = dict(name=path, in_shape=xs, out_shape=ys, dtype=dtype, needs_input_grad=needs_grad)
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             conv = isinstance(m, nn.Conv2d)
             if conv:
@@ -359,29 +315,24 @@ def layer_table(
                 relu = i + 1 < len(calls) and isinstance(calls[i + 1][1], nn.ReLU) and calls[i + 1][2] is y
                 geometry = {}
             params = sum(p.numel() for p in m.parameters(recurse=False))
-            row = _gemm_layer(
-                "conv" if conv else "linear", path, xs, ys, dtype, needs_grad, relu, m.weight.numel(), params, geometry
-            )
+            row = _gemm_layer("conv" if conv else "linear", head, relu, m.weight.numel(), params, geometry)
         elif isinstance(m, nn.MaxPool2d):
             geometry = dict(kernel=_pair(m.kernel_size), stride=_pair(m.stride), padding=_pair(m.padding))
-            row = _pool_layer("maxpool", path, xs, ys, dtype, needs_grad, geometry)
+            row = _pool_layer("maxpool", head, geometry)
             if pools_in_convs and rows and isinstance(kernels.get(rows[-1].name), cnn.Conv2dReLUMaxPool2d):
                 rows[-1], row = _pooled_in_conv(rows[-1], row)
             elif pools_in_convs and path.endswith(".b4_1") and isinstance(kernels.get(path[:-5]), cnn.Inception):
                 row = _pooled_on_load(row, f"{path[:-5]}.b4_2")
         elif isinstance(m, nn.AdaptiveAvgPool2d):
             geometry = dict(kernel=xs[2:], stride=xs[2:], padding=(0, 0))
-            row = _pool_layer("avgpool", path, xs, ys, dtype, needs_grad, geometry)
+            row = _pool_layer("avgpool", head, geometry)
         elif isinstance(m, nn.Flatten):
-            row = Layer(path, "flatten", xs, ys, dtype, needs_input_grad=needs_grad, bytes_formula="0 (a view)")
+            row = Layer(**head, kind="flatten", bytes_formula="0 (a view)")
         elif isinstance(fused, cnn.Inception):  # zero-copy: each branch writes its channel slice
             branches = tuple(getattr(fused, b).out_channels for b in ("b1_1", "b2_2", "b3_2", "b4_2"))
             row = Layer(
-                path,
-                "cat",
-                ys,
-                ys,
-                dtype,
+                **(head | {"in_shape": ys, "needs_input_grad": True}),  # a row for the block's output
+                kind="cat",
                 branch_channels=branches,
                 unfused_extra_bytes_fwd=2 * math.prod(ys) * DTYPE_BYTES[dtype],  # torch.cat reads and writes it
                 bytes_formula="0 (each branch writes its channel slice)",
@@ -394,13 +345,12 @@ def layer_table(
     return rows
 
 
-# --------------------------------------------------------------------------------------------
 # Model totals
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelTotals:
-    """Sums over a ``layer_table`` (see the module docstring for the counting rules)."""
+    """Sums over a ``layer_table`` (the counting rules: the module docstring)."""
 
     model: str
     batch: int
@@ -427,15 +377,12 @@ class ModelTotals:
 
     @property
     def unfused_extra_bytes_train(self) -> int:
-        return self.unfused_extra_bytes_fwd + self.unfused_relu_bytes_bwd + self.unfused_pool_bytes_bwd
+        return self.unfused_extra_bytes("train")
 
     def unfused_extra_bytes(self, mode: str = "forward") -> int:
         """Bytes a layer-by-layer (unfused) execution moves beyond the fused one in ``mode``."""
-        return {
-            "forward": self.unfused_extra_bytes_fwd,
-            "backward": self.unfused_relu_bytes_bwd + self.unfused_pool_bytes_bwd,
-            "train": self.unfused_extra_bytes_train,
-        }[mode]
+        fwd, bwd = self.unfused_extra_bytes_fwd, self.unfused_relu_bytes_bwd + self.unfused_pool_bytes_bwd
+        return {"forward": fwd, "backward": bwd, "train": fwd + bwd}[mode]
 
     def flops(self, mode: str = "forward") -> int:
         """FLOPs of ``mode``: "forward", "backward" or "train" (forward + backward + SGD update)."""
@@ -451,7 +398,8 @@ class ModelTotals:
 def totals_of(model: str, rows: Sequence[Layer]) -> ModelTotals:
     """Sum a layer table (as ``layer_table`` returns it) into a ``ModelTotals`` labelled ``model``."""
     dtype = rows[0].dtype
-    params = sum(r.params for r in rows)
+    sums = {f: sum(getattr(r, f) for r in rows) for f in ("params", "flops_fwd", "bytes_fwd", "flops_bwd", "bytes_bwd")}
+    params = sums["params"]
     sgd_flops, sgd_bytes = 2 * params, 3 * params * DTYPE_BYTES[dtype]
     floors = {
         mode: {gpu: sum(r.floor_s(gpu, mode) for r in rows) for gpu in GPU_CEILINGS}
@@ -464,11 +412,7 @@ def totals_of(model: str, rows: Sequence[Layer]) -> ModelTotals:
         model=model,
         batch=rows[0].batch,
         dtype=dtype,
-        params=params,
-        flops_fwd=sum(r.flops_fwd for r in rows),
-        bytes_fwd=sum(r.bytes_fwd for r in rows),
-        flops_bwd=sum(r.flops_bwd for r in rows),
-        bytes_bwd=sum(r.bytes_bwd for r in rows),
+        **sums,
         flops_train=sum(r.flops("train") for r in rows) + sgd_flops,
         bytes_train=sum(r.nbytes("train") for r in rows) + sgd_bytes,
         floors=floors,
@@ -490,19 +434,19 @@ def model_totals(model="GoogLeNet", input_shape=(1, 1, 224, 224), batch=None, *,
 
 def readme_table(batch: int = 128, dtype: str = "bfloat16") -> str:
     """The README's table of the bytes fusion saves (Markdown), from ``model_totals``."""
-    totals = [model_totals(m, batch=batch, dtype=dtype) for m in MODELS]
-    pools = any(t.unfused_pool_bytes_fwd for t in totals)  # a column part once a model pools in its convs
     lines = [
-        f"| model | fused forward moves | layer-by-layer adds (forward) | of which ReLU / concat{' / pool' * pools} "
+        "| model | fused forward moves | layer-by-layer adds (forward) | of which ReLU / concat / pool "
         "| adds per training step |",
         "|---|---|---|---|---|",
     ]
-    for m, t in zip(MODELS, totals):
-        parts = (t.unfused_relu_bytes_fwd, t.unfused_cat_bytes_fwd) + (t.unfused_pool_bytes_fwd,) * pools
-        split = " / ".join(f"{v / 1e9:.2f}" for v in parts) + " GB" if any(parts[1:]) else "ReLU only"
+    for m in MODELS:
+        t = model_totals(m, batch=batch, dtype=dtype)
+        split = " / ".join(
+            f"{v / 1e9:.2f}" for v in (t.unfused_relu_bytes_fwd, t.unfused_cat_bytes_fwd, t.unfused_pool_bytes_fwd)
+        )
         lines.append(
             f"| {'VGG-11' if m == 'VGG' else m} | {t.bytes_fwd / 1e9:.2f} GB | {t.unfused_extra_bytes_fwd / 1e9:.2f} GB "
-            f"| {split} | {t.unfused_extra_bytes_train / 1e9:.2f} GB |"
+            f"| {split} GB | {t.unfused_extra_bytes_train / 1e9:.2f} GB |"
         )
     return "\n".join(lines)
 

@@ -1,6 +1,4 @@
-"""GPU timing and peak memory, one way for the benchmarks, ``cnnkernels bench`` and the GPU
-check: ``triton.testing.do_bench`` (warm-up first, the L2 cache flushed before every call, CUDA
-events, the median) and ``torch.cuda.max_memory_allocated``."""
+"""GPU timing and peak memory, one way for the benchmarks, ``cnnkernels bench`` and the GPU check."""
 
 from __future__ import annotations
 
@@ -10,16 +8,15 @@ __all__ = ["gpu_time_s", "peak_memory_bytes"]
 
 
 def gpu_time_s(fn: Callable[[], object], *, warmup_ms: float = 25, rep_ms: float = 100) -> float:
-    """Median seconds per call of ``fn`` on the current CUDA device, by ``triton.testing.do_bench``
-    (about ``warmup_ms`` of warm-up calls, then calls for about ``rep_ms``)."""
+    """Median seconds per call of ``fn`` on the current CUDA device by ``triton.testing.do_bench``
+    (warm-up calls first, the L2 cache flushed before every call)."""
     from triton.testing import do_bench
 
     return do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median") / 1e3
 
 
 def peak_memory_bytes(fn: Callable[[], object]) -> int:
-    """Peak bytes allocated by torch on the current CUDA device while ``fn`` runs once (what was
-    allocated before the call counts too, as in ``torch.cuda.max_memory_allocated``)."""
+    """``torch.cuda.max_memory_allocated`` over one call of ``fn`` (what was allocated before counts too)."""
     import torch
 
     torch.cuda.synchronize()

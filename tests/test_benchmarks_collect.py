@@ -174,6 +174,8 @@ def test_gpu_check_selects_collected_benchmarks(collected):
     assert all("-bf16-" in i for i in selected)
     graphs = gc.node_ids("graphs")  # bf16 forwards from CUDA graphs, batch 1 and 32
     assert len(graphs) == 4 * 2 * 2 and set(graphs) <= set(ids)
+    accuracy = gc.node_ids("accuracy")  # each model against its twin, as cnnkernels check compares them
+    assert len(accuracy) == 4 and set(accuracy) <= set(ids)
     assert sum("::test_ceiling" in i or "test_bench_ceilings.py::" in i for i in ids) == 2
 
 

@@ -86,10 +86,6 @@ def layer_cases(predicate: Callable[[roofline.Layer], bool]) -> list[LayerCase]:
     return [LayerCase(*names[0], tuple(f"{m}.{n}" for m, n in names[1:])) for names in seen.values()]
 
 
-def layer_params(predicate: Callable[[roofline.Layer], bool]) -> list:
-    return [_param(c, id=c.id) for c in layer_cases(predicate)]
-
-
 def shape_str(shape) -> str:
     return "x".join(str(d) for d in shape)
 
@@ -275,6 +271,15 @@ def cat_callable(layer: roofline.Layer, provider: str, mode: str):
         return lambda *xs: cat(xs, dim=1)
 
     return _mode_callable(_provider_op(provider, make), branches, (), mode)
+
+
+# The per-layer suites: op -> (which layers, its dtype/mode grid, the callable of a provider and mode).
+LAYER_OPS = {
+    "conv": (lambda r: r.kind == "conv" and not r.is_1x1, LAYER_CASES, conv_callable),
+    "conv1x1": (lambda r: r.is_1x1, LAYER_CASES, conv_callable),
+    "pool": (lambda r: r.kind in ("maxpool", "avgpool"), NO_PARAM_CASES, pool_callable),
+    "cat": (lambda r: r.kind == "cat", FORWARD_CASES, cat_callable),
+}
 
 
 def bench_layer(benchmark, op: str, case: LayerCase, dtype: str, mode: str, provider: str, builder) -> None:

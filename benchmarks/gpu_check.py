@@ -80,27 +80,25 @@ def pytest_run(args: list[str], timeout: float, env: dict | None = None) -> dict
 def node_ids(section: str, max_autotune: bool = False) -> list[str]:
     """The benchmark items of a section, as pytest node ids (cudnn first in each group, so the
     others' speedups use this session's cudnn median)."""
-    from _common import layer_cases
+    from _common import LAYER_OPS, layer_cases
 
-    def ids(file, test, cases, modes, providers):
-        return [f"benchmarks/{file}::{test}[{c.id}-bf16-{m}-{p}]" for c, m, p in product(cases, modes, providers)]
+    def ids(op, cases):
+        grid = product(cases, ("forward", "backward"), ("cudnn", "cnnkernels"))
+        return [f"benchmarks/test_bench_layers.py::test_layer[{op}-{c.id}-bf16-{m}-{p}]" for c, m, p in grid]
 
     def largest(predicate, key, k):
         return sorted(layer_cases(predicate), key=lambda c: getattr(c.layer(DTYPE, BATCH), key), reverse=True)[:k]
 
-    both, pair = ("forward", "backward"), ("cudnn", "cnnkernels")
+    pair = ("cudnn", "cnnkernels")
     if section == "ceilings":
         return ["benchmarks/test_bench_ceilings.py"]
     if section == "conv":
-        big = largest(lambda r: r.kind == "conv" and not r.is_1x1, "flops_fwd", 4)
-        return ids("test_bench_conv.py", "test_conv", big, both, pair) + ids(
-            "test_bench_conv1x1.py", "test_conv1x1", largest(lambda r: r.is_1x1, "flops_fwd", 1), both, pair
+        return ids("conv", largest(LAYER_OPS["conv"][0], "flops_fwd", 4)) + ids(
+            "conv1x1", largest(LAYER_OPS["conv1x1"][0], "flops_fwd", 1)
         )
     if section == "pool":
-        pools = largest(lambda r: r.kind == "maxpool", "bytes_fwd", 3) + largest(
-            lambda r: r.kind == "avgpool", "bytes_fwd", 1
-        )
-        return ids("test_bench_pool.py", "test_pool", pools, both, pair)
+        maxpools = largest(lambda r: r.kind == "maxpool", "bytes_fwd", 3)
+        return ids("pool", maxpools + largest(lambda r: r.kind == "avgpool", "bytes_fwd", 1))
     if section == "accuracy":
         return [f"benchmarks/test_bench_models.py::test_model_accuracy[{m}]" for m in MODELS]
     if section == "graphs":  # whole forwards replayed from CUDA graphs, where launch cost decides

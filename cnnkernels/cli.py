@@ -17,8 +17,7 @@ import time
 
 MODELS = ("alexnet", "vgg", "nin", "googlenet")
 ALIASES = {"vgg11": "vgg", "vgg-11": "vgg", "inception": "googlenet"}
-# Default image side per model for ``check`` and ``train`` on the CPU (interpreter): about the
-# smallest size the architecture admits, so each model finishes in about a minute.
+# Image side per model for ``check`` and ``train`` on the CPU: about the smallest the architecture admits.
 CPU_SIZE = {"alexnet": 67, "vgg": 32, "nin": 67, "googlenet": 32}
 RICH_HINT = "colours and boxed tables: pip install 'cnnkernels[cli]' (rich)"
 
@@ -460,9 +459,8 @@ def _bench_host(names: list[str]) -> int:
 
 
 def cmd_train(args) -> int:
-    """Training on the fused kernels (``cnnkernels.train``): one process, or one rank of a
-    ``torchrun`` job. A usage error is printed by rank 0 only (every rank refuses it, before the
-    process group exists); another rank's exception propagates, so torchrun reports that rank."""
+    """``cnnkernels.train`` in one process or as one ``torchrun`` rank: a usage error printed by rank 0
+    only (every rank refuses it); another rank's exception propagates, so torchrun reports that rank."""
     rank = os.environ.get("RANK", "0")
     try:
         _backend()

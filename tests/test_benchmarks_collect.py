@@ -16,10 +16,7 @@ BENCH = REPO / "benchmarks"
 SKIP_REASON = "needs a CUDA GPU: the interpreter measures nothing about speed"
 BENCH_FILES = (
     "test_bench_ceilings.py",
-    "test_bench_conv.py",
-    "test_bench_conv1x1.py",
-    "test_bench_pool.py",
-    "test_bench_cat.py",
+    "test_bench_layers.py",
     "test_bench_models.py",
     "test_bench_memory.py",
 )
@@ -63,12 +60,12 @@ def test_model_grid_is_complete(collected):
 def test_layer_grids(collected):
     _, ids = collected
     # per-layer: bf16 forward/backward/train, fp16/fp32 forward only
-    assert "benchmarks/test_bench_conv.py::test_conv[AlexNet.net.0-bf16-train-cudnn]" in ids
-    assert "benchmarks/test_bench_conv1x1.py::test_conv1x1[GoogLeNet.net.1.0-fp32-forward-cnnkernels]" in ids
+    assert "benchmarks/test_bench_layers.py::test_layer[conv-AlexNet.net.0-bf16-train-cudnn]" in ids
+    assert "benchmarks/test_bench_layers.py::test_layer[conv1x1-GoogLeNet.net.1.0-fp32-forward-cnnkernels]" in ids
     assert not any("fp16-backward" in i or "fp32-train" in i for i in ids)
-    assert not any(i.startswith("benchmarks/test_bench_pool.py") and "-train-" in i for i in ids)
-    assert all("-forward-" in i for i in ids if i.startswith("benchmarks/test_bench_cat.py"))
-    cats = sum(i.startswith("benchmarks/test_bench_cat.py") for i in ids)
+    assert not any("::test_layer[pool-" in i and "-train-" in i for i in ids)
+    assert all("-forward-" in i for i in ids if "::test_layer[cat-" in i)
+    cats = sum("::test_layer[cat-" in i for i in ids)
     assert cats == 9 * 3 * 4  # Inception blocks x dtypes x providers
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import pytest
 
 from cnnkernels import roofline
+from cnnkernels.cli import shape_str
 from cnnkernels.timing import gpu_time_s
 
 _param = pytest.param
@@ -84,10 +85,6 @@ def layer_cases(predicate: Callable[[roofline.Layer], bool]) -> list[LayerCase]:
             if predicate(r):
                 seen.setdefault(dataclasses.replace(r, name=""), []).append((model, r.name))
     return [LayerCase(*names[0], tuple(f"{m}.{n}" for m, n in names[1:])) for names in seen.values()]
-
-
-def shape_str(shape) -> str:
-    return "x".join(str(d) for d in shape)
 
 
 # Environment

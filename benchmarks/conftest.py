@@ -27,8 +27,6 @@ if "pytest_benchmark" not in sys.modules:  # the plugin is absent (or disabled):
     class _Benchmark:
         """What the suites use of pytest-benchmark's fixture, without its statistics."""
 
-        stats = None
-
         def __init__(self):
             self.group, self.extra_info = None, {}
 
@@ -43,7 +41,9 @@ if "pytest_benchmark" not in sys.modules:  # the plugin is absent (or disabled):
         return _Benchmark()
 
 
-if not HAS_CUDA:  # the host-cost benchmarks run anywhere: the kernels' host path, interpreted
+if HAS_CUDA:  # cuDNN picks its fastest algorithm per shape (during each benchmark's warm-up calls)
+    torch.backends.cudnn.benchmark = True
+else:  # the host-cost benchmarks run anywhere: the kernels' host path, interpreted
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
@@ -75,14 +75,6 @@ def pytest_runtest_makereport(item, call):
             row["message"] = report.longreprtext[-3000:]
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, default=str) + "\n")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _cudnn_autotune():
-    """cuDNN picks its fastest algorithm per shape (during each benchmark's warm-up calls)."""
-    if HAS_CUDA:
-        torch.backends.cudnn.benchmark = True
-    yield
 
 
 @pytest.fixture(autouse=True)

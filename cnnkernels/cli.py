@@ -19,7 +19,6 @@ MODELS = ("alexnet", "vgg", "nin", "googlenet")
 ALIASES = {"vgg11": "vgg", "vgg-11": "vgg", "inception": "googlenet"}
 # Image side per model for ``check`` and ``train`` on the CPU: about the smallest the architecture admits.
 CPU_SIZE = {"alexnet": 67, "vgg": 32, "nin": 67, "googlenet": 32}
-RICH_HINT = "colours and boxed tables: pip install 'cnnkernels[cli]' (rich)"
 
 
 class UsageError(Exception):
@@ -529,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="cnnkernels",
         description="Fused Triton kernels for AlexNet, VGG, NiN and GoogLeNet",
-        epilog=f"Output is plain text; {RICH_HINT}.",
+        epilog="Output is plain text; colours and boxed tables: pip install 'cnnkernels[cli]' (rich).",
     )
     sub = p.add_subparsers(dest="verb", required=True)
     s = sub.add_parser("summary", help="per-layer output shape, parameters, FLOPs and roofline floor")

@@ -224,13 +224,10 @@ def functional_launches(batch: int, dtype: str) -> list[Launch]:
         x = torch.empty(shape, device="meta", dtype=dt)
         return (x.to(memory_format=fmt) if fmt else x).requires_grad_()
 
-    x = t(batch, 64, 56, 56, fmt=cl)
+    x, w, wg = t(batch, 64, 56, 56, fmt=cl), t(128, 64, 3, 3, fmt=cl), t(128, 32, 3, 3, fmt=cl)
     cases: list[tuple[str, Callable]] = [
-        ("conv2d_relu 3x3 same", lambda: CF.conv2d_relu(x, t(128, 64, 3, 3, fmt=cl), t(128), stride=1, padding="same")),
-        (
-            "conv2d 3x3/2 pad (1,2) groups 2",
-            lambda: CF.conv2d(x, t(128, 32, 3, 3, fmt=cl), t(128), stride=2, padding=(1, 2), dilation=1, groups=2),
-        ),
+        ("conv2d_relu 3x3 same", lambda: CF.conv2d_relu(x, w, t(128), stride=1, padding="same")),
+        ("conv2d 3x3/2 pad (1,2) groups 2", lambda: CF.conv2d(x, wg, t(128), stride=2, padding=(1, 2), groups=2)),
         ("max_pool2d 3/2 ceil indices", lambda: CF.max_pool2d(x, 3, stride=2, ceil_mode=True, return_indices=True)[0]),
         ("adaptive_avg_pool2d 1", lambda: CF.adaptive_avg_pool2d(x, 1)),
         ("adaptive_avg_pool2d 7", lambda: CF.adaptive_avg_pool2d(x, 7)),
@@ -397,10 +394,8 @@ def compile_launch(launch: Launch, cfg):
 
 
 def config_label(launch: Launch, cfg) -> str:
-    kw = dict(cfg.kwargs) if cfg is not None else {}
     opts = cfg.all_kwargs() if cfg is not None else launch.kwargs
-    if cfg is None:
-        kw = {k: v for k, v in launch.kwargs.items() if k.startswith("BLOCK")}
+    kw = dict(cfg.kwargs) if cfg is not None else {k: v for k, v in opts.items() if k.startswith("BLOCK")}
     short = ",".join(f"{re.sub(r'^BLOCK_(SIZE_)?', '', k)}={v}" for k, v in kw.items())
     return f"{short} w{opts.get('num_warps', 4)} s{opts.get('num_stages', 3)}"
 
@@ -420,14 +415,6 @@ def _tool(name: str) -> str:
 def _cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "cnnkernels", "static-sm90")
-
-
-_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.+?)\s*;")
-
-
-def parse_sass(sass: str) -> list[tuple[int, str]]:
-    """(address, instruction) for every SASS instruction of the (single) kernel."""
-    return [(int(m.group(1), 16), m.group(2)) for m in _SASS_LINE.finditer(sass)]
 
 
 def _opcode(ins: str) -> str:
@@ -469,7 +456,8 @@ def _load_kind(ins: str) -> str | None:
 
 
 def analyse_sass(sass: str) -> dict:
-    instrs = parse_sass(sass)
+    # (address, instruction) for every SASS instruction of the (single) kernel
+    instrs = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(.+?)\s*;", sass)]
     ops = [_opcode(i) for _, i in instrs]
     hgmma = [i for _, i in instrs if _opcode(i).startswith("HGMMA")]
     shape = operands = None

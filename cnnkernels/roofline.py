@@ -192,6 +192,9 @@ def _pool_layer(kind, head, geometry) -> Layer:
     b, needs_grad = DTYPE_BYTES[head["dtype"]], head["needs_input_grad"]
     x, y = math.prod(head["in_shape"]), math.prod(head["out_shape"])
     argmax = y if kind == "maxpool" else 0  # the 1-byte within-window argmax, saved for backward
+    bwd = "(N*C*P*Q [dY] + N*C*H*W [dX]) * bytes"
+    if argmax:
+        bwd = "N*C*P*Q * (bytes + 1) [dY, argmax] + N*C*H*W * bytes [dX]"
     return Layer(
         **head,
         kind=kind,
@@ -204,11 +207,7 @@ def _pool_layer(kind, head, geometry) -> Layer:
         bytes_formula="(N*C*H*W + N*C*P*Q) * bytes",
         bytes_formula_fwd_train="(N*C*H*W + N*C*P*Q) * bytes + N*C*P*Q [1-byte argmax]" if argmax else "",
         flops_formula_bwd="N*C*H*W" if needs_grad else "0",
-        bytes_formula_bwd="0"
-        if not needs_grad
-        else "N*C*P*Q * (bytes + 1) [dY, argmax] + N*C*H*W * bytes [dX]"
-        if argmax
-        else "(N*C*P*Q [dY] + N*C*H*W [dX]) * bytes",
+        bytes_formula_bwd=bwd if needs_grad else "0",
         **geometry,
     )
 

@@ -6,12 +6,15 @@ Forward:   Z[n,k,p,q]  = relu(b[k] + conv(X, W)[n,k,p,q])          (the conv lay
            A[n,k,i,j]  = u*PS + v of the tap taken
            The GEMM's M rows are pooled pixels; for each pool tap (a loop of constant trip count,
            not unrolled: one copy of the GEMM loop in the code) the program runs the implicit-GEMM
-           main loop of ``kernels/conv.py`` for the conv pixels under that
-           tap, applies bias and ReLU on the fp32 accumulator, rounds to the output dtype (so the
-           comparison is the unfused path's, on stored values) and merges into a running max.
-           The merge is the max-pool kernel's: a tap is taken when ``v > best`` or ``v`` is NaN
-           (or nothing was taken yet), so the first of tied maxima wins and NaN propagates, as
-           torch's ``max_pool2d(relu(conv2d(...)))``.
+           main loop of ``kernels/conv.py`` (its techniques, re-implemented here: no row masks,
+           in-image tests as bits, constant tap trip counts) for the conv pixels under that tap,
+           adds the bias on the fp32 accumulator, rounds to the output dtype (so the comparison is
+           the unfused path's, on stored values) and merges into a running max: a tap is taken
+           when ``v > best`` or ``v`` is NaN, so the first of tied maxima wins and the last NaN
+           (torch's scan). A tap outside the conv output repeats the nearest valid one, which
+           changes neither. ReLU is monotone, so it is applied once after the loop, a max <= 0
+           becoming 0 at the window's first valid tap (torch's pick among ReLU's zeros): the
+           result is torch's ``max_pool2d(relu(conv2d(...)))`` with its indices.
            Non-overlapping windows (VGG's 2x2/2): every conv pixel is computed exactly once, so
            the kernel does the unfused FLOPs and writes a quarter of the bytes. Overlapping
            windows (3x3/2): a conv pixel under several windows is recomputed for each (9 taps per

@@ -25,11 +25,6 @@ PYTHONS = {"3.9": sys.executable, "3.6": str(ROOT / ".venv" / "triton36" / "bin"
 
 # (triton, kernel, dtype, config) of the quick report: the limit it breaks today (static, sm_90) and
 # where the kernel work to fix it lies. Remove an entry once its row passes.
-_FLAT_DW = (
-    "generic dW on the flattened (r, s, c) form (C < 32: the first layers, GoogLeNet's 5x5 branches) gathers X "
-    "2 bytes at a time and decodes pixels per step: kernels/conv.py _conv_bwd_weight_kernel (first-layer input "
-    "padded to 8 channels, or these layers on the row-tiled form)"
-)
 _CONVPOOL = (
     "loop ratio {}: the fused conv + ReLU + max-pool forward (kernels/convpool.py, "
     "_conv_relu_max_pool_fwd_kernel) on the C = 1 stem: its loop is one pool tap, a 49-lane "
@@ -37,34 +32,10 @@ _CONVPOOL = (
     "the tap-wise layers are under the 1.3x ceiling"
 )
 KNOWN_FAILING: dict[tuple[str, str, str, str], str] = {
-    ("3.9", "adaptive_avg_pool2d_fwd", "fp32", "M=32,C=64 w4 s1"): (
-        "spills 10 at 96 registers (kernels/avgpool.py config list or register pressure)"
-    ),
-    ("3.9", "conv_bwd_weight", "bf16", "M=128,N=64,K=32 w8 s2"): _FLAT_DW,
-    ("3.9", "conv_bwd_weight", "bf16", "M=64,N=64,K=32 w4 s2"): _FLAT_DW,
-    ("3.9", "conv_bwd_weight", "bf16", "M=64,N=64,K=32 w4 s3"): _FLAT_DW,
-    ("3.9", "conv_bwd_weight", "fp16", "M=128,N=64,K=32 w8 s2"): _FLAT_DW,
-    ("3.9", "conv_bwd_weight", "fp16", "M=64,N=64,K=32 w4 s2"): _FLAT_DW,
-    ("3.9", "conv_bwd_weight", "fp16", "M=64,N=64,K=32 w4 s3"): _FLAT_DW,
-    ("3.6", "conv_bwd_weight", "bf16", "M=128,N=64,K=32 w8 s2"): _FLAT_DW,
-    ("3.6", "conv_bwd_weight", "bf16", "M=64,N=64,K=32 w4 s2"): _FLAT_DW,
-    ("3.6", "conv_bwd_weight", "bf16", "M=64,N=64,K=32 w4 s3"): _FLAT_DW,
-    ("3.6", "conv_bwd_weight", "fp16", "M=128,N=64,K=32 w8 s2"): _FLAT_DW,
-    ("3.6", "conv_bwd_weight", "fp16", "M=64,N=64,K=32 w4 s2"): _FLAT_DW,
-    ("3.6", "conv_bwd_weight", "fp16", "M=64,N=64,K=32 w4 s3"): _FLAT_DW,
-    ("3.6", "conv1x1_bwd_input", "bf16", "M=64,N=128,K=64 w4 s4"): (
-        "loop ratio 1.35 under Triton 3.6 only (1.24 under 3.9): kernels/conv1x1.py, _conv1x1_bwd_input_kernel or its config list"
-    ),
-    ("3.6", "conv1x1_bwd_input", "fp16", "M=64,N=128,K=64 w4 s4"): (
-        "loop ratio 1.35 under Triton 3.6 only (1.24 under 3.9): kernels/conv1x1.py, _conv1x1_bwd_input_kernel or its config list"
-    ),
     ("3.9", "conv_relu_max_pool_fwd", "bf16", "M=64,N=64,K=64 w8 s2"): _CONVPOOL.format("2.57"),
     ("3.9", "conv_relu_max_pool_fwd", "fp16", "M=64,N=64,K=64 w8 s2"): _CONVPOOL.format("2.57"),
     ("3.6", "conv_relu_max_pool_fwd", "bf16", "M=64,N=64,K=64 w8 s2"): _CONVPOOL.format("2.62"),
     ("3.6", "conv_relu_max_pool_fwd", "fp16", "M=64,N=64,K=64 w8 s2"): _CONVPOOL.format("2.62"),
-    ("3.6", "conv1x1_fwd", "fp32", "M=64,N=128,K=32 w8 s3"): (
-        "C7515 wgmma serialised under Triton 3.6 only (3.9 compiles it unserialised): a config-list or loop change in kernels/conv1x1.py"
-    ),
 }
 
 

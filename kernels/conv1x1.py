@@ -159,14 +159,13 @@ def _conv1x1_bwd_input_kernel(
 
 
 def _prune_bwd_weight(configs, named_args, **kwargs):
-    """``prune_by_dtype``, and the 128x128 tile on two warpgroups for 4-byte operands (TF32) and
-    for the pixel-decoding (not LINEAR) loop: on one, they spill."""
+    """``prune_by_dtype``, and the 128x128 tile on two warpgroups for 4-byte operands (TF32): on
+    one, it spills."""
     configs = prune_by_dtype("x_ptr")(configs, named_args, **kwargs)
-    linear = kwargs.get("LINEAR", named_args.get("LINEAR"))
     if not INTERPRET and named_args.get("K", kwargs.get("K")) <= 64:
         # At most 64 output channels (NiN's 10-class layer): a 128-row tile is mostly idle and spills.
         configs = [cfg for cfg in configs if cfg.kwargs["BLOCK_M"] <= 64] or configs
-    if (named_args.get("x_ptr", kwargs.get("x_ptr")).element_size() < 4 and linear) or INTERPRET:
+    if named_args.get("x_ptr", kwargs.get("x_ptr")).element_size() < 4 or INTERPRET:
         return configs
     return [
         triton.Config(cfg.kwargs, num_warps=8 if cfg.kwargs["BLOCK_M"] == 128 else cfg.num_warps, num_stages=cfg.num_stages)
@@ -174,15 +173,13 @@ def _prune_bwd_weight(configs, named_args, **kwargs):
     ]
 
 
-@triton.autotune(configs=conv1x1_configs("bwd_weight"), prune_configs_by={"early_config_prune": _prune_bwd_weight}, key=["M", "C", "K", "CHUNK", "LINEAR"])
+@triton.autotune(configs=conv1x1_configs("bwd_weight"), prune_configs_by={"early_config_prune": _prune_bwd_weight}, key=["M", "C", "K", "CHUNK"])
 @triton.jit
 def _conv1x1_bwd_weight_kernel(
     x_ptr, dy_ptr, dw_ptr, dw_part_ptr, count_ptr,
-    M, HW, W, C, K, CHUNK, SPLITS,
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    M, C, K, CHUNK, SPLITS,
+    stride_xc, stride_xw, stride_dyc, stride_dyw,
     stride_wk, stride_wc,
-    LINEAR: tl.constexpr,
     # stride_xw and stride_dyw arrive divided by these constexpr factors: a channel slice of a
     # wider NHWC buffer (pixels of e.g. 152 channels) is then known 16-byte aligned.
     XW_MULT: tl.constexpr, DYW_MULT: tl.constexpr,
@@ -192,8 +189,9 @@ def _conv1x1_bwd_weight_kernel(
 ):
     """Partial dW[j, c] over the pixels of split ``program_id(2)``; tile rows j, columns c. dY'
     masked and db summed beforehand (``conv2d_backward_prep``): the loop holds the MMA only.
-    LINEAR: X and dY' are pixel-linear (pixel m at m * stride_w, NHWC with whole images, channel
-    slices allowed), so the loop advances pointers like a plain GEMM and decodes no pixel index."""
+    X and dY' are pixel-linear (pixel m at m * stride_w, NHWC with whole images, channel slices
+    allowed; the launcher copies any other layout so), so the loop advances pointers like a plain
+    GEMM and decodes no pixel index."""
     stride_xw = stride_xw * XW_MULT
     stride_dyw = stride_dyw * DYW_MULT
     pid_m = tl.program_id(0)
@@ -201,36 +199,25 @@ def _conv1x1_bwd_weight_kernel(
     split = tl.program_id(2)
     offs_j = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_j = offs_j < K
     mask_c = offs_c < C
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     start = split.to(tl.int64) * CHUNK
     end = tl.minimum(start + CHUNK, M)
-    if LINEAR:
-        # Rows past K and columns past C load row j % K and column c % C (no mask but the pixel
-        # count in the loop); their results are never stored.
-        i = tl.arange(0, BLOCK_K)
-        # K and C rebuilt with their factor visible, so the wrapped index stays 8-wide contiguous.
-        dy_ptrs = dy_ptr + ((offs_j % ((K // K_MULT) * K_MULT)) * stride_dyc)[:, None] + ((start + i) * stride_dyw)[None, :]
-        x_ptrs = x_ptr + ((offs_c % ((C // C_MULT) * C_MULT)) * stride_xc)[None, :] + ((start + i) * stride_xw)[:, None]
-        left = (end - start).to(tl.int32)
-        for _ in range(0, tl.cdiv(left, BLOCK_K)):
-            a = tl.load(dy_ptrs, mask=(i < left)[None, :], other=0.0)
-            xb = tl.load(x_ptrs, mask=(i < left)[:, None], other=0.0)
-            acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
-            dy_ptrs += BLOCK_K * stride_dyw
-            x_ptrs += BLOCK_K * stride_xw
-            left -= BLOCK_K
-    else:
-        for i0 in range(start, end, BLOCK_K):
-            offs_i = i0 + tl.arange(0, BLOCK_K)
-            mask_i = offs_i < end
-            pix_dy = _pixel_offsets(offs_i, HW, W, stride_dyn, stride_dyh, stride_dyw)[None, :]
-            a = tl.load(dy_ptr + pix_dy + (offs_j * stride_dyc)[:, None], mask=mask_j[:, None] & mask_i[None, :], other=0.0)
-            pix_x = _pixel_offsets(offs_i, HW, W, stride_xn, stride_xh, stride_xw)
-            xb = tl.load(x_ptr + pix_x[:, None] + (offs_c * stride_xc)[None, :], mask=mask_i[:, None] & mask_c[None, :], other=0.0)
-            acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
+    # Rows past K and columns past C load row j % K and column c % C (no mask but the pixel
+    # count in the loop); their results are never stored.
+    i = tl.arange(0, BLOCK_K)
+    # K and C rebuilt with their factor visible, so the wrapped index stays 8-wide contiguous.
+    dy_ptrs = dy_ptr + ((offs_j % ((K // K_MULT) * K_MULT)) * stride_dyc)[:, None] + ((start + i) * stride_dyw)[None, :]
+    x_ptrs = x_ptr + ((offs_c % ((C // C_MULT) * C_MULT)) * stride_xc)[None, :] + ((start + i) * stride_xw)[:, None]
+    left = (end - start).to(tl.int32)
+    for _ in range(0, tl.cdiv(left, BLOCK_K)):
+        a = tl.load(dy_ptrs, mask=(i < left)[None, :], other=0.0)
+        xb = tl.load(x_ptrs, mask=(i < left)[:, None], other=0.0)
+        acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
+        dy_ptrs += BLOCK_K * stride_dyw
+        x_ptrs += BLOCK_K * stride_xw
+        left -= BLOCK_K
 
     # Partials are laid out [split, k, c], contiguous; the last split's program sums them (fixed order).
     tile = pid_m + tl.num_programs(0) * pid_n
@@ -342,19 +329,25 @@ def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=
     dw_part = _conv._split_partials(splits, k * c, dw)
     counters = _conv.split_counters(x.device, triton.cdiv(k, 64) * triton.cdiv(c, 64))
 
-    linear = _conv._pixel_linear(x) and _conv._pixel_linear(dy)
-    xw_mult = math.gcd(x.stride(3), 16) if linear else 1
-    dyw_mult = math.gcd(dy.stride(3), 16) if linear else 1
+    # An operand whose pixels are not linear (NCHW with several channels: the batch-1 inputs of
+    # GoogLeNet's 1x1 convs) is copied channels_last once, so the loop advances pointers like a
+    # plain GEMM (16-byte loads) instead of decoding every pixel per step.
+    if not _conv._pixel_linear(x):
+        x = x.contiguous(memory_format=torch.channels_last)
+    if not _conv._pixel_linear(dy):
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    xw_mult = math.gcd(x.stride(3), 16)
+    dyw_mult = math.gcd(dy.stride(3), 16)
 
     def grid(meta):
         return (triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_N"]), splits)
 
     launch(_conv1x1_bwd_weight_kernel, grid,
         x, dy, dw, dw_part, counters,
-        m, h * w, w, c, k, chunk, splits,
-        *nchw_strides(x)[:3], x.stride(3) // xw_mult, *nchw_strides(dy)[:3], dy.stride(3) // dyw_mult,
+        m, c, k, chunk, splits,
+        x.stride(1), x.stride(3) // xw_mult, dy.stride(1), dy.stride(3) // dyw_mult,
         dw.stride(0), dw.stride(1),
-        LINEAR=linear, XW_MULT=xw_mult, DYW_MULT=dyw_mult, K_MULT=math.gcd(k, 16), C_MULT=math.gcd(c, 16),
+        XW_MULT=xw_mult, DYW_MULT=dyw_mult, K_MULT=math.gcd(k, 16), C_MULT=math.gcd(c, 16),
         **_conv._dot_args(x.dtype),
     )
     return dw, db

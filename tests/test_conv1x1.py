@@ -104,3 +104,38 @@ def test_two_way_backward():
     dw, db = k1.conv1x1_backward_weight(x, g[:, :12], y[:, :12], w, "relu", True, dy1=g[:, 12:], y1=y[:, 12:])
     assert_close(dw, wr.grad, torch.float32, name="grad_weight")
     assert_close(db, br.grad, torch.float32, name="grad_bias")
+
+
+@pytest.mark.parametrize(
+    "n, dy_layout",
+    [(1, "nchw"), (1, "nhwc"), (2, "nchw")],
+    ids=["batch1-both-nchw", "batch1-x-nchw", "batch2-both-nchw"],
+)
+def test_dw_copies_operands_whose_pixels_are_not_linear(n, dy_layout, monkeypatch):
+    """dW of NCHW operands (batch-1 GoogLeNet's 1x1 inputs): the kernel receives pixel-linear
+    copies, and dW, db match torch over several splits, the same bits run to run."""
+    from cnnkernels.kernels import conv as kconv
+
+    seen = []
+    launch = k1.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if kernel is k1._conv1x1_bwd_weight_kernel:
+            seen.append([kconv._pixel_linear(a) for a in args[:2]])
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(k1, "launch", spy)
+    x = torch.randn(n, 40, 19, 17, device=DEVICE)
+    dy = torch.randn(n, 24, 19, 17, device=DEVICE)
+    if dy_layout == "nhwc":
+        dy = dy.to(memory_format=torch.channels_last)
+    w = torch.randn(24, 40, 1, 1, device=DEVICE)
+    assert n * 19 * 17 > kconv._dw_chunk(n * 19 * 17, 1)  # several splits
+    runs = [k1.conv1x1_backward_weight(x, dy, None, w, "none", True) for _ in range(2)]
+    assert seen == [[True, True]] * 2
+    assert torch.equal(runs[0][0], runs[1][0])
+    xr, wr = x.double(), w.double().requires_grad_()
+    br = torch.zeros(24, dtype=torch.float64, requires_grad=True)
+    F.conv2d(xr, wr, br).backward(dy.double())
+    assert_close(runs[0][0], wr.grad, torch.float32, name="grad_weight")
+    assert_close(runs[0][1], br.grad, torch.float32, name="grad_bias")

@@ -199,10 +199,8 @@ def _mode_callable(op, inputs, params, mode: str):
 def _activation(shape, dtype, requires_grad: bool):
     import torch
 
-    x = torch.randn(shape, device=DEVICE, dtype=getattr(torch, dtype))
-    if x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x.requires_grad_(requires_grad)
+    x = torch.randn(shape, device=DEVICE, dtype=getattr(torch, dtype))  # NCHW-shaped, channels_last
+    return x.contiguous(memory_format=torch.channels_last).requires_grad_(requires_grad)
 
 
 def _provider_op(provider: str, make):

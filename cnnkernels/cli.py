@@ -188,11 +188,9 @@ def _model_names(name: str, allow_all: bool) -> list[str]:
 
 def _build(name: str, num_classes: int = 10, reference: bool = False):
     from cnnkernels import models
+    from cnnkernels.roofline import _MODEL_ALIASES
 
-    ns = models.reference if reference else models
-    return {"alexnet": ns.AlexNet, "vgg": ns.VGG, "nin": ns.NiN, "googlenet": ns.GoogLeNet}[name](
-        num_classes=num_classes
-    )
+    return getattr(models.reference if reference else models, _MODEL_ALIASES[name])(num_classes=num_classes)
 
 
 def _check_size(name: str, model, h: int, w: int, arg: str = "--size") -> None:
@@ -253,7 +251,7 @@ def cmd_summary(args) -> int:
     if args.train:
         from cnnkernels import memory
 
-        row = memory.compare(memory.MODELS_BY_KEY[name], shape=shape, dtype=_torch_dtype(args.dtype))
+        row = memory.compare(roofline._MODEL_ALIASES[name], shape=shape, dtype=_torch_dtype(args.dtype))
         out.line(
             f"training step: {row.fused / memory.MIB:,.1f} MiB saved for backward, against "
             f"{row.twin / memory.MIB:,.1f} MiB for the torch.nn twin ({row.ratio:.2f}x; measured on the meta device, "

@@ -65,9 +65,8 @@ class GraphedForward:
 
 
 class GraphedTrainStep:
-    """Forward, ``loss_fn(output, target)``, backward and ``optimizer.step()`` captured as one CUDA
-    graph (gradients are allocated from the graph's pool; the optimizer must be capturable, e.g.
-    SGD, or Adam with ``capturable=True``). A call returns the static loss tensor."""
+    """Forward, ``loss_fn(output, target)``, backward and ``optimizer.step()`` captured as one CUDA graph
+    (the optimizer must be capturable: SGD, Adam with ``capturable=True``); a call returns the loss."""
 
     def __init__(self, model, optimizer, loss_fn, example_input: Tensor, example_target: Tensor, warmup: int = 3):
         _need_cuda(example_input, "example_input")

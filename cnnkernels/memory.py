@@ -19,7 +19,6 @@ from torch import nn
 __all__ = ["SavedBytes", "saved_bytes", "compare", "MODELS"]
 
 MODELS = ("AlexNet", "VGG", "NiN", "GoogLeNet")
-MODELS_BY_KEY = {m.lower(): m for m in MODELS}  # the command line's names
 MIB = 2**20
 
 

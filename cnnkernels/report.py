@@ -333,10 +333,8 @@ def anchor_launches(dtypes=DTYPES) -> list[Launch]:
         a, b, c = (torch.empty(size, size, device="meta", dtype=_torch_dtype(dtype)) for _ in range(3))
         args = (a, b, c, size, size, size, *a.stride(), *b.stride(), *c.stride())
         out.append(Launch(pointer, args, dict(ANCHOR_CONFIG), (1,), "anchor: tutorial pointer GEMM 4096^3"))
-        if dtype == "bf16":
-            out.append(
-                Launch(descriptor, (a, b, c, size, size, size), dict(ANCHOR_CONFIG), (1,), "anchor: TMA GEMM 4096^3")
-            )
+        if dtype == "bf16":  # the descriptor GEMM takes (a, b, c, M, N, K) alone
+            out.append(Launch(descriptor, args[:6], dict(ANCHOR_CONFIG), (1,), "anchor: TMA GEMM 4096^3"))
     return out
 
 

@@ -59,14 +59,13 @@ class Dist:
 
 def launch_env() -> Dist:
     """Rank, world size and local rank from torchrun's environment (one process without it)."""
-    values = {}
-    for key, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
-        text = os.environ.get(key, str(default))
+    values = []
+    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
         try:
-            values[key] = int(text)
+            values.append(int(text := os.environ.get(key, default)))
         except ValueError:
             raise UsageError(f"environment variable {key} must be an integer, got {text!r}") from None
-    return Dist(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+    return Dist(*values)
 
 
 def _device(where: Dist) -> torch.device:
@@ -305,8 +304,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# Settings a resumed run must share with the run that saved the checkpoint, for the resumed
-# run to continue that run rather than start a different one.
+# Settings a resumed run shares with the run that saved the checkpoint (else it is a different run).
 _RESUME_MUST_MATCH = ("model", "batch", "seed", "size", "dtype", "data", "synthetic", "accum", "fuse")
 
 

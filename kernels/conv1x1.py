@@ -332,10 +332,12 @@ def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=
     # An operand whose pixels are not linear (NCHW with several channels: the batch-1 inputs of
     # GoogLeNet's 1x1 convs) is copied channels_last once, so the loop advances pointers like a
     # plain GEMM (16-byte loads) instead of decoding every pixel per step.
+    # (A fresh channels_last tensor: ``contiguous`` would return an (N, C, 1, 1) NCHW tensor as it
+    # is, its pixel stride 1 instead of C.)
     if not _conv._pixel_linear(x):
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).copy_(x)
     if not _conv._pixel_linear(dy):
-        dy = dy.contiguous(memory_format=torch.channels_last)
+        dy = torch.empty(dy.shape, dtype=dy.dtype, device=dy.device, memory_format=torch.channels_last).copy_(dy)
     xw_mult = math.gcd(x.stride(3), 16)
     dyw_mult = math.gcd(dy.stride(3), 16)
 

@@ -107,11 +107,11 @@ def test_two_way_backward():
 
 
 @pytest.mark.parametrize(
-    "n, dy_layout",
-    [(1, "nchw"), (1, "nhwc"), (2, "nchw")],
-    ids=["batch1-both-nchw", "batch1-x-nchw", "batch2-both-nchw"],
+    "n, h, w, dy_layout",
+    [(1, 19, 17, "nchw"), (1, 19, 17, "nhwc"), (2, 19, 17, "nchw"), (300, 1, 1, "nchw")],
+    ids=["batch1-both-nchw", "batch1-x-nchw", "batch2-both-nchw", "1x1-image-nchw"],
 )
-def test_dw_copies_operands_whose_pixels_are_not_linear(n, dy_layout, monkeypatch):
+def test_dw_copies_operands_whose_pixels_are_not_linear(n, h, w, dy_layout, monkeypatch):
     """dW of NCHW operands (batch-1 GoogLeNet's 1x1 inputs): the kernel receives pixel-linear
     copies, and dW, db match torch over several splits, the same bits run to run."""
     from cnnkernels.kernels import conv as kconv
@@ -125,16 +125,16 @@ def test_dw_copies_operands_whose_pixels_are_not_linear(n, dy_layout, monkeypatc
         return launch(kernel, grid, *args, **kwargs)
 
     monkeypatch.setattr(k1, "launch", spy)
-    x = torch.randn(n, 40, 19, 17, device=DEVICE)
-    dy = torch.randn(n, 24, 19, 17, device=DEVICE)
+    x = torch.randn(n, 40, h, w, device=DEVICE)
+    dy = torch.randn(n, 24, h, w, device=DEVICE)
     if dy_layout == "nhwc":
         dy = dy.to(memory_format=torch.channels_last)
-    w = torch.randn(24, 40, 1, 1, device=DEVICE)
-    assert n * 19 * 17 > kconv._dw_chunk(n * 19 * 17, 1)  # several splits
-    runs = [k1.conv1x1_backward_weight(x, dy, None, w, "none", True) for _ in range(2)]
+    wt = torch.randn(24, 40, 1, 1, device=DEVICE)
+    assert n * h * w > kconv._dw_chunk(n * h * w, 1)  # several splits
+    runs = [k1.conv1x1_backward_weight(x, dy, None, wt, "none", True) for _ in range(2)]
     assert seen == [[True, True]] * 2
     assert torch.equal(runs[0][0], runs[1][0])
-    xr, wr = x.double(), w.double().requires_grad_()
+    xr, wr = x.double(), wt.double().requires_grad_()
     br = torch.zeros(24, dtype=torch.float64, requires_grad=True)
     F.conv2d(xr, wr, br).backward(dy.double())
     assert_close(runs[0][0], wr.grad, torch.float32, name="grad_weight")

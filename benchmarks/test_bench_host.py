@@ -10,15 +10,22 @@ from cnnkernels import host
 pytestmark = pytest.mark.host
 
 OPS = [name for name, _, _ in host.op_cases()]
+TARGET = 2.0  # an op call costs at most 2x torch's eager host cost for the same op
 
 
 @pytest.mark.parametrize("name", OPS)
 def test_host_op(benchmark, name):
     _, ours, theirs = next(case for case in host.op_cases() if case[0] == name)
-    cost, ref = host.measure(name, ours), host.measure("torch " + name, theirs)
+    us = ref_us = float("inf")
+    for _ in range(3):  # on a busy machine, the best of interleaved rounds (noise only adds time)
+        cost, ref = host.measure(name, ours), host.measure("torch " + name, theirs)
+        us, ref_us = min(us, cost.us), min(ref_us, ref.us)
+        if us <= TARGET * ref_us:
+            break
     benchmark.extra_info.update(
-        python_calls=cost.python_calls, launches=cost.launches, torch_us=round(ref.us, 2), ratio=cost.us / ref.us
+        python_calls=cost.python_calls, launches=cost.launches, torch_us=round(ref_us, 2), ratio=us / ref_us
     )
+    assert us <= TARGET * ref_us, f"{name}: {us:.2f} us, {us / ref_us:.2f}x torch's {ref_us:.2f} us"
     with host.launches_stubbed(), host.single_thread():
         benchmark(ours)
 

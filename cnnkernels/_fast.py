@@ -17,9 +17,6 @@ anything else is refused a plan (see ``LaunchPlan.build``).
 
 from __future__ import annotations
 
-import contextlib
-from collections import OrderedDict
-
 import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
@@ -27,89 +24,119 @@ from torch.nn import Parameter
 
 from cnnkernels.kernels import _common
 
-_PLANS: OrderedDict = OrderedDict()
+_PLANS: dict = {}
 _MAX_PLANS = 4096
 enabled = True  # a switch for tests and for measuring the full path
+
+# Looked up once: the key is built on every eager call.
+_autocast = torch._C._is_any_autocast_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+_tracing = torch._C._get_tracing_state
+_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
+_tf32 = torch._C._get_cudnn_allow_tf32
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_f32 = torch.float32
+_current_cuda_device = getattr(torch._C, "_cuda_getDevice", None)  # called for a CUDA tensor only
+_guards = torch._C._dynamo.guards
+
+
+def _allocator(device: torch.device):
+    """``alloc(shape, stride, dtype)`` on ``device``: without torch's argument parsing (as
+    compiled graphs allocate) on the CPU, and on CUDA's current device, which the key holds."""
+    if device.type == "cpu":
+        return _guards._empty_strided_cpu
+    if device.type == "cuda" and device.index == torch.cuda.current_device():
+        return _guards._empty_strided_cuda
+    return lambda shape, stride, dtype: torch.empty_strided(shape, stride, dtype=dtype, device=device)
 
 
 class Unplannable(Exception):
     """The recorded call did something a launch plan cannot replay."""
 
 
-def key(args: tuple, a: Tensor, *more: Tensor | None):
-    """The cache key of a call with tensors ``a``, ``*more`` (None allowed) and other arguments
-    ``args``, or None when the call must take the full path: a tensor that is not a
-    plain ``Tensor`` or ``Parameter`` (fake, functional or another subclass, a vmap or grad
-    transform's wrapper), autocast on, a dispatch or torch-function mode active (which must see
-    the ops), ``torch.compile`` tracing. Besides each tensor's shape, strides,
-    dtype and device, the key holds whether autograd will record the call, the current CUDA
-    device (triton launches there) and, for fp32, whether TF32 is allowed."""
+def lookup(args: tuple, a: Tensor, *more: Tensor | None):
+    """(key, plan) of a call with tensors ``a``, ``*more`` (None allowed) and other arguments
+    ``args``: plan None on a miss, key None when the call must take the full path and plan
+    nothing. That is: a tensor that is not a plain ``Tensor`` or ``Parameter`` (fake, functional
+    or another subclass, a vmap or grad transform's wrapper), a meta input, autocast on, a
+    dispatch or torch-function mode active (which must see the ops), ``torch.jit.trace``,
+    forward-mode AD, ``torch.compile`` tracing, ``a`` neither a CPU tensor nor on the current
+    CUDA device, an unhashable argument (a list). Besides each tensor's shape, strides, dtype
+    and device (``a``'s: the current CUDA device or None for the CPU), the key holds whether
+    TF32 is allowed (fp32 on CUDA) and, last, whether autograd will record the call."""
     if (
         not enabled
-        or torch._C._is_any_autocast_enabled()
-        or torch._C._len_torch_dispatch_stack()  # a dispatch mode (FlopCounterMode, fake mode) sees the ops
-        or torch._C._is_torch_function_mode_enabled()
-        or torch._C._get_tracing_state() is not None  # torch.jit.trace records the ops
-        or _forward_ad._current_level >= 0  # dual tensors: forward-mode AD must see the ops
-        or torch.compiler.is_compiling()
+        or _autocast()
+        or _dispatch_modes()
+        or _function_modes()
+        or _tracing() is not None
+        or _forward_ad._current_level >= 0
+        or _compiling()
     ):
-        return None
-    grad = False
-    record = torch.is_grad_enabled()
-    parts = []
-    for t in (a, *more):
-        if t is None:
-            parts.append(None)
-            continue
-        kind = type(t)
-        if (kind is not Tensor and kind is not Parameter) or _wrapped(t):  # subclass, vmap/grad wrapper
-            return None
-        parts.append((t.shape, t.stride(), t.dtype, t.device))
-        grad = grad or (record and t.requires_grad)
-    if a.is_meta:  # shapes only: nothing to replay (and no launch to record without the interpreter)
-        return None
-    dev = torch.cuda.current_device() if a.is_cuda else None
-    if dev is not None and a.get_device() != dev:  # the launchers switch devices: not replayed
-        return None
-    tf32 = torch._C._get_cudnn_allow_tf32() if a.dtype == torch.float32 else None
-    return (args, grad, dev, tf32, *parts)  # unhashable arguments: see ``get``
-
-
-_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-
-
-def get(key):
-    """The plan for ``key``, or None (also for a key holding an unhashable argument, a list:
-    such a call always takes the full path)."""
+        return None, None
+    kind = type(a)
+    if (kind is not Tensor and kind is not Parameter) or _wrapped(a):
+        return None, None
+    dtype = a.dtype
+    if a.is_cpu:  # (under Triton's interpreter, which ignores the TF32 switch)
+        dev = tf32 = None
+    elif a.is_cuda:  # the key holds the current device, the input's (its launcher would switch)
+        dev = _current_cuda_device()
+        if a.get_device() != dev:
+            return None, None
+        tf32 = dtype is _f32 and _tf32()
+    else:  # meta (shapes only: nothing to replay), another device type: the full path
+        return None, None
+    if not more:
+        key = (args, a.shape, a.stride(), dtype, dev, tf32, _grad_enabled() and a.requires_grad)
+    else:
+        record = _grad_enabled()
+        grad = record and a.requires_grad
+        key = (args, a.shape, a.stride(), dtype, dev, tf32)
+        for t in more:
+            if t is None:
+                key += (None,)
+                continue
+            kind = type(t)
+            if (kind is not Tensor and kind is not Parameter) or _wrapped(t):
+                return None, None
+            key += (t.shape, t.stride(), t.dtype, t.device)
+            grad = grad or (record and t.requires_grad)
+        key += (grad,)
     try:
-        return _PLANS.get(key)
-    except TypeError:
-        return None
+        return key, _PLANS.get(key)
+    except TypeError:  # an unhashable argument: always the full path
+        return None, None
 
 
 def put(key, plan) -> None:
-    try:
-        _PLANS[key] = plan
-    except TypeError:  # an unhashable argument
-        return
+    _PLANS[key] = plan
     if len(_PLANS) > _MAX_PLANS:
-        _PLANS.popitem(last=False)
+        del _PLANS[next(iter(_PLANS))]
 
 
 def clear() -> None:
     _PLANS.clear()
 
 
-@contextlib.contextmanager
-def recording():
-    """Record every launch inside the block (they still run) into the yielded list."""
+def planned(key, call, plan):
+    """``call()``, with its launches recorded (they run); unless ``key`` is None,
+    ``plan(record, result)`` is stored under ``key``, or nothing when it raises ``Unplannable``."""
     record: list = []
     stack = _common.RECORDING.__dict__.setdefault("stack", [])
     stack.append(record)
     try:
-        yield record
+        out = call()
     finally:
         stack.remove(record)
+    if key is not None:
+        try:
+            put(key, plan(record, out))
+        except Unplannable:
+            pass
+    return out
 
 
 def written(record: list, like: Tensor, dtype: torch.dtype) -> Tensor:
@@ -122,15 +149,50 @@ def written(record: list, like: Tensor, dtype: torch.dtype) -> Tensor:
     return found[0]
 
 
+class Plan:
+    """A planned op call: its ``LaunchPlan`` and, for a call autograd records, the autograd
+    function replaying it, called as ``function.apply(x, *tensors, plan)``; ``state`` holds what
+    that function reads. ``plan(x, *tensors)`` returns what the replay or the function does."""
+
+    def __init__(self, launches: LaunchPlan, function=None, **state):
+        self.launches, self.function = launches, function
+        self.__dict__.update(state)
+
+    @staticmethod
+    def of(unbatched: bool, launches: LaunchPlan, function=None, **state):
+        """The plan to store: for a batched call without autograd, the replay itself (no call in
+        between); an ``UnbatchedPlan`` for a (C, H, W) input."""
+        if function is None and not unbatched:
+            return launches.replay
+        return (UnbatchedPlan if unbatched else Plan)(launches, function, **state)
+
+    def __call__(self, x, *tensors):
+        if self.function is None:
+            return self.launches.replay(x, *tensors)
+        return self.function.apply(x, *tensors, self)
+
+
+class UnbatchedPlan(Plan):
+    """A plan recorded from a (C, H, W) input: unsqueezed to a batch of one, outputs squeezed."""
+
+    def __call__(self, x, *tensors):
+        out = Plan.__call__(self, x.unsqueeze(0), *tensors)
+        return out.squeeze(0) if isinstance(out, Tensor) else tuple(t.squeeze(0) for t in out)
+
+
 class LaunchPlan:
     """The launches of one recorded call, replayable with new input tensors of the same key.
 
-    ``run(inputs)`` allocates every tensor the recorded call allocated (same shape, strides,
+    ``replay(*inputs)`` allocates every tensor the recorded call allocated (same shape, strides,
     dtype, device; views of them rebuilt with ``as_strided``), launches each kernel with its
-    chosen config and the recorded non-tensor arguments, and returns the outputs."""
+    chosen config and the recorded non-tensor arguments, and returns the output (a tuple of them
+    when there are several). It is straight-line code written for the plan (``_compile``):
+    no loop over slots, every constant bound once; ``launches`` refers back to the plan."""
 
-    def __init__(self, allocs, views, launches, outputs):
+    def __init__(self, n_in, allocs, views, launches, outputs):
         self.allocs, self.views, self.launches, self.outputs = allocs, views, launches, outputs
+        self.replay = _compile(self, n_in)
+        self.replay.launches = self  # the replay stands for its plan in ``_PLANS``
 
     @classmethod
     def build(cls, record: list, inputs: tuple, outputs: tuple, derived: tuple = ()) -> LaunchPlan:
@@ -163,7 +225,7 @@ class LaunchPlan:
                 raise Unplannable("a launch reads a view of an input")
             if id(base) not in slots:
                 slots[id(base)] = ("a", len(allocs))
-                allocs.append((tuple(base.shape), base.stride(), base.dtype, base.device))
+                allocs.append((_allocator(base.device), tuple(base.shape), base.stride(), base.dtype))
             if base is t:
                 return slots[id(t)]
             slots[id(t)] = ("v", len(views))
@@ -193,7 +255,7 @@ class LaunchPlan:
             tensor_slots = [(i, slot(a)) for i, a in enumerate(args) if isinstance(a, Tensor)]
             for i, _ in tensor_slots:
                 template[i] = None  # the plan holds no tensor of the recorded call (its memory is freed)
-            launches.append((fn, template, tensor_slots, grid, kw))
+            launches.append((fn, template, tensor_slots, {"grid": grid, "warmup": False, **kw}))
         out_slots = []
         for t in outputs:
             if id(t) not in slots and t.numel() != 0:
@@ -207,23 +269,48 @@ class LaunchPlan:
                 return s
             return n_in + s[1] if s[0] == "a" else n_in + n_alloc + s[1]
 
-        launches = [(fn, tpl, [(i, pos(s)) for i, s in ts], grid, kw) for fn, tpl, ts, grid, kw in launches]
-        return cls(allocs, views, launches, [pos(s) for s in out_slots])
+        launches = [(fn, tpl, [(i, pos(s)) for i, s in ts], kw) for fn, tpl, ts, kw in launches]
+        return cls(n_in, allocs, views, launches, [pos(s) for s in out_slots])
 
-    def run(self, inputs: tuple) -> list:
-        """The outputs, for ``inputs`` (then the derived tensors, see ``build``)."""
-        pool = list(inputs)
-        for shape, stride, dtype, device in self.allocs:
-            pool.append(torch.empty_strided(shape, stride, dtype=dtype, device=device))
-        n_in = len(inputs)
-        for base, shape, stride, offset in self.views:
-            pool.append(pool[n_in + base].as_strided(shape, stride, offset))
-        for fn, template, tensor_slots, grid, kw in self.launches:
-            args = template.copy()
-            for i, s in tensor_slots:
-                args[i] = pool[s]
-            fn.run(*args, grid=grid, warmup=False, **kw)
-        out = []
-        for s in self.outputs:
-            out.append(pool[s])
-        return out
+    def run(self, inputs: tuple):
+        """The output(s), for ``inputs`` (then the derived tensors, see ``build``)."""
+        return self.replay(*inputs)
+
+
+def _compile(plan: LaunchPlan, n_in: int):
+    """``plan``'s replay as a function of its inputs, e.g. for one allocation and one launch
+    ``def replay(i0): a0 = alloc0(shape0, stride0, dtype0); fn0.run(i0, a0, *args0_1, **kw0);
+    return a0``. The kernel's ``run`` is looked up at each call (``cnnkernels.host`` counts
+    launches by replacing it)."""
+    env: dict = {}
+    names = [f"i{i}" for i in range(n_in)]
+    lines = []
+    for j, (alloc, shape, stride, dtype) in enumerate(plan.allocs):
+        env.update({f"alloc{j}": alloc, f"shape{j}": shape, f"stride{j}": stride, f"dtype{j}": dtype})
+        lines.append(f"a{j} = alloc{j}(shape{j}, stride{j}, dtype{j})")
+        names.append(f"a{j}")
+    for j, (base, shape, stride, offset) in enumerate(plan.views):
+        env[f"view{j}"] = (shape, stride, offset)
+        lines.append(f"v{j} = {names[n_in + base]}.as_strided(*view{j})")
+        names.append(f"v{j}")
+    for k, (fn, template, tensor_slots, kw) in enumerate(plan.launches):
+        env.update({f"fn{k}": fn, f"kw{k}": kw})
+        tensors = dict(tensor_slots)
+        args, i = [], 0
+        while i < len(template):
+            if i in tensors:
+                args.append(names[tensors[i]])
+                i += 1
+                continue
+            end = next((e for e in range(i, len(template)) if e in tensors), len(template))
+            env[f"args{k}_{i}"] = tuple(template[i:end])
+            args.append(f"*args{k}_{i}")
+            i = end
+        lines.append(f"fn{k}.run({', '.join(args)}, **kw{k})")
+    outputs = [names[s] for s in plan.outputs]
+    lines.append(f"return {outputs[0]}" if len(outputs) == 1 else f"return ({', '.join(outputs)})")
+    body = "".join(f"\n        {line}" for line in lines)
+    source = f"def make({', '.join(env)}):\n    def replay({', '.join(names[:n_in])}):{body}\n    return replay"
+    scope: dict = {}
+    exec(source, scope)  # noqa: S102 - code written above from the plan's own names
+    return scope["make"](**env)

@@ -117,6 +117,9 @@ def cat_args(tensors, dim) -> tuple[list[Tensor], int]:
 
 
 def cat(tensors, dim=0):
-    """Body of ``functional.cat``."""
+    """``torch.cat``: any dim (negative counts from the end), any rank >= 1, NCHW and
+    channels_last inputs (the output is channels_last exactly when torch's would be), sizes
+    that differ along ``dim``; all inputs of one float dtype and device. The backward returns
+    views (slices) of the gradient."""
     tensors, dim = cat_args(tensors, dim)
     return CatFunction.apply(dim, *tensors)

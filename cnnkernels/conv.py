@@ -14,8 +14,6 @@ Backward maths, for Y = act(conv(X, W) + b) and dY' = dY * (Y > 0) under ReLU (e
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor
 
@@ -62,18 +60,8 @@ def conv2d_backward_input_op(
     channels_last: bool,
 ) -> Tensor:
     fmt = memory_format(channels_last)
-    return _k.conv2d_backward_input(
-        grad_out,
-        out,
-        weight,
-        tuple(input_shape),
-        tuple(stride),
-        tuple(padding),
-        tuple(dilation),
-        groups,
-        activation,
-        fmt,
-    )
+    geometry = map(tuple, (input_shape, stride, padding, dilation))
+    return _k.conv2d_backward_input(grad_out, out, weight, *geometry, groups, activation, fmt)
 
 
 @torch.library.triton_op("cnnkernels::conv2d_backward_prep", mutates_args=())
@@ -131,31 +119,34 @@ def _conv_grads(ctx, grad_y):
     """(dX, dW, db) of ``_setup_conv``'s convolution. Plain backward: the fused kernels (ReLU
     mask applied as dY is loaded). With ``create_graph=True``: the differentiable family below."""
     x, weight, y = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.geometry
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_b = need_b and ctx.has_bias
-    grad_x = grad_w = grad_b = None
     if torch.is_grad_enabled():  # create_graph=True: differentiable all the way down
         g = relu_mask(grad_y, y)
+        grad_b = g.sum((0, 2, 3)) if need_b else None
+    else:
+        g, grad_b = prepared_grad(grad_y, y, ctx.activation, need_b)
+    return *input_weight_grads(g, x, weight, ctx.geometry, ctx.channels_last, need_x, need_w), grad_b
+
+
+def input_weight_grads(g, x, weight, geometry, channels_last, need_x, need_w):
+    """(dX, dW) of a convolution of ``x`` by ``weight`` for the masked output gradient ``g``
+    (those flagged): the differentiable functions under grad mode (``create_graph=True``), else
+    the kernels' ops."""
+    grad_x = grad_w = None
+    if torch.is_grad_enabled():
         if need_x:
-            grad_x = Conv2dBackwardInputFunction.apply(
-                g, weight, list(x.shape), stride, padding, dilation, groups, ctx.channels_last
-            )
+            grad_x = Conv2dBackwardInputFunction.apply(g, weight, list(x.shape), *geometry, channels_last)
         if need_w:
-            grad_w = Conv2dBackwardWeightFunction.apply(x, g, weight, stride, padding, dilation, groups)
-        if need_b:
-            grad_b = g.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b
-    grad_y, grad_b = prepared_grad(grad_y, y, ctx.activation, need_b)
+            grad_w = Conv2dBackwardWeightFunction.apply(x, g, weight, *geometry)
+        return grad_x, grad_w
     if need_x:
         grad_x = torch.ops.cnnkernels.conv2d_backward_input(
-            grad_y, grad_y, weight, list(x.shape), stride, padding, dilation, groups, "none", ctx.channels_last
+            g, g, weight, list(x.shape), *geometry, "none", channels_last
         )
     if need_w:
-        grad_w, _ = torch.ops.cnnkernels.conv2d_backward_weight(
-            x, grad_y, grad_y, weight, stride, padding, dilation, groups, "none", False
-        )
-    return grad_x, grad_w, grad_b
+        grad_w, _ = torch.ops.cnnkernels.conv2d_backward_weight(x, g, g, weight, *geometry, "none", False)
+    return grad_x, grad_w
 
 
 def prepared_grad(grad_y: Tensor, y: Tensor | None, activation: str, need_bias: bool):
@@ -389,12 +380,12 @@ def conv2d_args(input, weight, bias, stride, padding, dilation, groups):
 
 
 class PlannedConvFunction(torch.autograd.Function):
-    """``Conv2dFunction`` / ``Conv1x1Function`` replayed from a ``ConvPlan``: the same kernel,
+    """``Conv2dFunction`` / ``Conv1x1Function`` replayed from a ``_fast.Plan``: the same kernel,
     saved tensors and backward, without the checks, the op dispatch and the autotuner."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, plan):
-        (y,) = plan.launches.run((x, weight, bias))
+        y = plan.launches.run((x, weight, bias))
         plan.setup(ctx, (x, weight, bias, *plan.op_args), y)
         ctx.plan = plan
         return y
@@ -404,48 +395,34 @@ class PlannedConvFunction(torch.autograd.Function):
         return *ctx.plan.grads(ctx, grad_y), None
 
 
-class ConvPlan:
-    """A convolution call's plan (see ``cnnkernels._fast``): its launches, whether the input was
-    unbatched, and the autograd wiring of the function it replays."""
-
-    def __init__(self, launches, unbatched, grad, setup, grads, op_args):
-        self.launches, self.unbatched, self.grad = launches, unbatched, grad
-        self.setup, self.grads, self.op_args = setup, grads, op_args
-
-    def __call__(self, input, weight, bias):
-        x = input.unsqueeze(0) if self.unbatched else input
-        if self.grad:
-            y = PlannedConvFunction.apply(x, weight, bias, self)
-        else:
-            (y,) = self.launches.run((x, weight, bias))
-        return y.squeeze(0) if self.unbatched else y
-
-
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation: str = "none"):
     """Shared body of ``functional.conv2d`` and ``functional.conv2d_relu``. A call whose key (see
     ``cnnkernels._fast``) was seen before replays its plan; the first call takes the full path and
     records it."""
-    key = _fast.key((activation, stride, padding, dilation, groups), input, weight, bias)
-    plan = _fast.get(key) if key is not None else None
+    key, plan = _fast.lookup((activation, stride, padding, dilation, groups), input, weight, bias)
     if plan is not None:
         return plan(input, weight, bias)
     # Under autocast, cast first (as nn.Conv2d does), so fp32 weights meet a bf16 input.
     input, weight, bias = autocast_inputs(input, weight, bias)
     x, unbatched, stride, pads, dilation, groups = conv2d_args(input, weight, bias, stride, padding, dilation, groups)
     one = conv1x1.eligible(weight, stride, pads, groups)
-    with _fast.recording() as record:
+
+    def call():
         if one:
-            y = conv1x1.Conv1x1Function.apply(x, weight, bias, activation)
-        else:
-            y = Conv2dFunction.apply(x, weight, bias, stride, pads, dilation, groups, activation)
-    if key is not None and x.device.type != "meta":
+            return conv1x1.Conv1x1Function.apply(x, weight, bias, activation)
+        return Conv2dFunction.apply(x, weight, bias, stride, pads, dilation, groups, activation)
+
+    def plan(record, y):
+        launches = _fast.LaunchPlan.build(record, (x, weight, bias), (y,))
+        if not key[-1]:
+            return _fast.Plan.of(unbatched, launches)
         channels_last = is_channels_last(x) or is_channels_last(weight)
         if one:
-            setup, grads, op_args = conv1x1._setup, conv1x1._grads, (activation, channels_last)
+            state = dict(setup=conv1x1._setup, grads=conv1x1._grads, op_args=(activation, channels_last))
         else:
-            setup, grads = _setup_conv, _conv_grads
             op_args = (stride, pads, dilation, groups, activation, channels_last)
-        with contextlib.suppress(_fast.Unplannable):
-            launches = _fast.LaunchPlan.build(record, (x, weight, bias), (y,))
-            _fast.put(key, ConvPlan(launches, unbatched, key[1], setup, grads, op_args))
+            state = dict(setup=_setup_conv, grads=_conv_grads, op_args=op_args)
+        return _fast.Plan.of(unbatched, launches, PlannedConvFunction, **state)
+
+    y = _fast.planned(key, call, plan)
     return y.squeeze(0) if unbatched else y

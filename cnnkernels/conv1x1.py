@@ -59,20 +59,15 @@ def _grads(ctx, grad_y):
     x, weight, y = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_b = need_b and ctx.has_bias
-    grad_x = grad_w = grad_b = None
     if torch.is_grad_enabled():  # create_graph=True
-        from .conv import Conv2dBackwardInputFunction, Conv2dBackwardWeightFunction, relu_mask
+        from .conv import input_weight_grads, relu_mask
 
         g = relu_mask(grad_y, y)
-        if need_x:
-            grad_x = Conv2dBackwardInputFunction.apply(g, weight, list(x.shape), *_GEOMETRY, ctx.channels_last)
-        if need_w:
-            grad_w = Conv2dBackwardWeightFunction.apply(x, g, weight, *_GEOMETRY)
-        if need_b:
-            grad_b = g.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b
+        grad_b = g.sum((0, 2, 3)) if need_b else None
+        return *input_weight_grads(g, x, weight, _GEOMETRY, ctx.channels_last, need_x, need_w), grad_b
     from .conv import prepared_grad
 
+    grad_x = grad_w = None
     grad_y, grad_b = prepared_grad(grad_y, y, ctx.activation, need_b)
     if need_x:
         grad_x = torch.ops.cnnkernels.conv1x1_backward_input(

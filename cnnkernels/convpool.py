@@ -33,7 +33,7 @@ from cnnkernels.kernels import pool as _kp
 from . import _fast
 from . import conv as _conv
 from ._utils import autocast_inputs, is_channels_last, memory_format
-from .conv import Conv2dBackwardInputFunction, Conv2dBackwardWeightFunction, conv2d_args, relu_mask
+from .conv import conv2d_args, input_weight_grads, relu_mask
 from .inception import recompute_grads
 from .pool import MaxPool2dBackwardFunction, max_pool2d_args
 
@@ -106,39 +106,24 @@ def _grads(ctx, grad_y):
 def stage_grads(ctx, grad_y, x, weight, y, arg, needs):
     """(dX, dW, db) of conv + ReLU + max pool for the input ``x`` (saved, or recomputed by the
     caller), the geometry in ``ctx`` (``_setup``), those of (dX, dW, db) flagged in ``needs``."""
-    stride, padding, dilation, groups = ctx.geometry
     need_x, need_w, need_b = needs
     need_b = need_b and ctx.has_bias
-    grad_x = grad_w = grad_b = None
+    pool = (arg, ctx.conv_shape, *ctx.pool, ctx.channels_last)
+    dz = None
     if torch.is_grad_enabled():  # create_graph=True: differentiable all the way down
         g = relu_mask(grad_y, y)
-        dz = MaxPool2dBackwardFunction.apply(g, arg, ctx.conv_shape, *ctx.pool, ctx.channels_last)
-        if need_x:
-            grad_x = Conv2dBackwardInputFunction.apply(
-                dz, weight, list(x.shape), stride, padding, dilation, groups, ctx.channels_last
-            )
-        if need_w:
-            grad_w = Conv2dBackwardWeightFunction.apply(x, dz, weight, stride, padding, dilation, groups)
-        if need_b:
-            grad_b = g.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b
-    if not (need_x or need_w or need_b):
-        return None, None, None
-    # The ReLU mask and db at the pooled resolution, in one pass; then the scatter to the argmax.
-    g, db = torch.ops.cnnkernels.conv2d_backward_prep(grad_y, y, "relu", need_b)
-    if need_b:
-        grad_b = db
-    if need_x or need_w:
-        dz = torch.ops.cnnkernels.max_pool2d_backward(g, arg, ctx.conv_shape, *ctx.pool, ctx.channels_last)
-        if need_x:
-            grad_x = torch.ops.cnnkernels.conv2d_backward_input(
-                dz, dz, weight, list(x.shape), stride, padding, dilation, groups, "none", ctx.channels_last
-            )
-        if need_w:
-            grad_w, _ = torch.ops.cnnkernels.conv2d_backward_weight(
-                x, dz, dz, weight, stride, padding, dilation, groups, "none", False
-            )
-    return grad_x, grad_w, grad_b
+        grad_b = g.sum((0, 2, 3)) if need_b else None
+        if need_x or need_w:
+            dz = MaxPool2dBackwardFunction.apply(g, *pool)
+    else:
+        if not (need_x or need_w or need_b):
+            return None, None, None
+        # The ReLU mask and db at the pooled resolution, in one pass; then the scatter to the argmax.
+        g, grad_b = torch.ops.cnnkernels.conv2d_backward_prep(grad_y, y, "relu", need_b)
+        grad_b = grad_b if need_b else None
+        if need_x or need_w:
+            dz = torch.ops.cnnkernels.max_pool2d_backward(g, *pool)
+    return *input_weight_grads(dz, x, weight, ctx.geometry, ctx.channels_last, need_x, need_w), grad_b
 
 
 def _forward(x, weight, bias, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode):
@@ -177,30 +162,18 @@ def _op_backward(ctx, grad_y, grad_arg):
 torch.library.register_autograd("cnnkernels::conv2d_relu_max_pool2d", _op_backward, setup_context=_setup)
 
 
-def conv2d_relu_max_pool2d_args(
-    input,
-    weight,
-    bias,
-    stride,
-    padding,
-    dilation,
-    groups,
-    kernel_size,
-    pool_stride,
-    pool_padding,
-    pool_dilation,
-    ceil_mode,
-):
+def conv2d_relu_max_pool2d_args(input, weight, bias, stride, padding, dilation, groups, *pool):
     """Validate both layers' arguments as ``torch.nn.functional.conv2d`` and ``max_pool2d`` would
-    (the pool's against the conv's output shape); return the 4-D input, whether it was unbatched,
-    and the normalised conv and pool geometry."""
+    (the pool's against the conv's output shape; ``pool``: kernel_size, stride, padding,
+    dilation, ceil_mode); return the 4-D input, whether it was unbatched, and the normalised conv
+    and pool geometry."""
     x, unbatched, stride, pads, dilation, groups = conv2d_args(input, weight, bias, stride, padding, dilation, groups)
     n, _, h, w = x.shape
     k, _, r, s = weight.shape
     p = _kc.conv_output_size(h, r, stride[0], pads[0] + pads[1], dilation[0])
     q = _kc.conv_output_size(w, s, stride[1], pads[2] + pads[3], dilation[1])
     conv_out = torch.empty((max(n, 1), k, p, q), device="meta")  # shapes only: the pool's checks
-    _, _, pk, ps, pp, pd = max_pool2d_args(conv_out, kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)
+    _, _, pk, ps, pp, pd = max_pool2d_args(conv_out, *pool)
     return x, unbatched, stride, pads, dilation, groups, pk, ps, pp, pd
 
 
@@ -218,72 +191,42 @@ def conv2d_relu_max_pool2d(
     pool_dilation=1,
     ceil_mode=False,
 ):
-    """Body of ``functional.conv2d_relu_max_pool2d``. A call whose key was seen before replays
-    its plan (see ``cnnkernels._fast``)."""
-    geometry = (
-        stride,
-        padding,
-        dilation,
-        groups,
-        kernel_size,
-        pool_stride,
-        pool_padding,
-        pool_dilation,
-        ceil_mode,
-        type(ceil_mode),
-    )
-    key = _fast.key(("conv_pool", *geometry), input, weight, bias)
-    plan = _fast.get(key) if key is not None else None
+    """``max_pool2d(relu(conv2d(input, weight, bias, stride, padding, dilation, groups)),
+    kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)`` as one op: the conv's
+    arguments as in ``conv2d``, the pool's as in ``max_pool2d`` (``pool_stride`` None means
+    ``kernel_size``). Only the pooled output and an int8 within-window argmax are saved for
+    backward, never the full-resolution activation; same ties (first maximum) and NaN handling
+    as the torch composition."""
+    geometry = (stride, padding, dilation, groups, kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)
+    key, plan = _fast.lookup(("conv_pool", *geometry, type(ceil_mode)), input, weight, bias)
     if plan is not None:
         return plan(input, weight, bias)
     input, weight, bias = autocast_inputs(input, weight, bias)
     x, unbatched, stride, pads, dilation, groups, pk, ps, pp, pd = conv2d_relu_max_pool2d_args(
-        input,
-        weight,
-        bias,
-        stride,
-        padding,
-        dilation,
-        groups,
-        kernel_size,
-        pool_stride,
-        pool_padding,
-        pool_dilation,
-        ceil_mode,
+        input, weight, bias, *geometry
     )
-    with _fast.recording() as record:
-        y = Conv2dReLUMaxPool2dFunction.apply(
+
+    def plan(record, y):
+        arg = _fast.written(record, y, _kp.argmax_dtype(tuple(pk)))
+        if not key[-1]:
+            return _fast.Plan.of(unbatched, _fast.LaunchPlan.build(record, (x, weight, bias), (y,)))
+        launches = _fast.LaunchPlan.build(record, (x, weight, bias), (y, arg))
+        channels_last = is_channels_last(x) or is_channels_last(weight)
+        op_args = (stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode, channels_last, len(record) == 1)
+        return _fast.Plan.of(unbatched, launches, PlannedConvPoolFunction, op_args=op_args)
+
+    y = _fast.planned(
+        key,
+        lambda: Conv2dReLUMaxPool2dFunction.apply(
             x, weight, bias, stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode
-        )
-    if key is not None and x.device.type != "meta":
-        with contextlib.suppress(_fast.Unplannable):
-            arg = _fast.written(record, y, _kp.argmax_dtype(tuple(pk)))
-            launches = _fast.LaunchPlan.build(record, (x, weight, bias), (y, arg))
-            channels_last = is_channels_last(x) or is_channels_last(weight)
-            op_args = (stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode, channels_last, len(record) == 1)
-            _fast.put(key, ConvPoolPlan(launches, unbatched, key[1], PlannedConvPoolFunction, op_args))
+        ),
+        plan,
+    )
     return y.squeeze(0) if unbatched else y
 
 
-class ConvPoolPlan:
-    """A fused conv + pool call's plan (see ``cnnkernels._fast``): launches, whether the input was
-    unbatched, and the autograd function that replays the op's saved tensors and backward."""
-
-    def __init__(self, launches, unbatched, grad, function, op_args):
-        self.launches, self.unbatched, self.grad = launches, unbatched, grad
-        self.function, self.op_args = function, op_args
-
-    def __call__(self, input, *params):
-        x = input.unsqueeze(0) if self.unbatched else input
-        if self.grad:
-            y = self.function.apply(x, *params, self)
-        else:
-            y = self.launches.run((x, *params))[0]
-        return y.squeeze(0) if self.unbatched else y
-
-
 class PlannedConvPoolFunction(torch.autograd.Function):
-    """``Conv2dReLUMaxPool2dFunction`` replayed from a ``ConvPoolPlan``."""
+    """``Conv2dReLUMaxPool2dFunction`` replayed from a ``_fast.Plan``."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, plan):
@@ -298,7 +241,7 @@ class PlannedConvPoolFunction(torch.autograd.Function):
 
 
 class PlannedChainFunction(torch.autograd.Function):
-    """``Conv1x1ReLUConv2dReLUMaxPool2dFunction`` replayed from a ``ConvPoolPlan``."""
+    """``Conv1x1ReLUConv2dReLUMaxPool2dFunction`` replayed from a ``_fast.Plan``."""
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, plan):
@@ -387,22 +330,12 @@ def conv1x1_relu_conv2d_relu_max_pool2d(
     pool_dilation=1,
     ceil_mode=False,
 ):
-    """Body of ``functional.conv1x1_relu_conv2d_relu_max_pool2d``. A call whose key was seen
-    before replays its plan (see ``cnnkernels._fast``)."""
-    geometry = (
-        stride,
-        padding,
-        dilation,
-        groups,
-        kernel_size,
-        pool_stride,
-        pool_padding,
-        pool_dilation,
-        ceil_mode,
-        type(ceil_mode),
-    )
-    key = _fast.key(("chain", *geometry), input, weight1, bias1, weight, bias)
-    plan = _fast.get(key) if key is not None else None
+    """``conv2d_relu_max_pool2d(relu(conv2d(input, weight1, bias1)), weight, bias, ...)`` for a
+    1x1 ``weight1``: the 1x1 conv's output is recomputed in the backward (one 1x1 GEMM) instead of
+    saved, so only the input, the weights, the pooled output and the int8 argmax are saved (NiN's
+    blocks end this way). Same results as the composition."""
+    geometry = (stride, padding, dilation, groups, kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)
+    key, plan = _fast.lookup(("chain", *geometry, type(ceil_mode)), input, weight1, bias1, weight, bias)
     if plan is not None:
         return plan(input, weight1, bias1, weight, bias)
     input, weight1, bias1, weight, bias = autocast_inputs(input, weight1, bias1, weight, bias)
@@ -410,41 +343,35 @@ def conv1x1_relu_conv2d_relu_max_pool2d(
     if tuple(weight1.shape[2:]) != (1, 1):
         raise ValueError(f"weight1 must be a 1x1 convolution's weight, got shape {tuple(weight1.shape)}")
     z1 = torch.empty((x.shape[0], weight1.shape[0], *x.shape[2:]), device="meta", dtype=x.dtype)
+    meta_bias = None if bias is None else bias.to("meta")
     _, _, stride, pads, dilation, groups, pk, ps, pp, pd = conv2d_relu_max_pool2d_args(
-        z1,
-        weight.to("meta"),
-        None if bias is None else bias.to("meta"),
-        stride,
-        padding,
-        dilation,
-        groups,
-        kernel_size,
-        pool_stride,
-        pool_padding,
-        pool_dilation,
-        ceil_mode,
+        z1, weight.to("meta"), meta_bias, *geometry
     )
     if weight.device != x.device or weight.dtype != x.dtype:
         raise TypeError(f"weight ({weight.dtype}, {weight.device}) must match input ({x.dtype}, {x.device})")
     if bias is not None and (bias.device != x.device or bias.dtype != x.dtype):
         raise TypeError(f"bias ({bias.dtype}, {bias.device}) must match input ({x.dtype}, {x.device})")
-    with _fast.recording() as record:
-        y = Conv1x1ReLUConv2dReLUMaxPool2dFunction.apply(
-            x, weight1, bias1, weight, bias, stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode
-        )
-    if key is not None and x.device.type != "meta":
-        with contextlib.suppress(_fast.Unplannable):
-            arg = _fast.written(record, y, _kp.argmax_dtype(tuple(pk)))
-            z1_shape = (x.shape[0], weight1.shape[0], *x.shape[2:])
-            z1 = {id(a): a for a in record[0][2] if isinstance(a, Tensor) and a is not x and a.shape == z1_shape}
-            z1 = list(z1.values())
-            if len(z1) != 1:
-                raise _fast.Unplannable("the first launch does not write the 1x1 stage's output alone")
-            launches = _fast.LaunchPlan.build(record, (x, weight1, bias1, weight, bias), (y, arg, z1[0]))
-            channels_last1 = is_channels_last(x) or is_channels_last(weight1)
-            channels_last = is_channels_last(z1[0]) or is_channels_last(weight)
-            op_args = (channels_last1, stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode, channels_last, None)
-            _fast.put(key, ConvPoolPlan(launches, unbatched, key[1], PlannedChainFunction, op_args))
+    inputs = (x, weight1, bias1, weight, bias)
+
+    def plan(record, y):
+        arg = _fast.written(record, y, _kp.argmax_dtype(tuple(pk)))
+        z1_shape = (x.shape[0], weight1.shape[0], *x.shape[2:])
+        z1 = {id(a): a for a in record[0][2] if isinstance(a, Tensor) and a is not x and a.shape == z1_shape}
+        if len(z1) != 1:
+            raise _fast.Unplannable("the first launch does not write the 1x1 stage's output alone")
+        (z1,) = z1.values()
+        if not key[-1]:
+            return _fast.Plan.of(unbatched, _fast.LaunchPlan.build(record, inputs, (y,)))
+        launches = _fast.LaunchPlan.build(record, inputs, (y, arg, z1))
+        channels_last1 = is_channels_last(x) or is_channels_last(weight1)
+        channels_last = is_channels_last(z1) or is_channels_last(weight)
+        op_args = (channels_last1, stride, pads, dilation, groups, pk, ps, pp, pd, ceil_mode, channels_last, None)
+        return _fast.Plan.of(unbatched, launches, PlannedChainFunction, op_args=op_args)
+
+    pool = (pk, ps, pp, pd, ceil_mode)
+    y = _fast.planned(
+        key, lambda: Conv1x1ReLUConv2dReLUMaxPool2dFunction.apply(*inputs, stride, pads, dilation, groups, *pool), plan
+    )
     return y.squeeze(0) if unbatched else y
 
 

@@ -63,6 +63,17 @@ class FusedReLU(nn.Identity):
         return "fused into the preceding convolution"
 
 
+def _passes_through(base: type):
+    """A ``forward`` that returns its input, or ``base``'s inside ``layer_by_layer()``."""
+
+    def forward(self, input):
+        from .convpool import fused_layers
+
+        return input if fused_layers() else base.forward(self, input)
+
+    return forward
+
+
 class FusedMaxPool2d(nn.MaxPool2d):
     """Placeholder at a ``MaxPool2d``'s place when the preceding ``Conv2dReLUMaxPool2d`` pools in
     its own kernel: passes its input through unchanged and keeps the pool's arguments (and the
@@ -71,12 +82,7 @@ class FusedMaxPool2d(nn.MaxPool2d):
 
     summary_name = "MaxPool2d"
 
-    def forward(self, input):
-        from .convpool import fused_layers
-
-        if fused_layers():
-            return input
-        return cnn.MaxPool2d.forward(self, input)
+    forward = _passes_through(cnn.MaxPool2d)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", computed by the preceding convolution's kernel"
@@ -90,12 +96,7 @@ class RecomputedConv2dReLU(cnn.Conv2dReLU):
 
     summary_name = "Conv2d"
 
-    def forward(self, input):
-        from .convpool import fused_layers
-
-        if fused_layers():
-            return input
-        return cnn.Conv2dReLU.forward(self, input)
+    forward = _passes_through(cnn.Conv2dReLU)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", computed (and recomputed in backward) by the next convolution"
@@ -263,23 +264,28 @@ def _is_bn(m: nn.Module, conv: nn.Module) -> bool:
     )
 
 
+def _lazy(cls: type, conv: nn.Module, **kwargs) -> nn.Module:
+    """A new lazy ``cls`` with lazy ``conv``'s configuration, device, dtype and mode."""
+    new = cls(
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+        **kwargs,
+    )
+    return new.train(conv.training)
+
+
 def _fused_conv(conv: nn.Module, bn: nn.Module | None, relu: bool) -> tuple[nn.Module, nn.Module | None]:
     """(the conv's replacement, the BatchNorm's placeholder or None)."""
     if type(conv) in _LAZY_CONVS:
-        cls = cnn.LazyConv2dReLU if relu else cnn.LazyConv2d
-        new = cls(
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            conv.bias is not None,
-            conv.padding_mode,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        return new.train(conv.training), None
+        return _lazy(cnn.LazyConv2dReLU if relu else cnn.LazyConv2d, conv), None
     if bn is None:
         return _adopt(cnn.Conv2dReLU if relu else cnn.Conv2d, conv), None
     new = _adopt(Conv2dBatchNorm, conv)
@@ -412,21 +418,26 @@ class _Fuser:
             producer = _pointwise_producer(holder, conv_name)
             if producer is not None:
                 new.__dict__["_producer"] = holder._modules[producer] = _recomputed(holder._modules[producer])
-                producer_path = _path(_parent(conv_path), producer)
-                for k, e in enumerate(self.report):
-                    if e.name == producer_path:
-                        why = "; ".join(filter(None, (e.reason, f"recomputed in {conv_path}'s backward, not saved")))
-                        self.report[k] = FuseEntry(producer_path, e.was, type(holder._modules[producer]).__name__, why)
+                became = type(holder._modules[producer]).__name__
+                self.amend(
+                    _path(_parent(conv_path), producer), became, f"recomputed in {conv_path}'s backward, not saved"
+                )
             seq._modules[name] = _adopt(FusedMaxPool2d, pool)
             pool_path = _path(path, name)
-            for k, e in enumerate(self.report):
-                if e.name == conv_path:
-                    why = "; ".join(filter(None, (e.reason, f"{pool_path} pooled in the same kernel")))
-                    self.report[k] = FuseEntry(
-                        conv_path, e.was + "+MaxPool2d", type(holder._modules[conv_name]).__name__, why
-                    )
-                elif e.name == pool_path:
-                    self.report[k] = FuseEntry(pool_path, "MaxPool2d", "FusedMaxPool2d", f"computed by {conv_path}")
+            self.amend(conv_path, type(new).__name__, f"{pool_path} pooled in the same kernel", "+MaxPool2d")
+            self.report[:] = [
+                FuseEntry(pool_path, "MaxPool2d", "FusedMaxPool2d", f"computed by {conv_path}")
+                if e.name == pool_path
+                else e
+                for e in self.report
+            ]
+
+    def amend(self, name: str, became: str, why: str, was: str = "") -> None:
+        """The report's entry for ``name`` now says ``became``, ``why`` added to its reason and
+        ``was`` to what it was."""
+        for k, e in enumerate(self.report):
+            if e.name == name:
+                self.report[k] = FuseEntry(name, e.was + was, became, "; ".join(filter(None, (e.reason, why))))
 
     # A module with its own forward: fuse across its children from its fx graph, then recurse.
     def traced(self, m: nn.Module, path: str) -> nn.Module:
@@ -561,51 +572,19 @@ def _pointwise_producer(holder: nn.Sequential, conv_name: str) -> str | None:
 
 def _recomputed(conv: nn.Module) -> nn.Module:
     if type(conv) is cnn.LazyConv2dReLU:
-        new = LazyRecomputedConv2dReLU(
-            conv.out_channels,
-            1,
-            bias=conv.bias is not None,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        return new.train(conv.training)
+        return _lazy(LazyRecomputedConv2dReLU, conv)
     return _adopt(RecomputedConv2dReLU, conv)
 
 
 def _conv_pool(conv: nn.Module, pool: nn.MaxPool2d) -> nn.Module:
     """A ``Conv2dReLUMaxPool2d`` (lazy if ``conv`` is) with ``conv``'s state and ``pool``'s
     arguments."""
-    args = dict(
-        pool_kernel_size=pool.kernel_size,
-        pool_stride=pool.stride,
-        pool_padding=pool.padding,
-        pool_dilation=pool.dilation,
-        ceil_mode=pool.ceil_mode,
-    )
+    args = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
     if type(conv) is cnn.LazyConv2dReLU:
-        new = cnn.LazyConv2dReLUMaxPool2d(
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            conv.bias is not None,
-            conv.padding_mode,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-            **args,
-        )
-        return new.train(conv.training)
+        names = ("pool_kernel_size", "pool_stride", "pool_padding", "pool_dilation", "ceil_mode")
+        return _lazy(cnn.LazyConv2dReLUMaxPool2d, conv, **dict(zip(names, args)))
     new = _adopt(cnn.Conv2dReLUMaxPool2d, conv)
-    cnn._set_pool(
-        new,
-        args["pool_kernel_size"],
-        args["pool_stride"],
-        args["pool_padding"],
-        args["pool_dilation"],
-        args["ceil_mode"],
-    )
+    cnn._set_pool(new, *args)
     return new
 
 
@@ -716,19 +695,10 @@ def _seed_inception(graph: fx.Graph, children: OrderedDict) -> nn.Module | None:
         conv = children[name]
         if not isinstance(conv, (cnn.Conv2dReLU, cnn.LazyConv2dReLU)) or conv.bias is None or _has_hooks(conv):
             return None
-        if (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) != (
-            (k, k),
-            (1, 1),
-            (pad, pad),
-            (1, 1),
-            1,
-        ):
+        if not cnn.Inception._conv_fits(conv, k, pad):
             return None
     pool = children["b4_1"]
-    geometry = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, pool.return_indices)
-    if not isinstance(pool, cnn.MaxPool2d) or _has_hooks(pool):
-        return None
-    if geometry not in ((3, 1, 1, 1, False, False), ((3, 3), (1, 1), (1, 1), (1, 1), False, False)):
+    if not isinstance(pool, cnn.MaxPool2d) or _has_hooks(pool) or not cnn.Inception._pool_fits(pool):
         return None
     block = cnn.Inception.__new__(cnn.Inception)
     nn.Module.__init__(block)

@@ -256,10 +256,7 @@ def _block_backward_op_backward(ctx, grads):
     def fn(*tensors):
         return _block_backward(*tensors, ctx.c1)
 
-    return (
-        *recompute_grads(fn, ctx.saved_tensors, grads, ctx.needs_input_grad[:9], torch.is_grad_enabled()),
-        None,
-    )
+    return (*recompute_grads(fn, ctx.saved_tensors, grads, ctx.needs_input_grad[:9], torch.is_grad_enabled()), None)
 
 
 # The ops are differentiable on their own too (to any order), for callers of torch.ops.cnnkernels.

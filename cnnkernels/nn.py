@@ -13,15 +13,17 @@ from . import functional as F
 from .inception import InceptionFunction
 
 
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` on the fused kernel (padding_mode 'zeros' only)."""
-
-    _activation = F.conv2d
-
+class _ZerosPadding:
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros":
             raise ValueError(f"padding_mode={self.padding_mode!r} is not supported; only 'zeros'")
+
+
+class Conv2d(_ZerosPadding, nn.Conv2d):
+    """``nn.Conv2d`` on the fused kernel (padding_mode 'zeros' only)."""
+
+    _activation = F.conv2d
 
     def forward(self, input):
         return type(self)._activation(
@@ -35,18 +37,13 @@ class Conv2dReLU(Conv2d):
     _activation = F.conv2d_relu
 
 
-class LazyConv2d(nn.LazyConv2d):
+class LazyConv2d(_ZerosPadding, nn.LazyConv2d):
     """``nn.LazyConv2d`` on the fused kernel: in_channels inferred at the first call, after
     which the module becomes a ``cnnkernels.nn.Conv2d``."""
 
     cls_to_become = Conv2d
     _activation = F.conv2d
     forward = Conv2d.forward
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.padding_mode != "zeros":
-            raise ValueError(f"padding_mode={self.padding_mode!r} is not supported; only 'zeros'")
 
 
 class LazyConv2dReLU(LazyConv2d):
@@ -118,6 +115,18 @@ class Inception(nn.Module):
     # (kernel, padding) of each fused conv+ReLU branch layer, as the block computes them.
     _GEOMETRY = {"b1_1": (1, 0), "b2_1": (1, 0), "b2_2": (3, 1), "b3_1": (1, 0), "b3_2": (5, 2), "b4_2": (1, 0)}
 
+    @staticmethod
+    def _conv_fits(conv: nn.Conv2d, k: int, pad: int) -> bool:
+        """Whether ``conv`` is a kxk conv with padding ``pad``, stride 1, one group."""
+        want = ((k, k), (1, 1), (pad, pad), (1, 1), 1)
+        return (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) == want
+
+    @staticmethod
+    def _pool_fits(pool: nn.MaxPool2d) -> bool:
+        """Whether ``pool`` is the block's 3x3 max pool with stride 1 and padding 1."""
+        geometry = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, pool.return_indices)
+        return geometry in ((3, 1, 1, 1, False, False), ((3, 3), (1, 1), (1, 1), (1, 1), False, False))
+
     def _check_branches(self) -> None:
         """The block runs its branches as one fused computation from their parameters, not by
         calling them: refuse anything it would silently ignore (a swapped or re-shaped branch,
@@ -126,8 +135,7 @@ class Inception(nn.Module):
             conv = getattr(self, name)
             if not isinstance(conv, Conv2dReLU):
                 raise ValueError(f"Inception.{name} must stay a cnnkernels Conv2dReLU, got {type(conv).__name__}")
-            geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups)
-            if geometry != ((k, k), (1, 1), (pad, pad), (1, 1), 1) or conv.padding_mode != "zeros":
+            if not self._conv_fits(conv, k, pad) or conv.padding_mode != "zeros":
                 raise ValueError(f"Inception.{name} must be a {k}x{k} conv with padding {pad}, stride 1, one group")
             if conv.bias is None:
                 raise ValueError(f"Inception.{name} needs a bias")
@@ -147,15 +155,9 @@ class Inception(nn.Module):
                     f"{reduce.out_channels}"
                 )
         pool = self.b4_1
-        if not isinstance(pool, nn.MaxPool2d) or type(pool).forward not in (
-            nn.MaxPool2d.forward,
-            MaxPool2d.forward,
-        ):
+        if not isinstance(pool, nn.MaxPool2d) or type(pool).forward not in (nn.MaxPool2d.forward, MaxPool2d.forward):
             raise ValueError(f"Inception.b4_1 must stay a 3x3 max pool, got {type(pool).__name__}")
-        if (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, pool.return_indices) not in (
-            (3, 1, 1, 1, False, False),
-            ((3, 3), (1, 1), (1, 1), (1, 1), False, False),
-        ):
+        if not self._pool_fits(pool):
             raise ValueError("Inception.b4_1 must be a 3x3 max pool with stride 1 and padding 1")
         if pool._forward_pre_hooks or pool._forward_hooks:
             raise ValueError("Inception.b4_1 has forward hooks, which the fused block would not run")
@@ -167,29 +169,23 @@ class Inception(nn.Module):
         convs = (mods["b1_1"], mods["b2_1"], mods["b2_2"], mods["b3_1"], mods["b3_2"], mods["b4_2"])
         params = []
         for conv in convs:
-            params += [conv._parameters.get("weight"), conv._parameters.get("bias")]
-        if None in params:  # a parametrized weight (weight_norm, ...) or no bias: the full path decides
-            return None, params
-        shape = tuple(
-            (
-                id(m),
-                type(m),
-                len(m._forward_hooks),
-                len(m._forward_pre_hooks),
-                *(getattr(m, a, None) for a in _GEOMETRY),
-            )
-            for m in mods.values()
-        )
-        return _fast.key(("inception", id(self), shape), x, *params), params
+            weight, bias = conv._parameters.get("weight"), conv._parameters.get("bias")
+            if weight is None or bias is None:  # parametrized (weight_norm, ...), no bias: the full path decides
+                return (None, None), params
+            params += [weight, bias]
+        shape = []
+        for m in mods.values():  # loops, not generators: a generator costs a call per item
+            attrs = [getattr(m, a, None) for a in _GEOMETRY]
+            shape.append((id(m), type(m), len(m._forward_hooks), len(m._forward_pre_hooks), *attrs))
+        return _fast.lookup(("inception", id(self), tuple(shape)), x, *params), params
 
     def forward(self, x: Tensor) -> Tensor:
         from ._utils import autocast_dtype, check_tensor
 
-        key = None
+        key = plan = None
         if not isinstance(self.b1_1, nn.modules.lazy.LazyModuleMixin) and not self._forward_hooks:
             with contextlib.suppress(KeyError, AttributeError):
-                key, params = self._fast_key(x)
-        plan = _fast.get(key) if key is not None else None
+                (key, plan), params = self._fast_key(x)
         if plan is not None:
             return plan(x, params)
         check_tensor(x, "input", (3, 4))
@@ -209,19 +205,21 @@ class Inception(nn.Module):
         elif any(p.dtype != x4.dtype for p in params):
             raise TypeError(f"input dtype {x4.dtype} differs from the block's parameter dtype {params[0].dtype}")
         pooled = None  # the pool branch pools while its 1x1 GEMM loads x: no pooled tensor
-        with _fast.recording() as record:
-            out = InceptionFunction.apply(x4, pooled, *params)
-        if key is not None and cast is None and len(record) == 4:
+
+        def plan(record, out):
             # The op stacks the three input-side 1x1 weights and biases with torch.cat: the
-            # first launch's second and third arguments, recomputed by the plan.
-            # Its fifth is the reduce convs' output (scratch), which the backward needs.
+            # first launch's second and third arguments, recomputed by the plan. Its fifth is
+            # the reduce convs' output (scratch), which the backward needs.
+            if len(record) != 4:
+                raise _fast.Unplannable(f"{len(record)} launches, not the block's 4")
             w_cat, b_cat, scratch = record[0][2][1], record[0][2][2], record[0][2][4]
             stacked = params[0].shape[0] + params[2].shape[0] + params[6].shape[0]
-            with contextlib.suppress(_fast.Unplannable):
-                if w_cat.shape != (stacked, *params[0].shape[1:]) or b_cat.shape != (stacked,):
-                    raise _fast.Unplannable("the first launch is not the stacked 1x1 GEMM")
-                launches = _fast.LaunchPlan.build(record, (x4, pooled, *params), (out, scratch), (w_cat, b_cat))
-                _fast.put(key, InceptionPlan(launches, unbatched, key[1]))
+            if w_cat.shape != (stacked, *params[0].shape[1:]) or b_cat.shape != (stacked,):
+                raise _fast.Unplannable("the first launch is not the stacked 1x1 GEMM")
+            launches = _fast.LaunchPlan.build(record, (x4, pooled, *params), (out, scratch), (w_cat, b_cat))
+            return InceptionPlan(launches, unbatched, key[-1])
+
+        out = _fast.planned(key, lambda: InceptionFunction.apply(x4, pooled, *params), plan)
         return out.squeeze(0) if unbatched else out
 
 
@@ -267,23 +265,12 @@ class PlannedInceptionFunction(torch.autograd.Function):
         return *InceptionFunction.backward(ctx, grad_out), None
 
 
-class Conv2dReLUMaxPool2d(Conv2dReLU):
-    """``nn.Conv2d`` + ReLU + ``nn.MaxPool2d`` as one op (``functional.conv2d_relu_max_pool2d``):
-    the conv's parameters and ``state_dict`` are ``nn.Conv2d``'s; the pool's arguments are the
-    keyword arguments ``pool_kernel_size``, ``pool_stride`` (None: the kernel size),
-    ``pool_padding``, ``pool_dilation`` and ``ceil_mode``. Only the pooled output and an int8
-    argmax are saved for backward. Inside ``cnnkernels.convpool.layer_by_layer()`` it returns the
-    conv + ReLU output alone (the pool placeholder after it then pools)."""
+class _PoolAfter:
+    """The max pool of ``Conv2dReLUMaxPool2d`` and its lazy twin: the pool's keyword arguments,
+    ``forward`` on the fused op, ``producer`` and the repr."""
 
     def __init__(
-        self,
-        *args,
-        pool_kernel_size=2,
-        pool_stride=None,
-        pool_padding=0,
-        pool_dilation=1,
-        ceil_mode=False,
-        **kwargs,
+        self, *args, pool_kernel_size=2, pool_stride=None, pool_padding=0, pool_dilation=1, ceil_mode=False, **kwargs
     ):
         super().__init__(*args, **kwargs)
         _set_pool(self, pool_kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)
@@ -292,7 +279,7 @@ class Conv2dReLUMaxPool2d(Conv2dReLU):
         from .convpool import fused_layers
 
         if not fused_layers():
-            return Conv2dReLU.forward(self, input)
+            return Conv2d.forward(self, input)
         geometry = (self.stride, self.padding, self.dilation, self.groups)
         pool = (self.pool_kernel_size, self.pool_stride, self.pool_padding, self.pool_dilation, self.ceil_mode)
         producer = self.producer
@@ -310,14 +297,10 @@ class Conv2dReLUMaxPool2d(Conv2dReLU):
         return self.__dict__.get("_producer")
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + _pool_repr(self)
-
-
-def _pool_repr(m) -> str:
-    return (
-        f", relu, max_pool(kernel_size={m.pool_kernel_size}, stride={m.pool_stride}, "
-        f"padding={m.pool_padding}, dilation={m.pool_dilation}, ceil_mode={m.ceil_mode})"
-    )
+        return super().extra_repr() + (
+            f", relu, max_pool(kernel_size={self.pool_kernel_size}, stride={self.pool_stride}, "
+            f"padding={self.pool_padding}, dilation={self.pool_dilation}, ceil_mode={self.ceil_mode})"
+        )
 
 
 def _set_pool(module, kernel_size, stride, padding, dilation, ceil_mode) -> None:
@@ -328,30 +311,21 @@ def _set_pool(module, kernel_size, stride, padding, dilation, ceil_mode) -> None
     module.ceil_mode = ceil_mode
 
 
-class LazyConv2dReLUMaxPool2d(LazyConv2dReLU):
+class Conv2dReLUMaxPool2d(_PoolAfter, Conv2dReLU):
+    """``nn.Conv2d`` + ReLU + ``nn.MaxPool2d`` as one op (``functional.conv2d_relu_max_pool2d``):
+    the conv's parameters and ``state_dict`` are ``nn.Conv2d``'s; the pool's arguments are the
+    keyword arguments ``pool_kernel_size``, ``pool_stride`` (None: the kernel size),
+    ``pool_padding``, ``pool_dilation`` and ``ceil_mode``. Only the pooled output and an int8
+    argmax are saved for backward. Inside ``cnnkernels.convpool.layer_by_layer()`` it returns the
+    conv + ReLU output alone (the pool placeholder after it then pools)."""
+
+
+class LazyConv2dReLUMaxPool2d(_PoolAfter, LazyConv2dReLU):
     """``LazyConv2d`` + ReLU + max pool as one op; becomes a ``Conv2dReLUMaxPool2d``."""
 
     cls_to_become = Conv2dReLUMaxPool2d
-    forward = Conv2dReLUMaxPool2d.forward
-    producer = Conv2dReLUMaxPool2d.producer
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + _pool_repr(self)
 
     def _get_in_channels(self, input) -> int:
         # With a producer, the input is the producer's: this conv takes the producer's output.
         producer = self.producer
         return producer.out_channels if producer is not None else super()._get_in_channels(input)
-
-    def __init__(
-        self,
-        *args,
-        pool_kernel_size=2,
-        pool_stride=None,
-        pool_padding=0,
-        pool_dilation=1,
-        ceil_mode=False,
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        _set_pool(self, pool_kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode)

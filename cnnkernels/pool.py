@@ -14,7 +14,6 @@ Backward maths:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -60,16 +59,8 @@ def max_pool2d_backward_op(
     dilation: list[int],
     channels_last: bool,
 ) -> Tensor:
-    return _k.max_pool2d_backward(
-        grad_out,
-        argmax,
-        tuple(input_shape),
-        tuple(kernel_size),
-        tuple(stride),
-        tuple(padding),
-        tuple(dilation),
-        memory_format(channels_last),
-    )
+    geometry = map(tuple, (input_shape, kernel_size, stride, padding, dilation))
+    return _k.max_pool2d_backward(grad_out, argmax, *geometry, memory_format(channels_last))
 
 
 class MaxPool2dFunction(torch.autograd.Function):
@@ -199,7 +190,7 @@ def max_pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 class PlannedMaxPoolFunction(torch.autograd.Function):
-    """``MaxPool2dFunction`` replayed from a ``PoolPlan``: same kernel, saved argmax and backward."""
+    """``MaxPool2dFunction`` replayed from a ``_fast.Plan``: same kernel, saved argmax and backward."""
 
     @staticmethod
     def forward(ctx, x, plan):
@@ -216,48 +207,25 @@ class PlannedMaxPoolFunction(torch.autograd.Function):
         return MaxPool2dFunction.backward(ctx, grad_y, grad_idx)[0], None
 
 
-class PlannedAvgPoolFunction(torch.autograd.Function):
-    """``AdaptiveAvgPool2dFunction`` replayed from a ``PoolPlan``."""
-
-    @staticmethod
-    def forward(ctx, x, plan):
-        ctx.geometry = plan.geometry
-        return plan.launches.run((x,))[0]
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        return AdaptiveAvgPool2dFunction.backward(ctx, grad_y)[0], None
-
-
-class PoolPlan:
-    """A pooling call's plan (see ``cnnkernels._fast``)."""
-
-    def __init__(self, launches, function, unbatched, grad, geometry, return_indices=False):
-        self.launches, self.function, self.unbatched, self.grad = launches, function, unbatched, grad
-        self.geometry, self.return_indices = geometry, return_indices
-
-    def __call__(self, input):
-        x = input.unsqueeze(0) if self.unbatched else input
-        if self.grad:
-            out = self.function.apply(x, self)
-            if not self.return_indices:
-                return out.squeeze(0) if self.unbatched else out
-        else:
-            out = self.launches.run((x,))
-            if not self.return_indices:
-                return out[0].squeeze(0) if self.unbatched else out[0]
-        y, idx = out[0], out[-1]
-        if self.unbatched:
-            y = y.squeeze(0)
-            idx = idx.squeeze(0) if self.return_indices else idx
-        return (y, idx) if self.return_indices else y
-
-
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-    """Body of ``functional.max_pool2d``. A call whose key was seen before replays its plan."""
-    flags = (type(ceil_mode), type(return_indices))  # 1 == True, but only a bool passes the checks
-    key = _fast.key(("max", kernel_size, stride, padding, dilation, ceil_mode, return_indices, flags), input)
-    plan = _fast.get(key) if key is not None else None
+    """``torch.nn.functional.max_pool2d``: any kernel size, stride (default kernel_size), padding
+    (at most half the kernel), dilation and ceil_mode; (N, C, H, W) or unbatched (C, H, W)
+    input, NCHW or channels_last (the output follows); fp16, bf16, fp32, fp64. NaN propagates
+    and ties pick the first maximum, as in torch; with ``return_indices`` also returns torch's
+    int64 flat indices into each input plane. The backward is deterministic (no atomics)."""
+    # 1 == True, but only a bool passes the checks: the flags' types are keyed too.
+    args = (
+        "max",
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        ceil_mode,
+        return_indices,
+        type(ceil_mode),
+        type(return_indices),
+    )
+    key, plan = _fast.lookup(args, input)
     if plan is not None:
         return plan(input)
     if not isinstance(return_indices, bool):
@@ -265,22 +233,26 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched, kernel_size, stride, padding, dilation = max_pool2d_args(
         input, kernel_size, stride, padding, dilation, ceil_mode
     )
-    if key is not None and not key[1] and not return_indices:
-        # No autograd and no indices: the launcher alone, without the argmax no backward reads.
-        with _fast.recording() as record:
-            y, _, _ = _k.max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode, False, False)
-        with contextlib.suppress(_fast.Unplannable):
-            launches = _fast.LaunchPlan.build(record, (x,), (y,))
-            _fast.put(key, PoolPlan(launches, PlannedMaxPoolFunction, unbatched, False, None))
-        return y.squeeze(0) if unbatched else y
-    with _fast.recording() as record:
-        y, idx = MaxPool2dFunction.apply(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
-    if key is not None and x.device.type != "meta":
-        geometry = (list(x.shape), kernel_size, stride, padding, dilation, is_channels_last(x))
-        with contextlib.suppress(_fast.Unplannable):
-            arg = _fast.written(record, y, _k.argmax_dtype(kernel_size))
-            launches = _fast.LaunchPlan.build(record, (x,), (y, arg, idx) if return_indices else (y, arg))
-            _fast.put(key, PoolPlan(launches, PlannedMaxPoolFunction, unbatched, key[1], geometry, return_indices))
+    geometry = (kernel_size, stride, padding, dilation)
+    if key is not None and not key[-1]:
+        # No autograd: the launcher alone, without the argmax no backward reads (unless indices).
+        def call():
+            return _k.max_pool2d_forward(x, *geometry, ceil_mode, return_indices, False)
+
+        def plan(record, out):
+            outs = (out[0], out[2]) if return_indices else out[:1]
+            return _fast.Plan.of(unbatched, _fast.LaunchPlan.build(record, (x,), outs))
+
+        y, _, idx = _fast.planned(key, call, plan)
+    else:
+
+        def plan(record, out):
+            arg = _fast.written(record, out[0], _k.argmax_dtype(kernel_size))
+            launches = _fast.LaunchPlan.build(record, (x,), (out[0], arg, out[1]) if return_indices else (out[0], arg))
+            saved = (list(x.shape), *geometry, is_channels_last(x))
+            return _fast.Plan.of(unbatched, launches, PlannedMaxPoolFunction, geometry=saved)
+
+        y, idx = _fast.planned(key, lambda: MaxPool2dFunction.apply(x, *geometry, ceil_mode, return_indices), plan)
     if unbatched:
         y = y.squeeze(0)
         idx = idx.squeeze(0) if return_indices else idx
@@ -400,11 +372,25 @@ def adaptive_output_size(output_size, input_hw: tuple[int, int]) -> list[int]:
     return list(size)
 
 
+class PlannedAvgPoolFunction(torch.autograd.Function):
+    """``AdaptiveAvgPool2dFunction`` replayed from a ``_fast.Plan``."""
+
+    @staticmethod
+    def forward(ctx, x, plan):
+        ctx.geometry = plan.geometry
+        return plan.launches.run((x,))
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return AdaptiveAvgPool2dFunction.backward(ctx, grad_y)[0], None
+
+
 def adaptive_avg_pool2d(input, output_size):
-    """Body of ``functional.adaptive_avg_pool2d``. As in torch, zero channels (like a zero
-    batch) give an empty result; a zero height or width is refused."""
-    key = _fast.key(("avg", output_size), input)
-    plan = _fast.get(key) if key is not None else None
+    """``torch.nn.functional.adaptive_avg_pool2d``: ``output_size`` an int or a pair whose None
+    entries keep the input size. Output size 1 (global average pooling) runs its own
+    per-(n, c) reduction kernel. As in torch, zero channels (like a zero batch) give an empty
+    result; a zero height or width is refused. The backward is deterministic (no atomics)."""
+    key, plan = _fast.lookup(("avg", output_size), input)
     if plan is not None:
         return plan(input)
     check_tensor(input, "input", (3, 4))
@@ -413,11 +399,13 @@ def adaptive_avg_pool2d(input, output_size):
     size = adaptive_output_size(output_size, tuple(input.shape[-2:]))
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    with _fast.recording() as record:
-        y = AdaptiveAvgPool2dFunction.apply(x, size)
-    if key is not None and x.device.type != "meta":
+
+    def plan(record, y):
+        launches = _fast.LaunchPlan.build(record, (x,), (y,))
+        if not key[-1]:
+            return _fast.Plan.of(unbatched, launches)
         geometry = (list(x.shape), list(size), is_channels_last(x))
-        with contextlib.suppress(_fast.Unplannable):
-            launches = _fast.LaunchPlan.build(record, (x,), (y,))
-            _fast.put(key, PoolPlan(launches, PlannedAvgPoolFunction, unbatched, key[1], geometry))
+        return _fast.Plan.of(unbatched, launches, PlannedAvgPoolFunction, geometry=geometry)
+
+    y = _fast.planned(key, lambda: AdaptiveAvgPool2dFunction.apply(x, size), plan)
     return y.squeeze(0) if unbatched else y

@@ -29,17 +29,7 @@ VGG = fused_model(reference.VGG)
 NiN = fused_model(reference.NiN)
 GoogLeNet = fused_model(reference.GoogLeNet)
 
-__all__ = [
-    "AlexNet",
-    "VGG",
-    "NiN",
-    "GoogLeNet",
-    "FusedReLU",
-    "from_reference",
-    "to_reference",
-    "init_cnn",
-    "reference",
-]
+__all__ = ["AlexNet", "VGG", "NiN", "GoogLeNet", "FusedReLU", "from_reference", "to_reference", "init_cnn", "reference"]
 
 _FUSED = {cls.__name__: cls for cls in (AlexNet, VGG, NiN, GoogLeNet)}
 _REFERENCE = {cls.__name__: cls for cls in (reference.AlexNet, reference.VGG, reference.NiN, reference.GoogLeNet)}

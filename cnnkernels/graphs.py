@@ -36,13 +36,19 @@ def _warm_up(fn: Callable[[], object], steps: int) -> None:
     torch.cuda.current_stream().wait_stream(side)
 
 
-def _copy_in(static: Tensor, t: Tensor, name: str) -> None:
-    if t.shape != static.shape or t.dtype != static.dtype:
-        raise ValueError(
-            f"{name} has shape {tuple(t.shape)} and dtype {t.dtype}; the graph was captured for "
-            f"{tuple(static.shape)} {static.dtype}"
-        )
-    static.copy_(t)
+def _copy_in(pairs: list[tuple[Tensor, Tensor, str]]) -> None:
+    """Checks every (static buffer, argument, name) pair before copying any, so a bad argument
+    leaves the static inputs as they were."""
+    for static, t, name in pairs:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.shape != static.shape or t.dtype != static.dtype:
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} and dtype {t.dtype}; the graph was captured for "
+                f"{tuple(static.shape)} {static.dtype}"
+            )
+    for static, t, _ in pairs:
+        static.copy_(t)
 
 
 class GraphedForward:
@@ -59,7 +65,7 @@ class GraphedForward:
                 self.static_output = model(self.static_input)
 
     def __call__(self, x: Tensor) -> Tensor:
-        _copy_in(self.static_input, x, "x")
+        _copy_in([(self.static_input, x, "x")])
         self.graph.replay()
         return self.static_output
 
@@ -88,8 +94,7 @@ class GraphedTrainStep:
             self.static_loss = step()
 
     def __call__(self, x: Tensor, target: Tensor) -> Tensor:
-        _copy_in(self.static_input, x, "x")
-        _copy_in(self.static_target, target, "target")
+        _copy_in([(self.static_input, x, "x"), (self.static_target, target, "target")])
         self.graph.replay()
         return self.static_loss
 

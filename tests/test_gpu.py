@@ -146,6 +146,11 @@ def test_cuda_graph_train_step_matches_eager_steps():
         assert_close(loss, eager_loss.detach(), torch.float32)
     for p, q in zip(graph_model.parameters(), eager_model.parameters()):
         assert_close(p.detach(), q.detach(), torch.float32)
+    # A wrong-shaped target is refused before x is copied in: the static input stays as it was.
+    before = step.static_input.clone()
+    with pytest.raises(ValueError, match="target"):
+        step(x + 1, y[:2])
+    assert torch.equal(step.static_input, before)
 
 
 def test_torch_compile_reduce_overhead_over_the_ops():

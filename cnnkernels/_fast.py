@@ -205,31 +205,30 @@ class LaunchPlan:
 
     @classmethod
     def _build(cls, record: list, inputs: tuple, outputs: tuple) -> LaunchPlan:
-        slots: dict[int, int] = {id(t): i for i, t in enumerate(inputs) if t is not None}
+        # Each tensor's name in the replay's code: i<k> the k-th input, a<j> an allocation, v<j> a view.
+        slots: dict[int, str] = {id(t): f"i{i}" for i, t in enumerate(inputs) if t is not None}
         if len(slots) != sum(t is not None for t in inputs):
             # One tensor passed as two inputs: the key cannot tell, so a later call with two
             # distinct tensors would read one of them from the other's slot.
             raise Unplannable("an input passed twice")
-        n_in = len(inputs)
         allocs: list = []
         views: list = []
         keep = []  # recorded tensors stay alive while building, so their ids stay unique
 
-        def slot(t: Tensor) -> int:
+        def slot(t: Tensor) -> str:
             keep.append(t)
             if id(t) in slots:
                 return slots[id(t)]
             base = t._base if t._base is not None else t
             keep.append(base)
-            if isinstance(slots.get(id(base)), int):
+            if slots.get(id(base), "a").startswith("i"):
                 raise Unplannable("a launch reads a view of an input")
             if id(base) not in slots:
-                slots[id(base)] = ("a", len(allocs))
+                slots[id(base)] = f"a{len(allocs)}"
                 allocs.append((_allocator(base.device), tuple(base.shape), base.stride(), base.dtype))
-            if base is t:
-                return slots[id(t)]
-            slots[id(t)] = ("v", len(views))
-            views.append((slots[id(base)][1], tuple(t.shape), t.stride(), t.storage_offset()))
+            if base is not t:
+                slots[id(t)] = f"v{len(views)}"
+                views.append((slots[id(base)], tuple(t.shape), t.stride(), t.storage_offset()))
             return slots[id(t)]
 
         launches = []
@@ -256,21 +255,10 @@ class LaunchPlan:
             for i, _ in tensor_slots:
                 template[i] = None  # the plan holds no tensor of the recorded call (its memory is freed)
             launches.append((fn, template, tensor_slots, {"grid": grid, "warmup": False, **kw}))
-        out_slots = []
         for t in outputs:
             if id(t) not in slots and t.numel() != 0:
                 raise Unplannable("an output no launch wrote")
-            out_slots.append(slot(t))
-        # Final positions: inputs, then allocations, then views.
-        n_alloc = len(allocs)
-
-        def pos(s):
-            if isinstance(s, int):
-                return s
-            return n_in + s[1] if s[0] == "a" else n_in + n_alloc + s[1]
-
-        launches = [(fn, tpl, [(i, pos(s)) for i, s in ts], kw) for fn, tpl, ts, kw in launches]
-        return cls(n_in, allocs, views, launches, [pos(s) for s in out_slots])
+        return cls(len(inputs), allocs, views, launches, [slot(t) for t in outputs])
 
     def run(self, inputs: tuple):
         """The output(s), for ``inputs`` (then the derived tensors, see ``build``)."""
@@ -283,23 +271,20 @@ def _compile(plan: LaunchPlan, n_in: int):
     return a0``. The kernel's ``run`` is looked up at each call (``cnnkernels.host`` counts
     launches by replacing it)."""
     env: dict = {}
-    names = [f"i{i}" for i in range(n_in)]
     lines = []
     for j, (alloc, shape, stride, dtype) in enumerate(plan.allocs):
         env.update({f"alloc{j}": alloc, f"shape{j}": shape, f"stride{j}": stride, f"dtype{j}": dtype})
         lines.append(f"a{j} = alloc{j}(shape{j}, stride{j}, dtype{j})")
-        names.append(f"a{j}")
     for j, (base, shape, stride, offset) in enumerate(plan.views):
         env[f"view{j}"] = (shape, stride, offset)
-        lines.append(f"v{j} = {names[n_in + base]}.as_strided(*view{j})")
-        names.append(f"v{j}")
+        lines.append(f"v{j} = {base}.as_strided(*view{j})")
     for k, (fn, template, tensor_slots, kw) in enumerate(plan.launches):
         env.update({f"fn{k}": fn, f"kw{k}": kw})
         tensors = dict(tensor_slots)
         args, i = [], 0
         while i < len(template):
             if i in tensors:
-                args.append(names[tensors[i]])
+                args.append(tensors[i])
                 i += 1
                 continue
             end = next((e for e in range(i, len(template)) if e in tensors), len(template))
@@ -307,10 +292,11 @@ def _compile(plan: LaunchPlan, n_in: int):
             args.append(f"*args{k}_{i}")
             i = end
         lines.append(f"fn{k}.run({', '.join(args)}, **kw{k})")
-    outputs = [names[s] for s in plan.outputs]
+    outputs = plan.outputs
     lines.append(f"return {outputs[0]}" if len(outputs) == 1 else f"return ({', '.join(outputs)})")
     body = "".join(f"\n        {line}" for line in lines)
-    source = f"def make({', '.join(env)}):\n    def replay({', '.join(names[:n_in])}):{body}\n    return replay"
+    inputs = ", ".join(f"i{i}" for i in range(n_in))
+    source = f"def make({', '.join(env)}):\n    def replay({inputs}):{body}\n    return replay"
     scope: dict = {}
     exec(source, scope)  # noqa: S102 - code written above from the plan's own names
     return scope["make"](**env)

@@ -213,18 +213,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     input, NCHW or channels_last (the output follows); fp16, bf16, fp32, fp64. NaN propagates
     and ties pick the first maximum, as in torch; with ``return_indices`` also returns torch's
     int64 flat indices into each input plane. The backward is deterministic (no atomics)."""
-    # 1 == True, but only a bool passes the checks: the flags' types are keyed too.
-    args = (
-        "max",
-        kernel_size,
-        stride,
-        padding,
-        dilation,
-        ceil_mode,
-        return_indices,
-        type(ceil_mode),
-        type(return_indices),
-    )
+    flags = (type(ceil_mode), type(return_indices))  # 1 == True, but only a bool passes the checks
+    args = ("max", kernel_size, stride, padding, dilation, ceil_mode, return_indices, flags)
     key, plan = _fast.lookup(args, input)
     if plan is not None:
         return plan(input)

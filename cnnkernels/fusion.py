@@ -266,19 +266,9 @@ def _is_bn(m: nn.Module, conv: nn.Module) -> bool:
 
 def _lazy(cls: type, conv: nn.Module, **kwargs) -> nn.Module:
     """A new lazy ``cls`` with lazy ``conv``'s configuration, device, dtype and mode."""
-    new = cls(
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        conv.bias is not None,
-        conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-        **kwargs,
-    )
+    geometry = (conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups)
+    w = conv.weight
+    new = cls(*geometry, conv.bias is not None, conv.padding_mode, device=w.device, dtype=w.dtype, **kwargs)
     return new.train(conv.training)
 
 

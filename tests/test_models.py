@@ -585,29 +585,13 @@ def test_model_rule_fails_nan_and_shape():
     assert not v.ok and "shape" in v.problem
 
 
-def _load_gpu_check():
-    import importlib.util
-
-    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-    sys.path.insert(0, bench)
-    try:
-        spec = importlib.util.spec_from_file_location("gpu_check_under_test", os.path.join(bench, "gpu_check.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        import _common
-    finally:
-        sys.path.remove(bench)
-    return mod, _common
-
-
 @pytest.mark.parametrize("broken", [False, True], ids=["correct", "broken-weight-gradient"])
-def test_gpu_check_accuracy_uses_the_model_rule(monkeypatch, broken):
-    """benchmarks/gpu_check.py judges each model by ``cnnkernels check``'s comparison (the model
-    rule, model_verdict; a tiny VGG on the CPU here): correct kernels pass, a wrong conv weight
-    gradient fails."""
+def test_model_accuracy_check_uses_the_model_rule(monkeypatch, broken):
+    """The GPU check's accuracy section (benchmarks' ``test_model_accuracy``) judges each model by
+    ``cnnkernels check``'s comparison (``cli.check_model``, the model rule ``model_verdict``; a tiny
+    VGG on the CPU here): correct kernels pass, a wrong conv weight gradient fails."""
     from cnnkernels import cli
 
-    gpu_check, _ = _load_gpu_check()
     case = CASES["vgg"]
     monkeypatch.setattr(
         cli, "_build", lambda name, reference=False: case.build(models.reference if reference else models)
@@ -622,10 +606,10 @@ def test_gpu_check_accuracy_uses_the_model_rule(monkeypatch, broken):
             return dw * 1.01, db
 
         monkeypatch.setattr(kconv, "conv2d_backward_weight", wrong)
-    row = gpu_check.accuracy("VGG", batch=2, size=case.hw, dtype="float32", device=DEVICE)
-    assert row["dtype"] == "float32" and "model_verdict" in row["bound"]
+    verdicts = cli.check_model("vgg", 2, case.hw, torch.float32, DEVICE)
+    failed = [v.name for v in verdicts if not v.ok]
     if broken:
-        assert row["status"].startswith("failed") and any(n.endswith(".weight") for n in row["failed"])
+        assert any(n.endswith(".weight") for n in failed), failed
     else:
-        assert row["status"] == "ok", row
-        assert 0 <= row["worst_fraction_of_bound"] <= 1 and row["worst_err"] < 1e-5
+        assert not failed and all(v.err <= v.bound for v in verdicts)
+        assert verdicts[0].err < 1e-5

@@ -39,17 +39,19 @@ _tf32 = torch._C._get_cudnn_allow_tf32
 _wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _f32 = torch.float32
 _current_cuda_device = getattr(torch._C, "_cuda_getDevice", None)  # called for a CUDA tensor only
-_guards = torch._C._dynamo.guards
+_guards = getattr(getattr(torch._C, "_dynamo", None), "guards", None)
 
 
 def _allocator(device: torch.device):
     """``alloc(shape, stride, dtype)`` on ``device``: without torch's argument parsing (as
-    compiled graphs allocate) on the CPU, and on CUDA's current device, which the key holds."""
+    compiled graphs allocate) on the CPU, and on CUDA's current device, which the key holds;
+    ``torch.empty_strided`` where this torch lacks those allocators."""
+    fast = None
     if device.type == "cpu":
-        return _guards._empty_strided_cpu
-    if device.type == "cuda" and device.index == torch.cuda.current_device():
-        return _guards._empty_strided_cuda
-    return lambda shape, stride, dtype: torch.empty_strided(shape, stride, dtype=dtype, device=device)
+        fast = getattr(_guards, "_empty_strided_cpu", None)
+    elif device.type == "cuda" and device.index == torch.cuda.current_device():
+        fast = getattr(_guards, "_empty_strided_cuda", None)
+    return fast or (lambda shape, stride, dtype: torch.empty_strided(shape, stride, dtype=dtype, device=device))
 
 
 class Unplannable(Exception):

@@ -11,6 +11,7 @@ pytestmark = pytest.mark.host
 
 OPS = [name for name, _, _ in host.op_cases()]
 TARGET = 2.0  # an op call costs at most 2x torch's eager host cost for the same op
+FORWARD_CALLS = 1000  # Python function calls per model forward at batch 1 (GoogLeNet is the most)
 
 
 @pytest.mark.parametrize("name", OPS)
@@ -36,5 +37,6 @@ def test_host_model(benchmark, model, train):
     fn = host.model_case(model, train)
     cost = host.measure(model, fn, repeats=1)
     benchmark.extra_info.update(python_calls=cost.python_calls, launches=cost.launches)
+    assert train or cost.python_calls <= FORWARD_CALLS, f"{model} forward: {cost.python_calls} Python calls"
     with host.launches_stubbed(), host.single_thread():
         benchmark.pedantic(fn, rounds=5, warmup_rounds=1)

@@ -15,9 +15,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import re
 import subprocess
@@ -379,10 +381,7 @@ def configs_kept(launch: Launch) -> list:
 
 
 def _launch_kwargs(launch: Launch, cfg) -> dict:
-    kwargs = dict(launch.kwargs)
-    if cfg is not None:
-        kwargs.update(cfg.all_kwargs())
-    return kwargs
+    return {**launch.kwargs, **(cfg.all_kwargs() if cfg is not None else {})}
 
 
 def compile_launch(launch: Launch, cfg):
@@ -415,6 +414,9 @@ def _cache_dir() -> str:
     return os.path.join(base, "cnnkernels", "static-sm90")
 
 
+_run = functools.partial(subprocess.run, capture_output=True, text=True)
+
+
 def _opcode(ins: str) -> str:
     return re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0]
 
@@ -424,14 +426,9 @@ def main_loop(instrs: list[tuple[int, str]]) -> list[str] | None:
     the most HGMMAs; without HGMMA, the longest."""
     loops = []
     for addr, ins in instrs:
-        if not _opcode(ins).startswith("BRA"):
-            continue
-        m = re.search(r"0x([0-9a-f]+)", ins)
-        if not m or int(m.group(1), 16) >= addr:
-            continue
-        start = int(m.group(1), 16)
-        body = [i for a, i in instrs if start <= a <= addr]
-        loops.append(body)
+        m = re.search(r"0x([0-9a-f]+)", ins) if _opcode(ins).startswith("BRA") else None
+        if m and (start := int(m.group(1), 16)) < addr:
+            loops.append([i for a, i in instrs if start <= a <= addr])
     if not loops:
         return None
     hg = [sum(_opcode(i).startswith("HGMMA") for i in body) for body in loops]
@@ -493,7 +490,7 @@ def _ptxas_warnings(ptx: str, fp_fusion: bool) -> list[str]:
             f.write(ptx)
         cmd = [_tool("ptxas"), "-lineinfo", "-v", "--warn-on-spills", *(["--fmad=false"] if not fp_fusion else [])]
         cmd += [*extra, f"--gpu-name={arch}", src, "-o", os.path.join(d, "k.o")]
-        log = subprocess.run(cmd, capture_output=True, text=True).stderr
+        log = _run(cmd).stderr
     # C7515 and its kin come as "info : (C7515) Potential Performance Loss: ..."
     spill = {"spill"} if re.search(r"warning\s*:.*spill", log, re.IGNORECASE) else set()
     return sorted(set(re.findall(r"\((C\d{4})\)", log)) | spill)
@@ -515,15 +512,10 @@ def analyse(kernel) -> dict:
         fbin = os.path.join(d, "k.cubin")
         with open(fbin, "wb") as f:
             f.write(cubin)
-        res = subprocess.run(
-            [_tool("cuobjdump"), "-res-usage", fbin], capture_output=True, text=True, check=True
-        ).stdout
-        sass = subprocess.run([_tool("cuobjdump"), "-sass", fbin], capture_output=True, text=True, check=True).stdout
+        res, sass = (_run([_tool("cuobjdump"), flag, fbin], check=True).stdout for flag in ("-res-usage", "-sass"))
     out = analyse_sass(sass)
-    out["regs"] = int(re.search(r"REG:(\d+)", res).group(1))
-    stack = int(re.search(r"STACK:(\d+)", res).group(1))
-    local = int(re.search(r"LOCAL:(\d+)", res).group(1))
-    out["spills"] = out.pop("spill_ops") + stack + local
+    regs, stack, local = (int(re.search(rf"{k}:(\d+)", res).group(1)) for k in ("REG", "STACK", "LOCAL"))
+    out.update(regs=regs, spills=out.pop("spill_ops") + stack + local)
     out["warnings"] = _ptxas_warnings(ptx, getattr(kernel.metadata, "enable_fp_fusion", True))
     out["has_dot"] = bool(re.search(r"\btt\.dot(_scaled)?\b", kernel.asm.get("ttir", "")))
     with contextlib.suppress(OSError):
@@ -550,13 +542,9 @@ def allows_16_byte_loads(launch: Launch) -> bool:
 
     tensors = [a for a in (*launch.args, *launch.kwargs.values()) if isinstance(a, torch.Tensor)]
     for t in tensors:
-        es = t.element_size()
-        if t.data_ptr() % 16:
-            return False
-        dim = 1 if t.dim() == 4 else t.dim() - 1
-        if t.stride(dim) != 1 or (t.shape[dim] * es) % 16:
-            return False
-        if any((st * es) % 16 for d, (st, n) in enumerate(zip(t.stride(), t.shape)) if d != dim and n > 1):
+        es, dim = t.element_size(), 1 if t.dim() == 4 else t.dim() - 1
+        other = any((st * es) % 16 for d, (st, n) in enumerate(zip(t.stride(), t.shape)) if d != dim and n > 1)
+        if t.data_ptr() % 16 or t.stride(dim) != 1 or (t.shape[dim] * es) % 16 or other:
             return False
     return bool(tensors)
 
@@ -602,9 +590,7 @@ def check(row: Row) -> list[str]:
         bad.append(f"spills {row.spills}")
     if row.has_dot and row.dtype in LIMITS["hgmma_dtypes"] and not row.hgmma:
         bad.append("dot without HGMMA")
-    for w in row.warnings:
-        if w in LIMITS["forbidden_warnings"]:
-            bad.append(f"ptxas {w}")
+    bad += [f"ptxas {w}" for w in row.warnings if w in LIMITS["forbidden_warnings"]]
     if row.vector_layout:
         tf32 = row.dtype == "fp32" and row.hgmma is not None
         scalar = {
@@ -618,13 +604,9 @@ def check(row: Row) -> list[str]:
             bad.append("scalar loads in main loop " + ",".join(f"{k}x{n}" for k, n in scalar.items()))
     if row.smem > LIMITS["max_smem"]:
         bad.append(f"smem {row.smem}")
-    if (
-        LIMITS["max_loop_ratio"] is not None
-        and row.dtype in LIMITS["loop_ratio_dtypes"]
-        and row.loop_ratio is not None
-        and row.loop_ratio > LIMITS["max_loop_ratio"]
-    ):
-        bad.append(f"loop ratio {row.loop_ratio:.2f}")
+    ratio = row.loop_ratio if row.dtype in LIMITS["loop_ratio_dtypes"] else None
+    if LIMITS["max_loop_ratio"] is not None and ratio is not None and ratio > LIMITS["max_loop_ratio"]:
+        bad.append(f"loop ratio {ratio:.2f}")
     if LIMITS["max_loop_wait0"] is not None and (row.loop_wait0 or 0) > LIMITS["max_loop_wait0"]:
         bad.append(f"{row.loop_wait0} wgmma waits to zero per iteration")
     return bad
@@ -694,23 +676,14 @@ def run_report(
             families.setdefault("anchor" if lc.layer.startswith("anchor") else lc.family, []).append(i)
 
         results: dict[int, tuple] = {}
-        pool = None
-        if jobs > 1:
-            import multiprocessing
-
-            # fork: the workers inherit the captured launches (nothing but job numbers is pickled)
-            pool = multiprocessing.get_context("fork").Pool(jobs)
-        try:
+        # fork: the workers inherit the captured launches (nothing but job numbers is pickled)
+        pool = multiprocessing.get_context("fork").Pool(jobs) if jobs > 1 else None
+        with pool or contextlib.nullcontext():
             for family, idx in families.items():
                 t0 = time.perf_counter()
-                done = pool.imap_unordered(_compile_job, idx) if pool else map(_compile_job, idx)
-                for i, *res in done:
+                for i, *res in pool.imap_unordered(_compile_job, idx) if pool else map(_compile_job, idx):
                     results[i] = res
                 _progress(f"{family:<28} {len(idx):>5} compiles {time.perf_counter() - t0:7.1f} s")
-        finally:
-            if pool:
-                pool.close()
-                pool.join()
 
         rows: dict[tuple, Row] = {}
         anchor_ratio: dict[str, float] = {}
@@ -781,9 +754,7 @@ JSON_KEYS = (
 
 
 def row_json(row: Row) -> dict:
-    d = {k: getattr(row, k) for k in JSON_KEYS}
-    d.update(layers=row.layers, failures=row.failures, vector_layout=row.vector_layout, has_dot=row.has_dot)
-    return d
+    return {k: getattr(row, k) for k in (*JSON_KEYS, "layers", "failures", "vector_layout", "has_dot")}
 
 
 def _loads(loads: dict) -> str:

@@ -1,27 +1,18 @@
 """``fuse(model)``: rewrite any ``torch.nn`` CNN onto the ``cnnkernels`` kernels.
 
-What it takes, walking the module tree (and, for a module whose ``forward`` is its own code,
-that forward's ``torch.fx`` graph one level deep, every child a leaf):
+Walking the module tree (and a custom ``forward``'s ``torch.fx`` graph, one level deep):
 
-* ``Conv2d`` [``BatchNorm2d``] [``ReLU``] in a row (in an ``nn.Sequential``, or in a traced
-  forward where each feeds only the next) -> one conv kernel with the ReLU in its epilogue. The
-  ReLU's place is kept by a ``FusedReLU`` placeholder and the BatchNorm's by a
-  ``FoldedBatchNorm2d`` placeholder that holds its parameters and buffers, so ``state_dict`` keys
-  and values stay the original's. The BatchNorm is folded into the conv's weight and bias at
-  each call while it is in eval mode (differentiable: gradients reach the conv's weight and the
-  BatchNorm's weight and bias as in torch); in training mode (or without running statistics)
-  the conv runs on the kernel and torch's ``batch_norm`` and ``relu`` follow it.
-* a lone ``Conv2d`` -> ``cnnkernels.nn.Conv2d``; ``MaxPool2d``, ``AdaptiveAvgPool2d`` -> ours;
-  ``LazyConv2d`` -> ``cnnkernels.nn.LazyConv2d`` (``LazyConv2dReLU`` before a ReLU).
-* ``torch.cat`` in a traced forward -> ``cnnkernels.fusion.concat`` (the cat kernel; torch's own
-  ``cat`` for what that kernel does not take); a block laid out like the seed's Inception
-  (children ``b1_1`` ... ``b4_2`` at the seed's geometry) -> ``cnnkernels.nn.Inception``, whose
-  branches write their channel slices of the output directly (no concatenation copy).
+* ``Conv2d`` [``BatchNorm2d``] [``ReLU``] in a row -> one conv kernel, ReLU in its epilogue;
+  ``FusedReLU`` and ``FoldedBatchNorm2d`` placeholders keep ``state_dict`` keys and values. The
+  BatchNorm is folded into the conv at each call in eval mode (differentiable); in training mode
+  torch's ``batch_norm`` and ``relu`` follow the conv kernel.
+* ``Conv2d``, ``LazyConv2d``, ``MaxPool2d``, ``AdaptiveAvgPool2d`` -> ``cnnkernels.nn``'s.
+* ``torch.cat`` in a traced forward -> ``concat``; the seed's Inception block (children
+  ``b1_1`` ... ``b4_2``) -> the zero-copy ``cnnkernels.nn.Inception``.
 
-What it cannot take stays torch's and is reported with the reason: a ``padding_mode`` other than
-zeros, a module with hooks, a subclass with its own ``forward``, an unknown module, a forward
-that ``torch.fx`` cannot trace or that branches on ``self.training``, a module called from
-several places. Only exact ``torch.nn`` classes are replaced, so nothing is silently changed.
+Anything else (non-zeros padding, hooks, subclasses with their own ``forward``, untraceable or
+mode-dependent forwards, modules called from several places) stays torch's, with the reason in
+the report. Only exact ``torch.nn`` classes are replaced.
 """
 
 from __future__ import annotations
@@ -53,9 +44,7 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class FusedReLU(nn.Identity):
-    """Placeholder at a ReLU's place when that ReLU runs inside the preceding convolution's
-    kernel: passes its input through unchanged, holds nothing, keeps the layer indices (hence
-    ``state_dict`` keys) of the ``torch.nn`` model, and prints as ``ReLU`` in ``layer_summary``."""
+    """Placeholder at a ReLU's place when the preceding conv's kernel applies it (identity)."""
 
     summary_name = "ReLU"
 
@@ -75,10 +64,8 @@ def _passes_through(base: type):
 
 
 class FusedMaxPool2d(nn.MaxPool2d):
-    """Placeholder at a ``MaxPool2d``'s place when the preceding ``Conv2dReLUMaxPool2d`` pools in
-    its own kernel: passes its input through unchanged and keeps the pool's arguments (and the
-    layer indices). Inside ``cnnkernels.convpool.layer_by_layer()`` it pools, as the conv before
-    it then does not."""
+    """Placeholder at a ``MaxPool2d``'s place when the preceding ``Conv2dReLUMaxPool2d`` pools:
+    identity, except inside ``cnnkernels.convpool.layer_by_layer()``, where it pools."""
 
     summary_name = "MaxPool2d"
 
@@ -89,10 +76,8 @@ class FusedMaxPool2d(nn.MaxPool2d):
 
 
 class RecomputedConv2dReLU(cnn.Conv2dReLU):
-    """A 1x1 ``Conv2d`` + ReLU whose output the next ``Conv2dReLUMaxPool2d`` recomputes in its
-    backward instead of saving (its ``producer``): holds the conv's parameters (same
-    ``state_dict`` keys and values) and passes its input through, the next op applying it.
-    Inside ``cnnkernels.convpool.layer_by_layer()`` it computes its own conv + ReLU."""
+    """A 1x1 conv + ReLU that the next ``Conv2dReLUMaxPool2d`` applies (and recomputes in its
+    backward): holds the parameters, passes its input through (computes inside ``layer_by_layer()``)."""
 
     summary_name = "Conv2d"
 
@@ -112,8 +97,7 @@ class LazyRecomputedConv2dReLU(cnn.LazyConv2dReLU):
 
 class FoldedBatchNorm2d(nn.BatchNorm2d):
     """Placeholder at a ``BatchNorm2d``'s place when the preceding ``Conv2dBatchNorm`` applies
-    it: passes its input through unchanged, and keeps the BatchNorm's parameters and buffers
-    (same ``state_dict`` keys and values, running statistics still updated in training mode)."""
+    it: identity, holding the BatchNorm's parameters and buffers."""
 
     summary_name = "BatchNorm2d"
 
@@ -125,14 +109,10 @@ class FoldedBatchNorm2d(nn.BatchNorm2d):
 
 
 class Conv2dBatchNorm(cnn.Conv2d):
-    """A ``Conv2d`` followed by a ``BatchNorm2d`` (and, with ``activation='relu'``, a ReLU).
-
-    Its own parameters are the conv's (``weight``, ``bias``); the BatchNorm stays a separate
-    module (a ``FoldedBatchNorm2d`` at its original place, referenced here, not registered
-    twice). In eval mode with running statistics the BatchNorm is folded into the weight and
-    bias at each call (a few small elementwise ops, differentiable) and the ReLU runs in the
-    conv kernel's epilogue; otherwise the conv kernel runs alone and torch's ``batch_norm``
-    (updating the running statistics as ``nn.BatchNorm2d`` does) and ``relu`` follow."""
+    """A ``Conv2d`` + ``BatchNorm2d`` (+ ReLU with ``activation='relu'``). The BatchNorm is its
+    ``FoldedBatchNorm2d`` placeholder, referenced, not registered. Eval mode with running
+    statistics: folded into weight and bias per call, ReLU in the epilogue; otherwise the conv
+    kernel, then torch's ``batch_norm`` and ``relu``."""
 
     activation = "none"
 
@@ -164,9 +144,7 @@ class Conv2dBatchNorm(cnn.Conv2d):
 
 
 def concat(tensors, dim=0):
-    """``torch.cat`` on the ``cnnkernels`` cat kernel when every input is a float tensor of one
-    dtype and device (what the kernel takes); torch's own ``cat`` otherwise (type promotion,
-    integer tensors), so the result is always torch's."""
+    """``torch.cat`` on the cat kernel for float tensors of one dtype and device, else torch's."""
     ts = list(tensors)
     if ts and all(isinstance(t, torch.Tensor) and t.dim() > 0 and t.dtype in _FLOATS for t in ts):
         if all(t.dtype == ts[0].dtype and t.device == ts[0].device for t in ts):
@@ -178,8 +156,7 @@ def concat(tensors, dim=0):
 
 @dataclass(frozen=True)
 class FuseEntry:
-    """One line of a ``FuseReport``: the module path (or ``path:function`` for a call in a
-    traced forward), what it was, what it became, and why (empty when nothing needs saying)."""
+    """One line of a ``FuseReport``: module path (or ``path:function``), was, became, why."""
 
     name: str
     was: str
@@ -219,8 +196,7 @@ def _has_hooks(m: nn.Module) -> bool:
 
 
 def _adopt(cls: type, old: nn.Module) -> nn.Module:
-    """A ``cls`` instance with ``old``'s state: same Parameter and buffer objects, same
-    configuration and mode (``cls`` subclasses ``type(old)`` and adds no state)."""
+    """A ``cls`` (a stateless subclass of ``type(old)``) sharing ``old``'s state."""
     new = cls.__new__(cls)
     new.__dict__.update({k: (v.copy() if isinstance(v, dict) else v) for k, v in old.__dict__.items()})
     return new
@@ -254,6 +230,10 @@ def _is_relu(m: nn.Module) -> bool:
     return type(m) is nn.ReLU and not _has_hooks(m)
 
 
+def _is_conv_relu(m: nn.Module) -> bool:
+    return type(m) in (cnn.Conv2dReLU, cnn.LazyConv2dReLU) and not _has_hooks(m)
+
+
 def _is_bn(m: nn.Module, conv: nn.Module) -> bool:
     return (
         type(m) is nn.BatchNorm2d
@@ -285,16 +265,6 @@ def _fused_conv(conv: nn.Module, bn: nn.Module | None, relu: bool) -> tuple[nn.M
     return new, placeholder
 
 
-def _describe(conv_path: str, bn_path: str | None, relu_path: str | None, new: nn.Module) -> FuseEntry:
-    was = "Conv2d" + ("+BatchNorm2d" if bn_path else "") + ("+ReLU" if relu_path else "")
-    notes = []
-    if bn_path:
-        notes.append(f"{bn_path} folded in eval mode (torch's batch_norm in training mode)")
-    if relu_path:
-        notes.append(f"{relu_path} in the epilogue")
-    return FuseEntry(conv_path, was, type(new).__name__, "; ".join(notes))
-
-
 _LEAVES = {nn.MaxPool2d: cnn.MaxPool2d, nn.AdaptiveAvgPool2d: cnn.AdaptiveAvgPool2d}
 _OURS = (
     cnn.Conv2d,
@@ -314,6 +284,20 @@ class _Fuser:
 
     def note(self, *args) -> None:
         self.report.append(FuseEntry(*args))
+
+    def conv_chain(self, mods, path: str, conv: str, bn: str | None, relu: str | None) -> None:
+        """``mods[conv]`` (and ``mods[bn]``) become the fused conv (and its placeholder), the ReLU
+        (reported as ``relu``, a path) in its epilogue; reported."""
+        new, placeholder = _fused_conv(mods[conv], mods[bn] if bn else None, relu is not None)
+        mods[conv] = new
+        notes = []
+        if bn:
+            mods[bn] = placeholder
+            notes.append(f"{_path(path, bn)} folded in eval mode (torch's batch_norm in training mode)")
+        if relu:
+            notes.append(f"{relu} in the epilogue")
+        was = "Conv2d" + ("+BatchNorm2d" if bn else "") + ("+ReLU" if relu else "")
+        self.note(_path(path, conv), was, type(new).__name__, "; ".join(notes))
 
     # A leaf: replaced on its own, which is right wherever and however often it is called.
     def leaf(self, m: nn.Module, path: str) -> nn.Module:
@@ -376,15 +360,9 @@ class _Fuser:
                     seq._modules[name] = self.visit(child, _path(path, name))  # already ours
                     i += 1
                     continue
-                new, placeholder = _fused_conv(child, seq._modules[bn] if bn else None, relu is not None)
-                seq._modules[name] = new
-                if bn:
-                    seq._modules[bn] = placeholder
+                self.conv_chain(seq._modules, path, name, bn, relu and _path(path, relu))
                 if relu:
                     seq._modules[relu] = FusedReLU().train(seq._modules[relu].training)
-                self.report.append(
-                    _describe(_path(path, name), bn and _path(path, bn), relu and _path(path, relu), new)
-                )
                 i = j
                 continue
             seq._modules[name] = self.visit(child, _path(path, name))
@@ -460,7 +438,7 @@ class _Fuser:
                 continue
             if len(node.args) != 1 or node.kwargs:
                 continue
-            cur, bn_name, relu_name, relu_node = node, None, None, None
+            cur, bn_name, bn_node, relu_name, relu_node = node, None, None, None, None
             nxt = _only_user(cur)
             if (
                 nxt is not None
@@ -480,21 +458,13 @@ class _Fuser:
                     relu_sites[relu_name] = relu_sites.get(relu_name, 0) + 1
             if bn_name is None and relu_node is None:
                 continue
-            new, placeholder = _fused_conv(conv, children[bn_name] if bn_name else None, relu_node is not None)
-            children[node.target] = new
-            done.add(node.target)
-            if bn_name:
-                children[bn_name] = placeholder
-                done.add(bn_name)
-                bn_node.replace_all_uses_with(node)
-                graph.erase_node(bn_node)
-            if relu_node is not None:
-                relu_node.replace_all_uses_with(node)
-                graph.erase_node(relu_node)
-                relu_label = _path(path, relu_name) if relu_name else f"{where}:{_call_name(relu_node)}"
-            else:
-                relu_label = None
-            self.report.append(_describe(_path(path, node.target), bn_name and _path(path, bn_name), relu_label, new))
+            for fused in (bn_node, relu_node):
+                if fused is not None:
+                    fused.replace_all_uses_with(node)
+                    graph.erase_node(fused)
+            relu_label = relu_node and (_path(path, relu_name) if relu_name else f"{where}:{_call_name(relu_node)}")
+            self.conv_chain(children, path, node.target, bn_name, relu_label)
+            done.update((node.target, bn_name))
             changed = True
         for name, count in relu_sites.items():
             if count == len(calls[name]):  # every call of this ReLU module now runs in a kernel
@@ -525,16 +495,14 @@ class _Fuser:
 
 
 def _conv_relu_tail(seq: nn.Sequential, names: list[str], path: str):
-    """(container, name, path) of the fused conv + ReLU whose output ``seq``'s layers ``names``
-    end with (directly, or as the end of a plain nested ``nn.Sequential``), else None."""
+    """(container, name, path) of the fused conv + ReLU ending ``seq``'s layers ``names``
+    (possibly inside a plain nested ``nn.Sequential``), else None."""
     if not names:
         return None
     last = seq._modules[names[-1]]
     if type(last) is FusedReLU and len(names) >= 2:
         conv = seq._modules[names[-2]]
-        if type(conv) in (cnn.Conv2dReLU, cnn.LazyConv2dReLU) and not _has_hooks(conv):
-            return seq, names[-2], _path(path, names[-2])
-        return None
+        return (seq, names[-2], _path(path, names[-2])) if _is_conv_relu(conv) else None
     if type(last) is nn.Sequential and not _has_hooks(last):
         inner = [n for n, c in last._modules.items() if c is not None]
         return _conv_relu_tail(last, inner, _path(path, names[-1]))
@@ -546,15 +514,14 @@ def _parent(path: str) -> str:
 
 
 def _pointwise_producer(holder: nn.Sequential, conv_name: str) -> str | None:
-    """The name of a fused 1x1 conv + ReLU (stride 1, no padding, one group) right before
-    ``conv_name`` in ``holder``, whose output only that conv reads, else None: recomputing it
-    costs one 1x1 GEMM and saves its whole activation."""
+    """The name of a fused pointwise 1x1 conv + ReLU right before ``conv_name`` in ``holder``
+    (recomputing it costs one GEMM and saves its activation), else None."""
     names = [n for n, c in holder._modules.items() if c is not None]
     i = names.index(conv_name)
     if i < 2 or type(holder._modules[names[i - 1]]) is not FusedReLU:
         return None
     m = holder._modules[names[i - 2]]
-    if type(m) not in (cnn.Conv2dReLU, cnn.LazyConv2dReLU) or _has_hooks(m):
+    if not _is_conv_relu(m):
         return None
     pointwise = m.kernel_size == (1, 1) and m.stride == (1, 1) and m.dilation == (1, 1) and m.groups == 1
     return names[i - 2] if pointwise and m.padding in ((0, 0), "valid") else None
@@ -589,8 +556,7 @@ def _call_name(node: fx.Node) -> str:
 
 
 def _relu_call(node: fx.Node, arg: fx.Node | None, children) -> bool:
-    """Whether ``node`` is a ReLU of ``arg`` (of anything when ``arg`` is None): an exact
-    ``nn.ReLU`` child, ``F.relu``/``torch.relu`` (in place or not), or ``.relu()``."""
+    """Whether ``node`` is a ReLU (module, function or method) of ``arg`` (of anything if None)."""
     if node.op == "call_module":
         ok = node.target in children and _is_relu(children[node.target]) and not node.kwargs
     elif node.op == "call_function":
@@ -611,8 +577,7 @@ class _OneLevel(fx.Tracer):
 
 
 def _trace(m: nn.Module) -> tuple[fx.Graph | None, str]:
-    """(graph, '') or (None, why). A forward that differs between training and eval mode is
-    refused: a traced graph would freeze one of them."""
+    """(graph, '') or (None, why); a forward that differs between train and eval is refused."""
     graphs = {}
     training = m.training
     try:
@@ -629,9 +594,8 @@ def _trace(m: nn.Module) -> tuple[fx.Graph | None, str]:
 
 
 def _graph_module(m: nn.Module, graph: fx.Graph, children: OrderedDict) -> fx.GraphModule:
-    """The rewritten forward as a ``GraphModule`` named like ``m``'s class, with every child
-    (placeholders included), parameter and buffer of ``m`` in ``m``'s order, so ``state_dict``
-    keys are the original's; ``m``'s public instance attributes come along."""
+    """The rewritten forward as a ``GraphModule`` named like ``m``'s class, with ``m``'s
+    children, parameters, buffers (same ``state_dict`` keys) and public attributes."""
     graph.lint()
     holder = nn.Module()
     holder._modules = OrderedDict((k, v) for k, v in children.items())
@@ -657,8 +621,7 @@ _SEED_BRANCHES = (("b1_1",), ("b2_1", "b2_2"), ("b3_1", "b3_2"), ("b4_1", "b4_2"
 
 def _seed_inception(graph: fx.Graph, children: OrderedDict) -> nn.Module | None:
     """A ``cnnkernels.nn.Inception`` holding ``children`` when the rewritten graph is exactly the
-    seed's block (four branches of fused conv+ReLU layers at the block's geometry, the pool
-    branch a 3x3/1 max pool, concatenated on channels), else None."""
+    seed's block at its geometry, else None."""
     if set(children) != {n for branch in _SEED_BRANCHES for n in branch}:
         return None
     nodes = [n for n in graph.nodes if n.op not in ("placeholder", "output")]
@@ -698,21 +661,12 @@ def _seed_inception(graph: fx.Graph, children: OrderedDict) -> nn.Module | None:
 
 
 def fuse(model: nn.Module, *, inplace: bool = False, report: bool = False):
-    """``model`` with what the ``cnnkernels`` kernels cover running on them (see the module
-    docstring for what is taken and what stays torch's).
+    """``model`` running on the ``cnnkernels`` kernels where they apply (see the module docstring).
 
-    ``inplace=False`` (default) fuses a deep copy: the result owns copies of the parameters and
-    buffers and ``model`` is untouched. ``inplace=True`` rewrites ``model``'s own containers and
-    the result shares its Parameter and buffer objects (an optimizer holding them keeps
-    working). Weights, buffers, training/eval mode, device and dtype carry over, and
-    ``state_dict`` keys and values are the original's, so ``fuse(model).state_dict()`` loads
-    into ``model`` and back (a folded BatchNorm keeps its own parameters and running statistics
-    in its placeholder; the conv's weight stays unfolded).
-
-    The fused model computes what ``model`` computes, up to rounding; traced forwards are fixed
-    at fuse time (Python attributes they read are baked in). Returns the fused model, or with
-    ``report=True`` the pair (fused model, ``FuseReport``): one entry per layer and fused call,
-    saying what became which kernel and what stayed torch's, with the reason."""
+    ``inplace=False`` fuses a deep copy; ``inplace=True`` rewrites ``model`` and shares its
+    Parameter and buffer objects. Mode, device, dtype and ``state_dict`` keys and values carry
+    over (``fuse(model).state_dict()`` loads into ``model`` and back). Traced forwards are fixed
+    at fuse time. With ``report=True`` returns (fused model, ``FuseReport``)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(inplace, bool):

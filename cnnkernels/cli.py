@@ -502,11 +502,8 @@ def cmd_report(args) -> int:
     """The static sm_90 report (``cnnkernels.report``, which re-runs itself without the interpreter)."""
     from cnnkernels import report
 
-    argv = ["--kernel", args.kernel] if args.kernel else []
-    argv += ["--quick"] * args.quick + ["--json"] * args.json + ["--jobs", str(args.jobs)]
-    for dtype in args.dtype or []:
-        argv += ["--dtype", dtype]
-    return report.main(argv)
+    argv = [f"--kernel={args.kernel}", f"--jobs={args.jobs}", *["--quick"] * args.quick, *["--json"] * args.json]
+    return report.main(argv + [f"--dtype={d}" for d in args.dtype or []])
 
 
 def cmd_demo(args) -> int:
@@ -523,6 +520,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cnnkernels import report
+
     p = OneLineParser(
         prog="cnnkernels",
         description="Fused Triton kernels for AlexNet, VGG, NiN and GoogLeNet",
@@ -533,35 +532,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--input", default="1,1,224,224", help="N,C,H,W (default: the course's 1,1,224,224)")
     s.add_argument("--dtype", type=dtype_name, default="bfloat16", help="element type for byte counts (default bf16)")
-    s.add_argument(
-        "--train", action="store_true", help="also the bytes saved for backward per training step, fused vs twin"
-    )
+    s.add_argument("--train", action="store_true", help="also the bytes saved for backward per step, fused vs twin")
     s.set_defaults(fn=cmd_summary)
     c = sub.add_parser("check", help="fused model vs its torch.nn twin: logits and every gradient")
     c.add_argument("model", help="alexnet, vgg, nin, googlenet or all")
-    c.add_argument("--batch", type=positive_int, default=None, help="default 32 on a GPU, 2 on the CPU")
-    c.add_argument(
-        "--size", type=positive_int, default=None, help="image side (default 224 on a GPU, small on the CPU)"
-    )
-    c.add_argument(
-        "--dtype", type=dtype_name, default=None, help="fp32, fp16, bf16, fp64 (default bf16 on a GPU, fp32 on the CPU)"
-    )
+    c.add_argument("--batch", type=positive_int, help="default 32 on a GPU, 2 on the CPU")
+    c.add_argument("--size", type=positive_int, help="image side (default 224 on a GPU, small on the CPU)")
+    c.add_argument("--dtype", type=dtype_name, help="fp32, fp16, bf16, fp64 (default bf16 on a GPU, fp32 on the CPU)")
     c.set_defaults(fn=cmd_check)
     b = sub.add_parser("bench", help="speed against cuDNN and torch.compile (needs a GPU)")
     b.add_argument("model")
     b.add_argument("--batch", type=positive_int, default=128)
     b.add_argument("--size", type=positive_int, default=224)
     b.add_argument("--dtype", type=dtype_name, default="bfloat16")
-    b.add_argument(
-        "--host", action="store_true", help="host cost per op and model call, launches counted not run (no GPU needed)"
-    )
+    b.add_argument("--host", action="store_true", help="host cost per op and model call, launches counted (no GPU)")
     b.set_defaults(fn=cmd_bench)
     r = sub.add_parser("report", help="static sm_90 table: registers, spills, HGMMA, main-loop cost")
-    r.add_argument("--kernel", default="", help="only the kernels whose name starts with this")
-    r.add_argument("--quick", action="store_true", help="one representative layer per kernel family")
-    r.add_argument("--json", action="store_true", help="one JSON object per row, then one per model")
-    r.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), action="append", help="only these dtypes")
-    r.add_argument("--jobs", type=positive_int, default=2, help="parallel compiles (default 2)")
+    report.add_options(r)
     r.set_defaults(fn=cmd_report)
     _add_train_parser(sub)
     d = sub.add_parser("demo", help="the main job: bench all on a GPU; else check all + summary googlenet")

@@ -799,6 +799,17 @@ def _reexec_without_interpreter(argv: list[str]) -> int | None:
     return subprocess.run([sys.executable, "-m", "cnnkernels.report", *argv], env=env).returncode
 
 
+def add_options(parser) -> None:
+    """The report's options, shared by ``cnnkernels report``."""
+    from cnnkernels.cli import positive_int
+
+    parser.add_argument("--json", action="store_true", help="one JSON object per row, then one per model")
+    parser.add_argument("--quick", action="store_true", help="one representative layer per kernel family")
+    parser.add_argument("--kernel", default="", help="only the kernel families whose name starts with this")
+    parser.add_argument("--dtype", choices=DTYPES, action="append", help="only these dtypes (repeatable)")
+    parser.add_argument("--jobs", type=positive_int, default=2, help="compile in this many processes (default: 2)")
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -807,16 +818,10 @@ def main(argv: list[str] | None = None) -> int:
     if rc is not None:
         return rc
     parser = argparse.ArgumentParser(prog="python -m cnnkernels.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="one JSON object per row, then one per model")
-    parser.add_argument("--quick", action="store_true", help="one representative layer per kernel family")
-    parser.add_argument("--kernel", default="", help="only the kernel families whose name starts with this")
-    parser.add_argument("--dtype", choices=DTYPES, action="append", help="only these dtypes (repeatable)")
-    parser.add_argument(
-        "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile in this many processes (default: 2)"
-    )
+    add_options(parser)
     args = parser.parse_args(argv)
     rows, counts = run_report(
-        quick=args.quick, kernel_prefix=args.kernel, dtypes=tuple(args.dtype or DTYPES), jobs=max(1, args.jobs)
+        quick=args.quick, kernel_prefix=args.kernel, dtypes=tuple(args.dtype or DTYPES), jobs=args.jobs
     )
     if all(r.anchor for r in rows):
         print(f"no kernel family starts with {args.kernel!r}", file=sys.stderr)

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from cnnkernels import cli as _cli
-from cnnkernels.cli import CPU_SIZE, MODELS, TrainConfig, UsageError, _secs
+from cnnkernels.cli import CPU_SIZE, TrainConfig, UsageError, _secs
 
 __all__ = ["TrainConfig", "train", "save_checkpoint", "load_checkpoint", "build_model", "SyntheticImages"]
 
@@ -393,9 +393,7 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
     if cfg.checkpoint and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.checkpoint))):
         raise UsageError(f"--checkpoint: the folder of {cfg.checkpoint} does not exist")
     device = _device(where)
-    key = cfg.model.lower() if ":" not in cfg.model else None
-    default_size = 224 if device.type == "cuda" else CPU_SIZE.get(key, 28) if key in MODELS else 28
-    size = cfg.size or default_size
+    size = cfg.size or (224 if device.type == "cuda" else CPU_SIZE.get(cfg.model.lower(), 28))
     dtype = cfg.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     if dtype not in AMP:
         raise UsageError(f"--dtype: training runs in fp32, bf16 or fp16 (fp32 master weights), got {dtype}")
@@ -403,16 +401,15 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
     steps_per_epoch = len(train_set) // cfg.batch
     if steps_per_epoch == 0:
         raise UsageError(f"--batch: the global batch {cfg.batch} is larger than the {len(train_set)} training images")
-    resume_state = None
+    resume_state, settings = None, dict(dataclasses.asdict(cfg), size=size, dtype=dtype)
     if cfg.resume and os.path.exists(cfg.checkpoint):
         resume_state = load_checkpoint(cfg.checkpoint)
         saved = resume_state.get("config", {})
-        now = dict(dataclasses.asdict(cfg), size=size, dtype=dtype)
         for k in _RESUME_MUST_MATCH:
-            if k in saved and saved[k] != now[k]:
+            if k in saved and saved[k] != settings[k]:
                 flag = "model" if k == "model" else f"--{k.replace('_', '-')}"
                 raise UsageError(
-                    f"{flag}: {now[k]!r} differs from the checkpoint's {saved[k]!r} ({cfg.checkpoint}); "
+                    f"{flag}: {settings[k]!r} differs from the checkpoint's {saved[k]!r} ({cfg.checkpoint}); "
                     "a resumed run must use the same settings"
                 )
     _seed_everything(cfg.seed)
@@ -448,14 +445,11 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             net = DDP(
-                model,
-                device_ids=[device.index] if device.type == "cuda" else None,
-                bucket_cap_mb=cfg.bucket_cap_mb,
+                model, device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=cfg.bucket_cap_mb
             )
-        local_batch = cfg.batch // where.world
         micro = local_batch // cfg.accum
         workers = (
-            cfg.workers if cfg.workers is not None else (min(4, os.cpu_count() or 1) if device.type == "cuda" else 0)
+            cfg.workers if cfg.workers is not None else min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
         )
         val_images = cfg.val_images if cfg.val_images is not None else (10**9 if device.type == "cuda" else cfg.batch)
 
@@ -484,7 +478,7 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
                 "step_in_epoch": at_step % steps_per_epoch,
                 "world_size": where.world,
                 "rng": rngs,
-                "config": dict(dataclasses.asdict(cfg), size=size, dtype=dtype),
+                "config": settings,
             }
 
         def checkpoint(at_step: int) -> None:

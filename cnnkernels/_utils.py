@@ -1,8 +1,4 @@
-"""Argument normalisation and validation shared by the user-facing ops.
-
-Every check runs before any kernel does, and raises ``TypeError``/``ValueError`` naming the
-argument; nothing here modifies a tensor.
-"""
+"""Argument normalisation and validation shared by the user-facing ops (errors name the argument)."""
 
 from __future__ import annotations
 
@@ -28,17 +24,14 @@ def as_int(value, name: str) -> int:
 
 def pair(value, name: str) -> tuple[int, int]:
     """An int or a sequence of one or two ints, as ``torch.nn.functional`` takes them."""
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) in (1, 2):
-        try:
-            ints = [as_int(v, name) for v in value]
-        except TypeError:
-            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
-        return (ints[0], ints[-1])
     try:
+        if isinstance(value, Sequence) and not isinstance(value, str) and len(value) in (1, 2):
+            ints = [as_int(v, name) for v in value]
+            return (ints[0], ints[-1])
         v = as_int(value, name)
+        return v, v
     except TypeError:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
-    return v, v
 
 
 def check_tensor(t, name: str, dims: tuple[int, ...]) -> None:
@@ -66,9 +59,8 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 def autocast_inputs(input, weight, *optional):
-    """``(input, weight, *optional)`` as ``nn.Conv2d`` sees them under an active autocast: when
-    input and weight are fp16/bf16/fp32, each of them and every optional floating tensor is cast
-    to the autocast dtype; anything else (no autocast, fp64, a non-tensor) passes unchanged."""
+    """``(input, weight, *optional)`` as ``nn.Conv2d`` sees them under an active autocast (fp16,
+    bf16 and fp32 tensors cast; anything else unchanged)."""
     if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
         return (input, weight, *optional)
     cast = autocast_dtype(input.device.type)
@@ -80,8 +72,7 @@ def autocast_inputs(input, weight, *optional):
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
-    """Whether a 4-D tensor is laid out NHWC, judged by its strides as torch does (a 1-channel
-    tensor is contiguous in both formats; its strides still tell which one it was made in)."""
+    """Whether a 4-D tensor is laid out NHWC, judged by its strides as torch does."""
     return x.dim() == 4 and suggest_memory_format(x) == torch.channels_last
 
 

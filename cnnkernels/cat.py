@@ -40,8 +40,7 @@ class CatFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, dim, *tensors):
-        ctx.dim = dim
-        ctx.sizes = [None if _k.is_legacy_empty(t, tensors) else t.shape[dim] for t in tensors]
+        _setup_cat(ctx, (tensors, dim), None)
         return torch.ops.cnnkernels.cat(list(tensors), dim)
 
     @staticmethod
@@ -50,14 +49,10 @@ class CatFunction(torch.autograd.Function):
 
 
 def _slices(ctx, grad_y) -> list[Tensor]:
-    grads = []
-    offset = 0
-    for size in ctx.sizes:
-        if size is None:  # a legacy 1-D empty input took no part
-            grads.append(grad_y.new_empty((0,)))
-            continue
-        grads.append(grad_y.narrow(ctx.dim, offset, size))
-        offset += size
+    grads, offset = [], 0
+    for size in ctx.sizes:  # None: a legacy 1-D empty input, which took no part
+        grads.append(grad_y.new_empty((0,)) if size is None else grad_y.narrow(ctx.dim, offset, size))
+        offset += size or 0
     return grads
 
 

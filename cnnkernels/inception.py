@@ -12,12 +12,9 @@ channel slice of it, so the concatenation costs no copy and no extra memory pass
 
 Backward hands each branch a slice (a view) of dOut, again without copies: each conv's dY is
 masked (ReLU, from the saved ``out`` and ``scratch``) and its db summed in one elementwise pass,
-the 3x3 and 5x5 convs write their dX into the matching channel slices of one d_scratch buffer,
-and the three 1x1 convs' dY' is joined from dOut[:, :c1] and d_scratch by that same pass. The
-pool branch: with ``pooled`` None (what ``cnnkernels.nn.Inception`` passes) the 1x1 GEMM pools x as
-it loads it (``kernels/convpool.py``), nothing pooled is written or saved, and the backward
-recomputes the pool (and its argmax) from the saved x and adds its dX to the block's; with a
-pooled tensor given, that tensor is an input of its own whose gradient torch's autograd routes. Parameters stay per branch, so ``state_dict`` keys are the seed's.
+the 3x3 and 5x5 convs write their dX into slices of one d_scratch buffer, joined with
+dOut[:, :c1] for the three 1x1 convs. With ``pooled`` None the pool branch's GEMM pools x as it
+loads it and the backward recomputes the pool from x. Parameters stay per branch (seed's keys).
 """
 
 from __future__ import annotations
@@ -54,9 +51,8 @@ def inception_op(
     w4: Tensor,
     b4: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns (out, scratch, w_cat): the block's output, the two reduce-conv outputs, and the
-    stacked input-side 1x1 weights (kept for the backward, so it does not stack them again).
-    ``pooled`` None: the pool branch's 3x3/1 max pool runs while its 1x1 GEMM loads x."""
+    """Returns (out, scratch, w_cat): the output, the reduce convs' outputs, the stacked 1x1
+    weights. ``pooled`` None: the pool branch pools x while its GEMM loads it."""
     n, _, h, w = x.shape
     c1, c2a, c2b, c3a, c3b, c4 = w1.shape[0], w21.shape[0], w22.shape[0], w31.shape[0], w32.shape[0], w4.shape[0]
     kw = dict(device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
@@ -122,11 +118,8 @@ def inception_backward_op(
 
 
 class InceptionFunction(torch.autograd.Function):
-    """Inputs: x, the max-pooled x, then (weight, bias) of b1_1, b2_1, b2_2, b3_1, b3_2, b4_2.
-
-    With ``create_graph=True`` the backward re-runs the block as separate differentiable
-    ``cnnkernels`` ops (conv + ReLU per branch, then ``cat``) from the saved inputs and takes
-    their gradients with the graph kept, so higher-order gradients are exact."""
+    """Inputs: x, the max-pooled x (or None), then (weight, bias) of b1_1, b2_1, b2_2, b3_1, b3_2,
+    b4_2. With ``create_graph=True`` the backward re-runs the block as differentiable ops."""
 
     @staticmethod
     def forward(ctx, x, pooled, *params):
@@ -146,7 +139,7 @@ class InceptionFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, pooled, out, scratch, w_cat, *params = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
-            return _composed_grads(ctx, grad_out, x, pooled, params)
+            return recompute_grads(_block, (x, pooled, *params), (grad_out,), ctx.needs_input_grad)
         w22, w32, w4 = params[4], params[8], params[10]
         on_load = pooled is None  # pooled while loaded: recompute it (and its argmax) from x
         if on_load:
@@ -164,18 +157,10 @@ class InceptionFunction(torch.autograd.Function):
         return dx, d_pooled, dw1, db1, dw21, db21, dw22, db22, dw31, db31, dw32, db32, dw4, db4
 
 
-def _composed_grads(ctx, grad_out, x, pooled, params):
-    """The block's gradients through its separate differentiable ops, graph kept."""
-    return recompute_grads(_block, (x, pooled, *params), (grad_out,), ctx.needs_input_grad)
-
-
 def recompute_grads(fn, inputs, grad_outputs, needs, create_graph=True):
-    """Gradients of ``fn(*inputs)`` (a tuple of tensors) for the inputs flagged in ``needs``,
-    by re-running ``fn`` from differentiable ``cnnkernels`` ops and taking ``autograd.grad``.
-    An input that takes part in an outer graph enters as an alias (``view_as``), so its
-    gradient counts only its own uses here (not paths through other inputs computed from it,
-    such as the pooled input from x) and stays connected to that graph: with ``create_graph``
-    the result is differentiable again. None for the inputs not flagged."""
+    """Gradients of ``fn(*inputs)`` (a tuple of tensors) for the inputs flagged in ``needs`` (None
+    for the rest), by re-running ``fn`` under autograd. Inputs in an outer graph enter as aliases,
+    so each gradient counts only its own uses and stays connected to that graph."""
     with torch.enable_grad():
         leaves = [
             None if t is None else t.view_as(t) if t.requires_grad else t.detach().requires_grad_(n)

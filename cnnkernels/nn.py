@@ -100,15 +100,10 @@ class Inception(nn.Module):
 
     def _materialize(self, x: Tensor) -> None:
         """Infer every lazy conv's in_channels from shapes alone (no computation)."""
-        c = x.shape[-3]
-        for conv, c_in in (
-            (self.b1_1, c),
-            (self.b2_1, c),
-            (self.b3_1, c),
-            (self.b4_2, c),
-            (self.b2_2, self.b2_1.out_channels),
-            (self.b3_2, self.b3_1.out_channels),
-        ):
+        reduce = {"b2_2": self.b2_1, "b3_2": self.b3_1}
+        for name in self._GEOMETRY:
+            conv = getattr(self, name)
+            c_in = reduce[name].out_channels if name in reduce else x.shape[-3]
             if isinstance(conv, nn.modules.lazy.LazyModuleMixin) and conv.has_uninitialized_params():
                 conv._infer_parameters(conv, (x.new_empty((1, c_in, 1, 1)),))
 
@@ -128,9 +123,8 @@ class Inception(nn.Module):
         return geometry in ((3, 1, 1, 1, False, False), ((3, 3), (1, 1), (1, 1), (1, 1), False, False))
 
     def _check_branches(self) -> None:
-        """The block runs its branches as one fused computation from their parameters, not by
-        calling them: refuse anything it would silently ignore (a swapped or re-shaped branch,
-        a missing bias, hooks such as pruning or weight norm)."""
+        """Refuse what the fused block, which reads the branches' parameters without calling
+        them, would silently ignore (swapped or re-shaped branches, no bias, hooks)."""
         for name, (k, pad) in self._GEOMETRY.items():
             conv = getattr(self, name)
             if not isinstance(conv, Conv2dReLU):
@@ -163,8 +157,7 @@ class Inception(nn.Module):
             raise ValueError("Inception.b4_1 has forward hooks, which the fused block would not run")
 
     def _fast_key(self, x: Tensor):
-        """The fast-path key of a call (see ``cnnkernels._fast``): the input, every parameter and
-        the submodules with their hooks, so any change the checks below would see misses it."""
+        """The fast-path key (``cnnkernels._fast``): input, parameters, submodules and hooks."""
         mods = self._modules
         convs = (mods["b1_1"], mods["b2_1"], mods["b2_2"], mods["b3_1"], mods["b3_2"], mods["b4_2"])
         params = []
@@ -207,9 +200,7 @@ class Inception(nn.Module):
         pooled = None  # the pool branch pools while its 1x1 GEMM loads x: no pooled tensor
 
         def plan(record, out):
-            # The op stacks the three input-side 1x1 weights and biases with torch.cat: the
-            # first launch's second and third arguments, recomputed by the plan. Its fifth is
-            # the reduce convs' output (scratch), which the backward needs.
+            # First launch: args 1-2 the stacked 1x1 weights and biases (recomputed), 4 the scratch.
             if len(record) != 4:
                 raise _fast.Unplannable(f"{len(record)} launches, not the block's 4")
             w_cat, b_cat, scratch = record[0][2][1], record[0][2][2], record[0][2][4]
@@ -224,10 +215,8 @@ class Inception(nn.Module):
 
 
 class InceptionPlan:
-    """An Inception call's plan (see ``cnnkernels._fast``): the block's four launches. The three
-    input-side 1x1 weights are stacked anew on each call (a few KB): a cache keyed on the
-    weights' version counters would go stale under writes through ``.data``, which do not move
-    them."""
+    """An Inception call's plan (``cnnkernels._fast``): its four launches. The 1x1 weights are
+    stacked anew per call (a few KB): writes through ``.data`` would stale a cache."""
 
     def __init__(self, launches, unbatched, grad):
         self.launches, self.unbatched, self.grad = launches, unbatched, grad
@@ -249,8 +238,7 @@ class InceptionPlan:
 
 
 class PlannedInceptionFunction(torch.autograd.Function):
-    """``InceptionFunction`` replayed from an ``InceptionPlan``: same launches, saved tensors
-    and backward."""
+    """``InceptionFunction`` replayed from an ``InceptionPlan``."""
 
     @staticmethod
     def forward(ctx, x, pooled, *params_and_plan):
@@ -266,8 +254,7 @@ class PlannedInceptionFunction(torch.autograd.Function):
 
 
 class _PoolAfter:
-    """The max pool of ``Conv2dReLUMaxPool2d`` and its lazy twin: the pool's keyword arguments,
-    ``forward`` on the fused op, ``producer`` and the repr."""
+    """The max pool of ``Conv2dReLUMaxPool2d`` and its lazy twin."""
 
     def __init__(
         self, *args, pool_kernel_size=2, pool_stride=None, pool_padding=0, pool_dilation=1, ceil_mode=False, **kwargs
@@ -291,9 +278,8 @@ class _PoolAfter:
 
     @property
     def producer(self):
-        """The 1x1 conv + ReLU module before this one whose output this op recomputes in its
-        backward instead of saving it (``cnnkernels.fusion`` sets it; its placeholder passes its
-        input through), or None. A reference, not a child: ``state_dict`` keys stay."""
+        """The 1x1 conv + ReLU before this one that this op applies and recomputes in backward
+        (set by ``cnnkernels.fusion``; a reference, not a child), or None."""
         return self.__dict__.get("_producer")
 
     def extra_repr(self) -> str:
@@ -312,12 +298,9 @@ def _set_pool(module, kernel_size, stride, padding, dilation, ceil_mode) -> None
 
 
 class Conv2dReLUMaxPool2d(_PoolAfter, Conv2dReLU):
-    """``nn.Conv2d`` + ReLU + ``nn.MaxPool2d`` as one op (``functional.conv2d_relu_max_pool2d``):
-    the conv's parameters and ``state_dict`` are ``nn.Conv2d``'s; the pool's arguments are the
-    keyword arguments ``pool_kernel_size``, ``pool_stride`` (None: the kernel size),
-    ``pool_padding``, ``pool_dilation`` and ``ceil_mode``. Only the pooled output and an int8
-    argmax are saved for backward. Inside ``cnnkernels.convpool.layer_by_layer()`` it returns the
-    conv + ReLU output alone (the pool placeholder after it then pools)."""
+    """``nn.Conv2d`` + ReLU + ``nn.MaxPool2d`` as one op, with ``nn.Conv2d``'s parameters; the pool
+    takes ``pool_kernel_size``, ``pool_stride``, ``pool_padding``, ``pool_dilation``, ``ceil_mode``.
+    Inside ``cnnkernels.convpool.layer_by_layer()`` it skips the pool."""
 
 
 class LazyConv2dReLUMaxPool2d(_PoolAfter, LazyConv2dReLU):

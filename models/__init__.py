@@ -1,20 +1,10 @@
-"""AlexNet, VGG, NiN and GoogLeNet on the ``cnnkernels`` kernels, and their ``torch.nn`` twins in
-``cnnkernels.models.reference``. Each architecture is written once, in ``torch.nn``
-(``models/<name>.py``); the fused class is ``cnnkernels.fuse`` of it (``fused_model``).
+"""AlexNet, VGG, NiN and GoogLeNet on the ``cnnkernels`` kernels: ``cnnkernels.fuse`` of their
+``torch.nn`` twins in ``cnnkernels.models.reference``, with the same constructor arguments, layer
+order and ``state_dict`` keys, so weights move either way with ``load_state_dict``.
 
-A fused model has the same constructor arguments, layer order and ``state_dict`` keys as its
-twin: each ReLU fused into its convolution leaves a ``FusedReLU`` placeholder at the ReLU's
-index of ``net``. Weights therefore move either way with plain ``load_state_dict``, which is
-all ``from_reference`` and ``to_reference`` do.
-
-Every model: ``forward`` maps NCHW images to logits; ``layer_summary(shape)`` prints each
-layer's output shape as the course does (``shape_only=True`` for a shape-only run on the meta
-device); ``min_input_size`` is the smallest image side the architecture admits (AlexNet 65,
-NiN 67, VGG 2**len(arch), GoogLeNet 1); a fused model rejects a smaller input with a
-``ValueError`` before anything runs, and converts its input to channels_last. Lazy layers get
-their input sizes at the first call (or from ``materialize(shape)``) from a shape-only run of the
-twin on the meta device, then conv and linear weights are Xavier-uniform (d2l's ``init_cnn``),
-so the first batch already computes with them. fp32, fp16, bf16 (``model.to(dtype)``).
+Every model maps NCHW images to logits, has ``layer_summary(shape)`` and ``min_input_size``
+(AlexNet 65, NiN 67, VGG 2**len(arch), GoogLeNet 1); a fused model rejects a smaller input with
+a ``ValueError`` and converts its input to channels_last.
 """
 
 from __future__ import annotations
@@ -46,8 +36,7 @@ def _twin(model: nn.Module, source: dict[str, type], target: dict[str, type], di
             "(or load a state_dict into it) first"
         )
     twin = target[name](**model.hparams)
-    # load_state_dict materialises the twin's lazy parameters at the saved shapes; their first
-    # forward then only switches their class, so no dummy batch is needed.
+    # load_state_dict materialises the twin's lazy parameters at the saved shapes.
     twin.load_state_dict(model.state_dict())
     first = next(model.parameters(), None)
     if first is not None:
@@ -56,13 +45,11 @@ def _twin(model: nn.Module, source: dict[str, type], target: dict[str, type], di
 
 
 def from_reference(ref: nn.Module) -> nn.Module:
-    """The fused model with the weights of ``ref`` (a ``cnnkernels.models.reference`` model
-    whose lazy layers are materialised): same class name and constructor arguments, then
-    ``load_state_dict(ref.state_dict())``, then ``ref``'s device, dtype and train/eval mode."""
+    """The fused model with the weights, device, dtype and mode of the materialised reference
+    model ``ref``."""
     return _twin(ref, _REFERENCE, _FUSED, "from_reference")
 
 
 def to_reference(model: nn.Module) -> nn.Module:
-    """The ``torch.nn`` twin of a fused model, with its weights: the inverse of
-    ``from_reference``, done the same way."""
+    """The ``torch.nn`` twin of a fused model, with its weights: the inverse of ``from_reference``."""
     return _twin(model, _FUSED, _REFERENCE, "to_reference")

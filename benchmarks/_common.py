@@ -219,9 +219,7 @@ def conv_callable(layer: roofline.Layer, provider: str, mode: str):
     import torch
     import torch.nn.functional as F
 
-    n, c, h, w = layer.in_shape
-    k = layer.out_shape[1]
-    r, s = layer.kernel
+    c, k, (r, s) = layer.in_shape[1], layer.out_shape[1], layer.kernel
     grad = mode != "forward"
     x = _activation(layer.in_shape, layer.dtype, grad and layer.needs_input_grad)
     weight = (torch.randn(k, c, r, s, device=DEVICE) * (c * r * s) ** -0.5).to(getattr(torch, layer.dtype))

@@ -134,17 +134,15 @@ class Layer:
 
     def nbytes(self, mode: str = "forward") -> int:
         """Fewest bytes of ``mode``: "forward", "backward" or "train" (training forward + backward)."""
-        return {"forward": self.bytes_fwd, "backward": self.bytes_bwd, "train": self.bytes_fwd_train + self.bytes_bwd}[
-            mode
-        ]
+        train = self.bytes_fwd_train + self.bytes_bwd
+        return {"forward": self.bytes_fwd, "backward": self.bytes_bwd, "train": train}[mode]
 
     def floor_s(self, gpu: str = "H100", mode: str = "forward") -> float:
         """Floor time on ``gpu`` (a ``GPU_CEILINGS`` key); "train" adds the forward and backward floors."""
         c = GPU_CEILINGS[gpu]
         if mode == "train":
-            return c.floor_s(self.flops_fwd, self.bytes_fwd_train, self.dtype) + c.floor_s(
-                self.flops_bwd, self.bytes_bwd, self.dtype
-            )
+            fwd = c.floor_s(self.flops_fwd, self.bytes_fwd_train, self.dtype)
+            return fwd + c.floor_s(self.flops_bwd, self.bytes_bwd, self.dtype)
         return c.floor_s(self.flops(mode), self.nbytes(mode), self.dtype)
 
 

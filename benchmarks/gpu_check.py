@@ -93,9 +93,8 @@ def node_ids(section: str, max_autotune: bool = False) -> list[str]:
     if section == "ceilings":
         return ["benchmarks/test_bench_ceilings.py"]
     if section == "conv":
-        return ids("conv", largest(LAYER_OPS["conv"][0], "flops_fwd", 4)) + ids(
-            "conv1x1", largest(LAYER_OPS["conv1x1"][0], "flops_fwd", 1)
-        )
+        convs = largest(LAYER_OPS["conv"][0], "flops_fwd", 4)
+        return ids("conv", convs) + ids("conv1x1", largest(LAYER_OPS["conv1x1"][0], "flops_fwd", 1))
     if section == "pool":
         maxpools = largest(lambda r: r.kind == "maxpool", "bytes_fwd", 3)
         return ids("pool", maxpools + largest(lambda r: r.kind == "avgpool", "bytes_fwd", 1))
@@ -193,12 +192,10 @@ class Check:
                 if ceiling in ceil and r.get(metric):
                     r[key] = r[metric] / ceil[ceiling][metric]
         med = {(r["model"], r["mode"], r["provider"]): r["median_ms"] for r in self.results["models"]}
+        bases = {"torch.compile": "speedup_vs_torch_compile", "torch.compile-max-autotune": "speedup_vs_max_autotune"}
         for r in self.results["models"]:
             if r["provider"] == "cnnkernels":
-                for base, key in (
-                    ("torch.compile", "speedup_vs_torch_compile"),
-                    ("torch.compile-max-autotune", "speedup_vs_max_autotune"),
-                ):
+                for base, key in bases.items():
                     if (r["model"], r["mode"], base) in med:
                         r[key] = med[(r["model"], r["mode"], base)] / r["median_ms"]
 

@@ -95,8 +95,7 @@ def gpu_info() -> dict:
     import torch
     import triton
 
-    props = torch.cuda.get_device_properties(0)
-    name = torch.cuda.get_device_name(0)
+    props, name = torch.cuda.get_device_properties(0), torch.cuda.get_device_name(0)
     return {
         "gpu": name,
         "capability": f"{props.major}.{props.minor}",

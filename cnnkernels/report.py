@@ -81,8 +81,7 @@ class Launch:
 
     @property
     def family(self) -> str:
-        name = self.jit_fn.__name__
-        return name.strip("_").removesuffix("_kernel")
+        return self.jit_fn.__name__.strip("_").removesuffix("_kernel")
 
     @property
     def dtype(self) -> str:
@@ -482,14 +481,13 @@ def _ptxas_warnings(ptx: str, fp_fusion: bool) -> list[str]:
 
     from triton.backends.nvidia import compiler as nv
 
-    arch = "sm_90a"
     extra = ["--regAllocOptLevel=2"] if "regAllocOptLevel" in inspect.getsource(nv.CUDABackend.make_cubin) else []
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
         cmd = [_tool("ptxas"), "-lineinfo", "-v", "--warn-on-spills", *(["--fmad=false"] if not fp_fusion else [])]
-        cmd += [*extra, f"--gpu-name={arch}", src, "-o", os.path.join(d, "k.o")]
+        cmd += [*extra, "--gpu-name=sm_90a", src, "-o", os.path.join(d, "k.o")]
         log = _run(cmd).stderr
     # C7515 and its kin come as "info : (C7515) Potential Performance Loss: ..."
     spill = {"spill"} if re.search(r"warning\s*:.*spill", log, re.IGNORECASE) else set()
@@ -501,8 +499,7 @@ _ANALYSIS_VERSION = 2  # bump when ``analyse`` changes what it stores
 
 def analyse(kernel) -> dict:
     """Everything the report reads from one compiled kernel, cached on disk by its code."""
-    ptx = kernel.asm["ptx"]
-    cubin = kernel.asm["cubin"]
+    ptx, cubin = kernel.asm["ptx"], kernel.asm["cubin"]
     key = hashlib.sha256(cubin + ptx.encode() + f"{_tool('ptxas')} {_ANALYSIS_VERSION}".encode()).hexdigest()[:32]
     path = os.path.join(_cache_dir(), key + ".json")
     with contextlib.suppress(OSError, ValueError):

@@ -396,8 +396,7 @@ def totals_of(model: str, rows: Sequence[Layer]) -> ModelTotals:
     """Sum a layer table (as ``layer_table`` returns it) into a ``ModelTotals`` labelled ``model``."""
     dtype = rows[0].dtype
     sums = {f: sum(getattr(r, f) for r in rows) for f in ("params", "flops_fwd", "bytes_fwd", "flops_bwd", "bytes_bwd")}
-    params = sums["params"]
-    sgd_flops, sgd_bytes = 2 * params, 3 * params * DTYPE_BYTES[dtype]
+    sgd_flops, sgd_bytes = 2 * sums["params"], 3 * sums["params"] * DTYPE_BYTES[dtype]
     floors = {
         mode: {gpu: sum(r.floor_s(gpu, mode) for r in rows) for gpu in GPU_CEILINGS}
         for mode in ("forward", "backward", "train")
@@ -438,9 +437,8 @@ def readme_table(batch: int = 128, dtype: str = "bfloat16") -> str:
     ]
     for m in MODELS:
         t = model_totals(m, batch=batch, dtype=dtype)
-        split = " / ".join(
-            f"{v / 1e9:.2f}" for v in (t.unfused_relu_bytes_fwd, t.unfused_cat_bytes_fwd, t.unfused_pool_bytes_fwd)
-        )
+        parts = (t.unfused_relu_bytes_fwd, t.unfused_cat_bytes_fwd, t.unfused_pool_bytes_fwd)
+        split = " / ".join(f"{v / 1e9:.2f}" for v in parts)
         lines.append(
             f"| {'VGG-11' if m == 'VGG' else m} | {t.bytes_fwd / 1e9:.2f} GB | {t.unfused_extra_bytes_fwd / 1e9:.2f} GB "
             f"| {split} GB | {t.unfused_extra_bytes_train / 1e9:.2f} GB |"

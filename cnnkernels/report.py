@@ -45,7 +45,8 @@ LIMITS: dict[str, object] = {
     # main-loop instructions per HGMMA over the same-dtype pointer anchor's, for these dtypes
     "max_loop_ratio": 1.3,
     "loop_ratio_dtypes": ("bf16", "fp16"),
-    "max_loop_wait0": None,  # wgmma waits to zero per main-loop iteration
+    "max_loop_wait0": 0,  # wgmma waits to zero per main-loop iteration
+    "hgmma_operands": "SS",  # both wgmma operands from shared memory (RS: A from registers)
 }
 
 # Hopper (H100/H200) per-SM resources for CTAs per SM.
@@ -606,6 +607,8 @@ def check(row: Row) -> list[str]:
         bad.append(f"loop ratio {ratio:.2f}")
     if LIMITS["max_loop_wait0"] is not None and (row.loop_wait0 or 0) > LIMITS["max_loop_wait0"]:
         bad.append(f"{row.loop_wait0} wgmma waits to zero per iteration")
+    if LIMITS["hgmma_operands"] is not None and row.hgmma and row.operands != LIMITS["hgmma_operands"]:
+        bad.append(f"wgmma operands {row.operands}")
     return bad
 
 

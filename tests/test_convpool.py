@@ -152,7 +152,19 @@ def test_one_kernel_ties_nan_and_argmax_like_torch(x_shape, k, r, stride, paddin
     w = torch.randint(-1, 2, (k, x_shape[1], r, r), device=DEVICE).double()
     b = torch.randint(-2, 3, (k,), device=DEVICE).double()
     y, arg = torch.ops.cnnkernels.conv2d_relu_max_pool2d(
-        x, w, b, [stride] * 2, [padding] * 4, [dilation] * 2, 1, [pk] * 2, [ps] * 2, [pp] * 2, [1, 1], ceil, False,
+        x,
+        w,
+        b,
+        [stride] * 2,
+        [padding] * 4,
+        [dilation] * 2,
+        1,
+        [pk] * 2,
+        [ps] * 2,
+        [pp] * 2,
+        [1, 1],
+        ceil,
+        False,
         True,
     )
     z = F.relu(F.conv2d(x, w, b, stride, padding, dilation))

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from . import nn as cnn
+from ._utils import FLOAT_DTYPES as _FLOATS
 from .conv import conv2d as _conv2d
 
 __all__ = [
@@ -39,8 +41,6 @@ __all__ = [
     "Conv2dBatchNorm",
     "concat",
 ]
-
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class FusedReLU(nn.Identity):
@@ -206,12 +206,15 @@ def _path(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+_HOOKS = "has hooks, which a fused kernel would bypass"
+
+
 def _conv_refusal(m: nn.Module) -> str | None:
     """Why a Conv2d (exact torch or cnnkernels class) cannot go on the kernel, or None."""
     if m.padding_mode != "zeros":
         return f"padding_mode={m.padding_mode!r}: the kernel pads with zeros only"
     if _has_hooks(m):
-        return "has hooks, which a fused kernel would bypass"
+        return _HOOKS
     w = m.weight
     if not isinstance(w, nn.parameter.UninitializedParameter) and w.dtype not in _FLOATS:
         return f"dtype {w.dtype}: the kernel takes fp16, bf16, fp32 and fp64"
@@ -244,8 +247,11 @@ def _is_bn(m: nn.Module, conv: nn.Module) -> bool:
     )
 
 
-def _lazy(cls: type, conv: nn.Module, **kwargs) -> nn.Module:
-    """A new lazy ``cls`` with lazy ``conv``'s configuration, device, dtype and mode."""
+def _convert(cls: type, conv: nn.Module, **kwargs) -> nn.Module:
+    """A new lazy ``cls`` with lazy ``conv``'s configuration, device, dtype and mode; for a
+    materialised ``conv``, ``cls.cls_to_become`` sharing its state."""
+    if not isinstance(conv, LazyModuleMixin):
+        return _adopt(cls.cls_to_become, conv)
     geometry = (conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups)
     w = conv.weight
     new = cls(*geometry, conv.bias is not None, conv.padding_mode, device=w.device, dtype=w.dtype, **kwargs)
@@ -254,10 +260,8 @@ def _lazy(cls: type, conv: nn.Module, **kwargs) -> nn.Module:
 
 def _fused_conv(conv: nn.Module, bn: nn.Module | None, relu: bool) -> tuple[nn.Module, nn.Module | None]:
     """(the conv's replacement, the BatchNorm's placeholder or None)."""
-    if type(conv) in _LAZY_CONVS:
-        return _lazy(cnn.LazyConv2dReLU if relu else cnn.LazyConv2d, conv), None
     if bn is None:
-        return _adopt(cnn.Conv2dReLU if relu else cnn.Conv2d, conv), None
+        return _convert(cnn.LazyConv2dReLU if relu else cnn.LazyConv2d, conv), None
     new = _adopt(Conv2dBatchNorm, conv)
     placeholder = _adopt(FoldedBatchNorm2d, bn)
     new.__dict__["_bn"] = placeholder  # a reference, not a registered child: keys stay the original's
@@ -266,16 +270,8 @@ def _fused_conv(conv: nn.Module, bn: nn.Module | None, relu: bool) -> tuple[nn.M
 
 
 _LEAVES = {nn.MaxPool2d: cnn.MaxPool2d, nn.AdaptiveAvgPool2d: cnn.AdaptiveAvgPool2d}
-_OURS = (
-    cnn.Conv2d,
-    cnn.LazyConv2d,
-    cnn.MaxPool2d,
-    cnn.AdaptiveAvgPool2d,
-    cnn.Inception,
-    FusedReLU,
-    FusedMaxPool2d,
-    FoldedBatchNorm2d,
-)  # RecomputedConv2dReLU is a cnn.Conv2d
+# (RecomputedConv2dReLU is a cnn.Conv2d.)
+_OURS = (*_LEAVES.values(), cnn.Conv2d, cnn.LazyConv2d, cnn.Inception, FusedReLU, FusedMaxPool2d, FoldedBatchNorm2d)
 
 
 class _Fuser:
@@ -305,30 +301,27 @@ class _Fuser:
         if isinstance(m, _OURS):
             self.note(path, t.__name__, t.__name__, "already cnnkernels")
             return m
-        if _is_conv(m):
-            why = _conv_refusal(m)
-            if why:
-                self.note(path, t.__name__, "torch", why)
-                return m
-            new, _ = _fused_conv(m, None, False)
-            self.note(path, t.__name__, type(new).__name__)
-            return new
-        if t in _LEAVES:
-            if _has_hooks(m):
-                self.note(path, t.__name__, "torch", "has hooks, which a fused kernel would bypass")
-                return m
-            new = _adopt(_LEAVES[t], m)
-            self.note(path, t.__name__, type(new).__name__)
-            return new
-        if t is nn.ReLU:
-            self.note(path, "ReLU", "torch", "does not follow a Conv2d it could fuse into")
+        if _is_conv(m) or t in _LEAVES:
+            why = _conv_refusal(m) if _is_conv(m) else _HOOKS if _has_hooks(m) else None
+            if why is None:
+                new = _fused_conv(m, None, False)[0] if _is_conv(m) else _adopt(_LEAVES[t], m)
+                self.note(path, t.__name__, type(new).__name__)
+                return new
+        elif t is nn.ReLU:
+            why = "does not follow a Conv2d it could fuse into"
         elif t is nn.BatchNorm2d:
-            self.note(path, "BatchNorm2d", "torch", "does not follow a Conv2d it could fold into")
+            why = "does not follow a Conv2d it could fold into"
         elif isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm2d)):
-            self.note(path, t.__name__, "torch", f"a subclass of {t.__mro__[1].__name__} with its own code")
+            why = f"a subclass of {t.__mro__[1].__name__} with its own code"
         else:
-            self.note(path, t.__name__, "torch", "no cnnkernels kernel for it")
+            why = "no cnnkernels kernel for it"
+        self.note(path, t.__name__, "torch", why)
         return m
+
+    def visit_children(self, mods, path: str, skip=()) -> None:
+        for name, child in list(mods.items()):
+            if child is not None and name not in skip:
+                mods[name] = self.visit(child, _path(path, name))
 
     def visit(self, m: nn.Module, path: str) -> nn.Module:
         if not m._modules or isinstance(m, cnn.Inception):
@@ -337,9 +330,7 @@ class _Fuser:
             self.sequence(m, path)
             return m
         if type(m) in (nn.ModuleList, nn.ModuleDict):
-            for name, child in list(m._modules.items()):
-                if child is not None:
-                    m._modules[name] = self.visit(child, _path(path, name))
+            self.visit_children(m._modules, path)
             return m
         return self.traced(m, path)
 
@@ -385,20 +376,15 @@ class _Fuser:
             new = holder._modules[conv_name] = _conv_pool(conv, pool)
             producer = _pointwise_producer(holder, conv_name)
             if producer is not None:
-                new.__dict__["_producer"] = holder._modules[producer] = _recomputed(holder._modules[producer])
-                became = type(holder._modules[producer]).__name__
-                self.amend(
-                    _path(_parent(conv_path), producer), became, f"recomputed in {conv_path}'s backward, not saved"
-                )
+                p = _convert(LazyRecomputedConv2dReLU, holder._modules[producer])
+                new.__dict__["_producer"] = holder._modules[producer] = p
+                producer_path = _path(conv_path.rpartition(".")[0], producer)
+                self.amend(producer_path, type(p).__name__, f"recomputed in {conv_path}'s backward, not saved")
             seq._modules[name] = _adopt(FusedMaxPool2d, pool)
             pool_path = _path(path, name)
             self.amend(conv_path, type(new).__name__, f"{pool_path} pooled in the same kernel", "+MaxPool2d")
-            self.report[:] = [
-                FuseEntry(pool_path, "MaxPool2d", "FusedMaxPool2d", f"computed by {conv_path}")
-                if e.name == pool_path
-                else e
-                for e in self.report
-            ]
+            entry = FuseEntry(pool_path, "MaxPool2d", "FusedMaxPool2d", f"computed by {conv_path}")
+            self.report[:] = [entry if e.name == pool_path else e for e in self.report]
 
     def amend(self, name: str, became: str, why: str, was: str = "") -> None:
         """The report's entry for ``name`` now says ``became``, ``why`` added to its reason and
@@ -410,17 +396,12 @@ class _Fuser:
     # A module with its own forward: fuse across its children from its fx graph, then recurse.
     def traced(self, m: nn.Module, path: str) -> nn.Module:
         where = path or "(model)"
-        why = None
-        if _has_hooks(m) or m._state_dict_hooks or m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks:
-            why = "has hooks, which a traced copy of its forward would not carry"
-        graph = None
-        if why is None:
+        graph, why = None, "has hooks, which a traced copy of its forward would not carry"
+        if not (_has_hooks(m) or m._state_dict_hooks or m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks):
             graph, why = _trace(m)
         if graph is None:
             self.note(path, type(m).__name__, "torch", f"forward not fused across its children: {why}")
-            for name, child in list(m._modules.items()):
-                if child is not None:
-                    setattr(m, name, self.visit(child, _path(path, name)))
+            self.visit_children(m._modules, path)
             return m
         children = OrderedDict(m._modules)
         calls: dict[str, list[fx.Node]] = {}
@@ -478,18 +459,14 @@ class _Fuser:
                 self.note(label, "torch.cat", "cnnkernels cat", "one copy per input")
             elif _relu_call(node, None, children):
                 self.note(f"{where}:{_call_name(node)}", "relu", "torch", "does not follow a Conv2d it could fuse into")
-        for name, child in children.items():
-            if name not in done and child is not None:
-                children[name] = self.visit(child, _path(path, name))
+        self.visit_children(children, path, done)
         inception = _seed_inception(graph, children)
         if inception is not None:
             inception.train(m.training)
             self.note(path, type(m).__name__, "Inception", "the seed's block: zero-copy concatenation")
             return inception
         if not changed:
-            for name, child in children.items():
-                if child is not None:
-                    setattr(m, name, child)
+            m._modules.update(children)
             return m
         return _graph_module(m, graph, children)
 
@@ -509,10 +486,6 @@ def _conv_relu_tail(seq: nn.Sequential, names: list[str], path: str):
     return None
 
 
-def _parent(path: str) -> str:
-    return path.rpartition(".")[0]
-
-
 def _pointwise_producer(holder: nn.Sequential, conv_name: str) -> str | None:
     """The name of a fused pointwise 1x1 conv + ReLU right before ``conv_name`` in ``holder``
     (recomputing it costs one GEMM and saves its activation), else None."""
@@ -527,19 +500,13 @@ def _pointwise_producer(holder: nn.Sequential, conv_name: str) -> str | None:
     return names[i - 2] if pointwise and m.padding in ((0, 0), "valid") else None
 
 
-def _recomputed(conv: nn.Module) -> nn.Module:
-    if type(conv) is cnn.LazyConv2dReLU:
-        return _lazy(LazyRecomputedConv2dReLU, conv)
-    return _adopt(RecomputedConv2dReLU, conv)
-
-
 def _conv_pool(conv: nn.Module, pool: nn.MaxPool2d) -> nn.Module:
     """A ``Conv2dReLUMaxPool2d`` (lazy if ``conv`` is) with ``conv``'s state and ``pool``'s
     arguments."""
     args = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
     if type(conv) is cnn.LazyConv2dReLU:
         names = ("pool_kernel_size", "pool_stride", "pool_padding", "pool_dilation", "ceil_mode")
-        return _lazy(cnn.LazyConv2dReLUMaxPool2d, conv, **dict(zip(names, args)))
+        return _convert(cnn.LazyConv2dReLUMaxPool2d, conv, **dict(zip(names, args)))
     new = _adopt(cnn.Conv2dReLUMaxPool2d, conv)
     cnn._set_pool(new, *args)
     return new

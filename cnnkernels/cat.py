@@ -1,9 +1,5 @@
-"""Concatenation as a ``torch.library`` op and an autograd function.
-
-Op: ``cnnkernels::cat(Tensor[] tensors, int dim)``, a ``triton_op`` (one strided-copy launch per
-input). ``CatFunction`` calls it in forward; its backward is pure indexing:
-    dX_i = dY.narrow(dim, offset_i, size_i)      a view of dY, no kernel and no copy.
-"""
+"""Concatenation: the ``cnnkernels::cat`` op (one strided-copy launch per input) and
+``CatFunction``, whose backward returns views ``dY.narrow(dim, offset_i, size_i)`` (no copy)."""
 
 from __future__ import annotations
 

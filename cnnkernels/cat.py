@@ -108,9 +108,7 @@ def cat_args(tensors, dim) -> tuple[list[Tensor], int]:
 
 
 def cat(tensors, dim=0):
-    """``torch.cat``: any dim (negative counts from the end), any rank >= 1, NCHW and
-    channels_last inputs (the output is channels_last exactly when torch's would be), sizes
-    that differ along ``dim``; all inputs of one float dtype and device. The backward returns
-    views (slices) of the gradient."""
+    """``torch.cat`` for float tensors of one dtype and device: any dim and rank >= 1, NCHW or
+    channels_last (the output's layout as torch's); the backward returns views of the gradient."""
     tensors, dim = cat_args(tensors, dim)
     return CatFunction.apply(dim, *tensors)

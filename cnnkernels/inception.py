@@ -10,11 +10,9 @@ channel slice of it, so the concatenation costs no copy and no extra memory pass
     out[:, ...:...+c3b]     <- relu(b3_2(scratch[:, c2a:]))     5x5, pad 2
     out[:, -c4:]            <- relu(b4_2(maxpool3x3(x)))        1x1, x pooled while loaded
 
-Backward hands each branch a slice (a view) of dOut, again without copies: each conv's dY is
-masked (ReLU, from the saved ``out`` and ``scratch``) and its db summed in one elementwise pass,
-the 3x3 and 5x5 convs write their dX into slices of one d_scratch buffer, joined with
-dOut[:, :c1] for the three 1x1 convs. With ``pooled`` None the pool branch's GEMM pools x as it
-loads it and the backward recomputes the pool from x. Parameters stay per branch (seed's keys).
+Backward hands each branch a view of dOut; the 3x3 and 5x5 convs write their dX into one
+d_scratch buffer, joined with dOut[:, :c1] for the 1x1 convs. With ``pooled`` None the backward
+recomputes the pool from x. Parameters stay per branch (the seed's ``state_dict`` keys).
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ def to_dtype(x, dtype: tl.constexpr):
     return x.to(dtype)
 
 
-# Open launch records (``cnnkernels._fast.recording``), per thread (replicas of a model may run on
+# Open launch records (``cnnkernels._fast.planned``), per thread (replicas of a model may run on
 # threads, one per GPU): each launch is appended to the innermost record of its own thread.
 RECORDING = threading.local()
 

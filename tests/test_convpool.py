@@ -73,6 +73,14 @@ def ours(x, w, b, conv, pool):
     )
 
 
+def _op(x, w, b, stride, padding, dilation, groups, pool, one_kernel):
+    """The registered op with square geometry: (pooled output, int8 within-window argmax)."""
+    pk, ps, pp, ceil = pool
+    conv_args = ([stride] * 2, [padding] * 4, [dilation] * 2, groups)
+    pool_args = ([pk] * 2, [ps] * 2, [pp] * 2, [1, 1], ceil)
+    return torch.ops.cnnkernels.conv2d_relu_max_pool2d(x, w, b, *conv_args, *pool_args, False, one_kernel)
+
+
 def _run(fn, x, w, b, dy_seed=1):
     leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (x, w, b)]
     y = fn(*leaves)
@@ -106,22 +114,7 @@ def test_both_forward_schemes_give_the_composition(name, one_kernel):
     x, w, b = _inputs(case)
     k, r, stride, padding, groups, _ = case["conv"]
     pk, ps, pp, ceil = case["pool"]
-    y, arg = torch.ops.cnnkernels.conv2d_relu_max_pool2d(
-        x,
-        w,
-        b,
-        [stride] * 2,
-        [padding] * 4,
-        [1, 1],
-        groups,
-        [pk] * 2,
-        [ps] * 2,
-        [pp] * 2,
-        [1, 1],
-        ceil,
-        False,
-        one_kernel,
-    )
+    y, arg = _op(x, w, b, stride, padding, 1, groups, pool=(pk, ps, pp, ceil), one_kernel=one_kernel)
     assert arg.dtype == torch.int8 and arg.shape == y.shape
     assert_close(y, reference(x, w, b, conv, pool))
     # The argmax is the tap torch's indices point at (first maximum), decoded to (row, col).
@@ -151,22 +144,7 @@ def test_one_kernel_ties_nan_and_argmax_like_torch(x_shape, k, r, stride, paddin
     x[-1, 0, x_shape[2] - 1, x_shape[3] - 2] = float("nan")
     w = torch.randint(-1, 2, (k, x_shape[1], r, r), device=DEVICE).double()
     b = torch.randint(-2, 3, (k,), device=DEVICE).double()
-    y, arg = torch.ops.cnnkernels.conv2d_relu_max_pool2d(
-        x,
-        w,
-        b,
-        [stride] * 2,
-        [padding] * 4,
-        [dilation] * 2,
-        1,
-        [pk] * 2,
-        [ps] * 2,
-        [pp] * 2,
-        [1, 1],
-        ceil,
-        False,
-        True,
-    )
+    y, arg = _op(x, w, b, stride, padding, dilation, 1, pool=(pk, ps, pp, ceil), one_kernel=True)
     z = F.relu(F.conv2d(x, w, b, stride, padding, dilation))
     y_ref, idx = F.max_pool2d(z, pk, ps, pp, ceil_mode=ceil, return_indices=True)
     assert (z == 0).any() and torch.isnan(z).any() and not torch.isnan(y_ref).all()

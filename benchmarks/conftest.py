@@ -4,7 +4,6 @@ skipped with the reason (the host and memory items run anywhere). For ``gpu_chec
 line; items that would start after ``GPU_CHECK_DEADLINE`` (Unix time) are skipped."""
 
 import gc
-import json
 import os
 import sys
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from cnnkernels.testing import log_report
 
 # pytest's default (prepend) import mode puts this folder on the import path, so `import _common`
 # works here and in the suites; gpu_check.py, run as a script, has it as its own folder.
@@ -65,16 +66,8 @@ def pytest_runtest_setup(item):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
-    path = os.environ.get("GPU_CHECK_ROWS")
-    if path and (report.when == "call" or not report.passed):
-        bench = item.funcargs.get("benchmark")
-        row = {"test": item.nodeid, "outcome": report.outcome, **(bench.extra_info if bench is not None else {})}
-        if report.skipped and isinstance(report.longrepr, tuple):  # (path, line, "Skipped: reason")
-            row["message"] = report.longrepr[2].removeprefix("Skipped: ")
-        elif not report.passed:
-            row["message"] = report.longreprtext[-3000:]
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, default=str) + "\n")
+    bench = item.funcargs.get("benchmark")
+    log_report(item, report, **(bench.extra_info if bench is not None else {}))
 
 
 @pytest.fixture(autouse=True)

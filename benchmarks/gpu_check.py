@@ -126,10 +126,22 @@ class Check:
 
     def run_tests(self, timeout: float) -> None:
         log(f"tests: pytest -m gpu tests (timeout {timeout:.0f} s)")
-        rec = pytest_run(["-m", "gpu", "tests"], timeout)
+        rows_path = self.out_dir / ".tests-rows.jsonl"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        rows_path.unlink(missing_ok=True)
+        args = ["--continue-on-collection-errors", "-m", "gpu", "tests"]
+        rec = pytest_run(args, timeout, {"GPU_CHECK_ROWS": str(rows_path)})
+        rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
+        rows_path.unlink(missing_ok=True)
+        rec["items"] = rows
         self.results["tests"] = rec
         self.results["sections"]["tests"] = {k: rec[k] for k in ("status", "elapsed_s")} | {"budget_s": round(timeout)}
-        if rec["status"] != "passed":
+        for row in rows:  # each failed item with its own reason, even when the run was cut short
+            if row["outcome"] == "failed":
+                self.fail("tests", row["test"], "failed", row.get("message", ""))
+        if rec["status"] == "timeout" or (
+            rec["status"] != "passed" and not any(r["outcome"] == "failed" for r in rows)
+        ):
             kind = "timeout" if rec["status"] == "timeout" else "failed"
             self.fail("tests", rec["command"], kind, rec["summary"] + "\n" + rec["output_tail"][-3000:])
         self.write()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import torch
 
@@ -143,3 +145,20 @@ def model_verdict(
     bad = int((torch.isnan(out) & ~torch.isnan(ref64)).sum())
     problem = f"{bad} NaN element(s) where the twin has none" if bad else ""
     return ModelVerdict(name, err, torch_err, bound, max_abs, bool(err <= bound) and not bad, problem)
+
+
+def log_report(item, report, **extra) -> None:
+    """Append one pytest item's outcome as a JSON line to the file ``GPU_CHECK_ROWS`` names (if
+    set): test id, outcome, duration, ``extra`` and, unless it passed, why. Written as each item
+    ends, so a run stopped at its time limit still says why its finished items failed."""
+    path = os.environ.get("GPU_CHECK_ROWS")
+    if not path or (report.when != "call" and report.passed):
+        return
+    row = {"test": item.nodeid, "outcome": report.outcome, "when": report.when, "duration_s": round(report.duration, 2)}
+    row |= extra
+    if report.skipped and isinstance(report.longrepr, tuple):  # (path, line, "Skipped: reason")
+        row["message"] = report.longrepr[2].removeprefix("Skipped: ")
+    elif not report.passed:
+        row["message"] = report.longreprtext[-3000:]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=str) + "\n")

@@ -32,6 +32,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each finished item's outcome to ``GPU_CHECK_ROWS`` when set (``make gpu-check``)."""
+    from cnnkernels.testing import log_report
+
+    log_report(item, (yield).get_result())
+
+
 @pytest.fixture
 def device():
     return DEVICE

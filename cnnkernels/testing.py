@@ -52,10 +52,14 @@ def assert_close(
     name: str = "output",
     torch_out: torch.Tensor | None = None,
     device_type: str | None = None,
+    scale: torch.Tensor | None = None,
 ) -> None:
     """Assert ``out`` matches ``ref`` (ideally fp64): NaN/±inf exactly where ``ref`` has them, then
-    ``||out - ref|| / ||ref|| <= rtol`` and ``|out - ref| <= atol + rtol_elem * |ref|`` over the finite
-    elements; for fp16/bf16 with ``torch_out`` (torch's own result), also at most twice its error + atol."""
+    ``||out - ref|| / ||ref|| <= rtol`` and ``|out - ref| <= atol + rtol_elem * max(|ref|, scale)``
+    over the finite elements; for fp16/bf16 with ``torch_out`` (torch's own result), also at most
+    twice its error + atol. ``scale``, for a result that is a long sum, is the same sum over the
+    terms' absolute values (a dot product's rounding error grows with it, not with the result,
+    which cancellation can make small)."""
     dtype = dtype or out.dtype
     tol = tolerance(dtype, device_type or out.device.type)
     if out.shape != ref.shape:
@@ -81,7 +85,9 @@ def assert_close(
     if err > tol.rtol:
         raise AssertionError(f"{name}: relative error {err:.3e} > {tol.rtol:.0e} ({dtype})")
     diff = (out_f - ref_f).abs()
-    bound = tol.atol + tol.rtol_elem * ref_f.abs()
+    bound = tol.atol + tol.rtol_elem * (
+        ref_f.abs() if scale is None else scale.double()[finite].abs().maximum(ref_f.abs())
+    )
     if (diff > bound).any():
         i = int((diff - bound).argmax())
         raise AssertionError(

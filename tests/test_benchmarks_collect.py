@@ -278,3 +278,30 @@ def test_timing_is_triton_do_bench_median(monkeypatch):
 def test_benchmarks_edit_no_sys_path():
     for path in sorted(BENCH.glob("*.py")):
         assert "sys.path" not in path.read_text(encoding="utf-8"), path
+
+
+def test_gpu_check_tests_keep_each_failure_reason_when_stopped(tmp_path, monkeypatch):
+    """The GPU test run logs each item as it ends (``cnnkernels.testing.log_report``): stopped at
+    its time limit, the check still records which items failed and why, and the timeout."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text())
+    (suite / "test_a.py").write_text(
+        "import time\n\ndef test_ok():\n    pass\n\n"
+        "def test_wrong():\n    assert 1 + 1 == 3, 'the-reason-marker'\n\n"
+        "def test_slow():\n    time.sleep(600)\n"
+    )
+    gc = _load_gpu_check()
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+
+    class Args:
+        budget, max_autotune = 120.0, False
+
+    check = gc.Check(Args)
+    check.run_tests(15.0, args=(str(suite),))
+    assert check.results["tests"]["status"] == "timeout"
+    items = {r["test"].split("::")[-1]: r for r in check.results["tests"]["items"]}
+    assert items["test_ok"]["outcome"] == "passed" and items["test_wrong"]["outcome"] == "failed"
+    failures = {f["item"].split("::")[-1]: f for f in check.results["failures"]}
+    assert "the-reason-marker" in failures["test_wrong"]["message"]
+    assert failures[check.results["tests"]["command"].split("::")[-1]]["kind"] == "timeout"

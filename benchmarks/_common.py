@@ -4,10 +4,9 @@ the ``extra_info`` every result carries (``gpu_check.py`` runs a selection of th
 Providers: ``cnnkernels`` (the fused kernels), ``cudnn`` (``torch.nn`` eager, channels_last,
 ``cudnn.benchmark`` on), ``torch.compile`` and ``torch.compile-max-autotune`` (of the ``torch.nn``
 code). Shapes: ``cnnkernels.roofline.layer_table`` at 1x224x224, batch 128, each geometry once
-(``extra_info["same_shape_layers"]`` lists the others). Every reported time is
-``cnnkernels.timing.gpu_time_s``'s median; pytest-benchmark's own table then times synchronised
-calls. The speedup divides this session's cudnn median for the same group by the result's own
-(timed on the spot when the cudnn case has not run; ``cudnn_median_source`` says which).
+(``extra_info["same_shape_layers"]`` lists the others). Times: ``measure``. The speedup divides
+this session's cudnn median for the same group by the result's own (timed on the spot when the
+cudnn case has not run; ``cudnn_median_source`` says which).
 """
 
 from __future__ import annotations
@@ -17,6 +16,8 @@ import functools
 from collections.abc import Callable
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from cnnkernels import roofline
 from cnnkernels.cli import shape_str
@@ -34,22 +35,15 @@ IMAGE = (1, 224, 224)  # the seed's (C, H, W)
 LAYER_BATCH = 128
 MODEL_BATCHES = [_param(b, id=f"batch{b}") for b in (1, 32, 128)]
 DTYPE_IDS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
-MODES = [_param(m, id=m) for m in ("forward", "backward", "train")]
+_MODES = ("forward", "backward", "train")
+MODES = [_param(m, id=m) for m in _MODES]
 DTYPES = [_param(d, id=DTYPE_IDS[d]) for d in DTYPE_IDS]
 
 # Per-layer grid: bf16 in every mode, fp16 and fp32 forward only.
-_LAYER_GRID = [("bfloat16", m) for m in ("forward", "backward", "train")] + [
-    (d, "forward") for d in ("float16", "float32")
-]
-
-
-def _cases(modes=("forward", "backward", "train")) -> list:
-    return [_param(d, m, id=f"{DTYPE_IDS[d]}-{m}") for d, m in _LAYER_GRID if m in modes]
-
-
-LAYER_CASES = _cases()
-NO_PARAM_CASES = _cases(("forward", "backward"))  # pooling has no parameters: train = forward + backward
-FORWARD_CASES = _cases(("forward",))  # concatenation's backward only slices the gradient
+_LAYER_GRID = [("bfloat16", m) for m in _MODES] + [("float16", "forward"), ("float32", "forward")]
+LAYER_CASES = [_param(d, m, id=f"{DTYPE_IDS[d]}-{m}") for d, m in _LAYER_GRID]
+NO_PARAM_CASES = [c for c in LAYER_CASES if c.values[1] != "train"]  # pooling: train = forward + backward
+FORWARD_CASES = [c for c in LAYER_CASES if c.values[1] == "forward"]  # cat's backward only slices the gradient
 
 
 # Layer cases from the roofline tables
@@ -92,7 +86,6 @@ def layer_cases(predicate: Callable[[roofline.Layer], bool]) -> list[LayerCase]:
 
 @functools.cache
 def gpu_info() -> dict:
-    import torch
     import triton
 
     props, name = torch.cuda.get_device_properties(0), torch.cuda.get_device_name(0)
@@ -112,8 +105,6 @@ def gpu_info() -> dict:
 def measure(benchmark, fn: Callable[[], object]) -> float:
     """The median seconds of ``fn`` by ``cnnkernels.timing.gpu_time_s``, what every result reports;
     then pytest-benchmark's own rounds of ``fn`` (synchronised, ~0.5 s, 5..100) for its table."""
-    import torch
-
     median = gpu_time_s(fn)
     rounds = max(5, min(100, int(0.5 / max(median, 1e-7))))
     benchmark.pedantic(lambda: (fn(), torch.cuda.synchronize()), rounds=rounds, warmup_rounds=1, iterations=1)
@@ -154,24 +145,19 @@ def record(benchmark, *, median_s, flops, nbytes, flops_formula, bytes_formula, 
     benchmark.extra_info.update(info)
 
 
-# Callables per provider. Each builder returns a zero-argument callable running one step of
-# ``mode``; tensors are channels_last on the GPU.
+# Callables per provider: each builder returns a zero-argument step of ``mode`` (channels_last GPU tensors).
 
 
-def _compile(fn, provider: str):
-    import torch
-
+def _compile(fn, provider: str, mode: str | None = None):
     # A fresh dynamo cache per benchmark: every case compiles the same code object at a new
     # shape, and the per-code recompile limit would otherwise silently fall back to eager.
     torch._dynamo.reset()
-    mode = {"torch.compile": None, "torch.compile-max-autotune": "max-autotune"}[provider]
+    mode = mode or {"torch.compile": None, "torch.compile-max-autotune": "max-autotune"}[provider]
     return torch.compile(fn, mode=mode, dynamic=False)
 
 
 def _mode_callable(op, inputs, params, mode: str):
     """forward (no grad), backward (autograd.grad of a retained graph) or train (fwd + bwd + SGD)."""
-    import torch
-
     if mode == "forward":
         return torch.no_grad()(lambda: op(*inputs))
     wants = [t for t in (*inputs, *params) if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -196,8 +182,6 @@ def _mode_callable(op, inputs, params, mode: str):
 
 
 def _activation(shape, dtype, requires_grad: bool):
-    import torch
-
     x = torch.randn(shape, device=DEVICE, dtype=getattr(torch, dtype))  # NCHW-shaped, channels_last
     return x.contiguous(memory_format=torch.channels_last).requires_grad_(requires_grad)
 
@@ -205,8 +189,6 @@ def _activation(shape, dtype, requires_grad: bool):
 def _provider_op(provider: str, make):
     """``make(lib)``, the op with ``lib`` the functional API of ``provider``: ``cnnkernels.functional``
     for cnnkernels, ``torch.nn.functional`` for the others (compiled for the torch.compile ones)."""
-    import torch.nn.functional as F
-
     import cnnkernels.functional as CF
 
     op = make(CF if provider == "cnnkernels" else F)
@@ -215,9 +197,6 @@ def _provider_op(provider: str, make):
 
 def conv_callable(layer: roofline.Layer, provider: str, mode: str):
     """Conv (+ bias + ReLU when the layer has it; one fused op for cnnkernels) of ``layer``'s geometry."""
-    import torch
-    import torch.nn.functional as F
-
     c, k, (r, s) = layer.in_shape[1], layer.out_shape[1], layer.kernel
     grad = mode != "forward"
     x = _activation(layer.in_shape, layer.dtype, grad and layer.needs_input_grad)
@@ -227,13 +206,11 @@ def conv_callable(layer: roofline.Layer, provider: str, mode: str):
     stride, padding, relu = layer.stride, layer.padding, layer.relu
 
     def make(lib):
-        def op(x, w, b):
-            if relu and lib is not F:
-                return lib.conv2d_relu(x, w, b, stride, padding)
-            y = lib.conv2d(x, w, b, stride, padding)
-            return F.relu(y) if relu else y
-
-        return op
+        if relu and lib is not F:
+            return lambda x, w, b: lib.conv2d_relu(x, w, b, stride, padding)
+        if relu:
+            return lambda x, w, b: F.relu(F.conv2d(x, w, b, stride, padding))
+        return lambda x, w, b: lib.conv2d(x, w, b, stride, padding)
 
     return _mode_callable(_provider_op(provider, make), (x, weight, bias), (weight, bias), mode)
 
@@ -253,8 +230,6 @@ def pool_callable(layer: roofline.Layer, provider: str, mode: str):
 
 def cat_callable(layer: roofline.Layer, provider: str, mode: str):
     """Channel concatenation of an Inception block's four branch outputs (standalone: a copy)."""
-    import torch
-
     n, _, h, w = layer.out_shape
     branches = [_activation((n, ci, h, w), layer.dtype, mode != "forward") for ci in layer.branch_channels]
 
@@ -300,8 +275,6 @@ def bench_layer(benchmark, op: str, case: LayerCase, dtype: str, mode: str, prov
 def model_on_gpu(name: str, provider: str, dtype: str):
     """The model ``provider`` runs, on the GPU in ``dtype``, channels_last (not compiled): fused for
     cnnkernels, the ``torch.nn`` twin otherwise, with the same weights (seed 0)."""
-    import torch
-
     from cnnkernels import models
 
     torch.manual_seed(0)
@@ -315,9 +288,6 @@ def model_on_gpu(name: str, provider: str, dtype: str):
 def model_callable(name: str, provider: str, dtype: str, mode: str, batch: int):
     """forward (eval, no grad), backward (grads of all parameters) or train (fwd + cross-entropy +
     bwd + SGD step) of a whole model on a (batch, 1, 224, 224) input."""
-    import torch
-    import torch.nn.functional as F
-
     model = model_on_gpu(name, provider, dtype)
     model.train(mode != "forward")
     net = model if provider in ("cnnkernels", "cudnn") else _compile(model, provider)
@@ -338,15 +308,12 @@ def model_callable(name: str, provider: str, dtype: str, mode: str, batch: int):
 def model_cudagraph_callable(name: str, provider: str, dtype: str, batch: int):
     """Forward (eval, no grad) replayed from a CUDA graph (``cnnkernels.graphs.capture_forward``);
     torch.compile uses its own ``mode="reduce-overhead"`` (CUDA graphs) instead."""
-    import torch
-
     from cnnkernels.graphs import capture_forward
 
     model = model_on_gpu(name, provider, dtype).eval()
     x = _activation((batch, *IMAGE), dtype, False)
     if provider == "torch.compile":
-        torch._dynamo.reset()
-        net = torch.compile(model, mode="reduce-overhead", dynamic=False)
+        net = _compile(model, provider, mode="reduce-overhead")
 
         def forward():
             torch.compiler.cudagraph_mark_step_begin()  # a new inference step: replay, not re-record

@@ -16,9 +16,10 @@ from unittest import mock
 import torch
 from torch import nn
 
+from cnnkernels.roofline import MODELS
+
 __all__ = ["SavedBytes", "saved_bytes", "compare", "MODELS"]
 
-MODELS = ("AlexNet", "VGG", "NiN", "GoogLeNet")
 MIB = 2**20
 
 
@@ -47,9 +48,8 @@ def saved_bytes(model: nn.Module, shape, dtype: torch.dtype = torch.bfloat16) ->
     ):
         raise ValueError("model must live on the meta device (build it under torch.device('meta'))")
     x = torch.empty(tuple(shape), device="meta", dtype=dtype)
-    materialize = getattr(model, "materialize", None)
-    if materialize is not None:  # lazy layers get their sizes first (a shape-only twin run)
-        materialize(x.shape)
+    if hasattr(model, "materialize"):  # lazy layers get their sizes first (a shape-only twin run)
+        model.materialize(x.shape)
     model.to(dtype)
     with _full_path(), torch.no_grad():  # a first call may re-lay out weights (channels_last): settle them first
         model(x)
@@ -77,12 +77,11 @@ def _full_path():
 
 def _build(name: str, fused: bool, **kwargs) -> nn.Module:
     from cnnkernels import models
-    from cnnkernels.models import reference
 
     if name not in MODELS:
         raise ValueError(f"name must be one of {', '.join(MODELS)}, got {name!r}")
     with torch.device("meta"):
-        return getattr(models if fused else reference, name)(**kwargs).train()
+        return getattr(models if fused else models.reference, name)(**kwargs).train()
 
 
 def compare(
@@ -91,9 +90,7 @@ def compare(
     """Saved bytes of ``cnnkernels.models.<name>`` and of its ``torch.nn`` twin, both in training
     mode, on a (batch, 1, size, size) input (the course's one-channel images), or on ``shape``."""
     shape = (batch, 1, size, size) if shape is None else tuple(shape)
-    fused = saved_bytes(_build(name, True), shape, dtype)
-    twin = saved_bytes(_build(name, False), shape, dtype)
-    return SavedBytes(name, fused, twin)
+    return SavedBytes(name, *(saved_bytes(_build(name, fused), shape, dtype) for fused in (True, False)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,6 @@ Counting rules:
 * ``unfused_extra_bytes_*``: what a layer-by-layer library moves on top: a separate ReLU reads and
   writes the conv output (``2 x out``, forward and backward), ``torch.cat`` reads and writes the
   block output, a separate max pool after its conv ``2 x y`` forward and ``3 x y - out`` backward.
-
-``GPU_CEILINGS``: dense tensor-core peaks and HBM bandwidths (fp32: the TF32 rate).
 """
 
 from __future__ import annotations
@@ -50,7 +48,7 @@ class GpuCeiling:
         return max(flops / self.peak_flops(dtype), nbytes / self.bandwidth)
 
 
-_HOPPER_FLOPS = {"bfloat16": 790e12, "float16": 790e12, "float32": 395e12}  # H100 and H200 alike
+_HOPPER_FLOPS = {"bfloat16": 790e12, "float16": 790e12, "float32": 395e12}  # H100 and H200; fp32: TF32
 GPU_CEILINGS: dict[str, GpuCeiling] = {
     "H100": GpuCeiling("NVIDIA H100 (80 GB HBM3)", _HOPPER_FLOPS, bandwidth=3.0e12),
     "H200": GpuCeiling("NVIDIA H200 (141 GB HBM3e)", _HOPPER_FLOPS, bandwidth=4.3e12),
@@ -75,6 +73,7 @@ def _dtype_name(dtype) -> str:
 
 
 MODELS: tuple[str, ...] = ("AlexNet", "VGG", "NiN", "GoogLeNet")
+_MODES = ("forward", "backward", "train")  # what flops(), nbytes() and floor_s() take
 _MODEL_ALIASES = {m.lower(): m for m in MODELS} | {"vgg11": "VGG", "vgg-11": "VGG"}
 
 
@@ -113,7 +112,7 @@ class Layer:
 
     def formula(self, what: str, mode: str = "forward") -> str:
         """The formula behind ``flops(mode)`` (``what="flops"``) or ``nbytes(mode)`` (``what="bytes"``)."""
-        if what not in ("flops", "bytes") or mode not in ("forward", "backward", "train"):
+        if what not in ("flops", "bytes") or mode not in _MODES:
             raise ValueError(f"what must be flops or bytes and mode forward, backward or train, got {what!r}, {mode!r}")
         fwd, bwd = getattr(self, f"{what}_formula"), getattr(self, f"{what}_formula_bwd")
         if mode == "train" and what == "bytes" and self.bytes_formula_fwd_train:
@@ -150,11 +149,12 @@ def _pair(v) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def _gemm_layer(kind, head, relu, weights, params, geometry) -> Layer:
-    """A conv or linear layer: ``y = x (*) W + b``; ``weights`` elements of W, ``params`` with b;
-    ``head``: the ``Layer`` fields every row has (name, shapes, dtype, needs_input_grad)."""
+def _gemm_layer(kind, head, relu, m, geometry) -> Layer:
+    """A conv or linear layer, module ``m``: ``y = x (*) W + b``; ``head``: the ``Layer`` fields
+    every row has (name, shapes, dtype, needs_input_grad)."""
     b, needs_grad = DTYPE_BYTES[head["dtype"]], head["needs_input_grad"]
     x, y = math.prod(head["in_shape"]), math.prod(head["out_shape"])
+    weights, params = m.weight.numel(), sum(p.numel() for p in m.parameters(recurse=False))  # params: W and b
     flops = 2 * y * weights // head["out_shape"][1]  # 2 x MACs: each output reads weights / out_channels of W
     # backward: read dY (+ y for the ReLU mask), x (for dW), W (for dX); write dX, dW, db
     bwd = y + (y if relu else 0) + x + params + (weights + x if needs_grad else 0)
@@ -303,34 +303,28 @@ def layer_table(
     for i, (path, m, x, y) in enumerate(calls):
         fused, xs, ys = kernels.get(path), tuple(x.shape), tuple(y.shape)
         head = dict(name=path, in_shape=xs, out_shape=ys, dtype=dtype, needs_input_grad=needs_grad)
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            conv = isinstance(m, nn.Conv2d)
-            if conv:
-                relu = isinstance(fused, cnn.Conv2dReLU)
-                geometry = dict(kernel=_pair(m.kernel_size), stride=_pair(m.stride), padding=_pair(m.padding))
-            else:  # torch's ReLU module right after it, on its output
-                relu = i + 1 < len(calls) and isinstance(calls[i + 1][1], nn.ReLU) and calls[i + 1][2] is y
-                geometry = {}
-            params = sum(p.numel() for p in m.parameters(recurse=False))
-            row = _gemm_layer("conv" if conv else "linear", head, relu, m.weight.numel(), params, geometry)
-        elif isinstance(m, nn.MaxPool2d):
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
             geometry = dict(kernel=_pair(m.kernel_size), stride=_pair(m.stride), padding=_pair(m.padding))
+        if isinstance(m, nn.Conv2d):
+            row = _gemm_layer("conv", head, isinstance(fused, cnn.Conv2dReLU), m, geometry)
+        elif isinstance(m, nn.Linear):  # its ReLU: torch's ReLU module right after it, on its output
+            relu = i + 1 < len(calls) and isinstance(calls[i + 1][1], nn.ReLU) and calls[i + 1][2] is y
+            row = _gemm_layer("linear", head, relu, m, {})
+        elif isinstance(m, nn.MaxPool2d):
             row = _pool_layer("maxpool", head, geometry)
             if pools_in_convs and rows and isinstance(kernels.get(rows[-1].name), cnn.Conv2dReLUMaxPool2d):
                 rows[-1], row = _pooled_in_conv(rows[-1], row)
             elif pools_in_convs and path.endswith(".b4_1") and isinstance(kernels.get(path[:-5]), cnn.Inception):
                 row = _pooled_on_load(row, f"{path[:-5]}.b4_2")
         elif isinstance(m, nn.AdaptiveAvgPool2d):
-            geometry = dict(kernel=xs[2:], stride=xs[2:], padding=(0, 0))
-            row = _pool_layer("avgpool", head, geometry)
+            row = _pool_layer("avgpool", head, dict(kernel=xs[2:], stride=xs[2:], padding=(0, 0)))
         elif isinstance(m, nn.Flatten):
             row = Layer(**head, kind="flatten", bytes_formula="0 (a view)")
         elif isinstance(fused, cnn.Inception):  # zero-copy: each branch writes its channel slice
-            branches = tuple(getattr(fused, b).out_channels for b in ("b1_1", "b2_2", "b3_2", "b4_2"))
             row = Layer(
                 **(head | {"in_shape": ys, "needs_input_grad": True}),  # a row for the block's output
                 kind="cat",
-                branch_channels=branches,
+                branch_channels=tuple(getattr(fused, b).out_channels for b in ("b1_1", "b2_2", "b3_2", "b4_2")),
                 unfused_extra_bytes_fwd=2 * math.prod(ys) * DTYPE_BYTES[dtype],  # torch.cat reads and writes it
                 bytes_formula="0 (each branch writes its channel slice)",
                 bytes_formula_bwd="0 (each branch reads its slice of the gradient)",
@@ -397,10 +391,7 @@ def totals_of(model: str, rows: Sequence[Layer]) -> ModelTotals:
     dtype = rows[0].dtype
     sums = {f: sum(getattr(r, f) for r in rows) for f in ("params", "flops_fwd", "bytes_fwd", "flops_bwd", "bytes_bwd")}
     sgd_flops, sgd_bytes = 2 * sums["params"], 3 * sums["params"] * DTYPE_BYTES[dtype]
-    floors = {
-        mode: {gpu: sum(r.floor_s(gpu, mode) for r in rows) for gpu in GPU_CEILINGS}
-        for mode in ("forward", "backward", "train")
-    }
+    floors = {mode: {gpu: sum(r.floor_s(gpu, mode) for r in rows) for gpu in GPU_CEILINGS} for mode in _MODES}
     for gpu, c in GPU_CEILINGS.items():
         floors["train"][gpu] += c.floor_s(sgd_flops, sgd_bytes, dtype)
     conv = [r for r in rows if r.kind == "conv"]

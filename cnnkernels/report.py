@@ -1,18 +1,16 @@
 """Static sm_90 report: what a launch compiles, measured against Triton's own GEMM.
 
-``python -m cnnkernels.report`` (or ``cnnkernels report``) needs no GPU: it runs the models and the
-functional API's documented cases forward and backward on the ``meta`` device with the launch
-intercepted at ``torch.library.wrap_triton``, compiles each distinct launch at every config its
-autotuner keeps through Triton's own ``JITFunction.warmup`` for ``GPUTarget("cuda", 90, 32)``
-(Triton's binder specialises the real arguments as at a launch), reads each cubin with the wheel's
-``cuobjdump`` and ``ptxas``, and compiles Triton's tutorial pointer GEMM and a TMA GEMM as anchors.
-It exits 1 when a row breaks a rule of ``LIMITS``; under ``TRITON_INTERPRET`` it re-runs itself
-without it. The README's "Static report" section describes the columns.
+``python -m cnnkernels.report`` (or ``cnnkernels report``) needs no GPU: it captures, at
+``torch.library.wrap_triton``, the launches of the models and the functional API's documented cases
+(forward and backward, ``meta`` device), compiles each distinct one at every config its autotuner
+keeps through ``JITFunction.warmup`` for ``GPUTarget("cuda", 90, 32)``, and reads the cubins with the
+wheel's ``cuobjdump`` and ``ptxas``, next to Triton's tutorial pointer GEMM and a TMA GEMM as anchors.
+It exits 1 when a row breaks ``LIMITS``; under ``TRITON_INTERPRET`` it re-runs itself without it.
+The README's "Static report" section describes the columns.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import functools
@@ -21,12 +19,14 @@ import json
 import math
 import multiprocessing
 import os
+import pathlib
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+import types
+from collections import Counter, namedtuple
 from collections.abc import Callable, Iterator
 
 TARGET = ("cuda", 90, 32)
@@ -92,37 +92,24 @@ class Launch:
         return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}[t.dtype]
 
 
-class _Recorder:
-    """Replaces ``torch.library.wrap_triton`` while capturing: ``wrap_triton(k)[grid](...)``
-    records the launch instead of running it."""
-
-    def __init__(self):
-        self.launches: list[Launch] = []
-        self.stack: list[str] = []
-        self.backward_label = "?"
-
-    def label(self) -> str:
-        return self.stack[-1] if self.stack else self.backward_label
-
-    def wrap(self, kernel):
-        rec = self
-
-        class _Wrapped:
-            def __getitem__(self, grid):
-                def launch(*args, **kwargs):
-                    rec.launches.append(Launch(kernel, args, kwargs, grid, rec.label()))
-
-                return launch
-
-        return _Wrapped()
-
-
 @contextlib.contextmanager
-def capturing() -> Iterator[_Recorder]:
+def capturing() -> Iterator[types.SimpleNamespace]:
+    """Replaces ``torch.library.wrap_triton``: ``wrap_triton(k)[grid](...)`` appends the launch to
+    ``launches`` instead of running it, labelled by the top of ``stack``, else ``backward_label``."""
     from unittest import mock
 
-    rec = _Recorder()
-    with mock.patch("torch.library.wrap_triton", rec.wrap):
+    rec = types.SimpleNamespace(launches=[], stack=[], backward_label="?")
+
+    @dataclasses.dataclass
+    class _Wrapped:
+        kernel: object
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: rec.launches.append(
+                Launch(self.kernel, args, kwargs, grid, rec.stack[-1] if rec.stack else rec.backward_label)
+            )
+
+    with mock.patch("torch.library.wrap_triton", _Wrapped):
         yield rec
 
 
@@ -133,20 +120,21 @@ def _torch_dtype(dtype: str):
 
 
 def _meta_model(name: str, batch: int, dtype: str):
+    """The model in train mode and an input batch, both on the meta device."""
     import torch
 
     from cnnkernels import models
 
     model = getattr(models, name)()
     model.materialize((batch, *IMAGE))
-    model = model.to(_torch_dtype(dtype)).to("meta")
     x = torch.empty((batch, *IMAGE), device="meta", dtype=_torch_dtype(dtype))
-    return model, x
+    return model.to(x.dtype).to("meta").train(), x
 
 
-def _label_modules(model, prefix: str, rec: _Recorder) -> list:
-    """Hooks that tell the recorder which module a launch belongs to (an Inception block as a whole:
-    it runs its branches itself)."""
+@contextlib.contextmanager
+def _labelled(model, prefix: str, rec) -> Iterator[None]:
+    """Hooks, removed on exit, that tell the recorder which module a launch belongs to (an Inception
+    block as a whole: it runs its branches itself)."""
     from cnnkernels.nn import Inception
 
     handles = []
@@ -170,23 +158,21 @@ def _label_modules(model, prefix: str, rec: _Recorder) -> list:
             mod.register_forward_hook(post),
             mod.register_full_backward_pre_hook(bwd),
         ]
-    return handles
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
-ModelCounts = collections.namedtuple("ModelCounts", "model launches_forward launches_train_step torch_ops_forward")
+ModelCounts = namedtuple("ModelCounts", "model launches_forward launches_train_step torch_ops_forward")
 
 
 def model_launches(name: str, batch: int, dtype: str) -> list[Launch]:
     """Every launch of one training step (forward and backward) of a model, labelled by layer."""
     model, x = _meta_model(name, batch, dtype)
-    model.train()
-    with capturing() as rec:
-        handles = _label_modules(model, f"{name} b{batch}", rec)
-        try:
-            model(x).float().sum().backward()
-        finally:
-            for h in handles:
-                h.remove()
+    with capturing() as rec, _labelled(model, f"{name} b{batch}", rec):
+        model(x).float().sum().backward()
     return rec.launches
 
 
@@ -202,7 +188,6 @@ def model_counts(name: str, batch: int = 128, dtype: str = "bf16") -> ModelCount
             return func(*args, **(kwargs or {}))
 
     model, x = _meta_model(name, batch, dtype)
-    model.train()
     model(x)  # first call: weights to channels_last, once
     with capturing() as rec:
         with _Count():
@@ -219,29 +204,25 @@ def functional_launches(batch: int, dtype: str) -> list[Launch]:
 
     import cnnkernels.functional as CF
 
-    dt = _torch_dtype(dtype)
-    cl = torch.channels_last
+    def t(*shape):  # 4-D tensors channels_last
+        x = torch.empty(shape, device="meta", dtype=_torch_dtype(dtype))
+        return (x.to(memory_format=torch.channels_last) if len(shape) == 4 else x).requires_grad_()
 
-    def t(*shape, fmt=None):
-        x = torch.empty(shape, device="meta", dtype=dt)
-        return (x.to(memory_format=fmt) if fmt else x).requires_grad_()
-
-    x, w, wg = t(batch, 64, 56, 56, fmt=cl), t(128, 64, 3, 3, fmt=cl), t(128, 32, 3, 3, fmt=cl)
+    x, w, wg = t(batch, 64, 56, 56), t(128, 64, 3, 3), t(128, 32, 3, 3)
     cases: list[tuple[str, Callable]] = [
         ("conv2d_relu 3x3 same", lambda: CF.conv2d_relu(x, w, t(128), stride=1, padding="same")),
         ("conv2d 3x3/2 pad (1,2) groups 2", lambda: CF.conv2d(x, wg, t(128), stride=2, padding=(1, 2), groups=2)),
         ("max_pool2d 3/2 ceil indices", lambda: CF.max_pool2d(x, 3, stride=2, ceil_mode=True, return_indices=True)[0]),
         ("adaptive_avg_pool2d 1", lambda: CF.adaptive_avg_pool2d(x, 1)),
         ("adaptive_avg_pool2d 7", lambda: CF.adaptive_avg_pool2d(x, 7)),
-        ("cat dim 1", lambda: CF.cat([x, t(batch, 32, 56, 56, fmt=cl)], dim=1)),
+        ("cat dim 1", lambda: CF.cat([x, t(batch, 32, 56, 56)], dim=1)),
     ]
     launches = []
     for label, case in cases:
         with capturing() as rec:
             rec.stack.append(f"functional {label} b{batch}")
             y = case()
-            rec.stack.clear()
-            rec.backward_label = f"functional {label} b{batch} (backward)"
+            rec.backward_label = f"{rec.stack.pop()} (backward)"
             y.float().sum().backward()
         launches += rec.launches
     return launches
@@ -345,10 +326,7 @@ def anchor_launches(dtypes=DTYPES) -> list[Launch]:
 
 @contextlib.contextmanager
 def sm90_driver():
-    """The active driver replaced by one for sm_90: all Triton's ``warmup`` asks of it (target,
-    device, stream)."""
-    import types
-
+    """The active driver replaced by one for sm_90 that answers what ``warmup`` asks: target, device, stream."""
     import torch
     from triton.backends.compiler import GPUTarget
     from triton.runtime.driver import driver
@@ -409,11 +387,6 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def _cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "cnnkernels", "static-sm90")
-
-
 _run = functools.partial(subprocess.run, capture_output=True, text=True)
 
 
@@ -437,34 +410,29 @@ def main_loop(instrs: list[tuple[int, str]]) -> list[str] | None:
     return max(loops, key=len)
 
 
-_LOAD_BITS = {"128": 128, "64": 64, "U16": 16, "S16": 16, "U8": 8, "S8": 8}  # else 32
-
-
 def _load_kind(ins: str) -> str | None:
+    """``LDG.<bits>`` or ``LDGSTS.<bits>`` (the last size suffix, else 32 bits), ``UTMALDG``, or None."""
     base, *parts = _opcode(ins).split(".")
     if base not in ("LDG", "LDGSTS"):
         return "UTMALDG" if base == "UTMALDG" else None
-    bits = 32
-    for p in parts:
-        bits = _LOAD_BITS.get(p, bits)
-    return f"{base}.{bits}"
+    bits = [p.lstrip("US") for p in parts if p in ("128", "64", "U16", "S16", "U8", "S8")]
+    return f"{base}.{bits[-1] if bits else 32}"
 
 
 def analyse_sass(sass: str) -> dict:
+    """The first HGMMA's shape and operand source, spill instructions and the main loop of a kernel's SASS."""
     # (address, instruction) for every SASS instruction of the (single) kernel
     instrs = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(.+?)\s*;", sass)]
-    ops = [_opcode(i) for _, i in instrs]
     hgmma = [i for _, i in instrs if _opcode(i).startswith("HGMMA")]
-    shape = operands = None
+    out = dict(hgmma=None, operands=None, loop_instr=None, loop_hgmma=None, loop_loads={}, loop_wait0=None)
+    out["spill_ops"] = sum(_opcode(i).split(".")[0] in ("LDL", "STL") for _, i in instrs)
     if hgmma:
-        m = re.match(r"HGMMA\.(\d+x\d+x\d+)", _opcode(hgmma[0]))
-        shape = m.group(1) if m else _opcode(hgmma[0])
-        srcs = [s.strip() for s in re.sub(r"^@!?U?P\w+\s+", "", hgmma[0]).split(None, 1)[1].split(",")]
-        operands = "SS" if len(srcs) > 1 and srcs[1].startswith("gdesc") else "RS"
+        _, op, args = hgmma[0].partition(_opcode(hgmma[0]))
+        m = re.match(r"HGMMA\.(\d+x\d+x\d+)", op)
+        out["hgmma"] = m.group(1) if m else op
+        # after the accumulator: a descriptor (SS, A in shared memory) or A's registers (RS)
+        out["operands"] = "SS" if re.match(r"[^,]*,\s*gdesc", args) else "RS"
     loop = main_loop(instrs)
-    spill_ops = sum(op.split(".")[0] in ("LDL", "STL") for op in ops)
-    out = dict(hgmma=shape, operands=operands, spill_ops=spill_ops, loop_instr=None, loop_hgmma=None, loop_wait0=None)
-    out["loop_loads"] = {}
     if loop is not None:
         loads = Counter(k for k in map(_load_kind, loop) if k)
         out.update(
@@ -484,9 +452,8 @@ def _ptxas_warnings(ptx: str, fp_fusion: bool) -> list[str]:
 
     extra = ["--regAllocOptLevel=2"] if "regAllocOptLevel" in inspect.getsource(nv.CUDABackend.make_cubin) else []
     with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "k.ptx")
-        with open(src, "w") as f:
-            f.write(ptx)
+        src = pathlib.Path(d, "k.ptx")
+        src.write_text(ptx)
         cmd = [_tool("ptxas"), "-lineinfo", "-v", "--warn-on-spills", *(["--fmad=false"] if not fp_fusion else [])]
         cmd += [*extra, "--gpu-name=sm_90a", src, "-o", os.path.join(d, "k.o")]
         log = _run(cmd).stderr
@@ -502,14 +469,13 @@ def analyse(kernel) -> dict:
     """Everything the report reads from one compiled kernel, cached on disk by its code."""
     ptx, cubin = kernel.asm["ptx"], kernel.asm["cubin"]
     key = hashlib.sha256(cubin + ptx.encode() + f"{_tool('ptxas')} {_ANALYSIS_VERSION}".encode()).hexdigest()[:32]
-    path = os.path.join(_cache_dir(), key + ".json")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = pathlib.Path(base, "cnnkernels", "static-sm90", key + ".json")
     with contextlib.suppress(OSError, ValueError):
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(path.read_text())
     with tempfile.TemporaryDirectory() as d:
-        fbin = os.path.join(d, "k.cubin")
-        with open(fbin, "wb") as f:
-            f.write(cubin)
+        fbin = pathlib.Path(d, "k.cubin")
+        fbin.write_bytes(cubin)
         res, sass = (_run([_tool("cuobjdump"), flag, fbin], check=True).stdout for flag in ("-res-usage", "-sass"))
     out = analyse_sass(sass)
     regs, stack, local = (int(re.search(rf"{k}:(\d+)", res).group(1)) for k in ("REG", "STACK", "LOCAL"))
@@ -517,11 +483,10 @@ def analyse(kernel) -> dict:
     out["warnings"] = _ptxas_warnings(ptx, getattr(kernel.metadata, "enable_fp_fusion", True))
     out["has_dot"] = bool(re.search(r"\btt\.dot(_scaled)?\b", kernel.asm.get("ttir", "")))
     with contextlib.suppress(OSError):
-        os.makedirs(_cache_dir(), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(out, f)
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(out))
+        tmp.replace(path)
     return out
 
 
@@ -574,7 +539,6 @@ class Row:
     vector_layout: bool = False
     layers: int = 1
     failures: list = dataclasses.field(default_factory=list)
-    hash: str = ""
 
     @property
     def instr_per_hgmma(self) -> float | None:
@@ -590,16 +554,11 @@ def check(row: Row) -> list[str]:
         bad.append("dot without HGMMA")
     bad += [f"ptxas {w}" for w in row.warnings if w in LIMITS["forbidden_warnings"]]
     if row.vector_layout:
-        tf32 = row.dtype == "fp32" and row.hgmma is not None
-        scalar = {
-            k: n
-            for k, n in row.loop_loads.items()
-            if k != "UTMALDG"
-            and int(k.split(".")[1]) <= LIMITS["scalar_load_bits"]
-            and not (tf32 and k == LIMITS["tf32_mn_major_copy"])
-        }
+        tf32_copy = LIMITS["tf32_mn_major_copy"] if row.dtype == "fp32" and row.hgmma is not None else None
+        narrow = [k for k in row.loop_loads if k != "UTMALDG" and int(k.split(".")[1]) <= LIMITS["scalar_load_bits"]]
+        scalar = ",".join(f"{k}x{row.loop_loads[k]}" for k in narrow if k != tf32_copy)
         if scalar:
-            bad.append("scalar loads in main loop " + ",".join(f"{k}x{n}" for k, n in scalar.items()))
+            bad.append("scalar loads in main loop " + scalar)
     if row.smem > LIMITS["max_smem"]:
         bad.append(f"smem {row.smem}")
     ratio = row.loop_ratio if row.dtype in LIMITS["loop_ratio_dtypes"] else None
@@ -664,15 +623,14 @@ def run_report(
             for cfg in configs_kept(lc):
                 groups.setdefault(specialisation_key(lc, cfg), [lc, cfg, 0])[2] += 1
 
-        _JOBS[:] = [(lc, cfg) for lc, cfg, _ in groups.values()]
-        layers = [n for _, _, n in groups.values()]
+        _JOBS[:] = groups.values()
         _progress(
             f"{'captured launches':<28} {len(launches):>5} launches, {len(_JOBS)} distinct compiles "
             f"{time.perf_counter() - t_all:7.1f} s"
         )
 
         families: dict[str, list[int]] = {}
-        for i, (lc, _) in enumerate(_JOBS):
+        for i, (lc, *_) in enumerate(_JOBS):
             families.setdefault("anchor" if lc.layer.startswith("anchor") else lc.family, []).append(i)
 
         results: dict[int, tuple] = {}
@@ -681,20 +639,18 @@ def run_report(
         with pool or contextlib.nullcontext():
             for family, idx in families.items():
                 t0 = time.perf_counter()
-                for i, *res in pool.imap_unordered(_compile_job, idx) if pool else map(_compile_job, idx):
-                    results[i] = res
+                results.update({i: res for i, *res in (pool.imap_unordered if pool else map)(_compile_job, idx)})
                 _progress(f"{family:<28} {len(idx):>5} compiles {time.perf_counter() - t0:7.1f} s")
 
         rows: dict[tuple, Row] = {}
-        anchor_ratio: dict[str, float] = {}
-        for i, (lc, cfg) in enumerate(_JOBS):
+        for i, (lc, cfg, layers) in enumerate(_JOBS):
             khash, smem, a = results[i]
             key = (khash, lc.dtype)
             if key in rows:
-                rows[key].layers += layers[i]
+                rows[key].layers += layers
                 continue
             opts = cfg.all_kwargs() if cfg is not None else lc.kwargs
-            row = Row(
+            rows[key] = Row(
                 **a,  # what ``analyse`` read: regs, spills, hgmma, operands, loop_*, warnings, has_dot
                 kernel=lc.family,
                 layer=lc.layer,
@@ -705,24 +661,20 @@ def run_report(
                 loop_ratio=None,
                 anchor=lc.layer.startswith("anchor"),
                 vector_layout=allows_16_byte_loads(lc),
-                layers=layers[i],
-                hash=khash,
+                layers=layers,
             )
-            if row.kernel == "anchor_pointer_gemm" and row.instr_per_hgmma:
-                anchor_ratio[row.dtype] = row.instr_per_hgmma
-            rows[key] = row
 
         out = list(rows.values())
+        pointer = {r.dtype: r.instr_per_hgmma for r in out if r.kernel == "anchor_pointer_gemm" and r.instr_per_hgmma}
         for row in out:
-            base = anchor_ratio.get(row.dtype)
+            base = pointer.get(row.dtype)  # the same-dtype pointer anchor's instructions per HGMMA
             if base and row.instr_per_hgmma:
                 row.loop_ratio = round(row.instr_per_hgmma / base, 2)
             row.failures = check(row)
             row.ok = not row.failures
-        bad = sum(not r.ok for r in out)
         _progress(
             f"{'total':<28} {len(out):>5} rows {time.perf_counter() - t_all:7.1f} s: {len(launches)} launches, "
-            f"{len(_JOBS)} compiles, {bad} row(s) failing LIMITS"
+            f"{len(_JOBS)} compiles, {sum(not r.ok for r in out)} row(s) failing LIMITS"
         )
         return out, counts
 
@@ -736,12 +688,11 @@ def specialisation_key(launch: Launch, cfg) -> str:
     return f"{fn.__name__}|{specialization}|{sorted(options.items())}"
 
 
-_JOBS: list[tuple[Launch, object]] = []  # read by forked workers
+_JOBS: list[list] = []  # [launch, config, layers sharing it]; read by forked workers
 
 
 def _compile_job(i: int) -> tuple[int, str, int, dict]:
-    launch, cfg = _JOBS[i]
-    kernel = compile_launch(launch, cfg)
+    kernel = compile_launch(*_JOBS[i][:2])  # launch, config
     return i, kernel.hash, int(kernel.metadata.shared), analyse(kernel)
 
 
@@ -827,10 +778,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no kernel family starts with {args.kernel!r}", file=sys.stderr)
         return 2
     if args.json:
-        for r in rows:
-            print(json.dumps(row_json(r)))
-        for c in counts:
-            print(json.dumps(c._asdict()))
+        for obj in [*map(row_json, rows), *(c._asdict() for c in counts)]:
+            print(json.dumps(obj))
     else:
         print(format_table(rows, counts))
     return 1 if any(not r.ok for r in rows) else 0

@@ -18,7 +18,7 @@ the report. Only exact ``torch.nn`` classes are replaced.
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -96,8 +96,7 @@ class LazyRecomputedConv2dReLU(cnn.LazyConv2dReLU):
 
 
 class FoldedBatchNorm2d(nn.BatchNorm2d):
-    """Placeholder at a ``BatchNorm2d``'s place when the preceding ``Conv2dBatchNorm`` applies
-    it: identity, holding the BatchNorm's parameters and buffers."""
+    """Placeholder (identity) for a ``BatchNorm2d`` that the preceding ``Conv2dBatchNorm`` applies; holds its state."""
 
     summary_name = "BatchNorm2d"
 
@@ -122,6 +121,7 @@ class Conv2dBatchNorm(cnn.Conv2d):
 
     def forward(self, input):
         bn = self.bn
+        geometry = (self.stride, self.padding, self.dilation, self.groups)
         if not bn.training and bn.running_mean is not None and bn.running_var is not None:
             scale = torch.rsqrt(bn.running_var + bn.eps)
             if bn.weight is not None:
@@ -132,11 +132,8 @@ class Conv2dBatchNorm(cnn.Conv2d):
             if bn.bias is not None:
                 shift = shift + bn.bias
             weight = self.weight * scale.reshape(-1, 1, 1, 1)
-            return _conv2d(
-                input, weight, shift, self.stride, self.padding, self.dilation, self.groups, activation=self.activation
-            )
-        y = _conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        y = nn.BatchNorm2d.forward(bn, y)
+            return _conv2d(input, weight, shift, *geometry, activation=self.activation)
+        y = nn.BatchNorm2d.forward(bn, _conv2d(input, self.weight, self.bias, *geometry))
         return F.relu(y) if self.activation == "relu" else y
 
     def extra_repr(self) -> str:
@@ -222,11 +219,10 @@ def _conv_refusal(m: nn.Module) -> str | None:
 
 
 _CONVS = (nn.Conv2d, cnn.Conv2d)
-_LAZY_CONVS = (nn.LazyConv2d, cnn.LazyConv2d)
 
 
 def _is_conv(m: nn.Module) -> bool:
-    return type(m) in _CONVS or type(m) in _LAZY_CONVS
+    return type(m) in (*_CONVS, nn.LazyConv2d, cnn.LazyConv2d)
 
 
 def _is_relu(m: nn.Module) -> bool:
@@ -247,26 +243,15 @@ def _is_bn(m: nn.Module, conv: nn.Module) -> bool:
     )
 
 
-def _convert(cls: type, conv: nn.Module, **kwargs) -> nn.Module:
+def _convert(cls: type, conv: nn.Module) -> nn.Module:
     """A new lazy ``cls`` with lazy ``conv``'s configuration, device, dtype and mode; for a
     materialised ``conv``, ``cls.cls_to_become`` sharing its state."""
     if not isinstance(conv, LazyModuleMixin):
         return _adopt(cls.cls_to_become, conv)
     geometry = (conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups)
     w = conv.weight
-    new = cls(*geometry, conv.bias is not None, conv.padding_mode, device=w.device, dtype=w.dtype, **kwargs)
+    new = cls(*geometry, conv.bias is not None, conv.padding_mode, device=w.device, dtype=w.dtype)
     return new.train(conv.training)
-
-
-def _fused_conv(conv: nn.Module, bn: nn.Module | None, relu: bool) -> tuple[nn.Module, nn.Module | None]:
-    """(the conv's replacement, the BatchNorm's placeholder or None)."""
-    if bn is None:
-        return _convert(cnn.LazyConv2dReLU if relu else cnn.LazyConv2d, conv), None
-    new = _adopt(Conv2dBatchNorm, conv)
-    placeholder = _adopt(FoldedBatchNorm2d, bn)
-    new.__dict__["_bn"] = placeholder  # a reference, not a registered child: keys stay the original's
-    new.activation = "relu" if relu else "none"
-    return new, placeholder
 
 
 _LEAVES = {nn.MaxPool2d: cnn.MaxPool2d, nn.AdaptiveAvgPool2d: cnn.AdaptiveAvgPool2d}
@@ -284,12 +269,15 @@ class _Fuser:
     def conv_chain(self, mods, path: str, conv: str, bn: str | None, relu: str | None) -> None:
         """``mods[conv]`` (and ``mods[bn]``) become the fused conv (and its placeholder), the ReLU
         (reported as ``relu``, a path) in its epilogue; reported."""
-        new, placeholder = _fused_conv(mods[conv], mods[bn] if bn else None, relu is not None)
-        mods[conv] = new
         notes = []
         if bn:
-            mods[bn] = placeholder
+            new = _adopt(Conv2dBatchNorm, mods[conv])
+            new.__dict__["_bn"] = mods[bn] = _adopt(FoldedBatchNorm2d, mods[bn])  # referenced, not registered
+            new.activation = "relu" if relu else "none"
             notes.append(f"{_path(path, bn)} folded in eval mode (torch's batch_norm in training mode)")
+        else:
+            new = _convert(cnn.LazyConv2dReLU if relu else cnn.LazyConv2d, mods[conv])
+        mods[conv] = new
         if relu:
             notes.append(f"{relu} in the epilogue")
         was = "Conv2d" + ("+BatchNorm2d" if bn else "") + ("+ReLU" if relu else "")
@@ -304,13 +292,11 @@ class _Fuser:
         if _is_conv(m) or t in _LEAVES:
             why = _conv_refusal(m) if _is_conv(m) else _HOOKS if _has_hooks(m) else None
             if why is None:
-                new = _fused_conv(m, None, False)[0] if _is_conv(m) else _adopt(_LEAVES[t], m)
+                new = _convert(cnn.LazyConv2d, m) if _is_conv(m) else _adopt(_LEAVES[t], m)
                 self.note(path, t.__name__, type(new).__name__)
                 return new
-        elif t is nn.ReLU:
-            why = "does not follow a Conv2d it could fuse into"
-        elif t is nn.BatchNorm2d:
-            why = "does not follow a Conv2d it could fold into"
+        elif t in (nn.ReLU, nn.BatchNorm2d):
+            why = f"does not follow a Conv2d it could {'fuse' if t is nn.ReLU else 'fold'} into"
         elif isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm2d)):
             why = f"a subclass of {t.__mro__[1].__name__} with its own code"
         else:
@@ -340,24 +326,20 @@ class _Fuser:
         while i < len(names):
             name = names[i]
             child = seq._modules[name]
-            if _is_conv(child) and _conv_refusal(child) is None:
-                j = i + 1
-                bn = relu = None
-                if j < len(names) and _is_bn(seq._modules[names[j]], child):
-                    bn, j = names[j], j + 1
-                if j < len(names) and _is_relu(seq._modules[names[j]]):
-                    relu, j = names[j], j + 1
-                if bn is None and relu is None and isinstance(child, _OURS):
-                    seq._modules[name] = self.visit(child, _path(path, name))  # already ours
-                    i += 1
-                    continue
+            fusable = _is_conv(child) and _conv_refusal(child) is None
+            bn = relu = None
+            j = i + 1
+            if fusable and j < len(names) and _is_bn(seq._modules[names[j]], child):
+                bn, j = names[j], j + 1
+            if fusable and j < len(names) and _is_relu(seq._modules[names[j]]):
+                relu, j = names[j], j + 1
+            if fusable and (bn or relu or not isinstance(child, _OURS)):
                 self.conv_chain(seq._modules, path, name, bn, relu and _path(path, relu))
                 if relu:
                     seq._modules[relu] = FusedReLU().train(seq._modules[relu].training)
-                i = j
-                continue
-            seq._modules[name] = self.visit(child, _path(path, name))
-            i += 1
+            else:  # not fusable, or a lone conv that is already ours
+                seq._modules[name] = self.visit(child, _path(path, name))
+            i = j
         self.pools(seq, path, names)
 
     def pools(self, seq: nn.Sequential, path: str, names: list[str]) -> None:
@@ -372,8 +354,7 @@ class _Fuser:
             if tail is None:
                 continue
             holder, conv_name, conv_path = tail
-            conv = holder._modules[conv_name]
-            new = holder._modules[conv_name] = _conv_pool(conv, pool)
+            new = holder._modules[conv_name] = _conv_pool(holder._modules[conv_name], pool)
             producer = _pointwise_producer(holder, conv_name)
             if producer is not None:
                 p = _convert(LazyRecomputedConv2dReLU, holder._modules[producer])
@@ -387,8 +368,7 @@ class _Fuser:
             self.report[:] = [entry if e.name == pool_path else e for e in self.report]
 
     def amend(self, name: str, became: str, why: str, was: str = "") -> None:
-        """The report's entry for ``name`` now says ``became``, ``why`` added to its reason and
-        ``was`` to what it was."""
+        """``name``'s report entry now says ``became``, with ``why`` added to its reason, ``was`` to its was."""
         for k, e in enumerate(self.report):
             if e.name == name:
                 self.report[k] = FuseEntry(name, e.was + was, became, "; ".join(filter(None, (e.reason, why))))
@@ -404,59 +384,42 @@ class _Fuser:
             self.visit_children(m._modules, path)
             return m
         children = OrderedDict(m._modules)
-        calls: dict[str, list[fx.Node]] = {}
-        for node in graph.nodes:
-            if node.op == "call_module":
-                calls.setdefault(node.target, []).append(node)
+        calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
         changed = False
         done: set[str] = set()
-        relu_sites: dict[str, int] = {}
+        relu_sites = Counter()
         for node in list(graph.nodes):
-            if node.op != "call_module" or node.target not in children or node.target in done:
-                continue
-            conv = children[node.target]
-            if not _is_conv(conv) or _conv_refusal(conv) is not None or len(calls[node.target]) != 1:
-                continue
-            if len(node.args) != 1 or node.kwargs:
+            conv = _sole_call(node, None, children, calls)
+            if not _is_conv(conv) or node.target in done or _conv_refusal(conv) is not None:
                 continue
             cur, bn_name, bn_node, relu_name, relu_node = node, None, None, None, None
             nxt = _only_user(cur)
-            if (
-                nxt is not None
-                and nxt.op == "call_module"
-                and nxt.target in children
-                and _is_bn(children[nxt.target], conv)
-                and len(calls[nxt.target]) == 1
-                and nxt.args == (cur,)
-                and not nxt.kwargs
-            ):
+            if _is_bn(_sole_call(nxt, cur, children, calls), conv):
                 bn_name, bn_node, cur = nxt.target, nxt, nxt
                 nxt = _only_user(cur)
             if nxt is not None and _relu_call(nxt, cur, children):
                 relu_node = nxt
                 if nxt.op == "call_module":
                     relu_name = nxt.target
-                    relu_sites[relu_name] = relu_sites.get(relu_name, 0) + 1
+                    relu_sites[relu_name] += 1
             if bn_name is None and relu_node is None:
                 continue
-            for fused in (bn_node, relu_node):
-                if fused is not None:
-                    fused.replace_all_uses_with(node)
-                    graph.erase_node(fused)
+            for fused in (n for n in (bn_node, relu_node) if n is not None):
+                fused.replace_all_uses_with(node)
+                graph.erase_node(fused)
             relu_label = relu_node and (_path(path, relu_name) if relu_name else f"{where}:{_call_name(relu_node)}")
             self.conv_chain(children, path, node.target, bn_name, relu_label)
             done.update((node.target, bn_name))
             changed = True
         for name, count in relu_sites.items():
-            if count == len(calls[name]):  # every call of this ReLU module now runs in a kernel
+            if count == calls[name]:  # every call of this ReLU module now runs in a kernel
                 children[name] = FusedReLU().train(children[name].training)
                 done.add(name)
         for node in graph.nodes:
             if node.op == "call_function" and node.target in (torch.cat, torch.concat, torch.concatenate):
-                label = f"{where}:{_call_name(node)}"
+                self.note(f"{where}:{_call_name(node)}", "torch.cat", "cnnkernels cat", "one copy per input")
                 node.target = concat
                 changed = True
-                self.note(label, "torch.cat", "cnnkernels cat", "one copy per input")
             elif _relu_call(node, None, children):
                 self.note(f"{where}:{_call_name(node)}", "relu", "torch", "does not follow a Conv2d it could fuse into")
         self.visit_children(children, path, done)
@@ -471,50 +434,51 @@ class _Fuser:
         return _graph_module(m, graph, children)
 
 
-def _conv_relu_tail(seq: nn.Sequential, names: list[str], path: str):
-    """(container, name, path) of the fused conv + ReLU ending ``seq``'s layers ``names``
-    (possibly inside a plain nested ``nn.Sequential``), else None."""
-    if not names:
+def _conv_relu_ending(seq: nn.Sequential, names: list[str]) -> str | None:
+    """The fused conv + ReLU whose ``FusedReLU`` ends ``seq``'s layers ``names``, else None."""
+    if len(names) < 2 or type(seq._modules[names[-1]]) is not FusedReLU:
         return None
-    last = seq._modules[names[-1]]
-    if type(last) is FusedReLU and len(names) >= 2:
-        conv = seq._modules[names[-2]]
-        return (seq, names[-2], _path(path, names[-2])) if _is_conv_relu(conv) else None
+    return names[-2] if _is_conv_relu(seq._modules[names[-2]]) else None
+
+
+def _conv_relu_tail(seq: nn.Sequential, names: list[str], path: str):
+    """(container, name, path) of the fused conv + ReLU ending ``names`` (maybe in a plain Sequential), or None."""
+    last = seq._modules[names[-1]] if names else None
     if type(last) is nn.Sequential and not _has_hooks(last):
         inner = [n for n, c in last._modules.items() if c is not None]
         return _conv_relu_tail(last, inner, _path(path, names[-1]))
-    return None
+    conv = _conv_relu_ending(seq, names)
+    return None if conv is None else (seq, conv, _path(path, conv))
 
 
 def _pointwise_producer(holder: nn.Sequential, conv_name: str) -> str | None:
     """The name of a fused pointwise 1x1 conv + ReLU right before ``conv_name`` in ``holder``
     (recomputing it costs one GEMM and saves its activation), else None."""
     names = [n for n, c in holder._modules.items() if c is not None]
-    i = names.index(conv_name)
-    if i < 2 or type(holder._modules[names[i - 1]]) is not FusedReLU:
-        return None
-    m = holder._modules[names[i - 2]]
-    if not _is_conv_relu(m):
-        return None
-    pointwise = m.kernel_size == (1, 1) and m.stride == (1, 1) and m.dilation == (1, 1) and m.groups == 1
-    return names[i - 2] if pointwise and m.padding in ((0, 0), "valid") else None
+    name = _conv_relu_ending(holder, names[: names.index(conv_name)])
+    m = holder._modules.get(name)
+    geometry = None if m is None else (m.kernel_size, m.stride, m.dilation, m.groups)
+    return name if geometry == ((1, 1), (1, 1), (1, 1), 1) and m.padding in ((0, 0), "valid") else None
 
 
 def _conv_pool(conv: nn.Module, pool: nn.MaxPool2d) -> nn.Module:
-    """A ``Conv2dReLUMaxPool2d`` (lazy if ``conv`` is) with ``conv``'s state and ``pool``'s
-    arguments."""
-    args = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
-    if type(conv) is cnn.LazyConv2dReLU:
-        names = ("pool_kernel_size", "pool_stride", "pool_padding", "pool_dilation", "ceil_mode")
-        return _convert(cnn.LazyConv2dReLUMaxPool2d, conv, **dict(zip(names, args)))
-    new = _adopt(cnn.Conv2dReLUMaxPool2d, conv)
-    cnn._set_pool(new, *args)
+    """A ``Conv2dReLUMaxPool2d`` (lazy if ``conv`` is) with ``conv``'s state and ``pool``'s arguments."""
+    new = _convert(cnn.LazyConv2dReLUMaxPool2d, conv)
+    cnn._set_pool(new, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
     return new
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
     users = list(node.users)
     return users[0] if len(users) == 1 else None
+
+
+def _sole_call(node: fx.Node | None, arg: fx.Node | None, children, calls: Counter) -> nn.Module | None:
+    """The child ``node`` calls if that is its only call, on one argument (``arg`` if given), no keywords; else None."""
+    if node is None or node.op != "call_module" or node.target not in children or calls[node.target] != 1:
+        return None
+    one_arg = len(node.args) == 1 and not node.kwargs and (arg is None or node.args[0] is arg)
+    return children[node.target] if one_arg else None
 
 
 def _call_name(node: fx.Node) -> str:
@@ -564,21 +528,16 @@ def _graph_module(m: nn.Module, graph: fx.Graph, children: OrderedDict) -> fx.Gr
     """The rewritten forward as a ``GraphModule`` named like ``m``'s class, with ``m``'s
     children, parameters, buffers (same ``state_dict`` keys) and public attributes."""
     graph.lint()
+    state = {"_modules": children, "_parameters": m._parameters, "_buffers": m._buffers}
     holder = nn.Module()
-    holder._modules = OrderedDict((k, v) for k, v in children.items())
-    holder._parameters = OrderedDict(m._parameters)
-    holder._buffers = OrderedDict(m._buffers)
-    for node in graph.nodes:
-        if node.op == "get_attr" and not hasattr(holder, node.target.split(".")[0]):
-            holder.__dict__[node.target.split(".")[0]] = getattr(m, node.target.split(".")[0])
+    holder.__dict__.update({k: OrderedDict(v) for k, v in state.items()})
+    for attr in (node.target.split(".")[0] for node in graph.nodes if node.op == "get_attr"):
+        if not hasattr(holder, attr):
+            holder.__dict__[attr] = getattr(m, attr)
     gm = fx.GraphModule(holder, graph, class_name=type(m).__name__)
-    gm._modules = OrderedDict(children)
-    gm._parameters = OrderedDict(m._parameters)
-    gm._buffers = OrderedDict(m._buffers)
+    gm.__dict__.update({k: OrderedDict(v) for k, v in state.items()})
     gm._non_persistent_buffers_set = set(m._non_persistent_buffers_set)
-    for k, v in m.__dict__.items():
-        if not k.startswith("_") and k not in gm.__dict__:
-            gm.__dict__[k] = v
+    gm.__dict__.update({k: v for k, v in m.__dict__.items() if not k.startswith("_") and k not in gm.__dict__})
     gm.training = m.training
     return gm
 
@@ -613,9 +572,8 @@ def _seed_inception(graph: fx.Graph, children: OrderedDict) -> nn.Module | None:
             return None
     for name, (k, pad) in cnn.Inception._GEOMETRY.items():
         conv = children[name]
-        if not isinstance(conv, (cnn.Conv2dReLU, cnn.LazyConv2dReLU)) or conv.bias is None or _has_hooks(conv):
-            return None
-        if not cnn.Inception._conv_fits(conv, k, pad):
+        fits = isinstance(conv, (cnn.Conv2dReLU, cnn.LazyConv2dReLU)) and conv.bias is not None
+        if not fits or _has_hooks(conv) or not cnn.Inception._conv_fits(conv, k, pad):
             return None
     pool = children["b4_1"]
     if not isinstance(pool, cnn.MaxPool2d) or _has_hooks(pool) or not cnn.Inception._pool_fits(pool):
@@ -636,10 +594,9 @@ def fuse(model: nn.Module, *, inplace: bool = False, report: bool = False):
     at fuse time. With ``report=True`` returns (fused model, ``FuseReport``)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(inplace, bool):
-        raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
-    if not isinstance(report, bool):
-        raise TypeError(f"report must be a bool, got {type(report).__name__}")
+    for name, flag in (("inplace", inplace), ("report", report)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
     fuser = _Fuser()

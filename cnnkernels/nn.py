@@ -38,8 +38,7 @@ class Conv2dReLU(Conv2d):
 
 
 class LazyConv2d(_ZerosPadding, nn.LazyConv2d):
-    """``nn.LazyConv2d`` on the fused kernel: in_channels inferred at the first call, after
-    which the module becomes a ``cnnkernels.nn.Conv2d``."""
+    """``nn.LazyConv2d`` on the fused kernel; the first call sets in_channels, making it a ``cnnkernels.nn.Conv2d``."""
 
     cls_to_become = Conv2d
     _activation = F.conv2d
@@ -69,17 +68,14 @@ class MaxPool2d(nn.MaxPool2d):
 
 
 class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
-    """``nn.AdaptiveAvgPool2d`` on the ``cnnkernels`` kernels; output size 1 is the global
-    average-pooling reduction."""
+    """``nn.AdaptiveAvgPool2d`` on the ``cnnkernels`` kernels (output size 1: the global average-pooling reduction)."""
 
     def forward(self, input):
         return F.adaptive_avg_pool2d(input, self.output_size)
 
 
 # What the Inception block's checks read of its submodules besides parameters and hooks.
-_GEOMETRY = (
-    "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "ceil_mode", "return_indices",
-)  # fmt: skip
+_ATTRS = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "ceil_mode", "return_indices")
 
 
 class Inception(nn.Module):
@@ -159,16 +155,15 @@ class Inception(nn.Module):
     def _fast_key(self, x: Tensor):
         """The fast-path key (``cnnkernels._fast``): input, parameters, submodules and hooks."""
         mods = self._modules
-        convs = (mods["b1_1"], mods["b2_1"], mods["b2_2"], mods["b3_1"], mods["b3_2"], mods["b4_2"])
         params = []
-        for conv in convs:
-            weight, bias = conv._parameters.get("weight"), conv._parameters.get("bias")
+        for name in self._GEOMETRY:  # the six convs, in the block's parameter order
+            weight, bias = mods[name]._parameters.get("weight"), mods[name]._parameters.get("bias")
             if weight is None or bias is None:  # parametrized (weight_norm, ...), no bias: the full path decides
                 return (None, None), params
             params += [weight, bias]
         shape = []
         for m in mods.values():  # loops, not generators: a generator costs a call per item
-            attrs = [getattr(m, a, None) for a in _GEOMETRY]
+            attrs = [getattr(m, a, None) for a in _ATTRS]
             shape.append((id(m), type(m), len(m._forward_hooks), len(m._forward_pre_hooks), *attrs))
         return _fast.lookup(("inception", id(self), tuple(shape)), x, *params), params
 
@@ -188,9 +183,8 @@ class Inception(nn.Module):
         x4 = x.unsqueeze(0) if unbatched else x
         if self.b1_1.in_channels != x4.shape[1]:
             raise ValueError(f"input has {x4.shape[1]} channels, the block was built for {self.b1_1.in_channels}")
-        params = []
-        for conv in (self.b1_1, self.b2_1, self.b2_2, self.b3_1, self.b3_2, self.b4_2):
-            params += [conv.weight, conv.bias]
+        convs = [getattr(self, name) for name in self._GEOMETRY]
+        params = [p for conv in convs for p in (conv.weight, conv.bias)]
         cast = autocast_dtype(x4.device.type)
         if cast is not None and x4.dtype != torch.float64:  # like nn.Conv2d under autocast
             x4 = x4.to(cast)
@@ -267,14 +261,12 @@ class _PoolAfter:
 
         if not fused_layers():
             return Conv2d.forward(self, input)
-        geometry = (self.stride, self.padding, self.dilation, self.groups)
         pool = (self.pool_kernel_size, self.pool_stride, self.pool_padding, self.pool_dilation, self.ceil_mode)
+        args = (self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, *pool)
         producer = self.producer
         if producer is not None:  # a 1x1 conv + ReLU whose output this op recomputes, not saves
-            return F.conv1x1_relu_conv2d_relu_max_pool2d(
-                input, producer.weight, producer.bias, self.weight, self.bias, *geometry, *pool
-            )
-        return F.conv2d_relu_max_pool2d(input, self.weight, self.bias, *geometry, *pool)
+            return F.conv1x1_relu_conv2d_relu_max_pool2d(input, producer.weight, producer.bias, *args)
+        return F.conv2d_relu_max_pool2d(input, *args)
 
     @property
     def producer(self):

@@ -109,10 +109,9 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message}\n")
 
 
-# output: plain text, with rich's boxes and colours on top when it is installed
-
-
 class Out:
+    """Output: plain text, with rich's boxes and colours on top when it is installed."""
+
     def __init__(self) -> None:
         try:
             from rich.console import Console
@@ -219,9 +218,6 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
-# summary
-
-
 def cmd_summary(args) -> int:
     from cnnkernels import roofline
 
@@ -258,9 +254,6 @@ def cmd_summary(args) -> int:
             "parameters excluded)"
         )
     return 0
-
-
-# check
 
 
 def check_model(name: str, batch: int, size: int, dtype, device: str, seed: int = 0, progress=None) -> list:
@@ -311,24 +304,17 @@ def check_model(name: str, batch: int, size: int, dtype, device: str, seed: int 
     return [model_verdict(label, got, want, theirs, dtype, device) for label, got, want, theirs in rows]
 
 
-def _check_plan(args, device: str) -> list[tuple[str, int, int]]:
-    """(model, batch, size) per model, every size checked before anything runs."""
-    plan = []
-    for name in _model_names(args.model, allow_all=True):
-        size = args.size or (224 if device == "cuda" else CPU_SIZE[name])
-        batch = args.batch or (32 if device == "cuda" else 2)
-        _check_size(name, _build(name, reference=True), size, size)
-        plan.append((name, batch, size))
-    return plan
-
-
 def cmd_check(args) -> int:
     device = _backend()
-    plan = _check_plan(args, device)
-    dtype = _torch_dtype(args.dtype or ("bfloat16" if device == "cuda" else "float32"))
+    cuda = device == "cuda"
+    names = _model_names(args.model, allow_all=True)
+    plan = [(n, args.batch or (32 if cuda else 2), args.size or (224 if cuda else CPU_SIZE[n])) for n in names]
+    for name, _, size in plan:  # every size checked before anything runs
+        _check_size(name, _build(name, reference=True), size, size)
+    dtype = _torch_dtype(args.dtype or ("bfloat16" if cuda else "float32"))
     dname = str(dtype).removeprefix("torch.")
     out = Out()
-    if device == "cpu":
+    if not cuda:
         out.line(
             "No GPU: running the real Triton kernels under Triton's interpreter on the CPU, at small "
             "sizes (correctness only; this says nothing about speed).",
@@ -347,16 +333,14 @@ def cmd_check(args) -> int:
         )
         took = _secs(time.perf_counter() - t0)
         bad = [v for v in verdicts if not v.ok]
-        worst = max(verdicts, key=lambda v: v.err / v.bound if v.bound > 0 else math.inf)
         if bad:
             failed.append(name)
-            first = f"FAILED, {len(bad)} of {len(verdicts)} tensors outside their bound (first: {bad[0].name})"
-            out.line(f"{name}: {first} ({took})", style="bold red")
+            verdict = f"FAILED, {len(bad)} of {len(verdicts)} tensors outside their bound (first: {bad[0].name})"
         else:
-            closest = f"(closest: {worst.name} at {worst.err / worst.bound:.0%} of it)"
-            out.line(
-                f"{name}: PASS, all {len(verdicts)} tensors within their bound {closest} ({took})", style="bold green"
-            )
+            worst = max(verdicts, key=lambda v: v.err / v.bound if v.bound > 0 else math.inf)
+            closest = f"{worst.name} at {worst.err / worst.bound:.0%} of it"
+            verdict = f"PASS, all {len(verdicts)} tensors within their bound (closest: {closest})"
+        out.line(f"{name}: {verdict} ({took})", style="bold red" if bad else "bold green")
         out.table(
             f"{name}: fused vs torch.nn twin, batch {batch}, {size}x{size}, {dname}",
             ["tensor", "max abs err", "rel err", f"torch {dname} rel err", "bound", "ok"],
@@ -372,9 +356,6 @@ def cmd_check(args) -> int:
     else:
         out.line(f"all checks passed: {len(plan)} model(s) in {total}", style="bold green")
     return 1 if failed else 0
-
-
-# bench
 
 
 def cmd_bench(args) -> int:
@@ -452,9 +433,6 @@ def _bench_host(names: list[str]) -> int:
     return 0
 
 
-# train
-
-
 def cmd_train(args) -> int:
     """``cnnkernels.train`` in one process or as one ``torchrun`` rank: a usage error printed by rank 0
     only (every rank refuses it); another rank's exception propagates, so torchrun reports that rank."""
@@ -475,27 +453,6 @@ def cmd_train(args) -> int:
             raise
         return 2
     return status
-
-
-def _add_train_parser(sub) -> None:
-    t = sub.add_parser(
-        "train",
-        help="train on the fused kernels: one process, or every rank of a torchrun job (DDP)",
-        description="Train on the fused kernels. Runs unchanged under torchrun --nproc-per-node N "
-        "(DistributedDataParallel, NCCL on GPUs, Gloo on CPUs); --batch is the global batch.",
-    )
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "model":
-            t.add_argument("model", help=f.metadata["help"])
-        elif f.default is False:
-            t.add_argument("--" + f.name.replace("_", "-"), action="store_true", help=f.metadata["help"])
-        else:
-            kind = f.metadata["type"]
-            t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f.metadata["help"])
-    t.set_defaults(fn=cmd_train)
-
-
-# report, demo
 
 
 def cmd_report(args) -> int:
@@ -533,26 +490,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", default="1,1,224,224", help="N,C,H,W (default: the course's 1,1,224,224)")
     s.add_argument("--dtype", type=dtype_name, default="bfloat16", help="element type for byte counts (default bf16)")
     s.add_argument("--train", action="store_true", help="also the bytes saved for backward per step, fused vs twin")
-    s.set_defaults(fn=cmd_summary)
     c = sub.add_parser("check", help="fused model vs its torch.nn twin: logits and every gradient")
     c.add_argument("model", help="alexnet, vgg, nin, googlenet or all")
     c.add_argument("--batch", type=positive_int, help="default 32 on a GPU, 2 on the CPU")
     c.add_argument("--size", type=positive_int, help="image side (default 224 on a GPU, small on the CPU)")
     c.add_argument("--dtype", type=dtype_name, help="fp32, fp16, bf16, fp64 (default bf16 on a GPU, fp32 on the CPU)")
-    c.set_defaults(fn=cmd_check)
     b = sub.add_parser("bench", help="speed against cuDNN and torch.compile (needs a GPU)")
     b.add_argument("model")
     b.add_argument("--batch", type=positive_int, default=128)
     b.add_argument("--size", type=positive_int, default=224)
     b.add_argument("--dtype", type=dtype_name, default="bfloat16")
     b.add_argument("--host", action="store_true", help="host cost per op and model call, launches counted (no GPU)")
-    b.set_defaults(fn=cmd_bench)
     r = sub.add_parser("report", help="static sm_90 table: registers, spills, HGMMA, main-loop cost")
     report.add_options(r)
-    r.set_defaults(fn=cmd_report)
-    _add_train_parser(sub)
-    d = sub.add_parser("demo", help="the main job: bench all on a GPU; else check all + summary googlenet")
-    d.set_defaults(fn=cmd_demo)
+    t = sub.add_parser(
+        "train",
+        help="train on the fused kernels: one process, or every rank of a torchrun job (DDP)",
+        description="Train on the fused kernels. Runs unchanged under torchrun --nproc-per-node N "
+        "(DistributedDataParallel, NCCL on GPUs, Gloo on CPUs); --batch is the global batch.",
+    )
+    model, *options = dataclasses.fields(TrainConfig)
+    t.add_argument("model", help=model.metadata["help"])
+    for f in options:  # --name-with-dashes; a bool is a flag
+        kind = {"action": "store_true"} if f.default is False else {"type": f.metadata["type"], "default": f.default}
+        t.add_argument("--" + f.name.replace("_", "-"), help=f.metadata["help"], **kind)
+    sub.add_parser("demo", help="the main job: bench all on a GPU; else check all + summary googlenet")
     return p
 
 
@@ -562,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # a usage error (one line, see OneLineParser) or --help
         return e.code if isinstance(e.code, int) else 2
     try:
-        return args.fn(args)
+        return globals()[f"cmd_{args.verb}"](args)  # verb NAME runs cmd_NAME
     except UsageError as e:
         print(f"cnnkernels {args.verb}: {e}", file=sys.stderr)
         return 2

@@ -154,16 +154,13 @@ def fashion_mnist(directory: str, prefix: str = "train", required: bool = True):
     if not os.path.isdir(directory):
         raise UsageError(f"--data: {directory} is not a directory")
 
-    def find(stem):
-        hits = sorted(glob.glob(os.path.join(glob.escape(directory), stem + "*")))
-        return hits[0] if hits else None
-
-    paths = [find(f"{prefix}-images-idx3-ubyte"), find(f"{prefix}-labels-idx1-ubyte")]
+    stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    paths = [min(glob.glob(os.path.join(glob.escape(directory), stem + "*")), default=None) for stem in stems]
     if not required and paths == [None, None]:
         return None
-    for stem, path in zip(("images-idx3-ubyte", "labels-idx1-ubyte"), paths):
+    for stem, path in zip(stems, paths):
         if path is None:
-            raise UsageError(f"--data: no {prefix}-{stem}* idx file in {directory}")
+            raise UsageError(f"--data: no {stem}* idx file in {directory}")
     images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1)
     if len(images) != len(labels):
         raise UsageError(f"--data: {len(images)} images but {len(labels)} labels in {directory} ({prefix})")
@@ -352,11 +349,11 @@ def _all_reduce(values: list[float], where: Dist, device: torch.device, op=dist.
     return t.tolist()
 
 
-def _evaluate(model: nn.Module, val: Dataset, n: int, batch: int, where: Dist, device, amp) -> tuple[float, int]:
-    """Accuracy on the first ``n`` validation images, each rank taking every world-th one."""
+def _evaluate(model: nn.Module, val: Dataset, n: int, batch: int, where: Dist, device, amp) -> str:
+    """The accuracy on the first ``n`` validation images (each rank taking every world-th one), as a line's text."""
     n = min(n, len(val))
     part = Subset(val, range(where.rank, n, where.world))
-    correct = torch.zeros(2, dtype=torch.float64, device=device)
+    correct = seen = 0
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -364,12 +361,11 @@ def _evaluate(model: nn.Module, val: Dataset, n: int, batch: int, where: Dist, d
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = model(x)
-            correct[0] += (logits.argmax(1) == y).sum().item()
-            correct[1] += len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
     model.train(was_training)
-    if where.enabled:
-        dist.all_reduce(correct)
-    return (correct[0] / correct[1]).item() if correct[1] > 0 else float("nan"), int(correct[1].item())
+    correct, seen = _all_reduce([correct, seen], where, device)
+    return f"validation accuracy {correct / seen if seen > 0 else float('nan'):.3f} on {int(seen)} images"
 
 
 def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
@@ -393,8 +389,9 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
     if cfg.checkpoint and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.checkpoint))):
         raise UsageError(f"--checkpoint: the folder of {cfg.checkpoint} does not exist")
     device = _device(where)
-    size = cfg.size or (224 if device.type == "cuda" else CPU_SIZE.get(cfg.model.lower(), 28))
-    dtype = cfg.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    gpu = device.type == "cuda"
+    size = cfg.size or (224 if gpu else CPU_SIZE.get(cfg.model.lower(), 28))
+    dtype = cfg.dtype or ("bfloat16" if gpu else "float32")
     if dtype not in AMP:
         raise UsageError(f"--dtype: training runs in fp32, bf16 or fp16 (fp32 master weights), got {dtype}")
     train_set, val_set, source = load_data(cfg, size)
@@ -418,9 +415,8 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
     if where.enabled:
         from datetime import timedelta
 
-        backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = timedelta(seconds=float(os.environ.get("CNNKERNELS_DIST_TIMEOUT", "1800")))
-        dist.init_process_group(backend, timeout=timeout)
+        dist.init_process_group("nccl" if gpu else "gloo", timeout=timeout)
     log = Progress(cfg.steps, where.main)
     stop = []  # SIGTERM appends; checked after each step, all ranks agreeing (a MAX all-reduce)
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
@@ -444,16 +440,12 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
         if where.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            net = DDP(
-                model, device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=cfg.bucket_cap_mb
-            )
+            net = DDP(model, device_ids=[device.index] if gpu else None, bucket_cap_mb=cfg.bucket_cap_mb)
         micro = local_batch // cfg.accum
-        workers = (
-            cfg.workers if cfg.workers is not None else min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
-        )
-        val_images = cfg.val_images if cfg.val_images is not None else (10**9 if device.type == "cuda" else cfg.batch)
+        workers = cfg.workers if cfg.workers is not None else min(4, os.cpu_count() or 1) if gpu else 0
+        val_images = cfg.val_images if cfg.val_images is not None else (10**9 if gpu else cfg.batch)
 
-        if device.type == "cpu":
+        if not gpu:
             log.line(f"No GPU: training under Triton's interpreter at {size}x{size} (slow; correctness only).")
         ranks = f" on {where.world} processes ({local_batch} each)" if where.enabled else ""
         log.line(
@@ -463,37 +455,33 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
         if resume_state is not None:
             log.line(f"resumed from {cfg.checkpoint} at step {step}")
 
-        def state(at_step: int) -> dict:
+        def checkpoint(at_step: int) -> None:  # a collective: every rank takes part
+            if not cfg.checkpoint:
+                return
             rngs = [_rng_state(device)]
             if where.enabled:
                 rngs = [None] * where.world
                 dist.all_gather_object(rngs, _rng_state(device))
-            return {
-                "format": CHECKPOINT_FORMAT,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "step": at_step,
-                "epoch": at_step // steps_per_epoch,
-                "step_in_epoch": at_step % steps_per_epoch,
-                "world_size": where.world,
-                "rng": rngs,
-                "config": settings,
-            }
-
-        def checkpoint(at_step: int) -> None:
-            if not cfg.checkpoint:
-                return
-            s = state(at_step)  # a collective: every rank takes part
             if where.main:
-                save_checkpoint(cfg.checkpoint, s)
+                state = {
+                    "format": CHECKPOINT_FORMAT,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    "step": at_step,
+                    "epoch": at_step // steps_per_epoch,
+                    "step_in_epoch": at_step % steps_per_epoch,
+                    "world_size": where.world,
+                    "rng": rngs,
+                    "config": settings,
+                }
+                save_checkpoint(cfg.checkpoint, state)
             if where.enabled:
                 dist.barrier()
 
         sampler = DistributedSampler(train_set, num_replicas=where.world, rank=where.rank, shuffle=True, seed=cfg.seed)
         start, first_step = time.perf_counter(), step
-        images = 0
-        val_acc, val_n = None, 0
+        val = None
         while step < cfg.steps:
             epoch, offset = divmod(step, steps_per_epoch)
             sampler.set_epoch(epoch)
@@ -503,7 +491,7 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
                 sampler=list(sampler)[offset * local_batch :],  # where a resumed epoch picks up
                 drop_last=True,
                 num_workers=workers,
-                pin_memory=device.type == "cuda",
+                pin_memory=gpu,
                 generator=torch.Generator().manual_seed(cfg.seed + epoch),
             )
             for x, y in itertools.islice(loader, min(steps_per_epoch - offset, cfg.steps - step)):
@@ -512,8 +500,7 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
                 correct = torch.zeros((), device=device)
-                for j in range(cfg.accum):
-                    xs, ys = x[j * micro : (j + 1) * micro], y[j * micro : (j + 1) * micro]
+                for j, (xs, ys) in enumerate(zip(x.split(micro), y.split(micro))):
                     # DDP all-reduces in the backward of the last micro-batch only.
                     sync = net.no_sync() if where.enabled and j < cfg.accum - 1 else contextlib.nullcontext()
                     with sync:
@@ -526,7 +513,6 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
-                images += cfg.batch
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     sums = _all_reduce([loss_sum.item(), correct.item() / local_batch], where, device)
                     loss_avg, acc = (v / where.world for v in sums)  # means over the ranks
@@ -534,12 +520,13 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
                     eta = elapsed / (step - first_step) * (cfg.steps - step)
                     log.line(
                         f"step {step:4d}/{cfg.steps}  loss {loss_avg:.4f}  accuracy {acc:.3f}  "
-                        f"{images / elapsed:,.1f} images/s  {_secs(elapsed)} elapsed, ETA {_secs(eta)}"
+                        f"{(step - first_step) * cfg.batch / elapsed:,.1f} images/s  "
+                        f"{_secs(elapsed)} elapsed, ETA {_secs(eta)}"
                     )
                 log.advance(step)
                 if step % steps_per_epoch == 0 and val_set is not None:
-                    val_acc, val_n = _evaluate(model, val_set, val_images, local_batch, where, device, amp)
-                    log.line(f"epoch {step // steps_per_epoch}: validation accuracy {val_acc:.3f} on {val_n} images")
+                    val = _evaluate(model, val_set, val_images, local_batch, where, device, amp)
+                    log.line(f"epoch {step // steps_per_epoch}: {val}")
                 if _all_reduce([len(stop)], where, device, dist.ReduceOp.MAX)[0]:  # all ranks stop at the same step
                     checkpoint(step)
                     saved = (
@@ -550,10 +537,9 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
                 if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                     checkpoint(step)
         checkpoint(step)
-        if val_set is not None and (val_acc is None or step % steps_per_epoch):
-            val_acc, val_n = _evaluate(model, val_set, val_images, local_batch, where, device, amp)
-        no_val = f"no validation set (no t10k-* idx files in {cfg.data})"
-        val = no_val if val_acc is None else f"validation accuracy {val_acc:.3f} on {val_n} images"
+        if val_set is not None and (val is None or step % steps_per_epoch):
+            val = _evaluate(model, val_set, val_images, local_batch, where, device, amp)
+        val = val or f"no validation set (no t10k-* idx files in {cfg.data})"
         done = f"done: {step} steps in {_secs(time.perf_counter() - start)}, {val}"
         if cfg.checkpoint:
             done += f"; checkpoint {cfg.checkpoint}"

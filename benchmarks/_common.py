@@ -265,8 +265,41 @@ def bench_layer(benchmark, op: str, case: LayerCase, dtype: str, mode: str, prov
     info = dict(provider=provider, dtype=dtype, shape=shape, mode=mode, flops=layer.flops(mode), nbytes=moved)
     info.update(flops_formula=layer.formula("flops", mode), bytes_formula=formula, floor=floor, layer=case.id)
     info.update(kernel=layer.kernel, stride=layer.stride, padding=layer.padding)
+    if op == "conv" and mode == "backward":
+        info["backward_parts_ms"] = conv_backward_parts_ms(layer, provider)
     build_cudnn = lambda: builder(layer, "cudnn", mode)  # noqa: E731
     record(benchmark, median_s=median, build_cudnn=build_cudnn, same_shape_layers=list(case.same_shape_layers), **info)
+
+
+def conv_backward_parts_ms(layer: roofline.Layer, provider: str) -> dict | None:
+    """Where a conv layer's backward time goes, each part timed alone (ms): for cnnkernels the
+    masking pass (dY' and db), dX and dW on their ops; for cuDNN the ReLU mask, dX and dW of
+    ``aten.convolution_backward``. None for other providers."""
+    if provider not in ("cnnkernels", "cudnn"):
+        return None
+    c, k, (r, s) = layer.in_shape[1], layer.out_shape[1], layer.kernel
+    x = _activation(layer.in_shape, layer.dtype, False)
+    w = torch.randn(k, c, r, s, device=DEVICE).to(x.dtype).contiguous(memory_format=torch.channels_last)
+    y = torch.relu(F.conv2d(x, w, None, layer.stride, layer.padding))
+    dy = torch.randn_like(y)
+    act = "relu" if layer.relu else "none"
+    geo = (list(layer.stride), [layer.padding[0]] * 2 + [layer.padding[1]] * 2, [1, 1], 1)
+    if provider == "cnnkernels":
+        ops = torch.ops.cnnkernels
+        parts = {
+            "prep": lambda: ops.conv2d_backward_prep(dy, y, act, True),
+            "dx": lambda: ops.conv2d_backward_input(dy, dy, w, list(x.shape), *geo, "none", True),
+            "dw": lambda: ops.conv2d_backward_weight(x, dy, dy, w, *geo, "none", False),
+        }
+    else:
+        conv_bwd = torch.ops.aten.convolution_backward
+        args = (dy, x, w, None, layer.stride, layer.padding, [1, 1], False, [0, 0], 1)
+        parts = {
+            "prep": lambda: torch.ops.aten.threshold_backward(dy, y, 0),
+            "dx": lambda: conv_bwd(*args, [True, False, False]),
+            "dw": lambda: conv_bwd(*args, [False, True, True]),
+        }
+    return {name: gpu_time_s(fn) * 1e3 for name, fn in parts.items()}
 
 
 # Models

@@ -281,9 +281,10 @@ def markdown(res: dict) -> str:
             rows = [
                 [r.get(k) for k in ("layer", "shape", "mode", "provider", "median_ms", metric)]
                 + [_pct(r.get(frac)), _pct(r.get("roofline_fraction")), _x(r.get("speedup_vs_cudnn"))]
+                + [" / ".join(_fmt(v) for v in (r.get("backward_parts_ms") or {}).values()) or "–"]
                 for r in res[section]
             ]
-            lines += _table(head + [frac_title, "roofline", "vs cudnn"], rows)
+            lines += _table(head + [frac_title, "roofline", "vs cudnn", "mask / dX / dW ms"], rows)
     if res.get("failures") or res.get("skipped"):
         lines += ["## Failures and skips", ""]
         lines += [

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
+import timeit
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from unittest import mock
@@ -73,20 +73,9 @@ def measure(name: str, fn: Callable[[], object], *, repeats: int = 5, min_time: 
         launched.clear()
         fn()
         launches, calls = len(launched), count_python_calls(fn)
-        loops = 1
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(loops):
-                fn()
-            if time.perf_counter() - t0 >= min_time / 4 or loops >= 1 << 16:
-                break
-            loops *= 2
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(loops):
-                fn()
-            best = min(best, (time.perf_counter() - t0) / loops)
+        timer = timeit.Timer(fn)  # (with the garbage collector paused while it times)
+        loops = next((n for n in (1 << k for k in range(17)) if timer.timeit(n) >= min_time / 4), 1 << 16)
+        best = min(timer.repeat(repeats, loops)) / loops
     return HostCost(name, best * 1e6, calls, launches)
 
 
@@ -165,12 +154,7 @@ def model_case(name: str, train: bool = False) -> Callable[[], object]:
         model.train()
         return lambda: model(x).sum().backward()
     model.eval()
-
-    def forward():
-        with torch.no_grad():
-            return model(x)
-
-    return forward
+    return torch.no_grad()(lambda: model(x))
 
 
 def model_costs(names=MODELS, *, train: bool = False, repeats: int = 3) -> list[HostCost]:

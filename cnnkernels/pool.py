@@ -25,9 +25,7 @@ from cnnkernels.kernels import pool as _k
 from . import _fast
 from ._utils import check_tensor, is_channels_last, memory_format, pair
 
-# ----------------------------------------------------------------------------------------------
 # Max pooling.
-# ----------------------------------------------------------------------------------------------
 
 
 @torch.library.triton_op("cnnkernels::max_pool2d", mutates_args=())
@@ -249,9 +247,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return (y, idx) if return_indices else y
 
 
-# ----------------------------------------------------------------------------------------------
 # Adaptive and global average pooling.
-# ----------------------------------------------------------------------------------------------
 
 
 @torch.library.triton_op("cnnkernels::adaptive_avg_pool2d", mutates_args=())

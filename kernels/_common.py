@@ -33,8 +33,17 @@ def pick_configs(gpu: list[triton.Config], interpreter: list[triton.Config]) -> 
     if INTERPRET:
         if len(interpreter) != 1:
             raise AssertionError("the interpreter config list must have exactly one entry")
-        return interpreter
+        return _InterpreterConfigs(interpreter, gpu)
     return gpu
+
+
+class _InterpreterConfigs(list):
+    """The interpreter's list, keeping the GPU list beside it (``.gpu``): the tests run each GPU
+    config under the interpreter too (``tests/test_gpu_configs.py``)."""
+
+    def __init__(self, configs, gpu):
+        super().__init__(configs)
+        self.gpu = gpu
 
 
 def fit_to_dtype(configs: list[triton.Config], element_size: int) -> list[triton.Config]:

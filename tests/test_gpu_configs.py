@@ -1,0 +1,123 @@
+"""Every config the GPU autotuner can pick, run under the interpreter.
+
+Elsewhere the interpreter runs one large-block config per kernel, so the GPU's own configs (block
+sizes, warps, the dtype's halved BLOCK_K, the conv forms each selects) would first compute on a GPU.
+Here each autotuned launch runs its GPU config number ``i`` (of the list its prune keeps for that
+launch on a GPU), every launch of one op call with the same ``i``, and the results are checked
+against float64 torch. The launches of ``torch.library.wrap_triton`` are intercepted as the static
+report does; the prune runs with the kernels' ``INTERPRET`` switches off, so it sees the GPU list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnkernels._fast as fast
+import cnnkernels.functional as CF
+from cnnkernels.kernels import _common, conv, conv1x1, convpool
+from cnnkernels.testing import assert_close
+
+from conftest import DEVICE
+
+pytestmark = pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's check of the GPU configs")
+
+
+@contextlib.contextmanager
+def _gpu_prune():
+    modules = (_common, conv, conv1x1, convpool)
+    saved = [m.INTERPRET for m in modules]
+    for m in modules:
+        m.INTERPRET = False
+    try:
+        yield
+    finally:
+        for m, v in zip(modules, saved):
+            m.INTERPRET = v
+
+
+def gpu_configs(tuner, args, kwargs) -> list:
+    """The configs a GPU autotuner would time for this launch (after its prune)."""
+    configs = getattr(tuner.configs, "gpu", tuner.configs)
+    prune = getattr(tuner, "early_config_prune", None)
+    if prune is None:
+        return list(configs)
+    with _gpu_prune():
+        return list(prune(configs, dict(zip(tuner.arg_names, args)), **kwargs))
+
+
+@contextlib.contextmanager
+def gpu_config(index: int, seen: list):
+    """Each autotuned launch in the block runs its GPU config ``index`` (modulo the list's length)."""
+    real = torch.library.wrap_triton
+
+    def wrap(kernel):
+        if not hasattr(kernel, "arg_names") or not hasattr(kernel, "configs"):
+            return real(kernel)
+
+        class Launcher:
+            def __getitem__(self, grid):
+                def run(*args, **kwargs):
+                    configs = gpu_configs(kernel, args, kwargs)
+                    cfg = configs[index % len(configs)]
+                    seen.append((getattr(kernel, "base_fn", kernel.fn).__name__, len(configs), dict(cfg.kwargs)))
+                    kernel.fn[grid](*args, **kwargs, **cfg.kwargs)
+
+                return run
+
+        return Launcher()
+
+    enabled = fast.enabled
+    fast.enabled = False  # every call takes the full path through the launchers
+    torch.library.wrap_triton = wrap
+    try:
+        yield
+    finally:
+        torch.library.wrap_triton = real
+        fast.enabled = enabled
+
+
+LAYERS = {  # (N, C, H, K, R, stride, padding): each picks a different set of kernels and forms
+    "flat-c3-11x11-s4": (2, 3, 23, 64, 11, 4, 2),  # flattened forward and dX, span-form dW
+    "taps-c64-3x3": (2, 64, 8, 128, 3, 1, 1),  # tap-wise forward and dX, row-tiled dW
+    "taps-c96-5x5-s2": (2, 96, 9, 64, 5, 2, 2),  # strided: the generic tap-wise dW
+    "narrow-c24-5x5": (2, 24, 7, 32, 5, 1, 2),  # 24 channels: narrow row tiles
+    "1x1-c96": (2, 96, 6, 80, 1, 1, 0),  # the 1x1 kernels
+}
+FAST = {"taps-c64-3x3", "narrow-c24-5x5", "1x1-c96"}  # fp16 in `make test`; the rest are slow
+
+
+def _cases():
+    for name in LAYERS:
+        for dtype in (torch.float16, torch.float32):
+            marks = () if name in FAST and dtype == torch.float16 else (pytest.mark.slow,)
+            yield pytest.param(name, dtype, marks=marks, id=f"{name}-{str(dtype)[6:]}")
+
+
+@pytest.mark.parametrize("name,dtype", list(_cases()))
+def test_conv_relu_at_every_gpu_config(name, dtype):
+    n, c, h, k, r, stride, padding = LAYERS[name]
+    torch.manual_seed(0)
+    x = torch.randn(n, c, h, h, dtype=dtype).to(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(k, c, r, r, dtype=dtype) / (c * r * r) ** 0.5).to(memory_format=torch.channels_last)
+    w.requires_grad_()
+    b = torch.randn(k, dtype=dtype, requires_grad=True)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    y64 = F.relu(F.conv2d(x64, w64, b64, stride, padding))
+    dy = torch.randn(y64.shape, dtype=dtype)
+    refs = (y64, *torch.autograd.grad(y64, (x64, w64, b64), dy.double()))
+    widest = 1
+    for index in range(3):  # the GPU lists hold at most three configs
+        seen: list = []
+        with gpu_config(index, seen):
+            y = CF.conv2d_relu(x, w, b, stride, padding)
+            grads = torch.autograd.grad(y, (x, w, b), dy)
+        assert seen, "no autotuned launch was intercepted"
+        widest = max(widest, *(count for _, count, _ in seen))
+        for got, ref, what in zip((y, *grads), refs, ("output", "grad_input", "grad_weight", "grad_bias")):
+            assert_close(got, ref, dtype, name=f"{what} at GPU config {index}: {seen}")
+        if index + 1 >= widest:
+            break

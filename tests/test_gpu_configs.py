@@ -121,3 +121,55 @@ def test_conv_relu_at_every_gpu_config(name, dtype):
             assert_close(got, ref, dtype, name=f"{what} at GPU config {index}: {seen}")
         if index + 1 >= widest:
             break
+
+
+POOL_CASES = {  # name: (op on cnnkernels.functional or torch.nn.functional, input shape)
+    "max_pool2d-3x3-s2": (lambda f, x: f.max_pool2d(x, 3, 2, 1), (2, 48, 13, 13)),
+    "adaptive_avg_pool2d-5": (lambda f, x: f.adaptive_avg_pool2d(x, 5), (2, 40, 11, 11)),
+    "adaptive_avg_pool2d-1": (lambda f, x: f.adaptive_avg_pool2d(x, 1), (2, 72, 9, 9)),
+    "cat": (lambda f, x: getattr(f, "cat", torch.cat)([x, 2 * x[:, :24]], dim=1), (2, 40, 6, 6)),
+}
+
+
+@pytest.mark.parametrize("name", list(POOL_CASES))
+def test_pooling_and_cat_at_every_gpu_config(name):
+    op, shape = POOL_CASES[name]
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float16).to(memory_format=torch.channels_last).requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    y64 = op(F, x64)
+    dy = torch.randn(y64.shape, dtype=torch.float16)
+    (ref_dx,) = torch.autograd.grad(y64, x64, dy.double())
+    for index in range(3):
+        seen: list = []
+        with gpu_config(index, seen):
+            y = op(CF, x)
+            (dx,) = torch.autograd.grad(y, x, dy)
+        assert seen, "no autotuned launch was intercepted"
+        assert_close(y, y64, torch.float16, name=f"output at GPU config {index}: {seen}")
+        assert_close(dx, ref_dx, torch.float16, name=f"grad_input at GPU config {index}: {seen}")
+        if index + 1 >= max(count for _, count, _ in seen):
+            break
+
+
+def test_conv_relu_max_pool_at_every_gpu_config():
+    """fp32: in fp16 two conv outputs of a window can round to a tie that float64 breaks the
+    other way, moving the gradient to another pixel."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 12, 12, dtype=torch.float32).to(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(64, 32, 3, 3, dtype=torch.float32) / 17).to(memory_format=torch.channels_last).requires_grad_()
+    b = torch.randn(64, dtype=torch.float32, requires_grad=True)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    y64 = F.max_pool2d(F.relu(F.conv2d(x64, w64, b64, 1, 1)), 3, 2)
+    dy = torch.randn(y64.shape, dtype=torch.float32)
+    refs = (y64, *torch.autograd.grad(y64, (x64, w64, b64), dy.double()))
+    for index in range(3):
+        seen: list = []
+        with gpu_config(index, seen):
+            y = CF.conv2d_relu_max_pool2d(x, w, b, 1, 1, kernel_size=3, pool_stride=2)
+            grads = torch.autograd.grad(y, (x, w, b), dy)
+        assert any("pool" in kernel for kernel, _, _ in seen), seen
+        for got, ref, what in zip((y, *grads), refs, ("output", "grad_input", "grad_weight", "grad_bias")):
+            assert_close(got, ref, torch.float32, name=f"{what} at GPU config {index}: {seen}")
+        if index + 1 >= max(count for _, count, _ in seen):
+            break

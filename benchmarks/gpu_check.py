@@ -124,14 +124,19 @@ class Check:
     def skip(self, section: str, item: str, reason: str) -> None:
         self.results["skipped"].append({"section": section, "item": item, "reason": reason})
 
-    def run_tests(self, timeout: float, args: tuple = ("-m", "gpu", "tests")) -> None:
-        log(f"tests: pytest {' '.join(args)} (timeout {timeout:.0f} s)")
-        rows_path = self.out_dir / ".tests-rows.jsonl"
+    def pytest_rows(self, name: str, args: list[str], timeout: float, env: dict | None = None) -> tuple[dict, list]:
+        """``pytest_run(args)`` and the rows its items wrote through ``GPU_CHECK_ROWS`` as each ended."""
+        rows_path = self.out_dir / f".{name}-rows.jsonl"
         self.out_dir.mkdir(parents=True, exist_ok=True)
         rows_path.unlink(missing_ok=True)
-        rec = pytest_run(["--continue-on-collection-errors", *args], timeout, {"GPU_CHECK_ROWS": str(rows_path)})
+        rec = pytest_run(args, timeout, {"GPU_CHECK_ROWS": str(rows_path)} | (env or {}))
         rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
         rows_path.unlink(missing_ok=True)
+        return rec, rows
+
+    def run_tests(self, timeout: float, args: tuple = ("-m", "gpu", "tests")) -> None:
+        log(f"tests: pytest {' '.join(args)} (timeout {timeout:.0f} s)")
+        rec, rows = self.pytest_rows("tests", ["--continue-on-collection-errors", *args], timeout)
         rec["items"] = rows
         self.results["tests"] = rec
         self.results["sections"]["tests"] = {k: rec[k] for k in ("status", "elapsed_s")} | {"budget_s": round(timeout)}
@@ -169,14 +174,9 @@ class Check:
         ids = node_ids(name, self.args.max_autotune)
         if name == "compile" and not self.args.max_autotune:
             self.skip(name, "torch.compile-max-autotune", "not run by default: it would not fit (--max-autotune)")
-        rows_path = self.out_dir / f".{name}-rows.jsonl"
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        rows_path.unlink(missing_ok=True)
-        env = {"GPU_CHECK_ROWS": str(rows_path), "GPU_CHECK_DEADLINE": str(time.time() + budget)}
         only = ["--benchmark-only"] if importlib.util.find_spec("pytest_benchmark") else []  # else conftest's stand-in
-        rec = pytest_run([*only, *ids], budget + GRACE_S, env)
-        rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
-        rows_path.unlink(missing_ok=True)
+        deadline = {"GPU_CHECK_DEADLINE": str(time.time() + budget)}
+        rec, rows = self.pytest_rows(name, [*only, *ids], budget + GRACE_S, deadline)
         for row in rows:
             if row["outcome"] == "failed":
                 self.fail(name, row["test"], "failed", row.get("message", ""))

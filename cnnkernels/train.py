@@ -549,4 +549,5 @@ def train(cfg: TrainConfig, where: Dist | None = None) -> tuple[int, nn.Module]:
         signal.signal(signal.SIGTERM, previous_handler)
         log.close()
         if dist.is_initialized():
+            net = None  # DDP's reducer is freed before its process group: freed after, it can hang
             dist.destroy_process_group()

@@ -140,12 +140,10 @@ class Check:
         rec["items"] = rows
         self.results["tests"] = rec
         self.results["sections"]["tests"] = {k: rec[k] for k in ("status", "elapsed_s")} | {"budget_s": round(timeout)}
-        for row in rows:  # each failed item with its own reason, even when the run was cut short
-            if row["outcome"] == "failed":
-                self.fail("tests", row["test"], "failed", row.get("message", ""))
-        if rec["status"] == "timeout" or (
-            rec["status"] != "passed" and not any(r["outcome"] == "failed" for r in rows)
-        ):
+        failed = [r for r in rows if r["outcome"] == "failed"]
+        for row in failed:  # each failed item with its own reason, even when the run was cut short
+            self.fail("tests", row["test"], "failed", row.get("message", ""))
+        if rec["status"] == "timeout" or (rec["status"] != "passed" and not failed):
             kind = "timeout" if rec["status"] == "timeout" else "failed"
             self.fail("tests", rec["command"], kind, rec["summary"] + "\n" + rec["output_tail"][-3000:])
         self.write()

@@ -283,8 +283,10 @@ def conv_backward_parts_ms(layer: roofline.Layer, provider: str) -> dict | None:
     y = torch.relu(F.conv2d(x, w, None, layer.stride, layer.padding))
     dy = torch.randn_like(y)
     act = "relu" if layer.relu else "none"
-    geo = (list(layer.stride), [layer.padding[0]] * 2 + [layer.padding[1]] * 2, [1, 1], 1)
     if provider == "cnnkernels":
+        from cnnkernels.conv import conv2d_args
+
+        geo = conv2d_args(x, w, None, layer.stride, layer.padding, 1, 1)[2:]  # as the ops take it
         ops = torch.ops.cnnkernels
         parts = {
             "prep": lambda: ops.conv2d_backward_prep(dy, y, act, True),

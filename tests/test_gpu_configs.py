@@ -11,6 +11,7 @@ report does; the prune runs with the kernels' ``INTERPRET`` switches off, so it 
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 import cnnkernels._fast as fast
 import cnnkernels.functional as CF
-from cnnkernels.kernels import _common, conv, conv1x1, convpool
+from cnnkernels import kernels
 from cnnkernels.testing import assert_close
 
 from conftest import DEVICE
@@ -28,7 +29,8 @@ pytestmark = pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's check
 
 @contextlib.contextmanager
 def _gpu_prune():
-    modules = (_common, conv, conv1x1, convpool)
+    """Every kernel module's ``INTERPRET`` switch off (its prunes and config lists read it)."""
+    modules = [m for name, m in sys.modules.items() if name.startswith(kernels.__name__) and hasattr(m, "INTERPRET")]
     saved = [m.INTERPRET for m in modules]
     for m in modules:
         m.INTERPRET = False

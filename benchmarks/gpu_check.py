@@ -137,8 +137,7 @@ class Check:
     def run_tests(self, timeout: float, args: tuple = ("-m", "gpu", "tests")) -> None:
         log(f"tests: pytest {' '.join(args)} (timeout {timeout:.0f} s)")
         rec, rows = self.pytest_rows("tests", ["--continue-on-collection-errors", *args], timeout)
-        rec["items"] = rows
-        self.results["tests"] = rec
+        self.results["tests"] = rec | {"items": rows}
         self.results["sections"]["tests"] = {k: rec[k] for k in ("status", "elapsed_s")} | {"budget_s": round(timeout)}
         failed = [r for r in rows if r["outcome"] == "failed"]
         for row in failed:  # each failed item with its own reason, even when the run was cut short

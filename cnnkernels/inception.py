@@ -26,6 +26,15 @@ from cnnkernels.kernels import convpool as _kcp
 
 from ._utils import is_channels_last
 
+
+def _padded_channels(n: int, c: int, h: int, w: int, kw: dict) -> Tensor:
+    """An (n, c, h, w) channels_last view of a buffer whose pixel stride is c rounded up to 16
+    channels: the convs reading its channel slices see a stride Triton marks divisible by 16, so
+    their loads stay 16 bytes wide (GoogLeNet's 4b and 4c: 136 and 152 reduce channels, read 2
+    bytes at a time before; static, sm_90)."""
+    return torch.empty((n, -(-c // 16) * 16, h, w), **kw)[:, :c]
+
+
 _POOL3 = ([3, 3], [1, 1], [1, 1], [1, 1], False)  # kernel, stride, padding, dilation, ceil_mode
 _PAD3 = (1, 1, 1, 1)
 _PAD5 = (2, 2, 2, 2)
@@ -55,7 +64,7 @@ def inception_op(
     c1, c2a, c2b, c3a, c3b, c4 = w1.shape[0], w21.shape[0], w22.shape[0], w31.shape[0], w32.shape[0], w4.shape[0]
     kw = dict(device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     out = torch.empty((n, c1 + c2b + c3b + c4, h, w), **kw)
-    scratch = torch.empty((n, c2a + c3a, h, w), **kw)
+    scratch = _padded_channels(n, c2a + c3a, h, w, kw)
     # The three input-side 1x1 weights as one [c1+c2a+c3a, C] matrix (a few KB per call).
     w_cat = torch.cat((w1, w21, w31))
     b_cat = torch.cat((b1, b21, b31))
@@ -101,7 +110,7 @@ def inception_backward_op(
     # The 3x3 and 5x5 convs: dX straight into the slices of one d_scratch buffer.
     g2, db22 = _kc.conv2d_backward_prep(g2, y2, "relu", True)
     g3, db32 = _kc.conv2d_backward_prep(g3, y3, "relu", True)
-    d_scratch = torch.empty(scratch.shape, **kw)
+    d_scratch = _padded_channels(*scratch.shape, kw)
     _kc.conv2d_backward_input(g2, None, w22, tuple(s2.shape), _ONE, _PAD3, _ONE, 1, "none", dx=d_scratch[:, :c2a])
     _kc.conv2d_backward_input(g3, None, w32, tuple(s3.shape), _ONE, _PAD5, _ONE, 1, "none", dx=d_scratch[:, c2a:])
     dw22, _ = _kc.conv2d_backward_weight(s2, g2, None, w22, _ONE, _PAD3, _ONE, 1, "none", False)

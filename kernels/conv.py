@@ -131,12 +131,25 @@ def _conv_fwd_kernel(
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,
     FLAT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    FLAT_C: tl.constexpr,  # C when FLAT (its divisions fold), else 0
+    C_VEC: tl.constexpr,  # X's pixel and W's filter strides are multiples of this (``flat_vector``)
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2).to(tl.int64)
+    if FLAT:
+        C = FLAT_C
+    if C_VEC > 1:
+        # The host checked that these are multiples of C_VEC; written so, Triton knows it too
+        # (it marks only multiples of 16), and C_VEC lanes of one tap are one vector load.
+        stride_xn = stride_xn // C_VEC * C_VEC
+        stride_xh = stride_xh // C_VEC * C_VEC
+        stride_xw = stride_xw // C_VEC * C_VEC
+        stride_wk = stride_wk // C_VEC * C_VEC
+        stride_wr = stride_wr // C_VEC * C_VEC
+        stride_ws = stride_ws // C_VEC * C_VEC
 
     M = N * P * Q
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -177,10 +190,12 @@ def _conv_fwd_kernel(
         if FLAT:
             # Reduction index kk = (r*S + s)*C + c: 2-D window arithmetic, no padding lanes.
             kk = t * BLOCK_K + tl.arange(0, BLOCK_K)
+            # C is constexpr here: a tap's channels are contiguous lanes, as Triton's analysis sees.
             k_ok = kk < R * S * C
+            tap = kk // C
             c = kk % C
-            r = (kk // C) // S
-            s = (kk // C) % S
+            r = tap // S
+            s = tap % S
             ih = ih0[:, None] + (r * DIL_H)[None, :]
             iw = iw0[:, None] + (s * DIL_W)[None, :]
             mask_a = mask_m[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -917,9 +932,24 @@ def conv2d_forward(
         *nchw_strides(out),
         **_geometry(weight, stride, padding, dilation),
         FLAT=cg < FLAT_BELOW, HAS_BIAS=bias is not None, ACTIVATION=activation,
+        FLAT_C=cg if cg < FLAT_BELOW else 0, C_VEC=flat_vector(x, weight, cg) if cg < FLAT_BELOW else 1,
         **_dot_args(x.dtype),
     )
     return out
+
+
+def flat_vector(x: torch.Tensor, weight: torch.Tensor, c: int) -> int:
+    """Channels per 16-byte vector of the flattened (r, s, c) form when C (per group) and every
+    pixel stride of X and filter stride of W are multiples of it, channels unit-stride in both and
+    both first elements 16-byte aligned (else 1: lanes gathered one element at a time; Triton
+    knows a pointer's alignment only as a multiple of 16 bytes or none)."""
+    vec = 16 // x.element_size()
+    strides = (c, x.stride(0), x.stride(2), x.stride(3), weight.stride(0), weight.stride(2), weight.stride(3))
+    if x.stride(1) != 1 or weight.stride(1) != 1 or x.data_ptr() % 16 or weight.data_ptr() % 16:
+        return 1
+    while vec > 1 and any(v % vec for v in strides):
+        vec //= 2
+    return vec
 
 
 @on_tensor_device

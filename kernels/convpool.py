@@ -451,6 +451,57 @@ def _max_nan(a, b):
         return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
+@triton.jit
+def _pool_pair_tile(x_img, h, w, c0, C, H, W, stride_xc, stride_xh, stride_xw,
+                    POOL_R: tl.constexpr, POOL_S: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+                    EVEN_C: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The pooled A tile of channels c0 .. c0 + BLOCK_K for the pixel pairs at rows ``h`` (even)
+    and ``h + 1``, columns ``w``: upper pixels in the first half of the rows, lower ones in the
+    second, in X's dtype (see ``_max_pool_conv1x1_fwd_kernel``)."""
+    c = c0 + tl.arange(0, BLOCK_K)
+    k_ok = c < C
+    x_c = (c * stride_xc)[None, :]
+    for d in tl.static_range(POOL_R + 1):
+        hh = tl.minimum(tl.maximum(h + (d - PAD_H), 0), H - 1)
+        for v in tl.static_range(POOL_S):
+            ww = tl.minimum(tl.maximum(w + (v - PAD_W), 0), W - 1)
+            ptrs = (x_img + (hh * stride_xh + ww * stride_xw))[:, None] + x_c
+            if EVEN_C:
+                t = tl.load(ptrs)
+            else:
+                t = tl.load(ptrs, mask=k_ok[None, :], other=0.0)
+            if UPCAST:
+                # Under the interpreter bf16 comparisons act on raw bit patterns.
+                t = t.to(ACC_DTYPE)
+            if v == 0:
+                row = t
+            else:
+                row = _max_nan(row, t)
+        # Rows 0 .. POOL_R - 1 are the upper pixel's window, rows 1 .. POOL_R the lower's; the
+        # rows they share are reduced once.
+        if d == 0:
+            first = row
+        elif d == 1:
+            mid = row
+        elif d < POOL_R:
+            mid = _max_nan(mid, row)
+        else:
+            last = row
+    top = _max_nan(first, mid)
+    bot = _max_nan(mid, last)
+    both = tl.reshape(tl.permute(tl.join(top, bot), (2, 0, 1)), (2 * top.shape[0], BLOCK_K))
+    return both.to(x_img.dtype.element_ty)
+
+
+@triton.jit
+def _w_tile(w_base, c0, C, stride_wc, EVEN_C: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Rows c0 .. c0 + BLOCK_K of the 1x1 weight as the GEMM's (BLOCK_K, BLOCK_N) B tile."""
+    c = c0 + tl.arange(0, BLOCK_K)
+    if EVEN_C:
+        return tl.load(w_base[None, :] + (c * stride_wc)[:, None])
+    return tl.load(w_base[None, :] + (c * stride_wc)[:, None], mask=(c < C)[:, None], other=0.0)
+
+
 def _prune_poolconv(configs, named_args, **kwargs):
     """``fit_to_dtype``; an input whose channels are not contiguous (NCHW: GoogLeNet's blocks at
     batch 1) is gathered 2 bytes at a time, and there only the 64-column tile stays clear of
@@ -484,10 +535,13 @@ def _max_pool_conv1x1_fwd_kernel(
     pool), so the pooled tensor is never written.
 
     A program's BLOCK_M pixels are pairs of vertically adjacent pixels (h, w) and (h + 1, w), h
-    even: the top half-tile holds the upper pixel of each pair, the bottom half the lower one,
-    each its own GEMM of BLOCK_M / 2 rows against the same W tile. The pool is separable: the
-    row maxima of the POOL_R + 1 image rows under a pair are loaded once and feed both pixels'
-    windows (per pair POOL_S * (POOL_R + 1) loads, not 2 * POOL_R * POOL_S).
+    even: rows 0 .. BLOCK_M / 2 - 1 of the A tile are the upper pixel of each pair, the rest the
+    lower one, one GEMM against the W tile. Each step's pooled tile is computed at the end of the
+    step before and carried into it: an operand carried by the loop reaches the wgmma from shared
+    memory (SS; computed in the same step, Triton gives it to the wgmma from registers, RS).
+    The pool is separable: the row maxima of the POOL_R + 1 image rows under a pair are loaded
+    once and feed both pixels' windows (per pair POOL_S * (POOL_R + 1) loads, not
+    2 * POOL_R * POOL_S).
     A tap outside the image loads the window's nearest pixel inside it instead (coordinates
     clamped to the image: a member of the same window, since the pool keeps the size), which
     leaves the max unchanged, so no tap is masked; pairs past the batch load pair s % S and the
@@ -499,7 +553,6 @@ def _max_pool_conv1x1_fwd_kernel(
     HS = (H + 1) // 2
     S = N * HS * W  # pixel pairs
     offs_s = pid_m.to(tl.int64) * HALF + tl.arange(0, HALF)
-    mask_s = offs_s < S
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < K
     n_idx = (offs_s % S) // (HS * W)
@@ -510,65 +563,27 @@ def _max_pool_conv1x1_fwd_kernel(
     w_base = w_ptr + (offs_n % K) * stride_wk
     EVEN_C: tl.constexpr = C_ALIGN % BLOCK_K == 0
 
-    acc_top = tl.zeros((HALF, BLOCK_N), dtype=ACC_DTYPE)
-    acc_bot = tl.zeros((HALF, BLOCK_N), dtype=ACC_DTYPE)
-    for c0 in range(0, C, BLOCK_K):
-        c = c0 + tl.arange(0, BLOCK_K)
-        k_ok = c < C
-        x_c = (c * stride_xc)[None, :]
-        for d in tl.static_range(POOL_R + 1):
-            # Row maximum of image row h + d - PAD_H (clamped) over the window's columns.
-            hh = tl.minimum(tl.maximum(h + (d - PAD_H), 0), H - 1)
-            for v in tl.static_range(POOL_S):
-                ww = tl.minimum(tl.maximum(w + (v - PAD_W), 0), W - 1)
-                ptrs = (x_img + (hh * stride_xh + ww * stride_xw))[:, None] + x_c
-                if EVEN_C:
-                    t = tl.load(ptrs)
-                else:
-                    t = tl.load(ptrs, mask=k_ok[None, :], other=0.0)
-                if UPCAST:
-                    # Under the interpreter bf16 comparisons act on raw bit patterns.
-                    t = t.to(ACC_DTYPE)
-                if v == 0:
-                    row = t
-                else:
-                    row = _max_nan(row, t)
-            # Rows 0 .. POOL_R - 1 are the upper pixel's window, rows 1 .. POOL_R the lower's;
-            # the rows they share are reduced once.
-            if d == 0:
-                first = row
-            elif d == 1:
-                mid = row
-            elif d < POOL_R:
-                mid = _max_nan(mid, row)
-            else:
-                last = row
-        top = _max_nan(first, mid)
-        bot = _max_nan(mid, last)
-        if EVEN_C:
-            b = tl.load(w_base[None, :] + (c * stride_wc)[:, None])
-        else:
-            b = tl.load(w_base[None, :] + (c * stride_wc)[:, None], mask=k_ok[:, None], other=0.0)
-        # A select keeps Triton from moving the A operand's layout change up to every load
-        # (a shared-memory round trip per load instead of one per half-tile).
-        top = tl.where(C > 0, top, 0.0)
-        bot = tl.where(C > 0, bot, 0.0)
-        acc_top = mma(top.to(x_ptr.dtype.element_ty), b, acc_top, INPUT_PRECISION, UPCAST)
-        acc_bot = mma(bot.to(x_ptr.dtype.element_ty), b, acc_bot, INPUT_PRECISION, UPCAST)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    a = _pool_pair_tile(x_img, h, w, 0, C, H, W, stride_xc, stride_xh, stride_xw,
+                        POOL_R, POOL_S, PAD_H, PAD_W, EVEN_C, UPCAST, ACC_DTYPE, BLOCK_K)
+    for c_next in range(BLOCK_K, C, BLOCK_K):
+        acc = mma(a, _w_tile(w_base, c_next - BLOCK_K, C, stride_wc, EVEN_C, BLOCK_K), acc, INPUT_PRECISION, UPCAST)
+        a = _pool_pair_tile(x_img, h, w, c_next, C, H, W, stride_xc, stride_xh, stride_xw,
+                            POOL_R, POOL_S, PAD_H, PAD_W, EVEN_C, UPCAST, ACC_DTYPE, BLOCK_K)
+    c_last = (C - 1) // BLOCK_K * BLOCK_K
+    acc = mma(a, _w_tile(w_base, c_last, C, stride_wc, EVEN_C, BLOCK_K), acc, INPUT_PRECISION, UPCAST)
 
     if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
-        acc_top += bias
-        acc_bot += bias
+        acc += tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
     if ACTIVATION == "relu":
-        acc_top = tl.maximum(acc_top, 0.0, propagate_nan=tl.PropagateNan.ALL)
-        acc_bot = tl.maximum(acc_bot, 0.0, propagate_nan=tl.PropagateNan.ALL)
-    y_top = n_idx * stride_yn + h * stride_yh + w * stride_yw
-    y_col = (offs_n * stride_yc)[None, :]
-    tl.store(y_ptr + y_top[:, None] + y_col, to_dtype(acc_top, y_ptr.dtype.element_ty),
-             mask=mask_s[:, None] & mask_n[None, :])
-    tl.store(y_ptr + (y_top + stride_yh)[:, None] + y_col, to_dtype(acc_bot, y_ptr.dtype.element_ty),
-             mask=(mask_s & (h + 1 < H))[:, None] & mask_n[None, :])
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    r = tl.arange(0, BLOCK_M)
+    s_r = pid_m.to(tl.int64) * HALF + r % HALF
+    sw_r = (s_r % (HS * W)).to(tl.int32)
+    h_r = (sw_r // W) * 2 + r // HALF
+    y_row = (s_r // (HS * W)) * stride_yn + h_r * stride_yh + (sw_r % W) * stride_yw
+    tl.store(y_ptr + y_row[:, None] + (offs_n * stride_yc)[None, :], to_dtype(acc, y_ptr.dtype.element_ty),
+             mask=((s_r < S) & (h_r < H))[:, None] & mask_n[None, :])
 
 
 def _pow2_dividing(c: int, cap: int = 64) -> int:

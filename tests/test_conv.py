@@ -138,6 +138,25 @@ def test_output_into_channel_slice_of_poisoned_buffer():
     assert torch.isnan(buf[:, :4]).all() and torch.isnan(buf[:, 10:]).all()
 
 
+@pytest.mark.parametrize(
+    "width,offset,vec",
+    [(40, 8, 8), (36, 8, 4), (34, 8, 2), (40, 4, 1)],
+    ids=["vec8", "vec4", "vec2", "misaligned-gathered"],
+)
+def test_flat_form_vectors_on_channel_slices(width, offset, vec):
+    """Below FLAT_BELOW channels the forward's lanes run over (r, s, c); 24 channels read from a
+    channel slice of a wider NHWC buffer (GoogLeNet's 5x5 branches read their reduce conv's slice)
+    go 16, 8 or 4 bytes at a time as the slice's pixel stride allows, one element at a time from
+    a first element off 16 bytes: the same result every way."""
+    buf = torch.randn(2, width, 9, 8, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    x = buf[:, offset : offset + 24]
+    w = (torch.randn(16, 24, 5, 5, dtype=torch.float16, device=DEVICE) / 11).to(memory_format=torch.channels_last)
+    b = torch.randn(16, dtype=torch.float16, device=DEVICE)
+    assert kconv.flat_vector(x, w, 24) == vec
+    y = kconv.conv2d_forward(x, w, b, (1, 1), (2, 2, 2, 2), (1, 1), 1, "relu")
+    assert_close(y, F.relu(F.conv2d(x.double(), w.double(), b.double(), padding=2)), torch.float16)
+
+
 def test_every_output_element_written():
     """Outputs come from torch.empty: a poisoned allocator would show unwritten elements as NaN,
     so the check is direct: run into a NaN-filled ``out`` of the full shape."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import cnnkernels._fast as fast
 import cnnkernels.functional as CF
 from cnnkernels import kernels
+from cnnkernels.kernels import convpool as kcp
 from cnnkernels.testing import assert_close
 
 from conftest import DEVICE
@@ -174,4 +175,27 @@ def test_conv_relu_max_pool_at_every_gpu_config():
         for got, ref, what in zip((y, *grads), refs, ("output", "grad_input", "grad_weight", "grad_bias")):
             assert_close(got, ref, torch.float32, name=f"{what} at GPU config {index}: {seen}")
         if index + 1 >= max(count for _, count, _ in seen):
+            break
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_max_pool_conv1x1_at_every_gpu_config(channels_last):
+    """The Inception pool branch's kernel (pool on load): 40 channels (a partial channel block at
+    every config), an odd height (the last pair's lower pixel outside the image), more pixel pairs
+    than one program holds, NaN at an edge; NCHW inputs keep the 64-column tiles only."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 9, 7, dtype=torch.float16)
+    x[1, 3, 0, 6] = float("nan")
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(80, 40, 1, 1, dtype=torch.float16) / 7
+    b = torch.randn(80, dtype=torch.float16)
+    ref = F.relu(F.conv2d(F.max_pool2d(x.double(), 3, 1, 1), w.double(), b.double()))
+    for index in range(3):
+        seen: list = []
+        with gpu_config(index, seen):
+            y = kcp.max_pool_conv1x1_forward(x, w, b, (3, 3), (1, 1), "relu")
+        assert [kernel for kernel, _, _ in seen] == ["_max_pool_conv1x1_fwd_kernel"], seen
+        assert_close(y, ref, torch.float16, name=f"output at GPU config {index}: {seen}")
+        if index + 1 >= seen[0][1]:
             break

@@ -23,17 +23,9 @@ from torch import Tensor
 from cnnkernels.kernels import conv as _kc
 from cnnkernels.kernels import conv1x1 as _k1
 from cnnkernels.kernels import convpool as _kcp
+from cnnkernels.kernels._common import empty_padded_channels
 
 from ._utils import is_channels_last
-
-
-def _padded_channels(n: int, c: int, h: int, w: int, kw: dict) -> Tensor:
-    """An (n, c, h, w) channels_last view of a buffer whose pixel stride is c rounded up to 16
-    channels: the convs reading its channel slices see a stride Triton marks divisible by 16, so
-    their loads stay 16 bytes wide (GoogLeNet's 4b and 4c: 136 and 152 reduce channels, read 2
-    bytes at a time before; static, sm_90)."""
-    return torch.empty((n, -(-c // 16) * 16, h, w), **kw)[:, :c]
-
 
 _POOL3 = ([3, 3], [1, 1], [1, 1], [1, 1], False)  # kernel, stride, padding, dilation, ceil_mode
 _PAD3 = (1, 1, 1, 1)
@@ -64,7 +56,9 @@ def inception_op(
     c1, c2a, c2b, c3a, c3b, c4 = w1.shape[0], w21.shape[0], w22.shape[0], w31.shape[0], w32.shape[0], w4.shape[0]
     kw = dict(device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     out = torch.empty((n, c1 + c2b + c3b + c4, h, w), **kw)
-    scratch = _padded_channels(n, c2a + c3a, h, w, kw)
+    # Pixel stride rounded up to 16 channels (4b and 4c have 136 and 152): the 3x3 and 5x5 convs
+    # reading its slices keep 16-byte loads (static, sm_90).
+    scratch = empty_padded_channels(n, c2a + c3a, h, w, x.device, x.dtype)
     # The three input-side 1x1 weights as one [c1+c2a+c3a, C] matrix (a few KB per call).
     w_cat = torch.cat((w1, w21, w31))
     b_cat = torch.cat((b1, b21, b31))
@@ -110,7 +104,7 @@ def inception_backward_op(
     # The 3x3 and 5x5 convs: dX straight into the slices of one d_scratch buffer.
     g2, db22 = _kc.conv2d_backward_prep(g2, y2, "relu", True)
     g3, db32 = _kc.conv2d_backward_prep(g3, y3, "relu", True)
-    d_scratch = _padded_channels(*scratch.shape, kw)
+    d_scratch = empty_padded_channels(*scratch.shape, x.device, x.dtype)
     _kc.conv2d_backward_input(g2, None, w22, tuple(s2.shape), _ONE, _PAD3, _ONE, 1, "none", dx=d_scratch[:, :c2a])
     _kc.conv2d_backward_input(g3, None, w32, tuple(s3.shape), _ONE, _PAD5, _ONE, 1, "none", dx=d_scratch[:, c2a:])
     dw22, _ = _kc.conv2d_backward_weight(s2, g2, None, w22, _ONE, _PAD3, _ONE, 1, "none", False)

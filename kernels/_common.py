@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import threading
 
@@ -122,6 +123,24 @@ def _is_fake(t: torch.Tensor) -> bool:
 def nchw_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     """(n, c, h, w) strides of a 4-D tensor, whatever its memory format."""
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def vector_factor(*values: int, cap: int = 16) -> int:
+    """The largest power of two, at most ``cap``, dividing every value. A kernel given it as a
+    constexpr writes a stride or size as ``v // F * F``, so Triton's analysis knows the factor
+    (it marks only arguments divisible by 16) and keeps loads of F contiguous elements whole."""
+    f = cap
+    for v in values:
+        f = math.gcd(f, v)
+    return f
+
+
+def empty_padded_channels(n: int, c: int, h: int, w: int, device, dtype) -> torch.Tensor:
+    """An (n, c, h, w) channels_last view of a buffer whose pixel stride is c rounded up to 16
+    channels: a pixel stride Triton marks divisible by 16, so kernels reading the tensor (or a
+    16-byte-aligned channel slice of it) keep their loads 16 bytes wide."""
+    buf = torch.empty((n, -(-c // 16) * 16, h, w), device=device, dtype=dtype, memory_format=torch.channels_last)
+    return buf[:, :c]
 
 
 def on_tensor_device(launcher):

@@ -45,6 +45,7 @@ from ._common import (
     check_runnable,
     dot_precision,
     dot_upcast,
+    empty_padded_channels,
     fit_to_dtype,
     launch,
     mma,
@@ -55,6 +56,7 @@ from ._common import (
     shape_only,
     tl_dtype,
     to_dtype,
+    vector_factor,
 )
 
 
@@ -141,7 +143,7 @@ def _conv_fwd_kernel(
     g = tl.program_id(2).to(tl.int64)
     if FLAT:
         C = FLAT_C
-    if C_VEC > 1:
+    if C_VEC > 1 and C_VEC < 16:
         # The host checked that these are multiples of C_VEC; written so, Triton knows it too
         # (it marks only multiples of 16), and C_VEC lanes of one tap are one vector load.
         stride_xn = stride_xn // C_VEC * C_VEC
@@ -270,6 +272,7 @@ def _conv_bwd_input_kernel(
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,
     FLAT: tl.constexpr, RESIDUE: tl.constexpr,
+    W_MULT: tl.constexpr,  # a factor of C and of W's k, r, s strides (``vector_factor``)
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -281,6 +284,11 @@ def _conv_bwd_input_kernel(
     all pixels of a program share h % sh and w % sw, so exactly the taps r = r0, r0+sh, ... with
     r0 = (h % sh + pt) % sh divide exactly: a stride-s layer visits R*S/(sh*sw) taps, not R*S
     mostly masked ones. With stride 1 there is one class and every tap."""
+    # With their factor visible to Triton, the W tile's rows (C channels, e.g. 24 of GoogLeNet's
+    # 5x5 branches) stay W_MULT-wide vectors.
+    if W_MULT < 16:  # 16: Triton marks it itself
+        C = C // W_MULT * W_MULT
+        stride_wk, stride_wr, stride_ws = _times(stride_wk, stride_wr, stride_ws, W_MULT)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2).to(tl.int64)
@@ -780,6 +788,12 @@ def prep_configs() -> list[triton.Config]:
 
 
 @triton.jit
+def _times(a, b, c, F: tl.constexpr):
+    """a, b, c (multiples of F) written as such for Triton's analysis."""
+    return a // F * F, b // F * F, c // F * F
+
+
+@triton.jit
 def _two_way_load(t0_ptr, t1_ptr, n, h, w, offs_c, mask, in0, SPLIT,
                   s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w, TWO_WAY: tl.constexpr):
     """A [pixels, channels] tile whose channels below SPLIT come from t0 and the rest from t1."""
@@ -803,12 +817,24 @@ def _conv_bwd_prep_kernel(
     stride_on, stride_oc, stride_oh, stride_ow,
     ACTIVATION: tl.constexpr, TWO_WAY: tl.constexpr, WRITE_OUT: tl.constexpr, NEED_DB: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
+    K_MULT: tl.constexpr, PIX_MULT: tl.constexpr,  # factors of K, SPLIT and of every pixel stride
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dY' = dY where Y > 0 else 0 under ReLU (torch's threshold_backward: a NaN in Y passes dY),
     written once for the dX and dW GEMMs so their loops load one operand and apply no mask; and
     per-program db partials, the column sums of this program's dY' rows (summed in a fixed order
     afterwards). Two-way: channels >= SPLIT come from a second tensor (Inception's 1x1 convs)."""
+    # Written with their factors visible to Triton (``vector_factor``): the channel masks and
+    # pixel addresses then keep K_MULT-wide vectors (K = 280: 8 channels, 16 bytes in bf16).
+    if K_MULT < 16:  # 16: Triton marks them itself
+        K = K // K_MULT * K_MULT
+        SPLIT = SPLIT // K_MULT * K_MULT
+    if PIX_MULT < 16:
+        stride_dy0n, stride_dy0h, stride_dy0w = _times(stride_dy0n, stride_dy0h, stride_dy0w, PIX_MULT)
+        stride_dy1n, stride_dy1h, stride_dy1w = _times(stride_dy1n, stride_dy1h, stride_dy1w, PIX_MULT)
+        stride_y0n, stride_y0h, stride_y0w = _times(stride_y0n, stride_y0h, stride_y0w, PIX_MULT)
+        stride_y1n, stride_y1h, stride_y1w = _times(stride_y1n, stride_y1h, stride_y1w, PIX_MULT)
+        stride_on, stride_oh, stride_ow = _times(stride_on, stride_oh, stride_ow, PIX_MULT)
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -943,13 +969,10 @@ def flat_vector(x: torch.Tensor, weight: torch.Tensor, c: int) -> int:
     pixel stride of X and filter stride of W are multiples of it, channels unit-stride in both and
     both first elements 16-byte aligned (else 1: lanes gathered one element at a time; Triton
     knows a pointer's alignment only as a multiple of 16 bytes or none)."""
-    vec = 16 // x.element_size()
-    strides = (c, x.stride(0), x.stride(2), x.stride(3), weight.stride(0), weight.stride(2), weight.stride(3))
     if x.stride(1) != 1 or weight.stride(1) != 1 or x.data_ptr() % 16 or weight.data_ptr() % 16:
         return 1
-    while vec > 1 and any(v % vec for v in strides):
-        vec //= 2
-    return vec
+    strides = (x.stride(0), x.stride(2), x.stride(3), weight.stride(0), weight.stride(2), weight.stride(3))
+    return vector_factor(c, *strides, cap=16 // x.element_size())
 
 
 @on_tensor_device
@@ -972,7 +995,7 @@ def conv2d_backward_prep(
     two_way = grad_out1 is not None
     k = k0 + (grad_out1.shape[1] if two_way else 0)
     dev, dt = grad_out.device, grad_out.dtype
-    masked = torch.empty((n, k, p, q), device=dev, dtype=dt, memory_format=torch.channels_last) if write else None
+    masked = empty_padded_channels(n, k, p, q, dev, dt) if write else None
     db = torch.empty((k,), device=dev, dtype=dt) if need_bias else None
     m = n * p * q
     if not (write or need_bias) or shape_only(grad_out):
@@ -996,7 +1019,8 @@ def conv2d_backward_prep(
         *nchw_strides(grad_out), *nchw_strides(dy1), *nchw_strides(y0), *nchw_strides(y1),
         *nchw_strides(masked if write else grad_out),
         ACTIVATION="relu" if relu else "none", TWO_WAY=two_way, WRITE_OUT=write, NEED_DB=need_bias,
-        ACC_DTYPE=tl_dtype(acc_dtype(dt)),
+        ACC_DTYPE=tl_dtype(acc_dtype(dt)), K_MULT=vector_factor(k, k0),
+        PIX_MULT=vector_factor(*(t.stride(i) for t in (grad_out, dy1, y0, y1, masked if write else grad_out) for i in (0, 2, 3))),
     )
     if db is not None:
         _reduce_splits(db_part, db, rows, 1, 1, 1, (db.stride(0), 0, 0, 0))  # in row order
@@ -1051,7 +1075,7 @@ def conv2d_backward_input(
         n, h, w, cg, p, q, kg,
         *nchw_strides(grad_out), *nchw_strides(weight), *nchw_strides(dx),
         **_geometry(weight, stride, padding, dilation),
-        FLAT=flat, RESIDUE=residue,
+        FLAT=flat, RESIDUE=residue, W_MULT=vector_factor(cg, weight.stride(0), weight.stride(2), weight.stride(3)),
         **_dot_args(grad_out.dtype),
     )
     return dx

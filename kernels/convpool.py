@@ -503,14 +503,9 @@ def _w_tile(w_base, c0, C, stride_wc, EVEN_C: tl.constexpr, BLOCK_K: tl.constexp
 
 
 def _prune_poolconv(configs, named_args, **kwargs):
-    """``fit_to_dtype``; an input whose channels are not contiguous (NCHW: GoogLeNet's blocks at
-    batch 1) is gathered 2 bytes at a time, and there only the 64-column tile stays clear of
-    spills (static, sm_90, bf16: the 128-column tiles spill 246-1493 registers)."""
+    """``fit_to_dtype`` (the launcher hands the kernel channels_last inputs only)."""
     x = named_args.get("x_ptr", kwargs.get("x_ptr"))
-    kept = fit_to_dtype(list(configs), x.element_size())
-    if x.stride(1) != 1:
-        kept = [cfg for cfg in kept if cfg.kwargs["BLOCK_N"] <= 64] or kept
-    return kept
+    return fit_to_dtype(list(configs), x.element_size())
 
 
 @triton.autotune(configs=poolconv_configs(), prune_configs_by={"early_config_prune": _prune_poolconv},
@@ -621,6 +616,11 @@ def max_pool_conv1x1_forward(
         raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}, expected {(n, k, h, w)} {x.dtype}")
     if out.numel() == 0 or shape_only(x):
         return out
+    if x.stride(1) != 1:
+        # Channels not contiguous (NCHW): copied channels_last once, so the pooled tile's loads
+        # stay 16 bytes wide (gathered 2 bytes at a time, the 128-row tile spills 1200+
+        # registers; static, sm_90).
+        x = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last).copy_(x)
 
     def grid(meta):  # a program's BLOCK_M pixels are BLOCK_M / 2 vertical pairs
         return (triton.cdiv(n * ((h + 1) // 2) * w, meta["BLOCK_M"] // 2), triton.cdiv(k, meta["BLOCK_N"]))

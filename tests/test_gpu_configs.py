@@ -182,7 +182,7 @@ def test_conv_relu_max_pool_at_every_gpu_config():
 def test_max_pool_conv1x1_at_every_gpu_config(channels_last):
     """The Inception pool branch's kernel (pool on load): 40 channels (a partial channel block at
     every config), an odd height (the last pair's lower pixel outside the image), more pixel pairs
-    than one program holds, NaN at an edge; NCHW inputs keep the 64-column tiles only."""
+    than one program holds, NaN at an edge; NCHW inputs are copied channels_last first."""
     torch.manual_seed(0)
     x = torch.randn(2, 40, 9, 7, dtype=torch.float16)
     x[1, 3, 0, 6] = float("nan")

@@ -92,9 +92,13 @@ def _prune_by_form(configs, named_args, **kwargs):
 
 
 def _prune_fwd(configs, named_args, **kwargs):
-    """``_prune_by_form``; for 4-byte operands (TF32) the 128x128 tile becomes 128x64 on one
-    warpgroup: on two, Triton 3.6 serialises the 128x128 TF32 wgmma (C7515)."""
+    """``_prune_by_form``; at most 64 filters per group (NiN's 10-class layer) keep the 64-wide
+    tiles only (a 128-wide tile is mostly idle and spills: 382-592 registers, static, sm_90);
+    for 4-byte operands (TF32) the 128x128 tile becomes 128x64 on one warpgroup: on two, Triton
+    3.6 serialises the 128x128 TF32 wgmma (C7515)."""
     kept = _prune_by_form(configs, named_args, **kwargs)
+    if not INTERPRET and named_args.get("K", kwargs.get("K")) <= 64:
+        kept = [cfg for cfg in kept if cfg.kwargs["BLOCK_N"] <= 64] or kept
     if INTERPRET or named_args[next(iter(named_args))].element_size() != 4:
         return kept
     wide = [cfg.kwargs["BLOCK_M"] == 128 and cfg.kwargs["BLOCK_N"] == 128 for cfg in kept]

@@ -21,7 +21,14 @@ dW:        GEMM reducing over N*P*Q, split into chunks for parallelism; each chu
 ReLU, db:  one elementwise pass (``_conv_bwd_prep_kernel``) masks dY with ``Y > 0`` of the saved
            output and writes per-block column sums of dY' for db (summed in a fixed order); the
            dX and dW loops then load dY' alone and hold the MMA alone (both wgmma operands from
-           shared memory, no reduction in the loop).
+           shared memory, no reduction in the loop). dY' is allocated with a pixel stride of a
+           whole number of 16 channels (``empty_padded_channels``).
+Vectors:   Triton marks an integer argument only when it is a multiple of 16. Where a channel
+           count or stride is a multiple of 8, 4 or 2 only (GoogLeNet's 24-channel 5x5 inputs,
+           280-channel stacked dY'), the launcher passes that factor as a constexpr and the
+           kernel writes the value as ``v // F * F``, so loads of F contiguous channels stay
+           whole vectors. The flattened forward also takes C as a constexpr (C < 32), so its
+           lane decode divides by constants.
 
 Limits: tensors are addressed through explicit strides (NCHW, channels_last or a channel slice
 of a larger buffer all work without copies); batch offsets are 64-bit, offsets within one image

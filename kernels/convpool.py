@@ -32,8 +32,10 @@ window's shifted loads of X (NaN propagates), so the pooled tensor is neither wr
 back: per block 2*|X| fewer HBM bytes, the extra loads hitting L1/L2 (neighbouring pixels share
 their windows). A program pools pairs of vertically adjacent pixels from shared row maxima
 (4 rows x 3 loads per pair for 3x3, not 2 x 9), and taps outside the image load a clamped
-in-window pixel instead of being masked. Its backward (host side, ``cnnkernels/inception.py``) recomputes the pool's argmax
-from the saved X, so nothing pooled is saved either.
+in-window pixel instead of being masked. Each step pools the next step's A tile, which the loop
+carries, so it reaches the wgmma from shared memory. Its backward (host side,
+``cnnkernels/inception.py``) recomputes the pool's argmax from the saved X, so nothing pooled is
+saved either.
 
 Limits: those of ``kernels/conv.py`` (strided tensors, 32-bit offsets within one image, batch
 pixel count below 2**31) and ``kernels/pool.py`` (pool padding at most half the window, so every

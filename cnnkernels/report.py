@@ -223,7 +223,9 @@ def functional_launches(batch: int, dtype: str) -> list[Launch]:
             rec.stack.append(f"functional {label} b{batch}")
             y = case()
             rec.backward_label = f"{rec.stack.pop()} (backward)"
-            y.float().sum().backward()
+            # A dense dY laid out like y, as a following layer's dX would be (the gradient of a
+            # sum is a stride-0 broadcast, which no layer inside a network receives).
+            y.backward(torch.empty_like(y))
         launches += rec.launches
     return launches
 

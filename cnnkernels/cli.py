@@ -460,7 +460,7 @@ def cmd_report(args) -> int:
     from cnnkernels import report
 
     argv = [f"--kernel={args.kernel}", f"--jobs={args.jobs}", *["--quick"] * args.quick, *["--json"] * args.json]
-    return report.main(argv + [f"--dtype={d}" for d in args.dtype or []])
+    return report.main(argv + [f"--dtype={d}" for d in args.dtype or []] + [f"--layer={x}" for x in args.layer or []])
 
 
 def cmd_demo(args) -> int:

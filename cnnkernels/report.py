@@ -605,9 +605,15 @@ def _most_common_per_family(launches: list[Launch]) -> list[Launch]:
 
 
 def run_report(
-    quick: bool = False, kernel_prefix: str = "", dtypes=DTYPES, jobs: int = 1
+    quick: bool = False,
+    kernel_prefix: str = "",
+    dtypes=DTYPES,
+    jobs: int = 1,
+    layer_prefixes: tuple[str, ...] = ("",),
 ) -> tuple[list[Row], list[ModelCounts]]:
-    """Compile and read every row; progress (one line per kernel family, a totals line) to stderr."""
+    """Compile and read every row (of the kernel families starting with ``kernel_prefix``, in
+    layers starting with one of ``layer_prefixes``); progress (one line per kernel family, a
+    totals line) to stderr."""
     import warnings
 
     with warnings.catch_warnings():
@@ -617,7 +623,11 @@ def run_report(
         warnings.filterwarnings("ignore", message="Full backward hook is firing.*")
         t_all = time.perf_counter()
         anchors = anchor_launches(dtypes)
-        launches = [lc for lc in collect_launches(quick, dtypes) if lc.family.startswith(kernel_prefix)]
+        launches = [
+            lc
+            for lc in collect_launches(quick, dtypes)
+            if lc.family.startswith(kernel_prefix) and lc.layer.startswith(tuple(layer_prefixes))
+        ]
         counts = [model_counts(name) for name in MODELS]
         # One job per distinct (specialisation, config); the launches sharing it are its layers.
         groups: dict[str, list] = {}
@@ -759,6 +769,11 @@ def add_options(parser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per row, then one per model")
     parser.add_argument("--quick", action="store_true", help="one representative layer per kernel family")
     parser.add_argument("--kernel", default="", help="only the kernel families whose name starts with this")
+    parser.add_argument(
+        "--layer",
+        action="append",
+        help="only the launches whose layer starts with this, e.g. 'GoogLeNet b128 net.3.' (repeatable)",
+    )
     parser.add_argument("--dtype", choices=DTYPES, action="append", help="only these dtypes (repeatable)")
     parser.add_argument("--jobs", type=positive_int, default=2, help="compile in this many processes (default: 2)")
 
@@ -774,10 +789,17 @@ def main(argv: list[str] | None = None) -> int:
     add_options(parser)
     args = parser.parse_args(argv)
     rows, counts = run_report(
-        quick=args.quick, kernel_prefix=args.kernel, dtypes=tuple(args.dtype or DTYPES), jobs=args.jobs
+        quick=args.quick,
+        kernel_prefix=args.kernel,
+        dtypes=tuple(args.dtype or DTYPES),
+        jobs=args.jobs,
+        layer_prefixes=tuple(args.layer or [""]),
     )
     if all(r.anchor for r in rows):
-        print(f"no kernel family starts with {args.kernel!r}", file=sys.stderr)
+        print(
+            f"no launch of a kernel family starting with {args.kernel!r} in layers {args.layer or 'any'}",
+            file=sys.stderr,
+        )
         return 2
     if args.json:
         for obj in [*map(row_json, rows), *(c._asdict() for c in counts)]:

@@ -880,9 +880,12 @@ def _conv_bwd_reduce_kernel(
     E, SPLITS, C,  # E = K_total * R * S * C partial elements; C per group
     stride_ok, stride_oc, stride_or, stride_os,
     R: tl.constexpr, S: tl.constexpr,
+    E_MULT: tl.constexpr,  # a factor of E: a split's partials stay 16-byte aligned for Triton
     BLOCK: tl.constexpr,
 ):
     """out[k, c, r, s] = sum over splits of part[split, k, (r, s, c)], in split order."""
+    if E_MULT < 16:  # 16: Triton marks it itself
+        E = E // E_MULT * E_MULT
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < E
     total = tl.load(part_ptr + offs, mask=mask, other=0.0)
@@ -1324,4 +1327,4 @@ def _reduce_splits(part, out, splits, c, r, s, strides) -> None:
     def grid(meta):
         return (triton.cdiv(e, meta["BLOCK"]),)
 
-    launch(_conv_bwd_reduce_kernel, grid, part, out, e, splits, c, *strides, R=r, S=s)
+    launch(_conv_bwd_reduce_kernel, grid, part, out, e, splits, c, *strides, R=r, S=s, E_MULT=vector_factor(e))

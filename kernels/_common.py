@@ -129,10 +129,16 @@ def vector_factor(*values: int, cap: int = 16) -> int:
     """The largest power of two, at most ``cap``, dividing every value. A kernel given it as a
     constexpr writes a stride or size as ``v // F * F``, so Triton's analysis knows the factor
     (it marks only arguments divisible by 16) and keeps loads of F contiguous elements whole."""
-    f = cap
-    for v in values:
-        f = math.gcd(f, v)
-    return f
+    return math.gcd(cap, *values)
+
+
+def pixel_strides(*tensors: torch.Tensor) -> list[int]:
+    """The n, h and w strides of 4-D tensors, in order (for ``vector_factor``)."""
+    out = []
+    for t in tensors:
+        n, _, h, w = t.stride()
+        out += (n, h, w)
+    return out
 
 
 def empty_padded_channels(n: int, c: int, h: int, w: int, device, dtype) -> torch.Tensor:

@@ -60,6 +60,7 @@ from ._common import (
     nonfinite,
     on_tensor_device,
     pick_configs,
+    pixel_strides,
     shape_only,
     tl_dtype,
     to_dtype,
@@ -985,8 +986,7 @@ def flat_vector(x: torch.Tensor, weight: torch.Tensor, c: int) -> int:
     knows a pointer's alignment only as a multiple of 16 bytes or none)."""
     if x.stride(1) != 1 or weight.stride(1) != 1 or x.data_ptr() % 16 or weight.data_ptr() % 16:
         return 1
-    strides = (x.stride(0), x.stride(2), x.stride(3), weight.stride(0), weight.stride(2), weight.stride(3))
-    return vector_factor(c, *strides, cap=16 // x.element_size())
+    return vector_factor(c, *pixel_strides(x, weight), cap=16 // x.element_size())
 
 
 @on_tensor_device
@@ -1034,7 +1034,7 @@ def conv2d_backward_prep(
         *nchw_strides(masked if write else grad_out),
         ACTIVATION="relu" if relu else "none", TWO_WAY=two_way, WRITE_OUT=write, NEED_DB=need_bias,
         ACC_DTYPE=tl_dtype(acc_dtype(dt)), K_MULT=vector_factor(k, k0),
-        PIX_MULT=vector_factor(*(t.stride(i) for t in (grad_out, dy1, y0, y1, masked if write else grad_out) for i in (0, 2, 3))),
+        PIX_MULT=vector_factor(*pixel_strides(grad_out, dy1, y0, y1, masked if write else grad_out)),
     )
     if db is not None:
         _reduce_splits(db_part, db, rows, 1, 1, 1, (db.stride(0), 0, 0, 0))  # in row order
@@ -1089,7 +1089,7 @@ def conv2d_backward_input(
         n, h, w, cg, p, q, kg,
         *nchw_strides(grad_out), *nchw_strides(weight), *nchw_strides(dx),
         **_geometry(weight, stride, padding, dilation),
-        FLAT=flat, RESIDUE=residue, W_MULT=vector_factor(cg, weight.stride(0), weight.stride(2), weight.stride(3)),
+        FLAT=flat, RESIDUE=residue, W_MULT=vector_factor(cg, *pixel_strides(weight)),
         **_dot_args(grad_out.dtype),
     )
     return dx

@@ -33,6 +33,7 @@ from ._common import (
     nchw_strides,
     on_tensor_device,
     pick_configs,
+    pixel_strides,
     prune_by_dtype,
     shape_only,
     to_dtype,
@@ -298,7 +299,7 @@ def conv1x1_backward_input(dy0, y0, weight, dx, activation, dy1=None, y1=None):
         dy, weight, dx,
         n * h * w, h * w, w, c, k,
         *nchw_strides(dy), weight.stride(0), weight.stride(1), *nchw_strides(dx),
-        K_MULT=vector_factor(k), DY_MULT=vector_factor(dy.stride(0), dy.stride(2), dy.stride(3)),
+        K_MULT=vector_factor(k), DY_MULT=vector_factor(*pixel_strides(dy)),
         **_conv._dot_args(dx.dtype),
     )
     return dx

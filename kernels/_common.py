@@ -132,6 +132,15 @@ def vector_factor(*values: int, cap: int = 16) -> int:
     return math.gcd(cap, *values)
 
 
+def narrow_tiles(configs: list[triton.Config], size: int, block: str) -> list[triton.Config]:
+    """The configs whose ``block`` is at most 64 when the dimension it tiles has at most 64
+    elements (NiN's 10-class layer): a 128-wide tile would be mostly idle, and it spills
+    (static, sm_90). Unchanged under the interpreter, or when none is that narrow."""
+    if INTERPRET or size > 64:
+        return configs
+    return [cfg for cfg in configs if cfg.kwargs[block] <= 64] or configs
+
+
 def pixel_strides(*tensors: torch.Tensor) -> list[int]:
     """The n, h and w strides of 4-D tensors, in order (for ``vector_factor``)."""
     out = []
@@ -203,6 +212,14 @@ def mma(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)  # fp64: Triton 3.6 needs it
+
+
+@triton.jit
+def as_multiples(a, b, c, F: tl.constexpr):
+    """a, b, c, which the launcher found to be multiples of F (``vector_factor``), written as
+    such for Triton's analysis: it marks only arguments divisible by 16, and a stride known to
+    divide by F keeps loads of F contiguous channels whole vectors."""
+    return a // F * F, b // F * F, c // F * F
 
 
 @triton.jit

@@ -40,7 +40,6 @@ own specialisation, so index arithmetic folds to constants.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import triton
@@ -49,6 +48,7 @@ import triton.language as tl
 from ._common import (
     INTERPRET,
     acc_dtype,
+    as_multiples,
     check_runnable,
     dot_precision,
     dot_upcast,
@@ -56,6 +56,7 @@ from ._common import (
     fit_to_dtype,
     launch,
     mma,
+    narrow_tiles,
     nchw_strides,
     nonfinite,
     on_tensor_device,
@@ -104,9 +105,7 @@ def _prune_fwd(configs, named_args, **kwargs):
     tiles only (a 128-wide tile is mostly idle and spills: 382-592 registers, static, sm_90);
     for 4-byte operands (TF32) the 128x128 tile becomes 128x64 on one warpgroup: on two, Triton
     3.6 serialises the 128x128 TF32 wgmma (C7515)."""
-    kept = _prune_by_form(configs, named_args, **kwargs)
-    if not INTERPRET and named_args.get("K", kwargs.get("K")) <= 64:
-        kept = [cfg for cfg in kept if cfg.kwargs["BLOCK_N"] <= 64] or kept
+    kept = narrow_tiles(_prune_by_form(configs, named_args, **kwargs), named_args.get("K", kwargs.get("K")), "BLOCK_N")
     if INTERPRET or named_args[next(iter(named_args))].element_size() != 4:
         return kept
     wide = [cfg.kwargs["BLOCK_M"] == 128 and cfg.kwargs["BLOCK_N"] == 128 for cfg in kept]
@@ -158,12 +157,8 @@ def _conv_fwd_kernel(
     if C_VEC > 1 and C_VEC < 16:
         # The host checked that these are multiples of C_VEC; written so, Triton knows it too
         # (it marks only multiples of 16), and C_VEC lanes of one tap are one vector load.
-        stride_xn = stride_xn // C_VEC * C_VEC
-        stride_xh = stride_xh // C_VEC * C_VEC
-        stride_xw = stride_xw // C_VEC * C_VEC
-        stride_wk = stride_wk // C_VEC * C_VEC
-        stride_wr = stride_wr // C_VEC * C_VEC
-        stride_ws = stride_ws // C_VEC * C_VEC
+        stride_xn, stride_xh, stride_xw = as_multiples(stride_xn, stride_xh, stride_xw, C_VEC)
+        stride_wk, stride_wr, stride_ws = as_multiples(stride_wk, stride_wr, stride_ws, C_VEC)
 
     M = N * P * Q
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -300,7 +295,7 @@ def _conv_bwd_input_kernel(
     # 5x5 branches) stay W_MULT-wide vectors.
     if W_MULT < 16:  # 16: Triton marks it itself
         C = C // W_MULT * W_MULT
-        stride_wk, stride_wr, stride_ws = _times(stride_wk, stride_wr, stride_ws, W_MULT)
+        stride_wk, stride_wr, stride_ws = as_multiples(stride_wk, stride_wr, stride_ws, W_MULT)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2).to(tl.int64)
@@ -800,12 +795,6 @@ def prep_configs() -> list[triton.Config]:
 
 
 @triton.jit
-def _times(a, b, c, F: tl.constexpr):
-    """a, b, c (multiples of F) written as such for Triton's analysis."""
-    return a // F * F, b // F * F, c // F * F
-
-
-@triton.jit
 def _two_way_load(t0_ptr, t1_ptr, n, h, w, offs_c, mask, in0, SPLIT,
                   s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w, TWO_WAY: tl.constexpr):
     """A [pixels, channels] tile whose channels below SPLIT come from t0 and the rest from t1."""
@@ -842,11 +831,11 @@ def _conv_bwd_prep_kernel(
         K = K // K_MULT * K_MULT
         SPLIT = SPLIT // K_MULT * K_MULT
     if PIX_MULT < 16:
-        stride_dy0n, stride_dy0h, stride_dy0w = _times(stride_dy0n, stride_dy0h, stride_dy0w, PIX_MULT)
-        stride_dy1n, stride_dy1h, stride_dy1w = _times(stride_dy1n, stride_dy1h, stride_dy1w, PIX_MULT)
-        stride_y0n, stride_y0h, stride_y0w = _times(stride_y0n, stride_y0h, stride_y0w, PIX_MULT)
-        stride_y1n, stride_y1h, stride_y1w = _times(stride_y1n, stride_y1h, stride_y1w, PIX_MULT)
-        stride_on, stride_oh, stride_ow = _times(stride_on, stride_oh, stride_ow, PIX_MULT)
+        stride_dy0n, stride_dy0h, stride_dy0w = as_multiples(stride_dy0n, stride_dy0h, stride_dy0w, PIX_MULT)
+        stride_dy1n, stride_dy1h, stride_dy1w = as_multiples(stride_dy1n, stride_dy1h, stride_dy1w, PIX_MULT)
+        stride_y0n, stride_y0h, stride_y0w = as_multiples(stride_y0n, stride_y0h, stride_y0w, PIX_MULT)
+        stride_y1n, stride_y1h, stride_y1w = as_multiples(stride_y1n, stride_y1h, stride_y1w, PIX_MULT)
+        stride_on, stride_oh, stride_ow = as_multiples(stride_on, stride_oh, stride_ow, PIX_MULT)
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -1165,7 +1154,7 @@ def conv2d_backward_weight(
         def grid_rows(meta):
             return (triton.cdiv(kg, meta["BLOCK_M"]), r * s * triton.cdiv(cg, meta["BLOCK_N"]), splits * groups)
 
-        xw_mult, dyw_mult = math.gcd(x.stride(3), 16), math.gcd(grad_out.stride(3), 16)
+        xw_mult, dyw_mult = vector_factor(x.stride(3)), vector_factor(grad_out.stride(3))
         geometry = _geometry(weight_like, stride, padding, dilation)
         for key in ("STRIDE_H", "STRIDE_W"):
             del geometry[key]
@@ -1174,7 +1163,7 @@ def conv2d_backward_weight(
             n, cg, kg, groups, chunk_rows, splits,
             x.stride(1), x.stride(3) // xw_mult, grad_out.stride(1), grad_out.stride(3) // dyw_mult,
             *nchw_strides(dw),
-            XW_MULT=xw_mult, DYW_MULT=dyw_mult, C_MULT=math.gcd(cg, 16),
+            XW_MULT=xw_mult, DYW_MULT=dyw_mult, C_MULT=vector_factor(cg),
             P=p, Q=q, **geometry,
             **_dot_args(x.dtype),
         )

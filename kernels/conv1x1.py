@@ -18,8 +18,6 @@ Limits: offsets within one image are 32-bit (H*W*C < 2**31); batch offsets are 6
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -27,9 +25,11 @@ import triton.language as tl
 from . import conv as _conv
 from ._common import (
     INTERPRET,
+    as_multiples,
     check_runnable,
     launch,
     mma,
+    narrow_tiles,
     nchw_strides,
     on_tensor_device,
     pick_configs,
@@ -127,10 +127,7 @@ def _conv1x1_fwd_kernel(
 def _prune_bwd_input(configs, named_args, **kwargs):
     """``prune_by_dtype``; at most 64 input channels (NiN's 10-class layer) keep the 64-wide
     tiles only (a 128-wide tile is mostly idle and spills 404-877 registers; static, sm_90)."""
-    configs = prune_by_dtype("w_ptr")(configs, named_args, **kwargs)
-    if not INTERPRET and named_args.get("C", kwargs.get("C")) <= 64:
-        configs = [cfg for cfg in configs if cfg.kwargs["BLOCK_N"] <= 64] or configs
-    return configs
+    return narrow_tiles(prune_by_dtype("w_ptr")(configs, named_args, **kwargs), named_args.get("C", kwargs.get("C")), "BLOCK_N")
 
 
 @triton.autotune(configs=conv1x1_configs("bwd_input"), prune_configs_by={"early_config_prune": _prune_bwd_input}, key=["M", "C", "K"])
@@ -151,9 +148,7 @@ def _conv1x1_bwd_input_kernel(
     if K_MULT < 16:  # 16: Triton marks it itself
         K = K // K_MULT * K_MULT
     if DY_MULT < 16:
-        stride_dyn = stride_dyn // DY_MULT * DY_MULT
-        stride_dyh = stride_dyh // DY_MULT * DY_MULT
-        stride_dyw = stride_dyw // DY_MULT * DY_MULT
+        stride_dyn, stride_dyh, stride_dyw = as_multiples(stride_dyn, stride_dyh, stride_dyw, DY_MULT)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -181,10 +176,8 @@ def _conv1x1_bwd_input_kernel(
 def _prune_bwd_weight(configs, named_args, **kwargs):
     """``prune_by_dtype``, and the 128x128 tile on two warpgroups for 4-byte operands (TF32): on
     one, it spills."""
-    configs = prune_by_dtype("x_ptr")(configs, named_args, **kwargs)
-    if not INTERPRET and named_args.get("K", kwargs.get("K")) <= 64:
-        # At most 64 output channels (NiN's 10-class layer): a 128-row tile is mostly idle and spills.
-        configs = [cfg for cfg in configs if cfg.kwargs["BLOCK_M"] <= 64] or configs
+    # At most 64 output channels (NiN's 10-class layer): 64-row tiles (``narrow_tiles``).
+    configs = narrow_tiles(prune_by_dtype("x_ptr")(configs, named_args, **kwargs), named_args.get("K", kwargs.get("K")), "BLOCK_M")
     if named_args.get("x_ptr", kwargs.get("x_ptr")).element_size() < 4 or INTERPRET:
         return configs
     return [
@@ -359,8 +352,8 @@ def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=
         x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).copy_(x)
     if not _conv._pixel_linear(dy):
         dy = torch.empty(dy.shape, dtype=dy.dtype, device=dy.device, memory_format=torch.channels_last).copy_(dy)
-    xw_mult = math.gcd(x.stride(3), 16)
-    dyw_mult = math.gcd(dy.stride(3), 16)
+    xw_mult = vector_factor(x.stride(3))
+    dyw_mult = vector_factor(dy.stride(3))
 
     def grid(meta):
         return (triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_N"]), splits)
@@ -370,7 +363,7 @@ def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=
         m, c, k, chunk, splits,
         x.stride(1), x.stride(3) // xw_mult, dy.stride(1), dy.stride(3) // dyw_mult,
         dw.stride(0), dw.stride(1),
-        XW_MULT=xw_mult, DYW_MULT=dyw_mult, K_MULT=math.gcd(k, 16), C_MULT=math.gcd(c, 16),
+        XW_MULT=xw_mult, DYW_MULT=dyw_mult, K_MULT=vector_factor(k), C_MULT=vector_factor(c),
         **_conv._dot_args(x.dtype),
     )
     return dw, db

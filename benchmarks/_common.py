@@ -35,12 +35,11 @@ IMAGE = (1, 224, 224)  # the seed's (C, H, W)
 LAYER_BATCH = 128
 MODEL_BATCHES = [_param(b, id=f"batch{b}") for b in (1, 32, 128)]
 DTYPE_IDS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
-_MODES = ("forward", "backward", "train")
-MODES = [_param(m, id=m) for m in _MODES]
+MODES = [_param(m, id=m) for m in roofline.MODES]
 DTYPES = [_param(d, id=DTYPE_IDS[d]) for d in DTYPE_IDS]
 
 # Per-layer grid: bf16 in every mode, fp16 and fp32 forward only.
-_LAYER_GRID = [("bfloat16", m) for m in _MODES] + [("float16", "forward"), ("float32", "forward")]
+_LAYER_GRID = [("bfloat16", m) for m in roofline.MODES] + [("float16", "forward"), ("float32", "forward")]
 LAYER_CASES = [_param(d, m, id=f"{DTYPE_IDS[d]}-{m}") for d, m in _LAYER_GRID]
 NO_PARAM_CASES = [c for c in LAYER_CASES if c.values[1] != "train"]  # pooling: train = forward + backward
 FORWARD_CASES = [c for c in LAYER_CASES if c.values[1] == "forward"]  # cat's backward only slices the gradient
@@ -297,10 +296,11 @@ def conv_backward_parts_ms(layer: roofline.Layer, provider: str) -> dict | None:
         conv_bwd = torch.ops.aten.convolution_backward
         args = (dy, x, w, None, layer.stride, layer.padding, [1, 1], False, [0, 0], 1)
         parts = {
-            "prep": lambda: torch.ops.aten.threshold_backward(dy, y, 0),
             "dx": lambda: conv_bwd(*args, [True, False, False]),
             "dw": lambda: conv_bwd(*args, [False, True, True]),
         }
+        if layer.relu:  # the ReLU's own backward pass (without one, db comes with dW)
+            parts["prep"] = lambda: torch.ops.aten.threshold_backward(dy, y, 0)
     return {name: gpu_time_s(fn) * 1e3 for name, fn in parts.items()}
 
 

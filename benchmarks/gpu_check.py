@@ -221,6 +221,11 @@ class Check:
 # Markdown
 
 
+def _parts(parts: dict | None) -> str:
+    """A conv backward's mask / dX / dW times (ms), "–" for a part it does not have."""
+    return " / ".join(_fmt(parts.get(k)) for k in ("prep", "dx", "dw")) if parts else "–"
+
+
 def _fmt(v, spec: str | None = None) -> str:
     """Numbers for the tables: 3 significant digits without exponents for the usual ranges."""
     if not isinstance(v, float):
@@ -278,7 +283,7 @@ def markdown(res: dict) -> str:
             rows = [
                 [r.get(k) for k in ("layer", "shape", "mode", "provider", "median_ms", metric)]
                 + [_pct(r.get(frac)), _pct(r.get("roofline_fraction")), _x(r.get("speedup_vs_cudnn"))]
-                + [" / ".join(_fmt(v) for v in (r.get("backward_parts_ms") or {}).values()) or "–"]
+                + [_parts(r.get("backward_parts_ms"))]
                 for r in res[section]
             ]
             lines += _table(head + [frac_title, "roofline", "vs cudnn", "mask / dX / dW ms"], rows)

@@ -157,7 +157,8 @@ class Inception(nn.Module):
         mods = self._modules
         params = []
         for name in self._GEOMETRY:  # the six convs, in the block's parameter order
-            weight, bias = mods[name]._parameters.get("weight"), mods[name]._parameters.get("bias")
+            p = mods[name]._parameters
+            weight, bias = p.get("weight"), p.get("bias")
             if weight is None or bias is None:  # parametrized (weight_norm, ...), no bias: the full path decides
                 return (None, None), params
             params += [weight, bias]

@@ -577,20 +577,21 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def collect_launches(quick: bool, dtypes=DTYPES) -> list[Launch]:
-    """Every launch of the four models (batch 1 and 128) and the functional cases, per dtype; with
-    ``quick``, GoogLeNet and the functional cases at batch 128, one specialisation per family."""
+def collect_launches(quick: bool, dtypes=DTYPES, layer_prefixes: tuple[str, ...] = ("",)) -> list[Launch]:
+    """Every launch of the four models (batch 1 and 128) and the functional cases, per dtype, in
+    layers starting with one of ``layer_prefixes``; with ``quick``, GoogLeNet and the functional
+    cases at batch 128, one specialisation per family (picked among those layers)."""
     launches = []
     for dtype in dtypes:
         if quick:
             group = model_launches("GoogLeNet", 128, dtype) + functional_launches(128, dtype)
-            launches += _most_common_per_family(group)
+            launches += _most_common_per_family([lc for lc in group if lc.layer.startswith(layer_prefixes)])
         else:
             for batch in BATCHES:
                 for name in MODELS:
                     launches += model_launches(name, batch, dtype)
                 launches += functional_launches(batch, dtype)
-    return launches
+    return [lc for lc in launches if lc.layer.startswith(layer_prefixes)]
 
 
 def _most_common_per_family(launches: list[Launch]) -> list[Launch]:
@@ -624,9 +625,7 @@ def run_report(
         t_all = time.perf_counter()
         anchors = anchor_launches(dtypes)
         launches = [
-            lc
-            for lc in collect_launches(quick, dtypes)
-            if lc.family.startswith(kernel_prefix) and lc.layer.startswith(tuple(layer_prefixes))
+            lc for lc in collect_launches(quick, dtypes, tuple(layer_prefixes)) if lc.family.startswith(kernel_prefix)
         ]
         counts = [model_counts(name) for name in MODELS]
         # One job per distinct (specialisation, config); the launches sharing it are its layers.

@@ -73,7 +73,7 @@ def _dtype_name(dtype) -> str:
 
 
 MODELS: tuple[str, ...] = ("AlexNet", "VGG", "NiN", "GoogLeNet")
-_MODES = ("forward", "backward", "train")  # what flops(), nbytes() and floor_s() take
+MODES = ("forward", "backward", "train")  # what flops(), nbytes() and floor_s() take
 _MODEL_ALIASES = {m.lower(): m for m in MODELS} | {"vgg11": "VGG", "vgg-11": "VGG"}
 
 
@@ -112,7 +112,7 @@ class Layer:
 
     def formula(self, what: str, mode: str = "forward") -> str:
         """The formula behind ``flops(mode)`` (``what="flops"``) or ``nbytes(mode)`` (``what="bytes"``)."""
-        if what not in ("flops", "bytes") or mode not in _MODES:
+        if what not in ("flops", "bytes") or mode not in MODES:
             raise ValueError(f"what must be flops or bytes and mode forward, backward or train, got {what!r}, {mode!r}")
         fwd, bwd = getattr(self, f"{what}_formula"), getattr(self, f"{what}_formula_bwd")
         if mode == "train" and what == "bytes" and self.bytes_formula_fwd_train:
@@ -391,7 +391,7 @@ def totals_of(model: str, rows: Sequence[Layer]) -> ModelTotals:
     dtype = rows[0].dtype
     sums = {f: sum(getattr(r, f) for r in rows) for f in ("params", "flops_fwd", "bytes_fwd", "flops_bwd", "bytes_bwd")}
     sgd_flops, sgd_bytes = 2 * sums["params"], 3 * sums["params"] * DTYPE_BYTES[dtype]
-    floors = {mode: {gpu: sum(r.floor_s(gpu, mode) for r in rows) for gpu in GPU_CEILINGS} for mode in _MODES}
+    floors = {mode: {gpu: sum(r.floor_s(gpu, mode) for r in rows) for gpu in GPU_CEILINGS} for mode in MODES}
     for gpu, c in GPU_CEILINGS.items():
         floors["train"][gpu] += c.floor_s(sgd_flops, sgd_bytes, dtype)
     conv = [r for r in rows if r.kind == "conv"]

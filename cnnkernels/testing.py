@@ -86,13 +86,14 @@ def assert_close(
         raise AssertionError(f"{name}: relative error {err:.3e} > {tol.rtol:.0e} ({dtype})")
     diff = (out_f - ref_f).abs()
     bound = tol.atol + tol.rtol_elem * (
-        ref_f.abs() if scale is None else scale.double()[finite].abs().maximum(ref_f.abs())
+        ref_f.abs() if scale is None else scale.detach().double()[finite].abs().maximum(ref_f.abs())
     )
     if (diff > bound).any():
         i = int((diff - bound).argmax())
         raise AssertionError(
             f"{name}: element {i} of the finite ones differs by {diff[i]:.3e} (ref {ref_f[i].item():.4g}, "
-            f"out {out_f[i].item():.4g}) > {tol.atol} + {tol.rtol_elem} * |ref| ({dtype})"
+            f"out {out_f[i].item():.4g}) > {bound[i]:.3e} = {tol.atol} + {tol.rtol_elem} * "
+            f"{'|ref|' if scale is None else 'max(|scale|, |ref|)'} ({dtype})"
         )
     if torch_out is not None and dtype in (torch.float16, torch.bfloat16):
         theirs_d = torch_out.detach().double()

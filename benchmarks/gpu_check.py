@@ -142,7 +142,9 @@ class Check:
         failed = [r for r in rows if r["outcome"] == "failed"]
         for row in failed:  # each failed item with its own reason, even when the run was cut short
             self.fail("tests", row["test"], "failed", row.get("message", ""))
-        if rec["status"] == "timeout" or (rec["status"] != "passed" and not failed):
+        # The run's own record too when no item explains it, or when some did not run (collection errors).
+        errors = re.search(r"\berrors?\b", rec["summary"])
+        if rec["status"] == "timeout" or (rec["status"] != "passed" and (not failed or errors)):
             kind = "timeout" if rec["status"] == "timeout" else "failed"
             self.fail("tests", rec["command"], kind, rec["summary"] + "\n" + rec["output_tail"][-3000:])
         self.write()

@@ -17,7 +17,7 @@ dW:        GEMM reducing over N*P*Q, split into chunks for parallelism; each chu
            channels with narrow tiles when the channels are whole 16-byte vectors). Layers whose
            channels are not (1- and 3-channel first layers) run the generic kernel's span form on
            a zero-padded copy of X that holds each output column's filter-row spans
-           (``_span_tensor``): 16-byte loads, pointers moved by scalars, no window test.
+           (``span_tensor``): 16-byte loads, pointers moved by scalars, no window test.
 ReLU, db:  one elementwise pass (``_conv_bwd_prep_kernel``) masks dY with ``Y > 0`` of the saved
            output and writes per-block column sums of dY' for db (summed in a fixed order); the
            dX and dW loops then load dY' alone and hold the MMA alone (both wgmma operands from
@@ -129,7 +129,7 @@ _GEOMETRY_KEY = ["R", "S", "STRIDE_H", "STRIDE_W", "DIL_H", "DIL_W", "FLAT"]  # 
 FLAT_BELOW = 32
 
 
-@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_fwd}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY])
+@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_fwd}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY, "SPAN"])
 @triton.jit
 def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
@@ -146,12 +146,21 @@ def _conv_fwd_kernel(
     FLAT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     FLAT_C: tl.constexpr,  # C when FLAT (its divisions fold), else 0
     C_VEC: tl.constexpr,  # X's pixel and W's filter strides are multiples of this (``flat_vector``)
+    # The span form (first layers, ``conv2d_forward``): x_ptr is the span tensor (H its rows),
+    # w_ptr the filter rows' spans, SPAN_T wide, each filter SPAN_RT_PAD long; W is R*SPAN_T,
+    # the reduction's length (a runtime bound: a loop of a few steps stays a loop, measurable).
+    SPAN: tl.constexpr, SPAN_T: tl.constexpr, SPAN_RT_PAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2).to(tl.int64)
+    if SPAN:
+        _conv_fwd_span(x_ptr, w_ptr, b_ptr, y_ptr, N, H, W, P, Q, K, stride_b, stride_yn, stride_yc, stride_yh, stride_yw,
+                       pid_m, pid_n, R, STRIDE_H, DIL_H, SPAN_T, SPAN_RT_PAD, HAS_BIAS, ACTIVATION,
+                       INPUT_PRECISION, UPCAST, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+        return
     if FLAT:
         C = FLAT_C
     if C_VEC > 1 and C_VEC < 16:
@@ -239,16 +248,81 @@ def _conv_fwd_kernel(
         b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
 
-    # Epilogue on the fp32 accumulator: bias, activation, cast, strided store.
+    _fwd_epilogue(acc, b_ptr, y_ptr, g * K + offs_n, mask_m, mask_n, n_idx, pq, Q, stride_b,
+                  stride_yn, stride_yc, stride_yh, stride_yw, HAS_BIAS, ACTIVATION, ACC_DTYPE)
+
+
+@triton.jit
+def _fwd_epilogue(acc, b_ptr, y_ptr, chan, mask_m, mask_n, n_idx, pq, Q, stride_b,
+                  stride_yn, stride_yc, stride_yh, stride_yw,
+                  HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """On the fp32 accumulator of output pixels (n, pq) x channels ``chan``: bias, activation,
+    cast, strided store."""
     if HAS_BIAS:
-        bias = tl.load(b_ptr + (g * K + offs_n) * stride_b, mask=mask_n, other=0.0)
+        bias = tl.load(b_ptr + chan * stride_b, mask=mask_n, other=0.0)
         acc += bias.to(ACC_DTYPE)[None, :]
     if ACTIVATION == "relu":
         # NaN stays NaN, as torch's relu (a plain max would return the 0).
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     y_off = n_idx * stride_yn + (pq // Q) * stride_yh + (pq % Q) * stride_yw
-    y_ptrs = y_ptr + y_off[:, None] + ((g * K + offs_n) * stride_yc)[None, :]
+    y_ptrs = y_ptr + y_off[:, None] + (chan * stride_yc)[None, :]
     tl.store(y_ptrs, to_dtype(acc, y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def span_gemm(x_rows, w_rows, row_step, acc, RT, T: tl.constexpr, UNROLL: tl.constexpr,
+              INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += the GEMM over the span form's columns (r, t), col = r*T + t < RT = R*T: A row i
+    reads the span tensor at x_rows[i] + r*row_step + t, filter column j the weight spans at
+    w_rows[j] + col (zero past the filter row and past RT, ``span_weights``). T is a power of
+    two, so T | BLOCK_K or BLOCK_K | T: a step's columns are a fixed lane pattern moved by a
+    scalar, contiguous in runs of min(T, BLOCK_K) >= 8 elements (16-byte vectors). Rows r >= R of
+    the last step are real input rows, so A is masked there (the weight's zeros would turn an
+    inf into NaN). UNROLL: the steps as straight-line code (inside another loop; RT constexpr)."""
+    kk = tl.arange(0, BLOCK_K)
+    lanes = (kk // T) * row_step + kk % T
+    if UNROLL:
+        for i in tl.static_range((RT + BLOCK_K - 1) // BLOCK_K):
+            k0 = i * BLOCK_K
+            a_ptrs = x_rows[:, None] + ((k0 // T) * row_step + k0 % T + lanes)[None, :]
+            if k0 + BLOCK_K <= RT:
+                a = tl.load(a_ptrs)
+            else:
+                a = tl.load(a_ptrs, mask=(k0 + kk < RT)[None, :], other=0.0)
+            b = tl.load(w_rows[None, :] + (k0 + kk)[:, None])
+            acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+    else:
+        for k0 in range(0, RT, BLOCK_K):
+            a_ptrs = x_rows[:, None] + ((k0 // T) * row_step + k0 % T + lanes)[None, :]
+            a = tl.load(a_ptrs, mask=(k0 + kk < RT)[None, :], other=0.0)
+            b = tl.load(w_rows[None, :] + (k0 + kk)[:, None])
+            acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
+def _conv_fwd_span(xs_ptr, ws_ptr, b_ptr, y_ptr, N, HS, RT, P, Q, K, stride_b, stride_yn, stride_yc, stride_yh, stride_yw,
+                   pid_m, pid_n, R: tl.constexpr, STRIDE_H: tl.constexpr, DIL_H: tl.constexpr,
+                   T: tl.constexpr, RT_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+                   INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The forward's span form (one group): output pixel (n, p, q) reads, for filter row r, the
+    span Xs[n, p*STRIDE_H + r*DIL_H, q, :] (``span_tensor``), so its whole window is R
+    contiguous, 16-byte aligned runs of T elements; no window test, no gather."""
+    M = N * P * Q
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < K
+    # Rows past M and columns past K run pixel m % M and filter k % K; never stored.
+    n_idx = (offs_m % M) // (P * Q)
+    pq = (offs_m % (P * Q)).to(tl.int32)
+    x_rows = xs_ptr + ((n_idx * HS + (pq // Q) * STRIDE_H) * Q + pq % Q) * T
+    w_rows = ws_ptr + (offs_n % K) * RT_PAD
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    acc = span_gemm(x_rows, w_rows, DIL_H * Q * T, acc, RT, T, False, INPUT_PRECISION, UPCAST, BLOCK_K)
+    _fwd_epilogue(acc, b_ptr, y_ptr, offs_n, mask_m, mask_n, n_idx, pq, Q, stride_b,
+                  stride_yn, stride_yc, stride_yh, stride_yw, HAS_BIAS, ACTIVATION, ACC_DTYPE)
 
 
 @triton.jit
@@ -489,7 +563,7 @@ def _conv_bwd_weight_kernel(
     block, or a block of the flattened (r, s, c) index when FLAT); axis 2 over (split, group).
 
     SPAN (one group, dilation 1 along W, pixel-linear dY'): X arrives as the span tensor
-    Xs[n, h, q, t] = Xpad[n, h, (q*STRIDE_W)*C + t] (``_span_tensor``: the zero-padded input, each
+    Xs[n, h, q, t] = Xpad[n, h, (q*STRIDE_W)*C + t] (``span_tensor``: the zero-padded input, each
     row flattened over (w, c)), so the columns (r, t), t = s*C + c < S*C, of output pixel (n, p, q)
     are row p*STRIDE_H + r*DIL_H of Xs: one contiguous span of SPAN_T elements per tap row, read
     in 16-byte vectors, with no window test. CHUNK counts output rows (n, p) per split; a step
@@ -894,6 +968,32 @@ def _conv_bwd_reduce_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
+SPAN_FILL_BLOCK = 8192 if INTERPRET else 1024
+
+
+@triton.jit
+def _span_fill_kernel(
+    x_ptr, xs_ptr, H, W, HS, QT,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    C: tl.constexpr, S: tl.constexpr, T: tl.constexpr,
+    STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Xs[n, h, q, j] = X[n, j % C, h - PAD_H, q*STRIDE_W - PAD_W + j // C] for j < S*C inside
+    the image, else 0 (``span_tensor``). Axis 0 runs over the (n, h) rows, axis 1 over a row's
+    Q*T elements; T is constexpr, so (q, j) come from shifts."""
+    row = tl.program_id(0)
+    n = row // HS
+    # h as a vector: the interpreter cannot AND a scalar condition into a vector mask.
+    h = row % HS - PAD_H + tl.zeros((BLOCK,), tl.int32)
+    e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    j = e % T
+    w = (e // T) * STRIDE_W - PAD_W + j // C
+    ok = (e < QT) & (j < S * C) & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+    src = x_ptr + n.to(tl.int64) * stride_xn + (j % C) * stride_xc + h * stride_xh + w * stride_xw
+    tl.store(xs_ptr + row.to(tl.int64) * QT + e, tl.load(src, mask=ok, other=0.0), mask=e < QT)
+
+
 def conv_output_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
     return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
 
@@ -950,6 +1050,13 @@ def conv2d_forward(
         return out
     kg = k_out // groups
     b_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False
+    flat = cg < FLAT_BELOW
+    geometry = _geometry(weight, stride, padding, dilation)
+    span_t = fwd_span_width(x, weight, dilation, groups)
+    if span_t:
+        x = span_tensor(x, r, s, p, q, stride, padding, dilation, span_t)
+        weight = span_weights(weight, span_t)
+        h, w, flat = x.shape[1], r * span_t, False
 
     def grid(meta):
         return (triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(kg, meta["BLOCK_N"]), groups)
@@ -960,9 +1067,10 @@ def conv2d_forward(
         *nchw_strides(x), *nchw_strides(weight),
         bias.stride(0) if bias is not None else 0,
         *nchw_strides(out),
-        **_geometry(weight, stride, padding, dilation),
-        FLAT=cg < FLAT_BELOW, HAS_BIAS=bias is not None, ACTIVATION=activation,
-        FLAT_C=cg if cg < FLAT_BELOW else 0, C_VEC=flat_vector(x, weight, cg) if cg < FLAT_BELOW else 1,
+        **geometry,
+        FLAT=flat, HAS_BIAS=bias is not None, ACTIVATION=activation,
+        FLAT_C=cg if flat else 0, C_VEC=flat_vector(x, weight, cg) if flat else 1,
+        SPAN=span_t > 0, SPAN_T=span_t, SPAN_RT_PAD=weight.shape[1] * span_t if span_t else 0,
         **_dot_args(x.dtype),
     )
     return out
@@ -1202,23 +1310,48 @@ def _span_width(s: int, c: int) -> int:
     return triton.cdiv(s * c, 8) * 8
 
 
-def _span_tensor(x: torch.Tensor, r: int, s: int, p: int, q: int, stride, padding, dilation) -> torch.Tensor:
-    """Xs[n, h, q, t] = Xpad[n, h, (q*sw)*C + t] for t < ``_span_width(S, C)``: the input padded with
-    zeros (rows and columns, as the convolution pads it), each row flattened over (w, c), and for
-    each output column q the span its filter rows read. Contiguous, so every (q, tap row) span
-    starts 16-byte aligned. Rows: the (P-1)*sh + (R-1)*dh + 1 that the output reads."""
+def span_tensor(x: torch.Tensor, r: int, s: int, p: int, q: int, stride, padding, dilation, t: int) -> torch.Tensor:
+    """Xs[n, h, q, j] = Xpad[n, h, q*sw + j // C, j % C] for j < S*C, 0 for S*C <= j < t: X padded
+    as the convolution pads it, and for each output column q the span its filter rows read, one
+    contiguous run of ``t`` elements per (row, q), 16-byte aligned. Rows: the (P-1)*sh +
+    (R-1)*dh + 1 that the output reads. One launch (``_span_fill_kernel``), no torch op."""
+    hs = (p - 1) * stride[0] + (r - 1) * dilation[0] + 1
+    return _span_fill(x, hs, q, t, s, stride[1], padding[0], padding[2])
+
+
+def span_weights(weight: torch.Tensor, t: int, block: int = 64) -> torch.Tensor:
+    """Ws[k, r, 0, j] = W[k, j % C, r, j // C] for j < S*C, else 0, each filter padded with zero
+    rows to a whole number of ``block`` columns (contiguous, so filter k's columns r*t + j are
+    one run): the B operand of ``span_gemm``, read with no mask. ``_span_fill_kernel`` on W
+    seen as a (K, C, R, S) image."""
+    r = weight.shape[2]
+    rows = triton.cdiv(r * t, block) * block // t
+    return _span_fill(weight, rows, 1, t, weight.shape[3], 1, 0, 0)
+
+
+def _span_fill(x: torch.Tensor, rows: int, q: int, t: int, s: int, stride_w: int, pad_h: int, pad_w: int):
     n, c, h, w = x.shape
-    sh, sw = stride
-    pt, pl = padding[0], padding[2]
-    t = _span_width(s, c)
-    hs = (p - 1) * sh + (r - 1) * dilation[0] + 1
-    wp = (q - 1) * sw + triton.cdiv(t, c)
-    xp = x.new_zeros((n, hs, wp, c))
-    hh, ww = min(h, hs - pt), min(w, wp - pl)
-    if hh > 0 and ww > 0:
-        xp[:, pt : pt + hh, pl : pl + ww, :] = x.permute(0, 2, 3, 1)[:, :hh, :ww, :]
-    spans = xp.view(n, hs, wp * c).as_strided((n, hs, q, t), (hs * wp * c, wp * c, sw * c, 1))
-    return spans.contiguous()
+    xs = torch.empty((n, rows, q, t), device=x.device, dtype=x.dtype)
+    if xs.numel() == 0 or shape_only(x):
+        return xs
+    block = SPAN_FILL_BLOCK
+    launch(_span_fill_kernel, (n * rows, triton.cdiv(q * t, block)),
+        x, xs, h, w, rows, q * t, *nchw_strides(x),
+        C=c, S=s, T=t, STRIDE_W=stride_w, PAD_H=pad_h, PAD_W=pad_w, BLOCK=block,
+    )
+    return xs
+
+
+def fwd_span_width(x: torch.Tensor, weight: torch.Tensor, dilation, groups: int) -> int:
+    """The span width T of the forward's span form (``span_gemm``) for this layer, or 0 where it
+    does not apply. It applies to one-group layers with dilation 1 along W whose channels are
+    not whole 16-byte vectors (1- and 3-channel first layers: the flattened form gathers them
+    one element at a time) and whose filter row holds at most 64 elements; T is S*C rounded up
+    to a power of two, at least 8."""
+    c, s = weight.shape[1], weight.shape[3]
+    if groups != 1 or dilation[1] != 1 or (c * x.element_size()) % 16 == 0 or s * c > 64:
+        return 0
+    return max(8, triton.next_power_of_2(s * c))
 
 
 def _span_geometry(p: int, q: int) -> tuple[int, int]:
@@ -1235,7 +1368,7 @@ def _dw_span(x, grad_out, dw, weight_like, stride, padding, dilation, chunk: int
     n, c, h, w = x.shape
     k, _, r, s = weight_like.shape
     _, _, p, q = grad_out.shape
-    xs = _span_tensor(x, r, s, p, q, stride, padding, dilation)
+    xs = span_tensor(x, r, s, p, q, stride, padding, dilation, _span_width(s, c))
     t = xs.shape[3]
     rows, segs = _span_geometry(p, q)
     unit = max(rows, 1)

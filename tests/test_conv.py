@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -269,7 +270,8 @@ def test_dw_span_form(case, monkeypatch):
     launch = kconv.launch
 
     def spy(kernel, grid, *args, **kwargs):
-        spans.append(kwargs.get("SPAN"))
+        if kernel is kconv._conv_bwd_weight_kernel:
+            spans.append(kwargs["SPAN"])
         return launch(kernel, grid, *args, **kwargs)
 
     monkeypatch.setattr(kconv, "launch", spy)
@@ -307,6 +309,69 @@ def test_dw_span_through_autograd_with_relu(monkeypatch):
     conv2d_ref(*leaves, stride=2, padding=3, dilation=1, groups=1, relu=True).backward(dy.double())
     for name, got, leaf in zip(("grad_input", "grad_weight", "grad_bias"), grads, leaves):
         assert_close(got, leaf.grad, torch.float32, name=name)
+
+
+# Span form of the forward (first layers: one group, channels not whole 16-byte vectors, dilation
+# 1 along W): filter rows of 16, 8, 32 and 64 elements; a last step past the filter's rows
+# (masked), more filters than one tile, strides and a dilation that differ per axis, asymmetric
+# padding, an even kernel; an inf and a NaN in the input, which must poison exactly the windows
+# that read them (the span's zero tail and the masked rows must not turn them into NaN elsewhere).
+FWD_SPAN = [
+    pytest.param(dict(n=2, c=1, h=39, w=37, k=8, r=11, s=11, stride=(4, 4), pad=(1, 1, 1, 1)), id="11x11s4-C1-T16"),
+    pytest.param(dict(n=2, c=1, h=12, w=11, k=70, r=3, s=3, stride=(1, 1), pad=(1, 1, 1, 1)), id="3x3-C1-T8-K70"),
+    pytest.param(dict(n=1, c=3, h=30, w=29, k=8, r=11, s=11, stride=(4, 4), pad=(2, 2, 2, 2)), id="11x11s4-C3-T64"),
+    pytest.param(dict(n=2, c=3, h=15, w=14, k=6, r=7, s=7, stride=(2, 2), pad=(3, 3, 3, 3)), id="7x7s2-C3-T32"),
+    pytest.param(
+        dict(n=2, c=2, h=14, w=13, k=5, r=4, s=2, stride=(2, 1), pad=(0, 2, 1, 0), dil=(2, 1)), id="asym-dilated-h"
+    ),
+]
+
+
+@pytest.mark.parametrize("case", FWD_SPAN)
+def test_forward_span_form(case, monkeypatch):
+    """Span form of the forward, with bias and ReLU, in fp32 and bf16 on NCHW input, against
+    float64 torch; the span form is the one launched."""
+    n, c, h, w, k, r, s = (case[key] for key in "n c h w k r s".split())
+    stride, pad, dil = case["stride"], case["pad"], case.get("dil", (1, 1))
+    x = torch.randn(n, c, h, w, device=DEVICE)
+    x[0, 0, h // 2, w // 3] = float("inf")
+    x[-1, -1, h - 2, w - 1] = float("nan")
+    wt = torch.randn(k, c, r, s, device=DEVICE) / (c * r * s) ** 0.5
+    b = torch.randn(k, device=DEVICE)
+    spans = []
+    launch = kconv.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if kernel is kconv._conv_fwd_kernel:
+            spans.append(kwargs["SPAN"])
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(kconv, "launch", spy)
+    for dtype in (torch.float32, torch.bfloat16):
+        xd, wd, bd = x.to(dtype), wt.to(dtype), b.to(dtype)
+        assert kconv.fwd_span_width(xd, wd, dil, 1) == max(8, triton.next_power_of_2(s * c))
+        y = kconv.conv2d_forward(xd, wd, bd, stride, pad, dil, 1, "relu")
+        xpad = F.pad(xd.double(), (pad[2], pad[3], pad[0], pad[1]))
+        ref = F.relu(F.conv2d(xpad, wd.double(), bd.double(), stride=stride, dilation=dil))
+        assert torch.isnan(ref).any() and torch.isfinite(ref).any()
+        assert_close(y, ref, dtype)
+    assert spans == [True, True]
+
+
+def test_forward_span_form_applies_to_first_layers_only():
+    """The span form takes one-group layers whose channels are not whole 16-byte vectors, with
+    dilation 1 along W and at most 64 elements per filter row; the rest keep the other forms."""
+    x = torch.empty(1, 3, 8, 8, dtype=torch.bfloat16)
+    w = torch.empty(4, 3, 3, 3, dtype=torch.bfloat16)
+    assert kconv.fwd_span_width(x, w, (1, 1), 1) == 16
+    assert kconv.fwd_span_width(x, w, (2, 1), 1) == 16  # dilation along H: rows apart
+    assert kconv.fwd_span_width(x, w, (1, 2), 1) == 0  # along W the taps are not one span
+    assert kconv.fwd_span_width(x, w, (1, 1), 3) == 0
+    x8, w8 = torch.empty(1, 8, 8, 8, dtype=torch.bfloat16), torch.empty(4, 8, 3, 3, dtype=torch.bfloat16)
+    assert kconv.fwd_span_width(x8, w8, (1, 1), 1) == 0  # 16-byte pixels: the flattened form loads vectors
+    assert kconv.fwd_span_width(x8.float(), w8.float(), (1, 1), 1) == 0
+    wide = torch.empty(4, 3, 3, 22, dtype=torch.bfloat16)  # 66 elements per filter row
+    assert kconv.fwd_span_width(x, wide, (1, 1), 1) == 0
 
 
 def test_dw_row_tiled_through_autograd_with_relu(monkeypatch):

@@ -21,6 +21,10 @@ Forward:   Z[n,k,p,q]  = relu(b[k] + conv(X, W)[n,k,p,q])          (the conv lay
            pooled pixel against ~4 conv pixels: 2.25x the conv FLOPs). ``one_kernel_wins`` decides
            per layer whether that beats writing the activation once as a temporary for the
            max-pool kernel (the host side's two-kernel path), by the H100 roofline.
+First layers (1- to 7-channel, one group, dilation 1 along W) take the conv's span form
+(``kernels/conv.py``: ``span_tensor``, ``span_weights``, ``span_gemm``): a conv pixel's window is
+R contiguous 16-byte aligned runs of a zero-padded span tensor, read as vectors with no window
+test; its steps are unrolled inside the pool's tap loop.
 Backward:  (host side, ``cnnkernels/convpool.py``, from existing kernels) the pooled dY is masked
            where Y <= 0 (the pooled value is the conv output at the argmax, so this is the conv's
            ReLU mask) and db summed in the same pass; the max-pool backward scatters it to the
@@ -64,17 +68,18 @@ from ._common import (
     tl_dtype,
     to_dtype,
 )
-from .conv import FLAT_BELOW, conv_output_size
+from .conv import FLAT_BELOW, conv_output_size, fwd_span_width, span_gemm, span_tensor, span_weights
 from .pool import argmax_dtype, pool_output_size
 
 
 def convpool_configs(flat: bool) -> list[triton.Config]:
     """GEMM tiles (rows are pooled pixels); the running max and argmax add two tiles of
     registers beside the accumulator, so the GPU tiles are the conv forward's smaller ones.
-    Flattened (C < 32): BLOCK_K = 64 holds a 7x7 filter of one channel in one step; eight warps,
-    the two warpgroups splitting N, so each thread gathers and merges half the tile (static,
-    sm_90, bf16, GoogLeNet's stem: four warps 4.8x the anchor's instructions per HGMMA, eight
-    2.6x; 64x32 and 64x128 tiles spill)."""
+    Flattened (C < 32) and span form: BLOCK_K = 64 holds a 7x7 filter of one channel in one
+    step; eight warps, the two warpgroups splitting N, so each thread gathers and merges half the
+    tile (static, sm_90, bf16, GoogLeNet's stem, flattened: four warps 4.8x the anchor's
+    instructions per HGMMA, eight 2.6x; 64x32 and 64x128 tiles spill; span form: eight warps
+    1.9x, the four-warp tiles 3.1x)."""
 
     def cfg(bm, bn, bk, warps, stages):
         return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
@@ -90,7 +95,7 @@ def convpool_configs(flat: bool) -> list[triton.Config]:
 
 
 def _prune(configs, named_args, **kwargs):
-    flat = kwargs.get("FLAT", named_args.get("FLAT"))
+    flat = kwargs.get("FLAT", named_args.get("FLAT")) or kwargs.get("SPAN", named_args.get("SPAN"))
     first = named_args[next(iter(named_args))]
     return fit_to_dtype(convpool_configs(bool(flat)), first.element_size())
 
@@ -102,7 +107,7 @@ def _all_configs() -> list[triton.Config]:
 
 
 _KEY = ["N", "H", "W", "C", "K", "P", "Q", "PP", "QQ", "R", "S", "STRIDE_H", "STRIDE_W", "POOL_R", "POOL_S", "FLAT",
-        "C_ALIGN"]
+        "C_ALIGN", "SPAN"]
 
 
 @triton.jit
@@ -220,6 +225,9 @@ def _conv_relu_max_pool_fwd_kernel(
     FLAT: tl.constexpr, HAS_BIAS: tl.constexpr,
     RSC: tl.constexpr,  # R * S * C when FLAT (the flattened reduction, unrolled), else 0
     C_ALIGN: tl.constexpr,  # a power of two dividing C (at most 64): whole channel blocks need no mask
+    # The conv's span form (first layers, ``kernels/conv.py``'s ``span_gemm``): x_ptr is the span
+    # tensor (H its rows), w_ptr the filter rows' spans, SPAN_T wide, SPAN_RT_PAD per filter.
+    SPAN: tl.constexpr, SPAN_T: tl.constexpr, SPAN_RT_PAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -256,12 +264,15 @@ def _conv_relu_max_pool_fwd_kernel(
     # u * POOL_DIL_H * STRIDE_H), column bits likewise.
     SPAN_H: tl.constexpr = (POOL_R - 1) * POOL_DIL_H * STRIDE_H + (R - 1) * DIL_H + 1
     SPAN_W: tl.constexpr = (POOL_S - 1) * POOL_DIL_W * STRIDE_W + (S - 1) * DIL_W + 1
-    ih_base = p0 * STRIDE_H - PAD_H
-    iw_base = q0 * STRIDE_W - PAD_W
-    rows_in = _window_bits(ih_base, H, min(SPAN_H, 31))
-    cols_in = _window_bits(iw_base, W, min(SPAN_W, 31))
-    x_img = x_ptr + g * C * stride_xc + n_idx * stride_xn
-    w_base = w_ptr + (g * K + offs_n % K) * stride_wk
+    if not SPAN:
+        ih_base = p0 * STRIDE_H - PAD_H
+        iw_base = q0 * STRIDE_W - PAD_W
+        rows_in = _window_bits(ih_base, H, min(SPAN_H, 31))
+        cols_in = _window_bits(iw_base, W, min(SPAN_W, 31))
+        x_img = x_ptr + g * C * stride_xc + n_idx * stride_xn
+        w_base = w_ptr + (g * K + offs_n % K) * stride_wk
+    else:
+        w_base = w_ptr + (offs_n % K) * SPAN_RT_PAD
     if HAS_BIAS:
         bias = tl.load(b_ptr + (g * K + offs_n) * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)
     EVEN_C: tl.constexpr = C_ALIGN % BLOCK_K == 0
@@ -274,20 +285,28 @@ def _conv_relu_max_pool_fwd_kernel(
     for tap in range(0, POOL_R * POOL_S):
         u = tl.minimum(tl.maximum(tap // POOL_S, u_lo), u_hi)
         v = tl.minimum(tl.maximum(tap % POOL_S, v_lo), v_hi)
-        sh_h = u * (POOL_DIL_H * STRIDE_H)
-        sh_w = v * (POOL_DIL_W * STRIDE_W)
-        if BITS:
-            win = ((rows_in >> sh_h) & 0x7FFF) | (((cols_in >> sh_w) & 0x7FFF) << 16)
+        if SPAN:
+            # Conv pixel (p, q) reads span rows p*STRIDE_H + r*DIL_H of its column q.
+            p = p0 + u * POOL_DIL_H
+            x_rows = x_ptr + ((n_idx * H + p * STRIDE_H) * Q + q0 + v * POOL_DIL_W) * SPAN_T
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+            acc = span_gemm(x_rows, w_base, DIL_H * Q * SPAN_T, acc, R * SPAN_T, SPAN_T, True,
+                            INPUT_PRECISION, UPCAST, BLOCK_K)
         else:
-            win = rows_in
-        ih0 = ih_base + sh_h
-        iw0 = iw_base + sh_w
-        x_rows = x_img + ih0 * stride_xh + iw0 * stride_xw
-        acc = _conv_tile(
-            x_rows, win, ih0, iw0, w_base, H, W, C, stride_xc, stride_xh, stride_xw, stride_wc, stride_wr, stride_ws,
-            R, S, DIL_H, DIL_W, FLAT, RSC, BITS, EVEN_C, INPUT_PRECISION, UPCAST, ACC_DTYPE,
-            BLOCK_M, BLOCK_N, BLOCK_K,
-        )
+            sh_h = u * (POOL_DIL_H * STRIDE_H)
+            sh_w = v * (POOL_DIL_W * STRIDE_W)
+            if BITS:
+                win = ((rows_in >> sh_h) & 0x7FFF) | (((cols_in >> sh_w) & 0x7FFF) << 16)
+            else:
+                win = rows_in
+            ih0 = ih_base + sh_h
+            iw0 = iw_base + sh_w
+            x_rows = x_img + ih0 * stride_xh + iw0 * stride_xw
+            acc = _conv_tile(
+                x_rows, win, ih0, iw0, w_base, H, W, C, stride_xc, stride_xh, stride_xw, stride_wc, stride_wr,
+                stride_ws, R, S, DIL_H, DIL_W, FLAT, RSC, BITS, EVEN_C, INPUT_PRECISION, UPCAST, ACC_DTYPE,
+                BLOCK_M, BLOCK_N, BLOCK_K,
+            )
         if HAS_BIAS:
             acc += bias[None, :]
         # Compared as stored (rounded to the output dtype), so ties are the unfused path's.
@@ -391,6 +410,13 @@ def conv2d_relu_max_pool2d_forward(
         return y, arg
     kg = k_out // groups
     b_arg = bias if bias is not None else weight  # never read without HAS_BIAS
+    geometry = _geometry(weight, stride, padding, dilation, pool_kernel, pool_stride, pool_padding, pool_dilation)
+    flat = cg < FLAT_BELOW
+    span_t = fwd_span_width(x, weight, dilation, groups)
+    if span_t:
+        x = span_tensor(x, r, s, p, q, stride, padding, dilation, span_t)
+        weight = span_weights(weight, span_t)
+        h, flat = x.shape[1], False
 
     def grid(meta):
         return (triton.cdiv(n * pp * qq, meta["BLOCK_M"]), triton.cdiv(kg, meta["BLOCK_N"]), groups)
@@ -401,9 +427,10 @@ def conv2d_relu_max_pool2d_forward(
         *nchw_strides(x), *nchw_strides(weight),
         bias.stride(0) if bias is not None else 0,
         *nchw_strides(y),
-        **_geometry(weight, stride, padding, dilation, pool_kernel, pool_stride, pool_padding, pool_dilation),
-        FLAT=cg < FLAT_BELOW, HAS_BIAS=bias is not None,
-        RSC=r * s * cg if cg < FLAT_BELOW else 0, C_ALIGN=_pow2_dividing(cg),
+        **geometry,
+        FLAT=flat, HAS_BIAS=bias is not None,
+        RSC=r * s * cg if flat else 0, C_ALIGN=_pow2_dividing(cg),
+        SPAN=span_t > 0, SPAN_T=span_t, SPAN_RT_PAD=weight.shape[1] * span_t if span_t else 0,
         INPUT_PRECISION=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype), ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
     )
     return y, arg

@@ -131,8 +131,9 @@ def test_both_forward_schemes_give_the_composition(name, one_kernel):
         ((2, 64, 7, 6), 5, 3, 1, 1, 1, (3, 2, 1, True)),  # tap-wise, whole channel blocks, clamped taps
         ((1, 3, 12, 11), 4, 3, 1, 8, 8, (2, 2, 0, True)),  # flattened, dilation 8: coordinates compared
         ((1, 40, 11, 10), 3, 2, 1, 8, 15, (3, 2, 1, False)),  # tap-wise, dilation 15: coordinates compared
+        ((2, 1, 13, 12), 4, 5, 2, 2, 1, (3, 2, 1, True)),  # 1 channel: the span form, clamped taps
     ],
-    ids=["tapwise-c64-pad-ceil", "flat-dilated", "tapwise-dilated"],
+    ids=["tapwise-c64-pad-ceil", "flat-dilated", "tapwise-dilated", "span-c1-pad-ceil"],
 )
 def test_one_kernel_ties_nan_and_argmax_like_torch(x_shape, k, r, stride, padding, dilation, pool):
     """The one-kernel forward against torch's max_pool2d(relu(conv2d)) with its indices: integer
@@ -140,7 +141,7 @@ def test_one_kernel_ties_nan_and_argmax_like_torch(x_shape, k, r, stride, paddin
     pool taps outside the conv output at both ends (padding, ceil_mode)."""
     pk, ps, pp, ceil = pool
     x = torch.randint(-1, 2, x_shape, device=DEVICE).double()
-    x[0, 1, 2, 3] = float("nan")
+    x[0, -1, 2, 3] = float("nan")
     x[-1, 0, x_shape[2] - 1, x_shape[3] - 2] = float("nan")
     w = torch.randint(-1, 2, (k, x_shape[1], r, r), device=DEVICE).double()
     b = torch.randint(-2, 3, (k,), device=DEVICE).double()

@@ -114,6 +114,7 @@ MAX_CASES = [
     pytest.param(dict(n=2, c=3, h=9, w=10, k=3, stride=2, padding=1, dilation=2, ceil_mode=True), id="ceil-pad-dil"),
     pytest.param(dict(n=2, c=3, h=1, w=1, k=1), id="1x1-input"),
     pytest.param(dict(n=2, c=3, h=10, w=11, k=2, stride=3), id="stride-gt-kernel"),
+    pytest.param(dict(n=2, c=3, h=9, w=8, k=(2, 3), stride=3, padding=1, ceil_mode=True), id="disjoint-pad-ceil"),
     pytest.param(dict(n=2, c=67, h=24, w=23, k=2, stride=2), id="multi-block-C67"),
     pytest.param(dict(n=1, c=2, h=13, w=14, k=12, stride=1), id="12x12-int16-argmax"),
 ]

@@ -141,6 +141,22 @@ def narrow_tiles(configs: list[triton.Config], size: int, block: str) -> list[tr
     return [cfg for cfg in configs if cfg.kwargs[block] <= 64] or configs
 
 
+def short_reduction(configs: list[triton.Config], size: int) -> list[triton.Config]:
+    """BLOCK_K cut to the reduction's length rounded up to a power of two (at least 16, the
+    wgmma's K) when that is shorter (NiN's 10-channel 1x1 layers): a 64-wide K slice of 10 live
+    channels is mostly masked lanes, and its tile spills (static, sm_90). Unchanged under the
+    interpreter."""
+    if INTERPRET:
+        return configs
+    k = max(16, triton.next_power_of_2(size))
+    return [
+        triton.Config({**cfg.kwargs, "BLOCK_K": k}, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if cfg.kwargs["BLOCK_K"] > k
+        else cfg
+        for cfg in configs
+    ]
+
+
 def pixel_strides(*tensors: torch.Tensor) -> list[int]:
     """The n, h and w strides of 4-D tensors, in order (for ``vector_factor``)."""
     out = []

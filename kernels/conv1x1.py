@@ -36,6 +36,7 @@ from ._common import (
     pixel_strides,
     prune_by_dtype,
     shape_only,
+    short_reduction,
     to_dtype,
     vector_factor,
 )
@@ -68,9 +69,13 @@ def _pixel_offsets(offs_m, HW, W, stride_n, stride_h, stride_w):
 
 
 def _prune_fwd(configs, named_args, **kwargs):
-    """``prune_by_dtype``; for 4-byte operands (TF32) the 64x128 tile runs on one warpgroup: on
-    two, Triton 3.6 serialises its wgmma (C7515)."""
+    """``prune_by_dtype``; at most 64 output channels keep the 64-wide tiles (``narrow_tiles``)
+    and a reduction over fewer than 64 channels a shorter K slice (``short_reduction``): NiN's
+    10 -> 10 layer spilled 772-852 registers (static, sm_90); for 4-byte operands (TF32) the
+    64x128 tile runs on one warpgroup: on two, Triton 3.6 serialises its wgmma (C7515)."""
     configs = prune_by_dtype("x_ptr")(configs, named_args, **kwargs)
+    k, c = (named_args.get(name, kwargs.get(name)) for name in ("K", "C"))
+    configs = short_reduction(narrow_tiles(configs, k, "BLOCK_N"), c)
     if INTERPRET or named_args.get("x_ptr", kwargs.get("x_ptr")).element_size() != 4:
         return configs
     return [
@@ -126,8 +131,11 @@ def _conv1x1_fwd_kernel(
 
 def _prune_bwd_input(configs, named_args, **kwargs):
     """``prune_by_dtype``; at most 64 input channels (NiN's 10-class layer) keep the 64-wide
-    tiles only (a 128-wide tile is mostly idle and spills 404-877 registers; static, sm_90)."""
-    return narrow_tiles(prune_by_dtype("w_ptr")(configs, named_args, **kwargs), named_args.get("C", kwargs.get("C")), "BLOCK_N")
+    tiles only (a 128-wide tile is mostly idle and spills 404-877 registers; static, sm_90), and
+    a reduction over fewer than 64 output channels a shorter K slice (``short_reduction``)."""
+    configs = prune_by_dtype("w_ptr")(configs, named_args, **kwargs)
+    c, k = (named_args.get(name, kwargs.get(name)) for name in ("C", "K"))
+    return short_reduction(narrow_tiles(configs, c, "BLOCK_N"), k)
 
 
 @triton.autotune(configs=conv1x1_configs("bwd_input"), prune_configs_by={"early_config_prune": _prune_bwd_input}, key=["M", "C", "K"])

@@ -84,13 +84,15 @@ def gpu_config(index: int, seen: list):
 
 
 LAYERS = {  # (N, C, H, K, R, stride, padding): each picks a different set of kernels and forms
-    "flat-c3-11x11-s4": (2, 3, 23, 64, 11, 4, 2),  # flattened forward and dX, span-form dW
+    "flat-c3-11x11-s4": (2, 3, 23, 64, 11, 4, 2),  # span-form forward and dW, flattened dX
+    "span-c1-3x3": (2, 1, 9, 16, 3, 1, 1),  # a 1-channel first layer: 8-wide spans
     "taps-c64-3x3": (2, 64, 8, 128, 3, 1, 1),  # tap-wise forward and dX, row-tiled dW
     "taps-c96-5x5-s2": (2, 96, 9, 64, 5, 2, 2),  # strided: the generic tap-wise dW
     "narrow-c24-5x5": (2, 24, 7, 32, 5, 1, 2),  # 24 channels: narrow row tiles
     "1x1-c96": (2, 96, 6, 80, 1, 1, 0),  # the 1x1 kernels
+    "1x1-c10": (2, 10, 5, 10, 1, 1, 0),  # NiN's 10-channel 1x1: short K slices, narrow tiles
 }
-FAST = {"taps-c64-3x3", "narrow-c24-5x5", "1x1-c96"}  # fp16 in `make test`; the rest are slow
+FAST = {"taps-c64-3x3", "narrow-c24-5x5", "1x1-c96", "span-c1-3x3", "1x1-c10"}  # fp16 in `make test`; the rest are slow
 
 
 def _cases():
@@ -128,6 +130,7 @@ def test_conv_relu_at_every_gpu_config(name, dtype):
 
 POOL_CASES = {  # name: (op on cnnkernels.functional or torch.nn.functional, input shape)
     "max_pool2d-3x3-s2": (lambda f, x: f.max_pool2d(x, 3, 2, 1), (2, 48, 13, 13)),
+    "max_pool2d-2x2-s2": (lambda f, x: f.max_pool2d(x, 2, 2), (2, 40, 9, 10)),
     "adaptive_avg_pool2d-5": (lambda f, x: f.adaptive_avg_pool2d(x, 5), (2, 40, 11, 11)),
     "adaptive_avg_pool2d-1": (lambda f, x: f.adaptive_avg_pool2d(x, 1), (2, 72, 9, 9)),
     "cat": (lambda f, x: getattr(f, "cat", torch.cat)([x, 2 * x[:, :24]], dim=1), (2, 40, 6, 6)),

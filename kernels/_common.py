@@ -239,6 +239,16 @@ def as_multiples(a, b, c, F: tl.constexpr):
 
 
 @triton.jit
+def tile_of(pid, n_tiles):
+    """(pid_m, pid_n) of program ``pid`` in a one-axis grid of (M tiles) x ``n_tiles``, the N
+    tiles of one M tile consecutive. Hardware dispatches programs in order, so the N tiles that
+    read one A tile (a block of activation pixels, the large operand of every conv GEMM) run
+    together and read it once from HBM; the weights (at most a few MB) stay in L2 for every M
+    tile. With M fastest, a layer whose activations exceed L2 read A once per N tile."""
+    return pid // n_tiles, pid % n_tiles
+
+
+@triton.jit
 def nonfinite(x):
     """Elementwise: x is NaN or +-inf."""
     return (x != x) | (tl.abs(x) == float("inf"))

@@ -63,6 +63,7 @@ from ._common import (
     pick_configs,
     pixel_strides,
     shape_only,
+    tile_of,
     tl_dtype,
     to_dtype,
     vector_factor,
@@ -153,8 +154,7 @@ def _conv_fwd_kernel(
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(K, BLOCK_N))
     g = tl.program_id(2).to(tl.int64)
     if SPAN:
         _conv_fwd_span(x_ptr, w_ptr, b_ptr, y_ptr, N, H, W, P, Q, K, stride_b, stride_yn, stride_yc, stride_yh, stride_yw,
@@ -370,8 +370,7 @@ def _conv_bwd_input_kernel(
     if W_MULT < 16:  # 16: Triton marks it itself
         C = C // W_MULT * W_MULT
         stride_wk, stride_wr, stride_ws = as_multiples(stride_wk, stride_wr, stride_ws, W_MULT)
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(C, BLOCK_N))
     g = tl.program_id(2).to(tl.int64)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -1058,8 +1057,8 @@ def conv2d_forward(
         weight = span_weights(weight, span_t)
         h, w, flat = x.shape[1], r * span_t, False
 
-    def grid(meta):
-        return (triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(kg, meta["BLOCK_N"]), groups)
+    def grid(meta):  # tile_of: the N tiles of one M tile in a row
+        return (triton.cdiv(n * p * q, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), 1, groups)
 
     launch(_conv_fwd_kernel, grid,
         x, weight, b_arg, out,
@@ -1179,7 +1178,7 @@ def conv2d_backward_input(
             rows = sh * sw * triton.cdiv(n * triton.cdiv(h, sh) * triton.cdiv(w, sw), meta["BLOCK_M"])
         else:
             rows = triton.cdiv(n * h * w, meta["BLOCK_M"])
-        return (rows, triton.cdiv(cg, meta["BLOCK_N"]), groups)
+        return (rows * triton.cdiv(cg, meta["BLOCK_N"]), 1, groups)  # tile_of
 
     launch(_conv_bwd_input_kernel, grid,
         grad_out, weight, dx,

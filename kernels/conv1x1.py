@@ -37,6 +37,7 @@ from ._common import (
     prune_by_dtype,
     shape_only,
     short_reduction,
+    tile_of,
     to_dtype,
     vector_factor,
 )
@@ -97,8 +98,7 @@ def _conv1x1_fwd_kernel(
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(K, BLOCK_N))
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
@@ -157,8 +157,7 @@ def _conv1x1_bwd_input_kernel(
         K = K // K_MULT * K_MULT
     if DY_MULT < 16:
         stride_dyn, stride_dyh, stride_dyw = as_multiples(stride_dyn, stride_dyh, stride_dyw, DY_MULT)
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(C, BLOCK_N))
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
@@ -278,7 +277,7 @@ def conv1x1_forward(x, weight, bias, activation, y0, y1=None):
     y1 = y1 if two_way else y0
 
     def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"]))
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(k, meta["BLOCK_N"]),)  # tile_of
 
     launch(_conv1x1_fwd_kernel, grid,
         x, weight, bias if bias is not None else weight, y0, y1,
@@ -303,7 +302,7 @@ def conv1x1_backward_input(dy0, y0, weight, dx, activation, dy1=None, y1=None):
     dy = _prepared(dy0, y0, activation, dy1, y1)
 
     def grid(meta):
-        return (triton.cdiv(n * h * w, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_N"]))
+        return (triton.cdiv(n * h * w, meta["BLOCK_M"]) * triton.cdiv(c, meta["BLOCK_N"]),)  # tile_of
 
     launch(_conv1x1_bwd_input_kernel, grid,
         dy, weight, dx,

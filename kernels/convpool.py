@@ -65,6 +65,7 @@ from ._common import (
     on_tensor_device,
     pick_configs,
     shape_only,
+    tile_of,
     tl_dtype,
     to_dtype,
 )
@@ -239,8 +240,7 @@ def _conv_relu_max_pool_fwd_kernel(
     running max is over the rounded ``b + conv`` (ReLU and rounding are monotone, so the max
     commutes with them), and a row whose max is <= 0 takes 0 at its first valid tap, torch's
     choice among the zeros ReLU leaves."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(K, BLOCK_N))
     g = tl.program_id(2).to(tl.int64)
 
     MP = N * PP * QQ
@@ -419,7 +419,7 @@ def conv2d_relu_max_pool2d_forward(
         h, flat = x.shape[1], False
 
     def grid(meta):
-        return (triton.cdiv(n * pp * qq, meta["BLOCK_M"]), triton.cdiv(kg, meta["BLOCK_N"]), groups)
+        return (triton.cdiv(n * pp * qq, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), 1, groups)  # tile_of
 
     launch(_conv_relu_max_pool_fwd_kernel, grid,
         x, weight, b_arg, y, arg,
@@ -572,8 +572,7 @@ def _max_pool_conv1x1_fwd_kernel(
     lower pixel of a pair on an odd image's last row loads clamped rows (neither is stored);
     channels are masked only when C is not a multiple of BLOCK_K (``C_ALIGN``)."""
     HALF: tl.constexpr = BLOCK_M // 2
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(K, BLOCK_N))
     HS = (H + 1) // 2
     S = N * HS * W  # pixel pairs
     offs_s = pid_m.to(tl.int64) * HALF + tl.arange(0, HALF)
@@ -652,7 +651,7 @@ def max_pool_conv1x1_forward(
         x = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last).copy_(x)
 
     def grid(meta):  # a program's BLOCK_M pixels are BLOCK_M / 2 vertical pairs
-        return (triton.cdiv(n * ((h + 1) // 2) * w, meta["BLOCK_M"] // 2), triton.cdiv(k, meta["BLOCK_N"]))
+        return (triton.cdiv(n * ((h + 1) // 2) * w, meta["BLOCK_M"] // 2) * triton.cdiv(k, meta["BLOCK_N"]),)  # tile_of
 
     launch(_max_pool_conv1x1_fwd_kernel, grid,
         x, weight, bias if bias is not None else weight, out,

@@ -186,13 +186,16 @@ class LaunchPlan:
     """The launches of one recorded call, replayable with new input tensors of the same key.
 
     ``replay(*inputs)`` allocates every tensor the recorded call allocated (same shape, strides,
-    dtype, device; views of them rebuilt with ``as_strided``), launches each kernel with its
+    dtype, device; views of them rebuilt with ``as_strided``), looks up the kernel state a
+    launch keeps across calls (a tensor with a ``replay_lookup``: the split tile counters of the
+    current stream), launches each kernel with its
     chosen config and the recorded non-tensor arguments, and returns the output (a tuple of them
     when there are several). It is straight-line code written for the plan (``_compile``):
     no loop over slots, every constant bound once; ``launches`` refers back to the plan."""
 
-    def __init__(self, n_in, allocs, views, launches, outputs):
+    def __init__(self, n_in, allocs, views, launches, outputs, state=()):
         self.allocs, self.views, self.launches, self.outputs = allocs, views, launches, outputs
+        self.state = state
         self.replay = _compile(self, n_in)
         self.replay.launches = self  # the replay stands for its plan in ``_PLANS``
 
@@ -215,11 +218,17 @@ class LaunchPlan:
             raise Unplannable("an input passed twice")
         allocs: list = []
         views: list = []
+        state: list = []  # kernel state kept across launches (tile counters): looked up, not allocated
         keep = []  # recorded tensors stay alive while building, so their ids stay unique
 
         def slot(t: Tensor) -> str:
             keep.append(t)
             if id(t) in slots:
+                return slots[id(t)]
+            lookup = getattr(t, "replay_lookup", None)
+            if lookup is not None:
+                slots[id(t)] = f"s{len(state)}"
+                state.append(lookup)
                 return slots[id(t)]
             base = t._base if t._base is not None else t
             keep.append(base)
@@ -260,7 +269,7 @@ class LaunchPlan:
         for t in outputs:
             if id(t) not in slots and t.numel() != 0:
                 raise Unplannable("an output no launch wrote")
-        return cls(len(inputs), allocs, views, launches, [slot(t) for t in outputs])
+        return cls(len(inputs), allocs, views, launches, [slot(t) for t in outputs], tuple(state))
 
     def run(self, inputs: tuple):
         """The output(s), for ``inputs`` (then the derived tensors, see ``build``)."""
@@ -277,6 +286,9 @@ def _compile(plan: LaunchPlan, n_in: int):
     for j, (alloc, shape, stride, dtype) in enumerate(plan.allocs):
         env.update({f"alloc{j}": alloc, f"shape{j}": shape, f"stride{j}": stride, f"dtype{j}": dtype})
         lines.append(f"a{j} = alloc{j}(shape{j}, stride{j}, dtype{j})")
+    for j, lookup in enumerate(plan.state):
+        env[f"lookup{j}"] = lookup
+        lines.append(f"s{j} = lookup{j}()")
     for j, (base, shape, stride, offset) in enumerate(plan.views):
         env[f"view{j}"] = (shape, stride, offset)
         lines.append(f"v{j} = {base}.as_strided(*view{j})")

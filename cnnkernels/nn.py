@@ -196,8 +196,8 @@ class Inception(nn.Module):
 
         def plan(record, out):
             # First launch: args 1-2 the stacked 1x1 weights and biases (recomputed), 4 the scratch.
-            if len(record) != 4:
-                raise _fast.Unplannable(f"{len(record)} launches, not the block's 4")
+            if len(record) < 4:  # more where a 3x3 or 5x5 branch takes the span form (a few channels)
+                raise _fast.Unplannable(f"{len(record)} launches, fewer than the block's 4")
             w_cat, b_cat, scratch = record[0][2][1], record[0][2][2], record[0][2][4]
             stacked = params[0].shape[0] + params[2].shape[0] + params[6].shape[0]
             if w_cat.shape != (stacked, *params[0].shape[1:]) or b_cat.shape != (stacked,):
@@ -210,7 +210,8 @@ class Inception(nn.Module):
 
 
 class InceptionPlan:
-    """An Inception call's plan (``cnnkernels._fast``): its four launches. The 1x1 weights are
+    """An Inception call's plan (``cnnkernels._fast``): its launches (four, and the span-form
+    fills of a branch with a few channels, ``kernels/conv.py``). The 1x1 weights are
     stacked anew per call (a few KB): writes through ``.data`` would stale a cache."""
 
     def __init__(self, launches, unbatched, grad):

@@ -134,6 +134,7 @@ FLAT_BELOW = 32
 @triton.jit
 def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
+    part_ptr, count_ptr,  # SPLITS > 1: fp32 partials [SPLITS, N*P*Q, G*K] and per-tile counters
     N, H, W, C, P, Q, K,  # C and K are per group
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wk, stride_wc, stride_wr, stride_ws,
@@ -151,9 +152,16 @@ def _conv_fwd_kernel(
     # w_ptr the filter rows' spans, SPAN_T wide, each filter SPAN_RT_PAD long; W is R*SPAN_T,
     # the reduction's length (a runtime bound: a loop of a few steps stays a loop, measurable).
     SPAN: tl.constexpr, SPAN_T: tl.constexpr, SPAN_RT_PAD: tl.constexpr,
+    # Tap-wise only: axis 1 splits the reduction's steps into SPLITS equal runs (``fwd_splits``).
+    SPLITS: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """SPLITS > 1 (few tiles, a long reduction: a small-M layer at batch 1): each program sums
+    its run of the steps into an fp32 partial, and the program that finishes a tile last sums the
+    tile's partials in split order and runs the epilogue (``split_done``, ``split_sum``): the same
+    bits whichever program that is."""
+    tl.static_assert(SPLITS == 1 or not (FLAT or SPAN), "only the tap-wise form splits its reduction")
     pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(K, BLOCK_N))
     g = tl.program_id(2).to(tl.int64)
     if SPAN:
@@ -204,7 +212,18 @@ def _conv_fwd_kernel(
     tap_r = tl.full((), 0, tl.int32)
     tap_s = tl.full((), 0, tl.int32)
     tap_bit = tl.full((), 1, tl.int32)
-    for t in range(0, steps):
+    step0 = tl.full((), 0, tl.int32)
+    if SPLITS > 1:
+        # This split's run of steps; its starting position decoded once.
+        chunk = tl.cdiv(steps, SPLITS)
+        step0 = tl.program_id(1) * chunk
+        steps = tl.minimum(steps, step0 + chunk)
+        tap0 = step0 // c_blocks
+        c0 = (step0 - tap0 * c_blocks) * BLOCK_K
+        tap_r = tap0 // S
+        tap_s = tap0 - tap_r * S
+        tap_bit = tl.where(tap0 < 31, 1 << tl.minimum(tap0, 30), 0)
+    for t in range(step0, steps):
         if FLAT:
             # Reduction index kk = (r*S + s)*C + c: 2-D window arithmetic, no padding lanes.
             kk = t * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -248,8 +267,19 @@ def _conv_fwd_kernel(
         b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
 
-    _fwd_epilogue(acc, b_ptr, y_ptr, g * K + offs_n, mask_m, mask_n, n_idx, pq, Q, stride_b,
-                  stride_yn, stride_yc, stride_yh, stride_yw, HAS_BIAS, ACTIVATION, ACC_DTYPE)
+    if SPLITS == 1:
+        _fwd_epilogue(acc, b_ptr, y_ptr, g * K + offs_n, mask_m, mask_n, n_idx, pq, Q, stride_b,
+                      stride_yn, stride_yc, stride_yh, stride_yw, HAS_BIAS, ACTIVATION, ACC_DTYPE)
+    else:
+        GK = tl.num_programs(2) * K
+        offs = offs_m[:, None] * GK + (g * K + offs_n)[None, :]
+        mask = mask_m[:, None] & mask_n[None, :]
+        tile_count = count_ptr + g * tl.num_programs(0) + tl.program_id(0)
+        if split_done(acc, part_ptr, offs, mask, M * GK, tile_count, tl.program_id(1), SPLITS):
+            total = split_sum(part_ptr, offs, mask, M * GK, SPLITS)
+            _fwd_epilogue(total, b_ptr, y_ptr, g * K + offs_n, mask_m, mask_n, n_idx, pq, Q, stride_b,
+                          stride_yn, stride_yc, stride_yh, stride_yw, HAS_BIAS, ACTIVATION, ACC_DTYPE)
+            tl.atomic_xchg(tile_count, 0, sem="relaxed")
 
 
 @triton.jit
@@ -493,23 +523,37 @@ def store_split_tile(acc, part_ptr, part_split_stride, part_row_stride, part_col
         tl.store(dw_ptrs, to_dtype(acc, dw_ptr.dtype.element_ty), mask=mask)
     else:
         offs = (rows * part_row_stride)[:, None] + part_cols[None, :]
-        tl.store(part_ptr + split.to(tl.int64) * part_split_stride + offs, acc, mask=mask)
-        tl.debug_barrier()
-        done = tl.atomic_add(count_ptr, 1, sem="acq_rel")
-        if done == SPLITS - 1:
+        if split_done(acc, part_ptr, offs, mask, part_split_stride, count_ptr, split, SPLITS):
             for m0 in tl.static_range(0, BLOCK_M, SUB_M):
                 sub = m0 + tl.arange(0, SUB_M)
                 sub_mask = (sub < rows_left)[:, None] & cols_ok[None, :]
                 sub_offs = ((row0 + sub) * part_row_stride)[:, None] + part_cols[None, :]
-                # .cg: read the other programs' partials from L2, never a stale L1 line.
-                ptr = part_ptr
-                total = tl.load(ptr + sub_offs, mask=sub_mask, other=0.0, cache_modifier=".cg")
-                for _ in range(1, SPLITS):
-                    ptr += part_split_stride
-                    total += tl.load(ptr + sub_offs, mask=sub_mask, other=0.0, cache_modifier=".cg")
+                total = split_sum(part_ptr, sub_offs, sub_mask, part_split_stride, SPLITS)
                 dw_ptrs = dw_ptr + ((row0 + sub) * dw_row_stride)[:, None] + dw_cols[None, :]
                 tl.store(dw_ptrs, to_dtype(total, dw_ptr.dtype.element_ty), mask=sub_mask)
             tl.atomic_xchg(count_ptr, 0, sem="relaxed")
+
+
+@triton.jit
+def split_done(acc, part_ptr, offs, mask, split_stride, count_ptr, split, SPLITS):
+    """Store split ``split``'s fp32 partial of a tile (element offsets ``offs`` past the split's
+    base), then count it (an atomic, released after every thread's partial is written): True in
+    the program whose count completes the tile's SPLITS."""
+    tl.store(part_ptr + split.to(tl.int64) * split_stride + offs, acc, mask=mask)
+    tl.debug_barrier()
+    return tl.atomic_add(count_ptr, 1, sem="acq_rel") == SPLITS - 1
+
+
+@triton.jit
+def split_sum(part_ptr, offs, mask, split_stride, SPLITS):
+    """The tile's partials summed in split order (the same bits whichever program runs it).
+    .cg: the other programs' partials are read from L2, never from a stale L1 line."""
+    ptr = part_ptr
+    total = tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+    for _ in range(1, SPLITS):
+        ptr += split_stride
+        total += tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+    return total
 
 
 def dw_span_configs() -> list[triton.Config]:
@@ -1056,12 +1100,17 @@ def conv2d_forward(
         x = span_tensor(x, r, s, p, q, stride, padding, dilation, span_t)
         weight = span_weights(weight, span_t)
         h, w, flat = x.shape[1], r * span_t, False
+    splits = 1 if flat or span_t else fwd_splits(n * p * q, kg, groups, r * s * triton.cdiv(cg, 64))
+    part = counters = out  # never read with one split
+    if splits > 1:
+        part = torch.empty((splits, n * p * q, k_out), device=x.device, dtype=acc_dtype(x.dtype))
+        counters = split_counters(x.device, triton.cdiv(n * p * q, 64) * triton.cdiv(kg, 64) * groups)
 
     def grid(meta):  # tile_of: the N tiles of one M tile in a row
-        return (triton.cdiv(n * p * q, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), 1, groups)
+        return (triton.cdiv(n * p * q, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), splits, groups)
 
     launch(_conv_fwd_kernel, grid,
-        x, weight, b_arg, out,
+        x, weight, b_arg, out, part, counters,
         n, h, w, cg, p, q, kg,
         *nchw_strides(x), *nchw_strides(weight),
         bias.stride(0) if bias is not None else 0,
@@ -1070,9 +1119,26 @@ def conv2d_forward(
         FLAT=flat, HAS_BIAS=bias is not None, ACTIVATION=activation,
         FLAT_C=cg if flat else 0, C_VEC=flat_vector(x, weight, cg) if flat else 1,
         SPAN=span_t > 0, SPAN_T=span_t, SPAN_RT_PAD=weight.shape[1] * span_t if span_t else 0,
+        SPLITS=splits,
         **_dot_args(x.dtype),
     )
     return out
+
+
+def fwd_splits(m: int, k: int, groups: int, steps: int) -> int:
+    """Reduction splits of the tap-wise forward (``_conv_fwd_kernel``'s SPLITS) for M output
+    pixels, K filters per group and ``steps`` 64-channel steps: 1 unless its 128x128 tiles would
+    fill under half the GPU's SMs and the reduction is long (at least 16 steps); then about one
+    wave of programs, each at least 4 steps, at most 16 splits. At batch 1 VGG-11's 14x14x512
+    layers run 8 tiles: 16 splits of 4-5 steps, 128 programs on 132 SMs, their fp32 partials
+    (16 x 196 x 512 x 4 bytes) below the 4.7 MB of weights the layer reads anyway. The same rule
+    under the interpreter (132 SMs without a GPU), so small test layers with long reductions
+    take it."""
+    tiles = triton.cdiv(m, 128) * triton.cdiv(k, 128) * groups
+    sms = _sm_count()
+    if 2 * tiles > sms or steps < 16:
+        return 1
+    return max(1, min(sms // tiles, steps // 4, 16))
 
 
 def flat_vector(x: torch.Tensor, weight: torch.Tensor, c: int) -> int:
@@ -1411,6 +1477,9 @@ def split_counters(device: torch.device, n: int) -> torch.Tensor:
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < n:
         buf = torch.zeros(max(n, 4096), device=device, dtype=torch.int32)
+        # How a recorded launch plan (``cnnkernels._fast``) finds the buffer again when it replays,
+        # on whatever stream is current then: it is state, not an allocation.
+        buf.replay_lookup = functools.partial(split_counters, device, buf.numel())
         _COUNTERS[key] = buf
     return buf
 

@@ -13,6 +13,7 @@ import triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import cnnkernels._fast as fast
 import cnnkernels.functional as CF
 import cnnkernels.nn as cnn
 from cnnkernels.kernels import conv as kconv
@@ -372,6 +373,47 @@ def test_forward_span_form_applies_to_first_layers_only():
     assert kconv.fwd_span_width(x8.float(), w8.float(), (1, 1), 1) == 0
     wide = torch.empty(4, 3, 3, 22, dtype=torch.bfloat16)  # 66 elements per filter row
     assert kconv.fwd_span_width(x, wide, (1, 1), 1) == 0
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_forward_split_reduction(groups, monkeypatch):
+    """A small-M layer with a long reduction (few tiles: ``fwd_splits``) splits the forward's
+    steps over programs: against float64 torch in fp32 and bf16, the same bits on a second run,
+    every tile counter back at 0, NaN and inf where torch has them; also replayed by the eager
+    fast path (whose plan looks the counters up instead of allocating them)."""
+    c, k = 130 * groups, 70 * groups
+    x = torch.randn(2, c, 5, 6, device=DEVICE)
+    x[0, 3, 2, 2] = float("inf")
+    x[1, -1, 0, 5] = float("nan")
+    wt = torch.randn(k, c // groups, 3, 3, device=DEVICE) / (c * 9 / groups) ** 0.5
+    b = torch.randn(k, device=DEVICE)
+    steps = 9 * triton.cdiv(c // groups, 64)
+    assert kconv.fwd_splits(60, k // groups, groups, steps) > 1
+    splits = []
+    launch = kconv.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if kernel is kconv._conv_fwd_kernel:
+            splits.append(kwargs["SPLITS"])
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(kconv, "launch", spy)
+    for dtype in (torch.float32, torch.bfloat16):
+        xd, wd, bd = x.to(dtype), wt.to(dtype), b.to(dtype)
+        runs = [kconv.conv2d_forward(xd, wd, bd, (1, 1), (1, 1, 1, 1), (1, 1), groups, "relu") for _ in range(2)]
+        assert torch.equal(runs[0].nan_to_num(), runs[1].nan_to_num())
+        assert all(int(buf.abs().sum()) == 0 for buf in kconv._COUNTERS.values())
+        ref = F.relu(F.conv2d(xd.double(), wd.double(), bd.double(), padding=1, groups=groups))
+        assert torch.isnan(ref).any() and torch.isinf(ref).any()
+        assert_close(runs[0], ref, dtype)
+    assert len(splits) == 4 and min(splits) > 1
+    for _ in range(3):  # the first call records the plan, the next ones replay it
+        xi = torch.randn(2, c, 5, 6, device=DEVICE)
+        y = CF.conv2d_relu(xi, wt, b, padding=1, groups=groups)
+        assert_close(y, F.relu(F.conv2d(xi.double(), wt.double(), b.double(), padding=1, groups=groups)), torch.float32)
+    assert all(int(buf.abs().sum()) == 0 for buf in kconv._COUNTERS.values())
+    plans = [getattr(v, "launches", None) for v in fast._PLANS.values()]
+    assert any(p is not None and p.state for p in plans), "the plan must look the counters up"
 
 
 def test_dw_row_tiled_through_autograd_with_relu(monkeypatch):

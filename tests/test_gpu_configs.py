@@ -91,8 +91,16 @@ LAYERS = {  # (N, C, H, K, R, stride, padding): each picks a different set of ke
     "narrow-c24-5x5": (2, 24, 7, 32, 5, 1, 2),  # 24 channels: narrow row tiles
     "1x1-c96": (2, 96, 6, 80, 1, 1, 0),  # the 1x1 kernels
     "1x1-c10": (2, 10, 5, 10, 1, 1, 0),  # NiN's 10-channel 1x1: short K slices, narrow tiles
+    "split-c130-3x3": (1, 130, 5, 70, 3, 1, 1),  # few tiles, a long reduction: the split forward
 }
-FAST = {"taps-c64-3x3", "narrow-c24-5x5", "1x1-c96", "span-c1-3x3", "1x1-c10"}  # fp16 in `make test`; the rest are slow
+FAST = {
+    "taps-c64-3x3",
+    "narrow-c24-5x5",
+    "1x1-c96",
+    "span-c1-3x3",
+    "1x1-c10",
+    "split-c130-3x3",
+}  # fp16 in `make test`; the rest are slow
 
 
 def _cases():

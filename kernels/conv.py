@@ -1,9 +1,17 @@
 """Direct 2-D convolution as an implicit GEMM, with a fused bias + ReLU epilogue.
 
 Forward:   Y[n,p,q,k] = act(b[k] + sum_{r,s,c} X[n, p*sh - pt + r*dh, q*sw - pl + s*dw, c] W[k,c,r,s])
-           GEMM with M = N*P*Q output pixels, N = K/groups output channels, and the reduction
-           over the flattened (r, s, c) index, so a 1- or 3-channel first layer is not fed to the
-           tensor cores tap by tap, mostly padding.
+           GEMM with M = N*P*Q output pixels, N = K/groups output channels; the reduction runs tap
+           by tap over channel blocks, or (below 32 channels) over the flattened (r, s, c) index.
+           First layers (1 to 7 channels, one group, dilation 1 along W) take the span form: one
+           fill launch writes each output column's filter-row spans of the zero-padded input
+           (``span_tensor``) and one the weights' (``span_weights``), so a filter row is one
+           contiguous 16-byte aligned run of T = S*C rounded up to a power of two, read in vectors
+           with no window test (``span_gemm``). Layers with few tiles and a long reduction (small M
+           at batch 1) split the reduction over programs (``fwd_splits``); the tile's last
+           program sums the fp32 partials in split order and runs the epilogue.
+Order:     the forward and dX grids run the N tiles of one M tile consecutively (``tile_of``), so
+           the activation tile they share is read from HBM once.
 dX:        gather form over the flattened (r, s, k) index: input pixel h receives from output row
            p = (h + pt - r*dh) / sh only where that division is exact; the stride is handled by
            that divisibility mask, never by inserting zeros into dY. A tile whose result is
@@ -1011,30 +1019,34 @@ def _conv_bwd_reduce_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-SPAN_FILL_BLOCK = 8192 if INTERPRET else 1024
+# Elements per program of the span fill: a few thousand on a GPU, many under the interpreter
+# (whose cost grows with the number of programs).
+SPAN_FILL_ELEMENTS = 65536 if INTERPRET else 1024
 
 
 @triton.jit
 def _span_fill_kernel(
-    x_ptr, xs_ptr, H, W, HS, QT,
+    x_ptr, xs_ptr, H, W, ROWS, HS, QT,
     stride_xn, stride_xc, stride_xh, stride_xw,
     C: tl.constexpr, S: tl.constexpr, T: tl.constexpr,
     STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Xs[n, h, q, j] = X[n, j % C, h - PAD_H, q*STRIDE_W - PAD_W + j // C] for j < S*C inside
-    the image, else 0 (``span_tensor``). Axis 0 runs over the (n, h) rows, axis 1 over a row's
-    Q*T elements; T is constexpr, so (q, j) come from shifts."""
-    row = tl.program_id(0)
+    the image, else 0 (``span_tensor``). A program fills BLOCK_R of the ROWS = N*HS (n, h) rows
+    (axis 0) by BLOCK of a row's Q*T elements (axis 1); T is constexpr, so (q, j) come from
+    shifts."""
+    row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     n = row // HS
-    # h as a vector: the interpreter cannot AND a scalar condition into a vector mask.
-    h = row % HS - PAD_H + tl.zeros((BLOCK,), tl.int32)
+    h = row % HS - PAD_H
     e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     j = e % T
     w = (e // T) * STRIDE_W - PAD_W + j // C
-    ok = (e < QT) & (j < S * C) & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-    src = x_ptr + n.to(tl.int64) * stride_xn + (j % C) * stride_xc + h * stride_xh + w * stride_xw
-    tl.store(xs_ptr + row.to(tl.int64) * QT + e, tl.load(src, mask=ok, other=0.0), mask=e < QT)
+    row_ok = (row < ROWS) & (h >= 0) & (h < H)
+    ok = row_ok[:, None] & ((e < QT) & (j < S * C) & (w >= 0) & (w < W))[None, :]
+    src = (n.to(tl.int64) * stride_xn + h * stride_xh)[:, None] + ((j % C) * stride_xc + w * stride_xw)[None, :]
+    dst = (row.to(tl.int64) * QT)[:, None] + e[None, :]
+    tl.store(xs_ptr + dst, tl.load(x_ptr + src, mask=ok, other=0.0), mask=(row < ROWS)[:, None] & (e < QT)[None, :])
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
@@ -1131,11 +1143,11 @@ def fwd_splits(m: int, k: int, groups: int, steps: int) -> int:
     fill under half the GPU's SMs and the reduction is long (at least 16 steps); then about one
     wave of programs, each at least 4 steps, at most 16 splits. At batch 1 VGG-11's 14x14x512
     layers run 8 tiles: 16 splits of 4-5 steps, 128 programs on 132 SMs, their fp32 partials
-    (16 x 196 x 512 x 4 bytes) below the 4.7 MB of weights the layer reads anyway. The same rule
-    under the interpreter (132 SMs without a GPU), so small test layers with long reductions
-    take it."""
+    (16 x 196 x 512 x 4 bytes) below the 4.7 MB of weights the layer reads anyway. Under the
+    interpreter the rule counts 8 SMs: there every program costs its own pass through the
+    kernel's Python, so only layers of one or two tiles split."""
     tiles = triton.cdiv(m, 128) * triton.cdiv(k, 128) * groups
-    sms = _sm_count()
+    sms = 8 if INTERPRET else _sm_count()
     if 2 * tiles > sms or steps < 16:
         return 1
     return max(1, min(sms // tiles, steps // 4, 16))
@@ -1399,10 +1411,11 @@ def _span_fill(x: torch.Tensor, rows: int, q: int, t: int, s: int, stride_w: int
     xs = torch.empty((n, rows, q, t), device=x.device, dtype=x.dtype)
     if xs.numel() == 0 or shape_only(x):
         return xs
-    block = SPAN_FILL_BLOCK
-    launch(_span_fill_kernel, (n * rows, triton.cdiv(q * t, block)),
-        x, xs, h, w, rows, q * t, *nchw_strides(x),
-        C=c, S=s, T=t, STRIDE_W=stride_w, PAD_H=pad_h, PAD_W=pad_w, BLOCK=block,
+    block = min(triton.next_power_of_2(q * t), SPAN_FILL_ELEMENTS)
+    block_r = max(1, min(SPAN_FILL_ELEMENTS // block, triton.next_power_of_2(n * rows)))
+    launch(_span_fill_kernel, (triton.cdiv(n * rows, block_r), triton.cdiv(q * t, block)),
+        x, xs, h, w, n * rows, rows, q * t, *nchw_strides(x),
+        C=c, S=s, T=t, STRIDE_W=stride_w, PAD_H=pad_h, PAD_W=pad_w, BLOCK_R=block_r, BLOCK=block,
     )
     return xs
 

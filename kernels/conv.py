@@ -1144,13 +1144,13 @@ def fwd_splits(m: int, k: int, groups: int, steps: int) -> int:
     wave of programs, each at least 4 steps, at most 16 splits. At batch 1 VGG-11's 14x14x512
     layers run 8 tiles: 16 splits of 4-5 steps, 128 programs on 132 SMs, their fp32 partials
     (16 x 196 x 512 x 4 bytes) below the 4.7 MB of weights the layer reads anyway. Under the
-    interpreter the rule counts 8 SMs: there every program costs its own pass through the
-    kernel's Python, so only layers of one or two tiles split."""
+    interpreter the rule counts 4 SMs and at most 2 splits: there every program costs its own
+    pass through the kernel's Python, so only layers of one or two tiles split, in two."""
     tiles = triton.cdiv(m, 128) * triton.cdiv(k, 128) * groups
-    sms = 8 if INTERPRET else _sm_count()
+    sms = 4 if INTERPRET else _sm_count()
     if 2 * tiles > sms or steps < 16:
         return 1
-    return max(1, min(sms // tiles, steps // 4, 16))
+    return max(1, min(sms // tiles, steps // 4, 2 if INTERPRET else 16))
 
 
 def flat_vector(x: torch.Tensor, weight: torch.Tensor, c: int) -> int:

@@ -165,7 +165,7 @@ def _max_pool2d_bwd_kernel(
         ok = (mask_m & (tr < R) & (ts < S) & (p < P) & (q < Q))[:, None] & mask_c[None, :]
         a = tl.load((a_base + p * stride_ah + q * stride_aw)[:, None] + a_c, mask=ok, other=-1)
         g = tl.load((dy_base + p * stride_dyh + q * stride_dyw)[:, None] + dy_c, mask=ok, other=0.0)
-        acc += tl.where(ok & (a == (tr * S + ts)[:, None]), g.to(ACC_DTYPE), 0.0)  # 0 + g, as a scatter-add gives -0.0
+        acc += tl.where(ok & (a == (tr * S + ts)[:, None]), g.to(ACC_DTYPE), 0.0)  # 0 + g, as torch's scatter-add: -0.0 gives +0.0
     else:
         for r in range(R):
             ph = h + PAD_H - r * DIL_H

@@ -121,6 +121,9 @@ def test_report_verb_compiles_for_sm90_even_under_the_interpreter():
     assert "sm_90" in proc.stdout and "conv_bwd_reduce" in proc.stdout and "regs" in proc.stdout
 
 
+# About 100 s under the interpreter (GoogLeNet, a training step and a validation pass): slow. The
+# `train` verb stays in `make test` through test_train_on_idx_files and tests/test_train.py.
+@pytest.mark.slow
 def test_train_synthetic(capsys):
     code, out, err = _run(
         capsys, "train", "googlenet", "--size", "4", "--steps", "1", "--batch", "2", "--val-images", "1"

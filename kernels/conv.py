@@ -110,11 +110,15 @@ def _prune_by_form(configs, named_args, **kwargs):
 
 
 def _prune_fwd(configs, named_args, **kwargs):
-    """``_prune_by_form``; at most 64 filters per group (NiN's 10-class layer) keep the 64-wide
-    tiles only (a 128-wide tile is mostly idle and spills: 382-592 registers, static, sm_90);
+    """``_prune_by_form``; the span form keeps its one-warpgroup tiles; at most 64 filters per
+    group (NiN's 10-class layer) keep the 64-wide tiles only (a 128-wide tile is mostly idle and
+    spills: 382-592 registers, static, sm_90);
     for 4-byte operands (TF32) the 128x128 tile becomes 128x64 on one warpgroup: on two, Triton
     3.6 serialises the 128x128 TF32 wgmma (C7515)."""
     kept = narrow_tiles(_prune_by_form(configs, named_args, **kwargs), named_args.get("K", kwargs.get("K")), "BLOCK_N")
+    if kwargs.get("SPAN", named_args.get("SPAN")) and not INTERPRET:
+        # The span form on two warpgroups: Triton 3.6 serialises its wgmma (C7515; static, sm_90).
+        kept = [cfg for cfg in kept if cfg.num_warps == 4] or kept
     if INTERPRET or named_args[next(iter(named_args))].element_size() != 4:
         return kept
     wide = [cfg.kwargs["BLOCK_M"] == 128 and cfg.kwargs["BLOCK_N"] == 128 for cfg in kept]
@@ -308,7 +312,7 @@ def _fwd_epilogue(acc, b_ptr, y_ptr, chan, mask_m, mask_n, n_idx, pq, Q, stride_
 
 
 @triton.jit
-def span_gemm(x_rows, w_rows, row_step, acc, RT, T: tl.constexpr, UNROLL: tl.constexpr,
+def span_gemm(x_rows, w_rows, row_step, acc, RT, RT_C: tl.constexpr, T: tl.constexpr, UNROLL: tl.constexpr,
               INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc += the GEMM over the span form's columns (r, t), col = r*T + t < RT = R*T: A row i
     reads the span tensor at x_rows[i] + r*row_step + t, filter column j the weight spans at
@@ -316,24 +320,37 @@ def span_gemm(x_rows, w_rows, row_step, acc, RT, T: tl.constexpr, UNROLL: tl.con
     two, so T | BLOCK_K or BLOCK_K | T: a step's columns are a fixed lane pattern moved by a
     scalar, contiguous in runs of min(T, BLOCK_K) >= 8 elements (16-byte vectors). Rows r >= R of
     the last step are real input rows, so A is masked there (the weight's zeros would turn an
-    inf into NaN). UNROLL: the steps as straight-line code (inside another loop; RT constexpr)."""
+    inf into NaN). RT_C is RT as a constexpr; RT itself may be a runtime value (the loop's
+    bound). UNROLL: the steps as straight-line code (inside another loop)."""
     kk = tl.arange(0, BLOCK_K)
-    lanes = (kk // T) * row_step + kk % T
+    # Runs of 8 lanes are contiguous and start at a multiple of 8 (T and row_step are multiples
+    # of 8): said explicitly, as Triton 3.6 does not see it through // and %.
+    lanes = tl.max_contiguous(tl.multiple_of((kk // T) * row_step + kk % T, 8), 8)
     if UNROLL:
-        for i in tl.static_range((RT + BLOCK_K - 1) // BLOCK_K):
+        for i in tl.static_range((RT_C + BLOCK_K - 1) // BLOCK_K):
             k0 = i * BLOCK_K
             a_ptrs = x_rows[:, None] + ((k0 // T) * row_step + k0 % T + lanes)[None, :]
-            if k0 + BLOCK_K <= RT:
+            if k0 + BLOCK_K <= RT_C:
                 a = tl.load(a_ptrs)
             else:
-                a = tl.load(a_ptrs, mask=(k0 + kk < RT)[None, :], other=0.0)
+                a = tl.load(a_ptrs, mask=(kk < RT_C - k0)[None, :], other=0.0)
             b = tl.load(w_rows[None, :] + (k0 + kk)[:, None])
             acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
     else:
-        for k0 in range(0, RT, BLOCK_K):
-            a_ptrs = x_rows[:, None] + ((k0 // T) * row_step + k0 % T + lanes)[None, :]
-            a = tl.load(a_ptrs, mask=(k0 + kk < RT)[None, :], other=0.0)
+        # Whole steps unmasked (a runtime bound, so the loop stays a loop), then the last partial
+        # step under a constexpr mask: TAIL is a multiple of T, so the mask keeps 16-byte vectors
+        # (under Triton 3.6 a mask against the loop's runtime bound became 2-byte loads).
+        TAIL: tl.constexpr = RT_C % BLOCK_K
+        full = RT - TAIL
+        for k0 in range(0, full, BLOCK_K):
+            step = tl.multiple_of((k0 // T) * row_step + k0 % T, 8)  # a whole number of vectors
+            a_ptrs = x_rows[:, None] + (step + lanes)[None, :]
             b = tl.load(w_rows[None, :] + (k0 + kk)[:, None])
+            acc = mma(tl.load(a_ptrs), b, acc, INPUT_PRECISION, UPCAST)
+        if TAIL > 0:
+            a_ptrs = x_rows[:, None] + ((full // T) * row_step + lanes)[None, :]
+            a = tl.load(a_ptrs, mask=(kk < TAIL)[None, :], other=0.0)
+            b = tl.load(w_rows[None, :] + (full + kk)[:, None])
             acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
     return acc
 
@@ -358,7 +375,7 @@ def _conv_fwd_span(xs_ptr, ws_ptr, b_ptr, y_ptr, N, HS, RT, P, Q, K, stride_b, s
     x_rows = xs_ptr + ((n_idx * HS + (pq // Q) * STRIDE_H) * Q + pq % Q) * T
     w_rows = ws_ptr + (offs_n % K) * RT_PAD
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    acc = span_gemm(x_rows, w_rows, DIL_H * Q * T, acc, RT, T, False, INPUT_PRECISION, UPCAST, BLOCK_K)
+    acc = span_gemm(x_rows, w_rows, DIL_H * Q * T, acc, RT, R * T, T, False, INPUT_PRECISION, UPCAST, BLOCK_K)
     _fwd_epilogue(acc, b_ptr, y_ptr, offs_n, mask_m, mask_n, n_idx, pq, Q, stride_b,
                   stride_yn, stride_yc, stride_yh, stride_yw, HAS_BIAS, ACTIVATION, ACC_DTYPE)
 

@@ -290,7 +290,7 @@ def _conv_relu_max_pool_fwd_kernel(
             p = p0 + u * POOL_DIL_H
             x_rows = x_ptr + ((n_idx * H + p * STRIDE_H) * Q + q0 + v * POOL_DIL_W) * SPAN_T
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-            acc = span_gemm(x_rows, w_base, DIL_H * Q * SPAN_T, acc, R * SPAN_T, SPAN_T, True,
+            acc = span_gemm(x_rows, w_base, DIL_H * Q * SPAN_T, acc, R * SPAN_T, R * SPAN_T, SPAN_T, True,
                             INPUT_PRECISION, UPCAST, BLOCK_K)
         else:
             sh_h = u * (POOL_DIL_H * STRIDE_H)

@@ -189,15 +189,7 @@ def _conv_fwd_kernel(
         stride_xn, stride_xh, stride_xw = as_multiples(stride_xn, stride_xh, stride_xw, C_VEC)
         stride_wk, stride_wr, stride_ws = as_multiples(stride_wk, stride_wr, stride_ws, C_VEC)
 
-    M = N * P * Q
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < K
-    # Rows past M and columns past K load pixel m % M and filter k % K instead (no mask for them
-    # in the loop); their results are never stored.
-    n_idx = (offs_m % M) // (P * Q)
-    pq = (offs_m % (P * Q)).to(tl.int32)
+    M, offs_m, offs_n, mask_m, mask_n, n_idx, pq = _out_tile(pid_m, pid_n, N, P, Q, K, BLOCK_M, BLOCK_N)
     ih0 = (pq // Q) * STRIDE_H - PAD_H
     iw0 = (pq % Q) * STRIDE_W - PAD_W
     x_base = x_ptr + g * C * stride_xc + n_idx * stride_xn
@@ -295,6 +287,19 @@ def _conv_fwd_kernel(
 
 
 @triton.jit
+def _out_tile(pid_m, pid_n, N, P, Q, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The forward's output tile: M = N*P*Q, its rows and columns with their masks, and each
+    row's image n and pixel pq = p*Q + q. Rows past M and columns past K stand for pixel m % M
+    and filter k % K (no mask for them in the loop); their results are never stored."""
+    M = N * P * Q
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_idx = (offs_m % M) // (P * Q)
+    pq = (offs_m % (P * Q)).to(tl.int32)
+    return M, offs_m, offs_n, offs_m < M, offs_n < K, n_idx, pq
+
+
+@triton.jit
 def _fwd_epilogue(acc, b_ptr, y_ptr, chan, mask_m, mask_n, n_idx, pq, Q, stride_b,
                   stride_yn, stride_yc, stride_yh, stride_yw,
                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, ACC_DTYPE: tl.constexpr):
@@ -364,14 +369,7 @@ def _conv_fwd_span(xs_ptr, ws_ptr, b_ptr, y_ptr, N, HS, RT, P, Q, K, stride_b, s
     """The forward's span form (one group): output pixel (n, p, q) reads, for filter row r, the
     span Xs[n, p*STRIDE_H + r*DIL_H, q, :] (``span_tensor``), so its whole window is R
     contiguous, 16-byte aligned runs of T elements; no window test, no gather."""
-    M = N * P * Q
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < K
-    # Rows past M and columns past K run pixel m % M and filter k % K; never stored.
-    n_idx = (offs_m % M) // (P * Q)
-    pq = (offs_m % (P * Q)).to(tl.int32)
+    _, offs_m, offs_n, mask_m, mask_n, n_idx, pq = _out_tile(pid_m, pid_n, N, P, Q, K, BLOCK_M, BLOCK_N)
     x_rows = xs_ptr + ((n_idx * HS + (pq // Q) * STRIDE_H) * Q + pq % Q) * T
     w_rows = ws_ptr + (offs_n % K) * RT_PAD
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)

@@ -236,6 +236,20 @@ def test_dw_row_tiled(case):
         assert_close(db, br.grad, dtype, name="grad_bias")
 
 
+def _launch_kwargs(monkeypatch, kernel, key: str) -> list:
+    """A list that receives keyword ``key`` of every launch of ``kernel`` from now on."""
+    seen = []
+    launch = kconv.launch
+
+    def spy(launched, grid, *args, **kwargs):
+        if launched is kernel:
+            seen.append(kwargs[key])
+        return launch(launched, grid, *args, **kwargs)
+
+    monkeypatch.setattr(kconv, "launch", spy)
+    return seen
+
+
 # Span form of the generic dW (1- to 7-channel layers: channels not whole 16-byte vectors): whole
 # output rows per step (several rows, one row), rows wider than the step in segments (the last
 # one shorter), strides and dilations that differ per axis, asymmetric padding, an even kernel,
@@ -267,15 +281,7 @@ def test_dw_span_form(case, monkeypatch):
     dy = torch.randn(n, k, p, q, device=DEVICE).to(memory_format=torch.channels_last)
     assert kconv._dw_span_apply(x, dy, stride, dil, 1, c < kconv.FLAT_BELOW)
     assert not kconv._dw_span_apply(x, dy.contiguous(), stride, dil, 1, True)  # NCHW dY: the flat form
-    spans = []
-    launch = kconv.launch
-
-    def spy(kernel, grid, *args, **kwargs):
-        if kernel is kconv._conv_bwd_weight_kernel:
-            spans.append(kwargs["SPAN"])
-        return launch(kernel, grid, *args, **kwargs)
-
-    monkeypatch.setattr(kconv, "launch", spy)
+    spans = _launch_kwargs(monkeypatch, kconv._conv_bwd_weight_kernel, "SPAN")
     for dtype in (torch.float32, torch.bfloat16):
         xd, dyd, wd = x.to(dtype), dy.to(dtype), wt.to(dtype)
         runs = [
@@ -292,15 +298,7 @@ def test_dw_span_form(case, monkeypatch):
 def test_dw_span_through_autograd_with_relu(monkeypatch):
     """CF.conv2d_relu on a 1-channel NCHW input (a first layer): dW takes the span form on the
     masked dY' (channels_last), and every gradient matches torch."""
-    spans = []
-    launch = kconv.launch
-
-    def spy(kernel, grid, *args, **kwargs):
-        if kernel is kconv._conv_bwd_weight_kernel:
-            spans.append(kwargs["SPAN"])
-        return launch(kernel, grid, *args, **kwargs)
-
-    monkeypatch.setattr(kconv, "launch", spy)
+    spans = _launch_kwargs(monkeypatch, kconv._conv_bwd_weight_kernel, "SPAN")
     x = torch.randn(3, 1, 23, 21, device=DEVICE)
     w = torch.randn(12, 1, 7, 7, device=DEVICE) / 7
     b = torch.randn(12, device=DEVICE)
@@ -339,15 +337,7 @@ def test_forward_span_form(case, monkeypatch):
     x[-1, -1, h - 2, w - 1] = float("nan")
     wt = torch.randn(k, c, r, s, device=DEVICE) / (c * r * s) ** 0.5
     b = torch.randn(k, device=DEVICE)
-    spans = []
-    launch = kconv.launch
-
-    def spy(kernel, grid, *args, **kwargs):
-        if kernel is kconv._conv_fwd_kernel:
-            spans.append(kwargs["SPAN"])
-        return launch(kernel, grid, *args, **kwargs)
-
-    monkeypatch.setattr(kconv, "launch", spy)
+    spans = _launch_kwargs(monkeypatch, kconv._conv_fwd_kernel, "SPAN")
     for dtype in (torch.float32, torch.bfloat16):
         xd, wd, bd = x.to(dtype), wt.to(dtype), b.to(dtype)
         assert kconv.fwd_span_width(xd, wd, dil, 1) == max(8, triton.next_power_of_2(s * c))
@@ -389,15 +379,7 @@ def test_forward_split_reduction(groups, monkeypatch):
     b = torch.randn(k, device=DEVICE)
     steps = 9 * triton.cdiv(c // groups, 64)
     assert kconv.fwd_splits(60, k // groups, groups, steps) > 1
-    splits = []
-    launch = kconv.launch
-
-    def spy(kernel, grid, *args, **kwargs):
-        if kernel is kconv._conv_fwd_kernel:
-            splits.append(kwargs["SPLITS"])
-        return launch(kernel, grid, *args, **kwargs)
-
-    monkeypatch.setattr(kconv, "launch", spy)
+    splits = _launch_kwargs(monkeypatch, kconv._conv_fwd_kernel, "SPLITS")
     for dtype in (torch.float32, torch.bfloat16):
         xd, wd, bd = x.to(dtype), wt.to(dtype), b.to(dtype)
         runs = [kconv.conv2d_forward(xd, wd, bd, (1, 1), (1, 1, 1, 1), (1, 1), groups, "relu") for _ in range(2)]

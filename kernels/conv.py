@@ -109,7 +109,7 @@ def _prune_by_form(configs, named_args, **kwargs):
     return fit_to_dtype(conv_configs(bool(flat)), first.element_size())
 
 
-def _prune_fwd(configs, named_args, **kwargs):
+def prune_fwd(configs, named_args, **kwargs):
     """``_prune_by_form``; the span form keeps its one-warpgroup tiles; at most 64 filters per
     group (NiN's 10-class layer) keep the 64-wide tiles only (a 128-wide tile is mostly idle and
     spills: 382-592 registers, static, sm_90);
@@ -142,7 +142,7 @@ _GEOMETRY_KEY = ["R", "S", "STRIDE_H", "STRIDE_W", "DIL_H", "DIL_W", "FLAT"]  # 
 FLAT_BELOW = 32
 
 
-@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_fwd}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY, "SPAN"])
+@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": prune_fwd}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY, "SPAN"])
 @triton.jit
 def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,

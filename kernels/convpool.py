@@ -15,8 +15,12 @@ Forward:   Z[n,k,p,q]  = relu(b[k] + conv(X, W)[n,k,p,q])          (the conv lay
            changes neither. ReLU is monotone, so it is applied once after the loop, a max <= 0
            becoming 0 at the window's first valid tap (torch's pick among ReLU's zeros): the
            result is torch's ``max_pool2d(relu(conv2d(...)))`` with its indices.
-           Non-overlapping windows (VGG's 2x2/2): every conv pixel is computed exactly once, so
-           the kernel does the unfused FLOPs and writes a quarter of the bytes. Overlapping
+           Non-overlapping windows of 2, 4, 8 or 16 taps (VGG's 2x2/2, ``tap_rows``) take no tap
+           loop: the tile's rows are (tap, pooled pixel) pairs, BLOCK_M / taps pooled pixels,
+           so one GEMM over the whole reduction computes every tap and the epilogue takes each
+           pixel's max (a ``tl.reduce`` in torch's scan order, ``_scan_max``). Every conv pixel is
+           computed once: the unfused FLOPs, a quarter of the bytes, and no wgmma wait per tap
+           (static, sm_90: VGG's stem 1.83 -> 0.67x the anchor's instructions per HGMMA). Overlapping
            windows (3x3/2): a conv pixel under several windows is recomputed for each (9 taps per
            pooled pixel against ~4 conv pixels: 2.25x the conv FLOPs). ``one_kernel_wins`` decides
            per layer whether that beats writing the activation once as a temporary for the
@@ -70,12 +74,13 @@ from ._common import (
     to_dtype,
 )
 from .conv import FLAT_BELOW, conv_output_size, fwd_span_width, span_gemm, span_tensor, span_weights
+from .conv import prune_fwd as conv_forward_prune
 from .pool import argmax_dtype, pool_output_size
 
 
 def convpool_configs(flat: bool) -> list[triton.Config]:
-    """GEMM tiles (rows are pooled pixels); the running max and argmax add two tiles of
-    registers beside the accumulator, so the GPU tiles are the conv forward's smaller ones.
+    """GEMM tiles of the tap loop (rows are pooled pixels); the running max and argmax add two
+    tiles of registers beside the accumulator, so the GPU tiles are the conv forward's smaller ones.
     Flattened (C < 32) and span form: BLOCK_K = 64 holds a 7x7 filter of one channel in one
     step; eight warps, the two warpgroups splitting N, so each thread gathers and merges half the
     tile (static, sm_90, bf16, GoogLeNet's stem, flattened: four warps 4.8x the anchor's
@@ -96,9 +101,15 @@ def convpool_configs(flat: bool) -> list[triton.Config]:
 
 
 def _prune(configs, named_args, **kwargs):
-    flat = kwargs.get("FLAT", named_args.get("FLAT")) or kwargs.get("SPAN", named_args.get("SPAN"))
+    """The tap loop's configs per form; with ``TAP_ROWS`` (the max in the epilogue, no running
+    max across a loop) the conv forward's own, per form (``kernels/conv.py``: ``prune_fwd``)."""
+    def arg(name):
+        return kwargs.get(name, named_args.get(name))
+
     first = named_args[next(iter(named_args))]
-    return fit_to_dtype(convpool_configs(bool(flat)), first.element_size())
+    if arg("TAP_ROWS"):
+        return conv_forward_prune(configs, named_args, **kwargs)
+    return fit_to_dtype(convpool_configs(bool(arg("FLAT") or arg("SPAN"))), first.element_size())
 
 
 def _all_configs() -> list[triton.Config]:
@@ -108,7 +119,7 @@ def _all_configs() -> list[triton.Config]:
 
 
 _KEY = ["N", "H", "W", "C", "K", "P", "Q", "PP", "QQ", "R", "S", "STRIDE_H", "STRIDE_W", "POOL_R", "POOL_S", "FLAT",
-        "C_ALIGN", "SPAN"]
+        "C_ALIGN", "SPAN", "TAP_ROWS"]
 
 
 @triton.jit
@@ -229,6 +240,10 @@ def _conv_relu_max_pool_fwd_kernel(
     # The conv's span form (first layers, ``kernels/conv.py``'s ``span_gemm``): x_ptr is the span
     # tensor (H its rows), w_ptr the filter rows' spans, SPAN_T wide, SPAN_RT_PAD per filter.
     SPAN: tl.constexpr, SPAN_T: tl.constexpr, SPAN_RT_PAD: tl.constexpr,
+    # Windows that do not overlap, of a power-of-two tap count (``tap_rows``): that count, and the
+    # tile's rows are (tap, pooled pixel) pairs, the max taken in the epilogue; else 0, a loop
+    # over the taps keeping a running max.
+    TAP_ROWS: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -242,87 +257,165 @@ def _conv_relu_max_pool_fwd_kernel(
     choice among the zeros ReLU leaves."""
     pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(K, BLOCK_N))
     g = tl.program_id(2).to(tl.int64)
-
     MP = N * PP * QQ
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < MP
     mask_n = offs_n < K
-    n_idx = (offs_m % MP) // (PP * QQ)
-    ij = (offs_m % (PP * QQ)).to(tl.int32)
-    pi = ij // QQ
-    pj = ij % QQ
-    # The window's conv pixels are p0 + u * POOL_DIL_H, u in [u_lo, u_hi] (likewise q, v).
-    p0 = pi * POOL_STRIDE_H - POOL_PAD_H
-    q0 = pj * POOL_STRIDE_W - POOL_PAD_W
-    u_lo = tl.maximum(-p0 + (POOL_DIL_H - 1), 0) // POOL_DIL_H
-    v_lo = tl.maximum(-q0 + (POOL_DIL_W - 1), 0) // POOL_DIL_W
-    u_hi = tl.minimum((P - 1 - p0) // POOL_DIL_H, POOL_R - 1)
-    v_hi = tl.minimum((Q - 1 - q0) // POOL_DIL_W, POOL_S - 1)
-    # In-image bits over the union of the window's receptive fields: row bit j where input row
+    if SPAN:
+        w_base = w_ptr + (offs_n % K) * SPAN_RT_PAD
+    else:
+        w_base = w_ptr + (g * K + offs_n % K) * stride_wk
+    bias = offs_n  # read only with HAS_BIAS
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + (g * K + offs_n) * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)
+    EVEN_C: tl.constexpr = C_ALIGN % BLOCK_K == 0
+    # In-image bits over the union of a window's receptive fields: row bit j where input row
     # p0 * STRIDE_H - PAD_H + j is inside the image (the bits a tap needs are these shifted by
     # u * POOL_DIL_H * STRIDE_H), column bits likewise.
     SPAN_H: tl.constexpr = (POOL_R - 1) * POOL_DIL_H * STRIDE_H + (R - 1) * DIL_H + 1
     SPAN_W: tl.constexpr = (POOL_S - 1) * POOL_DIL_W * STRIDE_W + (S - 1) * DIL_W + 1
-    if not SPAN:
-        ih_base = p0 * STRIDE_H - PAD_H
-        iw_base = q0 * STRIDE_W - PAD_W
-        rows_in = _window_bits(ih_base, H, min(SPAN_H, 31))
-        cols_in = _window_bits(iw_base, W, min(SPAN_W, 31))
-        x_img = x_ptr + g * C * stride_xc + n_idx * stride_xn
-        w_base = w_ptr + (g * K + offs_n % K) * stride_wk
-    else:
-        w_base = w_ptr + (offs_n % K) * SPAN_RT_PAD
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + (g * K + offs_n) * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)
-    EVEN_C: tl.constexpr = C_ALIGN % BLOCK_K == 0
     BITS: tl.constexpr = SPAN_H <= 31 and SPAN_W <= 31 and (R - 1) * DIL_H <= 14 and (S - 1) * DIL_W <= 14
 
-    best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), dtype=ACC_DTYPE)
-    arg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    # A runtime loop over the window's taps (row-major, as the max-pool kernel scans them): one
-    # copy of the GEMM main loop in the code, not POOL_R*POOL_S unrolled ones (registers).
-    for tap in range(0, POOL_R * POOL_S):
+    if TAP_ROWS:
+        # Row i of the tile is tap i // PM of pooled pixel i % PM: one GEMM over the reduction,
+        # then the max over each pixel's TAP_ROWS rows in the epilogue.
+        PM: tl.constexpr = BLOCK_M // TAP_ROWS
+        rows = tl.arange(0, BLOCK_M)
+        offs_m = pid_m.to(tl.int64) * PM + rows % PM
+        n_idx, pi, pj, p0, q0, u_lo, v_lo, u_hi, v_hi = _window(offs_m % MP, P, Q, PP, QQ, POOL_R, POOL_S,
+                                                                POOL_STRIDE_H, POOL_STRIDE_W, POOL_PAD_H,
+                                                                POOL_PAD_W, POOL_DIL_H, POOL_DIL_W)
+        rows_in, cols_in = _in_image(p0, q0, H, W, STRIDE_H, STRIDE_W, PAD_H, PAD_W, SPAN_H, SPAN_W, SPAN)
+        tap = rows // PM
         u = tl.minimum(tl.maximum(tap // POOL_S, u_lo), u_hi)
         v = tl.minimum(tl.maximum(tap % POOL_S, v_lo), v_hi)
-        if SPAN:
-            # Conv pixel (p, q) reads span rows p*STRIDE_H + r*DIL_H of its column q.
-            p = p0 + u * POOL_DIL_H
-            x_rows = x_ptr + ((n_idx * H + p * STRIDE_H) * Q + q0 + v * POOL_DIL_W) * SPAN_T
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-            acc = span_gemm(x_rows, w_base, DIL_H * Q * SPAN_T, acc, R * SPAN_T, R * SPAN_T, SPAN_T, True,
-                            INPUT_PRECISION, UPCAST, BLOCK_K)
-        else:
-            sh_h = u * (POOL_DIL_H * STRIDE_H)
-            sh_w = v * (POOL_DIL_W * STRIDE_W)
-            if BITS:
-                win = ((rows_in >> sh_h) & 0x7FFF) | (((cols_in >> sh_w) & 0x7FFF) << 16)
-            else:
-                win = rows_in
-            ih0 = ih_base + sh_h
-            iw0 = iw_base + sh_w
-            x_rows = x_img + ih0 * stride_xh + iw0 * stride_xw
-            acc = _conv_tile(
-                x_rows, win, ih0, iw0, w_base, H, W, C, stride_xc, stride_xh, stride_xw, stride_wc, stride_wr,
-                stride_ws, R, S, DIL_H, DIL_W, FLAT, RSC, BITS, EVEN_C, INPUT_PRECISION, UPCAST, ACC_DTYPE,
-                BLOCK_M, BLOCK_N, BLOCK_K,
-            )
-        if HAS_BIAS:
-            acc += bias[None, :]
-        # Compared as stored (rounded to the output dtype), so ties are the unfused path's.
-        val = to_dtype(acc, y_ptr.dtype.element_ty).to(ACC_DTYPE)
-        take = (val > best) | (val != val)
-        best = tl.where(take, val, best)
-        arg = tl.where(take, (u * POOL_S + v)[:, None], arg)
+        val = _tap_values(x_ptr, w_base, bias, y_ptr, g, n_idx, p0, q0, u, v, rows_in, cols_in, H, W, C, Q, stride_xn, stride_xc,
+                          stride_xh, stride_xw, stride_wc, stride_wr, stride_ws, R, S, STRIDE_H, STRIDE_W, PAD_H,
+                          PAD_W, DIL_H, DIL_W, POOL_R, POOL_S, POOL_DIL_H, POOL_DIL_W, HAS_BIAS, FLAT, RSC, BITS,
+                          EVEN_C, SPAN, SPAN_T, False, INPUT_PRECISION, UPCAST, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+        taps = tl.broadcast_to((u * POOL_S + v)[:, None], (BLOCK_M, BLOCK_N))
+        best, arg = tl.reduce((tl.reshape(val, (TAP_ROWS, PM, BLOCK_N)), tl.reshape(taps, (TAP_ROWS, PM, BLOCK_N))),
+                              0, _scan_max)
+        offs_m = pid_m.to(tl.int64) * PM + tl.arange(0, PM)  # the pooled pixels, for the epilogue
+        n_idx, pi, pj, _, _, u_lo, v_lo, _, _ = _window(offs_m % MP, P, Q, PP, QQ, POOL_R, POOL_S,
+                                                        POOL_STRIDE_H, POOL_STRIDE_W, POOL_PAD_H, POOL_PAD_W,
+                                                        POOL_DIL_H, POOL_DIL_W)
+    else:
+        offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        n_idx, pi, pj, p0, q0, u_lo, v_lo, u_hi, v_hi = _window(offs_m % MP, P, Q, PP, QQ, POOL_R, POOL_S,
+                                                                POOL_STRIDE_H, POOL_STRIDE_W, POOL_PAD_H,
+                                                                POOL_PAD_W, POOL_DIL_H, POOL_DIL_W)
+        rows_in, cols_in = _in_image(p0, q0, H, W, STRIDE_H, STRIDE_W, PAD_H, PAD_W, SPAN_H, SPAN_W, SPAN)
+        best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), dtype=ACC_DTYPE)
+        arg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        # A runtime loop over the window's taps (row-major, as the max-pool kernel scans them): one
+        # copy of the GEMM main loop in the code, not POOL_R*POOL_S unrolled ones (registers).
+        for tap in range(0, POOL_R * POOL_S):
+            u = tl.minimum(tl.maximum(tap // POOL_S, u_lo), u_hi)
+            v = tl.minimum(tl.maximum(tap % POOL_S, v_lo), v_hi)
+            val = _tap_values(x_ptr, w_base, bias, y_ptr, g, n_idx, p0, q0, u, v, rows_in, cols_in, H, W, C, Q, stride_xn, stride_xc,
+                              stride_xh, stride_xw, stride_wc, stride_wr, stride_ws, R, S, STRIDE_H, STRIDE_W, PAD_H,
+                              PAD_W, DIL_H, DIL_W, POOL_R, POOL_S, POOL_DIL_H, POOL_DIL_W, HAS_BIAS, FLAT, RSC,
+                              BITS, EVEN_C, SPAN, SPAN_T, True, INPUT_PRECISION, UPCAST, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+            take = (val > best) | (val != val)
+            best = tl.where(take, val, best)
+            arg = tl.where(take, (u * POOL_S + v)[:, None], arg)
 
     # ReLU: a max <= 0 (not NaN) becomes 0 at the first valid tap.
     zero = best <= 0.0
     best = tl.where(zero, 0.0, best)
     arg = tl.where(zero, (u_lo * POOL_S + v_lo)[:, None], arg)
     y_off = (n_idx * stride_yn + pi * stride_yh + pj * stride_yw)[:, None] + ((g * K + offs_n) * stride_yc)[None, :]
-    mask = mask_m[:, None] & mask_n[None, :]
+    mask = (offs_m < MP)[:, None] & mask_n[None, :]
     tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(arg_ptr + y_off, arg.to(arg_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _scan_max(a, ia, b, ib):
+    """Combines (value, tap) pairs as torch's max-pool scan over the taps in row-major order
+    picks: NaN above every number and the later of two NaNs (the scan's last NaN), otherwise the
+    larger value and, of equal ones, the earlier tap (its first maximum). A total order, so the
+    reduction's grouping does not change the pick."""
+    a_nan = a != a
+    b_nan = b != b
+    take_b = tl.where(a_nan, b_nan & (ib > ia), b_nan | (b > a) | ((b == a) & (ib < ia)))
+    return tl.where(take_b, b, a), tl.where(take_b, ib, ia)
+
+
+@triton.jit
+def _window(m, P, Q, PP, QQ, POOL_R: tl.constexpr, POOL_S: tl.constexpr,
+            POOL_STRIDE_H: tl.constexpr, POOL_STRIDE_W: tl.constexpr, POOL_PAD_H: tl.constexpr,
+            POOL_PAD_W: tl.constexpr, POOL_DIL_H: tl.constexpr, POOL_DIL_W: tl.constexpr):
+    """Pooled pixels ``m``: image, row, column, the window's first conv pixel (p0, q0) and the
+    range [u_lo, u_hi] x [v_lo, v_hi] of its taps inside the conv output (conv pixels
+    p0 + u * POOL_DIL_H, q0 + v * POOL_DIL_W)."""
+    n_idx = m // (PP * QQ)
+    ij = (m % (PP * QQ)).to(tl.int32)
+    pi = ij // QQ
+    pj = ij % QQ
+    p0 = pi * POOL_STRIDE_H - POOL_PAD_H
+    q0 = pj * POOL_STRIDE_W - POOL_PAD_W
+    u_lo = tl.maximum(-p0 + (POOL_DIL_H - 1), 0) // POOL_DIL_H
+    v_lo = tl.maximum(-q0 + (POOL_DIL_W - 1), 0) // POOL_DIL_W
+    u_hi = tl.minimum((P - 1 - p0) // POOL_DIL_H, POOL_R - 1)
+    v_hi = tl.minimum((Q - 1 - q0) // POOL_DIL_W, POOL_S - 1)
+    return n_idx, pi, pj, p0, q0, u_lo, v_lo, u_hi, v_hi
+
+
+@triton.jit
+def _in_image(p0, q0, H, W, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr,
+              PAD_W: tl.constexpr, SPAN_H: tl.constexpr, SPAN_W: tl.constexpr, SPAN: tl.constexpr):
+    """The window's in-image bits over rows and columns (``_window_bits``); the span form needs
+    none (its span tensor holds the zeros)."""
+    if SPAN:
+        return p0, q0
+    rows_in = _window_bits(p0 * STRIDE_H - PAD_H, H, min(SPAN_H, 31))
+    cols_in = _window_bits(q0 * STRIDE_W - PAD_W, W, min(SPAN_W, 31))
+    return rows_in, cols_in
+
+
+@triton.jit
+def _tap_values(x_ptr, w_base, bias, y_ptr, g, n_idx, p0, q0, u, v, rows_in, cols_in, H, W, C, Q,
+                stride_xn, stride_xc, stride_xh, stride_xw, stride_wc, stride_wr, stride_ws,
+                R: tl.constexpr, S: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+                PAD_H: tl.constexpr, PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+                POOL_R: tl.constexpr, POOL_S: tl.constexpr, POOL_DIL_H: tl.constexpr, POOL_DIL_W: tl.constexpr,
+                HAS_BIAS: tl.constexpr, FLAT: tl.constexpr, RSC: tl.constexpr, BITS: tl.constexpr,
+                EVEN_C: tl.constexpr, SPAN: tl.constexpr, SPAN_T: tl.constexpr, UNROLL: tl.constexpr,
+                INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """b + conv(X, W) at conv pixels (p0 + u * POOL_DIL_H, q0 + v * POOL_DIL_W) of the rows'
+    images, rounded to the output dtype (the max compares stored values, so ties are the unfused
+    path's), in ACC_DTYPE. UNROLL: the span form's steps as straight-line code (in the tap loop);
+    else its steps are a loop whose bound W is the runtime R * SPAN_T. ``rows_in``, ``cols_in``:
+    the window's in-image bits (``_window_bits``; with BITS)."""
+    p = p0 + u * POOL_DIL_H
+    q = q0 + v * POOL_DIL_W
+    if SPAN:
+        # Conv pixel (p, q) reads span rows p*STRIDE_H + r*DIL_H of its column q.
+        x_rows = x_ptr + ((n_idx * H + p * STRIDE_H) * Q + q) * SPAN_T
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+        acc = span_gemm(x_rows, w_base, DIL_H * Q * SPAN_T, acc, W, R * SPAN_T, SPAN_T, UNROLL,
+                        INPUT_PRECISION, UPCAST, BLOCK_K)
+    else:
+        # The window's in-image bits shifted to this tap: row bit r * DIL_H, column bit 16 + s * DIL_W.
+        sh_h = u * (POOL_DIL_H * STRIDE_H)
+        sh_w = v * (POOL_DIL_W * STRIDE_W)
+        if BITS:
+            win = ((rows_in >> sh_h) & 0x7FFF) | (((cols_in >> sh_w) & 0x7FFF) << 16)
+        else:
+            win = rows_in
+        ih0 = p0 * STRIDE_H - PAD_H + sh_h
+        iw0 = q0 * STRIDE_W - PAD_W + sh_w
+        x_rows = x_ptr + g * C * stride_xc + n_idx * stride_xn + ih0 * stride_xh + iw0 * stride_xw
+        acc = _conv_tile(
+            x_rows, win, ih0, iw0, w_base, H, W, C, stride_xc, stride_xh, stride_xw, stride_wc, stride_wr,
+            stride_ws, R, S, DIL_H, DIL_W, FLAT, RSC, BITS, EVEN_C, INPUT_PRECISION, UPCAST, ACC_DTYPE,
+            BLOCK_M, BLOCK_N, BLOCK_K,
+        )
+    if HAS_BIAS:
+        acc += bias[None, :]
+    return to_dtype(acc, y_ptr.dtype.element_ty).to(ACC_DTYPE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,10 +509,12 @@ def conv2d_relu_max_pool2d_forward(
     if span_t:
         x = span_tensor(x, r, s, p, q, stride, padding, dilation, span_t)
         weight = span_weights(weight, span_t)
-        h, flat = x.shape[1], False
+        h, w, flat = x.shape[1], r * span_t, False  # W: the span loop's runtime bound
+    taps = tap_rows(pool_kernel, pool_stride, pool_dilation)
 
-    def grid(meta):
-        return (triton.cdiv(n * pp * qq, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), 1, groups)  # tile_of
+    def grid(meta):  # tile_of; with TAP_ROWS a tile holds BLOCK_M / taps pooled pixels
+        pixels = meta["BLOCK_M"] // max(taps, 1)
+        return (triton.cdiv(n * pp * qq, pixels) * triton.cdiv(kg, meta["BLOCK_N"]), 1, groups)
 
     launch(_conv_relu_max_pool_fwd_kernel, grid,
         x, weight, b_arg, y, arg,
@@ -430,10 +525,21 @@ def conv2d_relu_max_pool2d_forward(
         **geometry,
         FLAT=flat, HAS_BIAS=bias is not None,
         RSC=r * s * cg if flat else 0, C_ALIGN=_pow2_dividing(cg),
-        SPAN=span_t > 0, SPAN_T=span_t, SPAN_RT_PAD=weight.shape[1] * span_t if span_t else 0,
+        SPAN=span_t > 0, SPAN_T=span_t, SPAN_RT_PAD=weight.shape[1] * span_t if span_t else 0, TAP_ROWS=taps,
         INPUT_PRECISION=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype), ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
     )
     return y, arg
+
+
+def tap_rows(pool_kernel, pool_stride, pool_dilation) -> int:
+    """The window's tap count when windows do not overlap (VGG's 2x2/2) and it is a power of two
+    of at most 16, else 0. Then each conv pixel belongs to at most one window, and the fused
+    kernel's tile rows are (tap, pooled pixel): one GEMM over the whole reduction, the max over a
+    pixel's taps in the epilogue, instead of a GEMM per tap whose result the running max waits
+    for (a wgmma wait to zero per tap, static, sm_90)."""
+    taps = pool_kernel[0] * pool_kernel[1]
+    disjoint = all(st >= (k - 1) * d + 1 for k, st, d in zip(pool_kernel, pool_stride, pool_dilation))
+    return taps if disjoint and taps <= 16 and taps & (taps - 1) == 0 else 0
 
 
 # ----------------------------------------------------------------------------------------------

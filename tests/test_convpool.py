@@ -132,8 +132,11 @@ def test_both_forward_schemes_give_the_composition(name, one_kernel):
         ((1, 3, 12, 11), 4, 3, 1, 8, 8, (2, 2, 0, True)),  # flattened, dilation 8: coordinates compared
         ((1, 40, 11, 10), 3, 2, 1, 8, 15, (3, 2, 1, False)),  # tap-wise, dilation 15: coordinates compared
         ((2, 1, 13, 12), 4, 5, 2, 2, 1, (3, 2, 1, True)),  # 1 channel: the span form, clamped taps
+        # Disjoint 2x2 windows (``tap_rows``): the max over a tile's tap rows in the epilogue.
+        ((2, 64, 9, 7), 5, 3, 1, 1, 1, (2, 2, 1, True)),  # tap-wise, clamped taps at both ends
+        ((2, 1, 11, 9), 6, 3, 1, 1, 1, (2, 2, 0, True)),  # 1 channel (VGG's stem): the span form
     ],
-    ids=["tapwise-c64-pad-ceil", "flat-dilated", "tapwise-dilated", "span-c1-pad-ceil"],
+    ids=["tapwise-c64-pad-ceil", "flat-dilated", "tapwise-dilated", "span-c1-pad-ceil", "rows-c64", "rows-span-c1"],
 )
 def test_one_kernel_ties_nan_and_argmax_like_torch(x_shape, k, r, stride, padding, dilation, pool):
     """The one-kernel forward against torch's max_pool2d(relu(conv2d)) with its indices: integer
@@ -154,6 +157,17 @@ def test_one_kernel_ties_nan_and_argmax_like_torch(x_shape, k, r, stride, paddin
     rows = torch.arange(y.shape[2], device=DEVICE).view(1, 1, -1, 1) * ps - pp + arg.long() // pk
     cols = torch.arange(y.shape[3], device=DEVICE).view(1, 1, 1, -1) * ps - pp + arg.long() % pk
     assert torch.equal(rows * z.shape[3] + cols, idx)
+
+
+def test_tap_rows_only_for_disjoint_power_of_two_windows():
+    """Which pools take the maximum in the epilogue over (tap, pixel) rows (``kcp.tap_rows``)."""
+    assert kcp.tap_rows((2, 2), (2, 2), (1, 1)) == 4  # VGG
+    assert kcp.tap_rows((1, 2), (1, 2), (1, 1)) == 2
+    assert kcp.tap_rows((2, 2), (4, 4), (2, 2)) == 4  # dilated, still disjoint
+    assert kcp.tap_rows((2, 2), (2, 2), (2, 2)) == 0  # dilated into the next window
+    assert kcp.tap_rows((3, 3), (2, 2), (1, 1)) == 0  # AlexNet, GoogLeNet: windows overlap
+    assert kcp.tap_rows((3, 3), (3, 3), (1, 1)) == 0  # 9 taps: not a power of two
+    assert kcp.tap_rows((8, 4), (8, 4), (1, 1)) == 0  # more than 16 taps
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])

@@ -166,21 +166,24 @@ def test_pooling_and_cat_at_every_gpu_config(name):
             break
 
 
-def test_conv_relu_max_pool_at_every_gpu_config():
-    """fp32: in fp16 two conv outputs of a window can round to a tie that float64 breaks the
-    other way, moving the gradient to another pixel."""
+@pytest.mark.parametrize("pool", [3, 2], ids=["3x3s2-tap-loop", "2x2s2-tap-rows"])
+def test_conv_relu_max_pool_at_every_gpu_config(pool):
+    """Overlapping windows (a GEMM per tap, a running max) and disjoint ones (the tile's rows
+    are (tap, pixel), the max in the epilogue: the conv forward's configs). fp32: in fp16 two
+    conv outputs of a window can round to a tie that float64 breaks the other way, moving the
+    gradient to another pixel."""
     torch.manual_seed(0)
     x = torch.randn(2, 32, 12, 12, dtype=torch.float32).to(memory_format=torch.channels_last).requires_grad_()
     w = (torch.randn(64, 32, 3, 3, dtype=torch.float32) / 17).to(memory_format=torch.channels_last).requires_grad_()
     b = torch.randn(64, dtype=torch.float32, requires_grad=True)
     x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
-    y64 = F.max_pool2d(F.relu(F.conv2d(x64, w64, b64, 1, 1)), 3, 2)
+    y64 = F.max_pool2d(F.relu(F.conv2d(x64, w64, b64, 1, 1)), pool, 2)
     dy = torch.randn(y64.shape, dtype=torch.float32)
     refs = (y64, *torch.autograd.grad(y64, (x64, w64, b64), dy.double()))
     for index in range(3):
         seen: list = []
         with gpu_config(index, seen):
-            y = CF.conv2d_relu_max_pool2d(x, w, b, 1, 1, kernel_size=3, pool_stride=2)
+            y = CF.conv2d_relu_max_pool2d(x, w, b, 1, 1, kernel_size=pool, pool_stride=2)
             grads = torch.autograd.grad(y, (x, w, b), dy)
         assert any("pool" in kernel for kernel, _, _ in seen), seen
         for got, ref, what in zip((y, *grads), refs, ("output", "grad_input", "grad_weight", "grad_bias")):

@@ -116,6 +116,10 @@ def prune_fwd(configs, named_args, **kwargs):
     for 4-byte operands (TF32) the 128x128 tile becomes 128x64 on one warpgroup: on two, Triton
     3.6 serialises the 128x128 TF32 wgmma (C7515)."""
     kept = narrow_tiles(_prune_by_form(configs, named_args, **kwargs), named_args.get("K", kwargs.get("K")), "BLOCK_N")
+    c = named_args.get("C", kwargs.get("C"))
+    flat_or_span = kwargs.get("FLAT", named_args.get("FLAT")) or kwargs.get("SPAN", named_args.get("SPAN"))
+    if not INTERPRET and not flat_or_span and c < 64:
+        kept = narrow_channels(kept, c, named_args[next(iter(named_args))].element_size())
     if kwargs.get("SPAN", named_args.get("SPAN")) and not INTERPRET:
         # The span form on two warpgroups: Triton 3.6 serialises its wgmma (C7515; static, sm_90).
         kept = [cfg for cfg in kept if cfg.num_warps == 4] or kept
@@ -126,6 +130,25 @@ def prune_fwd(configs, named_args, **kwargs):
         triton.Config({**cfg.kwargs, "BLOCK_N": 64}, num_warps=4, num_stages=cfg.num_stages) if w else cfg
         for cfg, w in zip(kept, wide)
     ]
+
+
+def narrow_channels(configs: list[triton.Config], c: int, element_size: int) -> list[triton.Config]:
+    """Tap-wise configs for 16 to 63 channels: a K slice of the channels rounded up to a power of
+    two, or of two taps' channels when C is one (16 -> 32, 32 -> 64: the kernel's PAIRS); 16 for
+    4-byte operands. Below 64, 128-row tiles of one warpgroup, so a step's HGMMAs share its fixed
+    cost (static, sm_90, bf16, GoogLeNet's 16-channel 5x5 at one tap of 16 channels a step: 64x64
+    tiles 2.5x the anchor's instructions per HGMMA, 128x64 ones 1.45x; two taps a step: 1.55x
+    and 0.96x)."""
+    pow2 = 1 << (c - 1).bit_length()
+    bk = max(16, min(64, 2 * c if c == pow2 else pow2))
+    if element_size >= 4:
+        bk = 16
+    def cfg(bm, bn, warps, stages):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+    if bk == 64:
+        return configs
+    wide = any(cf.kwargs["BLOCK_N"] > 64 for cf in configs)  # narrow_tiles kept 128-wide tiles
+    return [cfg(128, 128, 4, 4), cfg(128, 64, 4, 4)] if wide else [cfg(128, 64, 4, 4), cfg(128, 64, 4, 3)]
 
 
 def reduce_configs() -> list[triton.Config]:
@@ -140,6 +163,10 @@ _GEOMETRY_KEY = ["R", "S", "STRIDE_H", "STRIDE_W", "DIL_H", "DIL_W", "FLAT"]  # 
 # Below this many channels per group the reduction runs over the flattened (r, s, c) index;
 # at or above it, tap by tap over channel chunks (1-D index math per tap, fewer registers).
 FLAT_BELOW = 32
+# The forward's own: from 16 channels it runs tap-wise with a K slice of the channels rounded up
+# to a power of two (``prune_fwd``); its flattened lane decode cost 1.9-2.0x the anchor's
+# instructions per HGMMA on GoogLeNet's 16- and 24-channel 5x5 layers (static, sm_90).
+FWD_FLAT_BELOW = 16
 
 
 @triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": prune_fwd}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY, "SPAN"])
@@ -160,6 +187,8 @@ def _conv_fwd_kernel(
     FLAT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     FLAT_C: tl.constexpr,  # C when FLAT (its divisions fold), else 0
     C_VEC: tl.constexpr,  # X's pixel and W's filter strides are multiples of this (``flat_vector``)
+    C_ALIGN: tl.constexpr,  # tap-wise: a power of two dividing C, at most 64 (whole channel blocks need no mask)
+    C_POW2: tl.constexpr,  # C when a power of two below 64, else 0: BLOCK_K = 2 * C_POW2 takes two taps a step
     # The span form (first layers, ``conv2d_forward``): x_ptr is the span tensor (H its rows),
     # w_ptr the filter rows' spans, SPAN_T wide, each filter SPAN_RT_PAD long; W is R*SPAN_T,
     # the reduction's length (a runtime bound: a loop of a few steps stays a loop, measurable).
@@ -188,6 +217,13 @@ def _conv_fwd_kernel(
         # (it marks only multiples of 16), and C_VEC lanes of one tap are one vector load.
         stride_xn, stride_xh, stride_xw = as_multiples(stride_xn, stride_xh, stride_xw, C_VEC)
         stride_wk, stride_wr, stride_ws = as_multiples(stride_wk, stride_wr, stride_ws, C_VEC)
+        if not FLAT:  # a channel block's mask then keeps C_VEC-lane vectors whole
+            C = C // C_VEC * C_VEC
+    EVEN_C: tl.constexpr = (not FLAT) and C_ALIGN % BLOCK_K == 0
+    # Two taps a step: lanes [0, C) read tap t, lanes [C, 2C) tap t + 1 (GoogLeNet's 16- and
+    # 32-channel 5x5 layers: one step of a tap and a K slice of 16 or 32 had 1.5-2.5x the
+    # anchor's instructions per HGMMA, static, sm_90).
+    PAIRS: tl.constexpr = (not FLAT) and C_POW2 > 0 and BLOCK_K == 2 * C_POW2
 
     M, offs_m, offs_n, mask_m, mask_n, n_idx, pq = _out_tile(pid_m, pid_n, N, P, Q, K, BLOCK_M, BLOCK_N)
     ih0 = (pq // Q) * STRIDE_H - PAD_H
@@ -208,6 +244,12 @@ def _conv_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     if FLAT:
         steps = tl.cdiv(R * S * C, BLOCK_K)
+    elif PAIRS:
+        c_blocks = tl.cdiv(C, BLOCK_K)  # 1, a runtime value: the loop stays a loop (LLVM unrolled a constant 13)
+        steps = (R * S + 1) // 2 * c_blocks
+        lanes = tl.arange(0, BLOCK_K)
+        second = lanes // C_POW2  # 1 on the lanes of the step's second tap
+        ch = lanes % C_POW2
     else:
         c_blocks = tl.cdiv(C, BLOCK_K)
         steps = R * S * c_blocks
@@ -222,8 +264,8 @@ def _conv_fwd_kernel(
         chunk = tl.cdiv(steps, SPLITS)
         step0 = tl.program_id(1) * chunk
         steps = tl.minimum(steps, step0 + chunk)
-        tap0 = step0 // c_blocks
-        c0 = (step0 - tap0 * c_blocks) * BLOCK_K
+        tap0 = step0 * 2 if PAIRS else step0 // c_blocks
+        c0 = 0 if PAIRS else (step0 - tap0 * c_blocks) * BLOCK_K
         tap_r = tap0 // S
         tap_s = tap0 - tap_r * S
         tap_bit = tl.where(tap0 < 31, 1 << tl.minimum(tap0, 30), 0)
@@ -242,6 +284,34 @@ def _conv_fwd_kernel(
             mask_a = mask_m[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a_ptrs = x_base[:, None] + ih * stride_xh + iw * stride_xw + (c * stride_xc)[None, :]
             w_off = c * stride_wc + r * stride_wr + s * stride_ws
+        elif PAIRS:
+            # Taps t = (tap_r, tap_s) and t + 1 = (r1, s1); past the last tap (R*S odd) r1 = R,
+            # read by no lane: its rows' bits are 0 and its filter lanes masked.
+            wrap = tap_s + 1 == S
+            r1 = tl.where(wrap, tap_r + 1, tap_r)
+            s1 = tl.where(wrap, 0, tap_s + 1)
+            # Lane offsets as base + second * delta (not a select of two offsets), so Triton's
+            # analysis sees C contiguous lanes per tap: 16-byte loads.
+            if TAP_BITS:
+                mask_a = (tap_bits[:, None] & (tap_bit << second)[None, :]) != 0
+            else:
+                ih = ih0 + tap_r * DIL_H
+                iw = iw0 + tap_s * DIL_W
+                ok0 = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                ih = ih0 + r1 * DIL_H
+                iw = iw0 + s1 * DIL_W
+                ok1 = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & (ih0 * 0 + r1 < R)
+                mask_a = tl.where(second[None, :] != 0, ok1[:, None], ok0[:, None])
+            off0 = tap_r * (DIL_H * stride_xh) + tap_s * (DIL_W * stride_xw)
+            off1 = r1 * (DIL_H * stride_xh) + s1 * (DIL_W * stride_xw)
+            a_ptrs = x_rows[:, None] + (off0 + second * (off1 - off0) + ch * stride_xc)[None, :]
+            w0 = tap_r * stride_wr + tap_s * stride_ws
+            w_off = ch * stride_wc + w0 + second * (r1 * stride_wr + s1 * stride_ws - w0)
+            k_ok = second * r1 < R
+            wrap = s1 + 1 == S
+            tap_r = tl.where(wrap, r1 + 1, r1)
+            tap_s = tl.where(wrap, 0, s1 + 1)
+            tap_bit = tap_bit << 2
         else:
             # One tap (r, s), channels c0 .. c0+BLOCK_K: the window test is per row only.
             r = tap_r
@@ -267,8 +337,15 @@ def _conv_fwd_kernel(
             tap_off = r * (DIL_H * stride_xh) + s * (DIL_W * stride_xw)
             a_ptrs = (x_rows + tap_off)[:, None] + (c * stride_xc)[None, :]
             w_off = c * stride_wc + r * stride_wr + s * stride_ws
-        a = tl.load(a_ptrs, mask=mask_a, other=0.0)
-        b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None], other=0.0)
+        if PAIRS:
+            a = tl.load(a_ptrs, mask=mask_a, other=0.0)
+            b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None], other=0.0)
+        elif EVEN_C:  # whole channel blocks: only the rows' window test
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            b = tl.load(w_base[None, :] + w_off[:, None])
+        else:
+            a = tl.load(a_ptrs, mask=mask_a, other=0.0)
+            b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
 
     if SPLITS == 1:
@@ -1120,7 +1197,7 @@ def conv2d_forward(
         return out
     kg = k_out // groups
     b_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False
-    flat = cg < FLAT_BELOW
+    flat = cg < FWD_FLAT_BELOW
     geometry = _geometry(weight, stride, padding, dilation)
     span_t = fwd_span_width(x, weight, dilation, groups)
     if span_t:
@@ -1144,7 +1221,8 @@ def conv2d_forward(
         *nchw_strides(out),
         **geometry,
         FLAT=flat, HAS_BIAS=bias is not None, ACTIVATION=activation,
-        FLAT_C=cg if flat else 0, C_VEC=flat_vector(x, weight, cg) if flat else 1,
+        FLAT_C=cg if flat else 0, C_VEC=1 if span_t else flat_vector(x, weight, cg), C_ALIGN=min(cg & -cg, 64),
+        C_POW2=cg if cg < 64 and cg & (cg - 1) == 0 else 0,
         SPAN=span_t > 0, SPAN_T=span_t, SPAN_RT_PAD=weight.shape[1] * span_t if span_t else 0,
         SPLITS=splits,
         **_dot_args(x.dtype),

@@ -141,22 +141,47 @@ def test_output_into_channel_slice_of_poisoned_buffer():
 
 
 @pytest.mark.parametrize(
-    "width,offset,vec",
-    [(40, 8, 8), (36, 8, 4), (34, 8, 2), (40, 4, 1)],
-    ids=["vec8", "vec4", "vec2", "misaligned-gathered"],
+    "c,width,offset,vec",
+    [(24, 40, 8, 8), (24, 36, 8, 4), (24, 34, 8, 2), (24, 40, 4, 1), (12, 28, 8, 4), (12, 30, 8, 2)],
+    ids=["vec8", "vec4", "vec2", "misaligned-gathered", "flat-vec4", "flat-vec2"],
 )
-def test_flat_form_vectors_on_channel_slices(width, offset, vec):
-    """Below FLAT_BELOW channels the forward's lanes run over (r, s, c); 24 channels read from a
-    channel slice of a wider NHWC buffer (GoogLeNet's 5x5 branches read their reduce conv's slice)
-    go 16, 8 or 4 bytes at a time as the slice's pixel stride allows, one element at a time from
-    a first element off 16 bytes: the same result every way."""
+def test_channel_slices_keep_their_vectors(c, width, offset, vec):
+    """A channel slice of a wider NHWC buffer (GoogLeNet's 5x5 branches read their reduce conv's
+    slice): 24 channels (tap-wise, a K slice of 32) and 12 (below FWD_FLAT_BELOW: lanes over
+    (r, s, c)) go 16, 8 or 4 bytes at a time as the slice's pixel stride allows, one element at a
+    time from a first element off 16 bytes: the same result every way."""
     buf = torch.randn(2, width, 9, 8, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
-    x = buf[:, offset : offset + 24]
-    w = (torch.randn(16, 24, 5, 5, dtype=torch.float16, device=DEVICE) / 11).to(memory_format=torch.channels_last)
+    x = buf[:, offset : offset + c]
+    w = (torch.randn(16, c, 5, 5, dtype=torch.float16, device=DEVICE) / 11).to(memory_format=torch.channels_last)
     b = torch.randn(16, dtype=torch.float16, device=DEVICE)
-    assert kconv.flat_vector(x, w, 24) == vec
+    assert kconv.flat_vector(x, w, c) == vec
     y = kconv.conv2d_forward(x, w, b, (1, 1), (2, 2, 2, 2), (1, 1), 1, "relu")
     assert_close(y, F.relu(F.conv2d(x.double(), w.double(), b.double(), padding=2)), torch.float16)
+
+
+@pytest.mark.parametrize(
+    "r,stride,pad,dil",
+    [(5, 1, 2, 1), (3, 2, 1, 1), (7, 1, 6, 2), (1, 1, 0, 1)],
+    ids=["5x5-25-taps", "3x3s2-9-taps", "7x7-dilated-49-taps", "1x1-one-tap"],
+)
+def test_forward_two_taps_a_step(monkeypatch, r, stride, pad, dil):
+    """A power-of-two channel count C below 64 with BLOCK_K = 2C (the interpreter's BLOCK_K = 64
+    at C = 32) reads two taps a step: an odd tap count (the last step's second tap is past the
+    filter), more than 31 taps (window tests by coordinates instead of bits), a single tap, a
+    channel slice of a wider buffer; an inf at an image border poisons exactly torch's windows."""
+    pow2 = _launch_kwargs(monkeypatch, kconv._conv_fwd_kernel, "C_POW2")
+    buf = torch.randn(2, 48, 11, 10, device=DEVICE).to(memory_format=torch.channels_last)
+    buf[1, 9, 0, 9] = float("inf")
+    x = buf[:, 8:40]
+    w = torch.randn(20, 32, r, r, device=DEVICE) / (6 * r)
+    b = torch.randn(20, device=DEVICE)
+    for dtype in (torch.float32, torch.bfloat16):
+        xd, wd, bd = x.to(dtype), w.to(dtype), b.to(dtype)
+        y = kconv.conv2d_forward(xd, wd, bd, (stride, stride), (pad,) * 4, (dil, dil), 1, "none")
+        ref = F.conv2d(xd.double(), wd.double(), bd.double(), stride=stride, padding=pad, dilation=dil)
+        assert torch.equal(torch.isinf(y), torch.isinf(ref)) and torch.isinf(ref).any()
+        assert_close(y.nan_to_num(posinf=0, neginf=0), ref.nan_to_num(posinf=0, neginf=0), dtype)
+    assert pow2 == [32, 32]
 
 
 def test_every_output_element_written():

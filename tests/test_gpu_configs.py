@@ -88,7 +88,8 @@ LAYERS = {  # (N, C, H, K, R, stride, padding): each picks a different set of ke
     "span-c1-3x3": (2, 1, 9, 16, 3, 1, 1),  # a 1-channel first layer: 8-wide spans
     "taps-c64-3x3": (2, 64, 8, 128, 3, 1, 1),  # tap-wise forward and dX, row-tiled dW
     "taps-c96-5x5-s2": (2, 96, 9, 64, 5, 2, 2),  # strided: the generic tap-wise dW
-    "narrow-c24-5x5": (2, 24, 7, 32, 5, 1, 2),  # 24 channels: narrow row tiles
+    "narrow-c24-5x5": (2, 24, 7, 32, 5, 1, 2),  # 24 channels: narrow row tiles, a forward K slice of 32
+    "pairs-c16-5x5": (2, 16, 6, 24, 5, 1, 2),  # 16 channels: the forward reads two taps a step
     "1x1-c96": (2, 96, 6, 80, 1, 1, 0),  # the 1x1 kernels
     "1x1-c10": (2, 10, 5, 10, 1, 1, 0),  # NiN's 10-channel 1x1: short K slices, narrow tiles
     "split-c130-3x3": (1, 130, 5, 70, 3, 1, 1),  # few tiles, a long reduction: the split forward
@@ -96,6 +97,7 @@ LAYERS = {  # (N, C, H, K, R, stride, padding): each picks a different set of ke
 FAST = {
     "taps-c64-3x3",
     "narrow-c24-5x5",
+    "pairs-c16-5x5",
     "1x1-c96",
     "span-c1-3x3",
     "1x1-c10",

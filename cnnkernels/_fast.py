@@ -232,6 +232,8 @@ class LaunchPlan:
                 return slots[id(t)]
             base = t._base if t._base is not None else t
             keep.append(base)
+            if getattr(base, "replay_derived", False):  # computed by a torch op, which no replay runs
+                raise Unplannable("a launch reads a tensor a torch op computed")
             if slots.get(id(base), "a").startswith("i"):
                 raise Unplannable("a launch reads a view of an input")
             if id(base) not in slots:

@@ -26,6 +26,7 @@ from . import conv as _conv
 from ._common import (
     INTERPRET,
     as_multiples,
+    channels_last_copy,
     check_runnable,
     launch,
     mma,
@@ -69,6 +70,12 @@ def _pixel_offsets(offs_m, HW, W, stride_n, stride_h, stride_w):
     return n * stride_n + (hw // W) * stride_h + (hw % W) * stride_w
 
 
+def short_length(n: int) -> int:
+    """A reduction length the kernels take as a constexpr (``SHORT``) when it is at most 64: then
+    ``short_reduction`` gives it a K slice of its own length, a single MMA with no loop."""
+    return n if n <= 64 else 0
+
+
 def _prune_fwd(configs, named_args, **kwargs):
     """``prune_by_dtype``; at most 64 output channels keep the 64-wide tiles (``narrow_tiles``)
     and a reduction over fewer than 64 channels a shorter K slice (``short_reduction``): NiN's
@@ -95,9 +102,12 @@ def _conv1x1_fwd_kernel(
     stride_y0n, stride_y0c, stride_y0h, stride_y0w,
     stride_y1n, stride_y1c, stride_y1h, stride_y1w,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, TWO_WAY: tl.constexpr,
+    SHORT: tl.constexpr,  # C when at most 64 (``short_length``), else 0
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """SHORT <= BLOCK_K: the reduction is one K slice, one MMA and no loop (NiN's 10-channel
+    layer; a loop of one step carried the pipeline's bookkeeping and a wait to zero)."""
     pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(K, BLOCK_N))
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -107,12 +117,19 @@ def _conv1x1_fwd_kernel(
     w_cols = w_ptr + offs_n * stride_wk
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for c0 in range(0, C, BLOCK_K):
-        c = c0 + tl.arange(0, BLOCK_K)
-        c_ok = c < C
+    if SHORT > 0 and SHORT <= BLOCK_K:
+        c = tl.arange(0, BLOCK_K)
+        c_ok = c < SHORT
         a = tl.load(x_rows[:, None] + (c * stride_xc)[None, :], mask=mask_m[:, None] & c_ok[None, :], other=0.0)
         b = tl.load(w_cols[None, :] + (c * stride_wc)[:, None], mask=c_ok[:, None] & mask_n[None, :], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+    else:
+        for c0 in range(0, C, BLOCK_K):
+            c = c0 + tl.arange(0, BLOCK_K)
+            c_ok = c < C
+            a = tl.load(x_rows[:, None] + (c * stride_xc)[None, :], mask=mask_m[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(w_cols[None, :] + (c * stride_wc)[:, None], mask=c_ok[:, None] & mask_n[None, :], other=0.0)
+            acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
@@ -147,10 +164,12 @@ def _conv1x1_bwd_input_kernel(
     stride_wk, stride_wc,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
     K_MULT: tl.constexpr, DY_MULT: tl.constexpr,  # factors of K and of dY's pixel strides
+    SHORT: tl.constexpr,  # K when at most 64 (``short_length``), else 0
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dX[m, c] = sum_j dY'[m, j] W[j, c], dY' masked beforehand (``conv2d_backward_prep``)."""
+    """dX[m, c] = sum_j dY'[m, j] W[j, c], dY' masked beforehand (``conv2d_backward_prep``).
+    SHORT <= BLOCK_K: the reduction is one K slice, one MMA and no loop."""
     # With their factors visible to Triton, a dY' of K = 280 channels (GoogLeNet's stacked 1x1s)
     # loads 8 channels per vector and the reduction tail's mask keeps them whole.
     if K_MULT < 16:  # 16: Triton marks it itself
@@ -168,12 +187,27 @@ def _conv1x1_bwd_input_kernel(
     w_cols = (offs_c % C) * stride_wc
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for k0 in range(0, K, BLOCK_K):
-        j = k0 + tl.arange(0, BLOCK_K)
-        j_ok = j < K
+    if SHORT > 0 and SHORT <= BLOCK_K:
+        j = tl.arange(0, BLOCK_K)
+        j_ok = j < SHORT
         a = tl.load(dy_ptr + pix_dy + (j * stride_dyc)[None, :], mask=j_ok[None, :], other=0.0)
         b = tl.load(w_ptr + (j * stride_wk)[:, None] + w_cols[None, :], mask=j_ok[:, None], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+    else:
+        # Whole K slices unmasked, then the tail's (K = 280, GoogLeNet's stacked dY': the mask
+        # in every step cost 30 instructions a step, 1.38x the anchor's per HGMMA; static, sm_90).
+        k_full = K // BLOCK_K * BLOCK_K
+        for k0 in range(0, k_full, BLOCK_K):
+            j = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(dy_ptr + pix_dy + (j * stride_dyc)[None, :])
+            b = tl.load(w_ptr + (j * stride_wk)[:, None] + w_cols[None, :])
+            acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
+        if k_full < K:
+            j = k_full + tl.arange(0, BLOCK_K)
+            j_ok = j < K
+            a = tl.load(dy_ptr + pix_dy + (j * stride_dyc)[None, :], mask=j_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + (j * stride_wk)[:, None] + w_cols[None, :], mask=j_ok[:, None], other=0.0)
+            acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
 
     pix_dx = _pixel_offsets(offs_m, HW, W, stride_dxn, stride_dxh, stride_dxw)
     dx_ptrs = dx_ptr + pix_dx[:, None] + (offs_c * stride_dxc)[None, :]
@@ -275,6 +309,12 @@ def conv1x1_forward(x, weight, bias, activation, y0, y1=None):
     if m == 0 or k == 0 or shape_only(x):
         return
     y1 = y1 if two_way else y0
+    if c > 1 and x.stride(1) != 1:
+        # Channels not contiguous (NCHW: GoogLeNet's batch-1 blocks under full backward hooks,
+        # after torch's layout rule turns a pooled image NCHW): copied channels_last once, so
+        # the A tile loads 16 bytes at a time (gathered 2 at a time it was 1.96-2.13x the
+        # anchor's instructions per HGMMA with a wait to zero per step; static, sm_90).
+        x = channels_last_copy(x)
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(k, meta["BLOCK_N"]),)  # tile_of
@@ -284,7 +324,7 @@ def conv1x1_forward(x, weight, bias, activation, y0, y1=None):
         m, h * w, w, c, k, split,
         *nchw_strides(x), weight.stride(0), weight.stride(1), bias.stride(0) if bias is not None else 0,
         *nchw_strides(y0), *nchw_strides(y1),
-        HAS_BIAS=bias is not None, ACTIVATION=activation, TWO_WAY=two_way,
+        HAS_BIAS=bias is not None, ACTIVATION=activation, TWO_WAY=two_way, SHORT=short_length(c),
         **_conv._dot_args(x.dtype),
     )
 
@@ -308,7 +348,7 @@ def conv1x1_backward_input(dy0, y0, weight, dx, activation, dy1=None, y1=None):
         dy, weight, dx,
         n * h * w, h * w, w, c, k,
         *nchw_strides(dy), weight.stride(0), weight.stride(1), *nchw_strides(dx),
-        K_MULT=vector_factor(k), DY_MULT=vector_factor(*pixel_strides(dy)),
+        K_MULT=vector_factor(k), DY_MULT=vector_factor(*pixel_strides(dy)), SHORT=short_length(k),
         **_conv._dot_args(dx.dtype),
     )
     return dx
@@ -356,9 +396,9 @@ def conv1x1_backward_weight(x, dy0, y0, weight_like, activation, need_bias, dy1=
     # (A fresh channels_last tensor: ``contiguous`` would return an (N, C, 1, 1) NCHW tensor as it
     # is, its pixel stride 1 instead of C.)
     if not _conv._pixel_linear(x):
-        x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).copy_(x)
+        x = channels_last_copy(x)
     if not _conv._pixel_linear(dy):
-        dy = torch.empty(dy.shape, dtype=dy.dtype, device=dy.device, memory_format=torch.channels_last).copy_(dy)
+        dy = channels_last_copy(dy)
     xw_mult = vector_factor(x.stride(3))
     dyw_mult = vector_factor(dy.stride(3))
 

@@ -59,6 +59,7 @@ import triton.language as tl
 from ._common import (
     INTERPRET,
     acc_dtype,
+    channels_last_copy,
     check_runnable,
     dot_precision,
     dot_upcast,
@@ -754,7 +755,7 @@ def max_pool_conv1x1_forward(
         # Channels not contiguous (NCHW): copied channels_last once, so the pooled tile's loads
         # stay 16 bytes wide (gathered 2 bytes at a time, the 128-row tile spills 1200+
         # registers; static, sm_90).
-        x = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last).copy_(x)
+        x = channels_last_copy(x)
 
     def grid(meta):  # a program's BLOCK_M pixels are BLOCK_M / 2 vertical pairs
         return (triton.cdiv(n * ((h + 1) // 2) * w, meta["BLOCK_M"] // 2) * triton.cdiv(k, meta["BLOCK_N"]),)  # tile_of

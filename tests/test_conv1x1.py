@@ -139,3 +139,31 @@ def test_dw_copies_operands_whose_pixels_are_not_linear(n, h, w, dy_layout, monk
     F.conv2d(xr, wr, br).backward(dy.double())
     assert_close(runs[0][0], wr.grad, torch.float32, name="grad_weight")
     assert_close(runs[0][1], br.grad, torch.float32, name="grad_bias")
+
+
+@pytest.mark.parametrize("layout", ["nchw", "hooked-batch1"], ids=["nchw", "nhwc-batch-stride-c"])
+def test_forward_reads_channels_contiguously(layout, monkeypatch):
+    """The forward's kernel always receives X with contiguous channels: an NCHW input (what
+    torch's layout rule makes of a pooled image under a full backward hook at batch 1) is copied
+    channels_last; an NHWC image with an arbitrary batch stride (what the hook hands on) is read
+    as it is. The two-way result matches torch either way."""
+    seen = []
+    launch = k1.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if kernel is k1._conv1x1_fwd_kernel:
+            seen.append(args[0].stride(1))
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(k1, "launch", spy)
+    x = torch.randn(1, 24, 7, 5, device=DEVICE)
+    if layout == "hooked-batch1":
+        x = x.to(memory_format=torch.channels_last).as_strided(x.shape, (24, 1, 5 * 24, 24))
+    wt = torch.randn(20, 24, 1, 1, device=DEVICE)
+    b = torch.randn(20, device=DEVICE)
+    y0 = torch.empty(1, 12, 7, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    y1 = torch.empty(1, 8, 7, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    k1.conv1x1_forward(x, wt, b, "relu", y0, y1)
+    assert seen == [1]
+    ref = F.relu(F.conv2d(x.double(), wt.double(), b.double()))
+    assert_close(torch.cat((y0, y1), 1), ref, torch.float32)

@@ -339,6 +339,18 @@ def test_a_tensor_passed_twice_builds_no_plan(replays):
     assert torch.equal(y, ref)
 
 
+def test_a_launcher_copy_builds_no_plan(replays):
+    """A 1x1 conv on an NCHW input: its launcher copies X channels_last with a torch op, which a
+    plan cannot replay, so every call takes the full path and reads its own input."""
+    w = torch.randn(6, 5, 1, 1, device=DEVICE)
+    b = torch.randn(6, device=DEVICE)
+    for seed in range(3):
+        x = torch.randn(2, 5, 4, 3, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(seed))
+        y = CF.conv2d_relu(x, w, b)
+        assert torch.allclose(y, torch.relu(torch.nn.functional.conv2d(x, w, b)), atol=1e-5)
+    assert replays[0] == 0
+
+
 def test_forward_mode_ad_takes_the_full_path(replays):
     import torch.autograd.forward_ad as fwAD
 

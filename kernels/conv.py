@@ -2,7 +2,10 @@
 
 Forward:   Y[n,p,q,k] = act(b[k] + sum_{r,s,c} X[n, p*sh - pt + r*dh, q*sw - pl + s*dw, c] W[k,c,r,s])
            GEMM with M = N*P*Q output pixels, N = K/groups output channels; the reduction runs tap
-           by tap over channel blocks, or (below 32 channels) over the flattened (r, s, c) index.
+           by tap over channel blocks, or (below 16 channels) over the flattened (r, s, c) index.
+           From 16 to 63 channels a K slice is the channels rounded up to a power of two, and 16
+           or 32 channels take two taps a step (PAIRS: lanes [0, C) tap t, [C, 2C) tap t + 1).
+           Whole channel blocks (a power of two dividing C is a multiple of BLOCK_K) load unmasked.
            First layers (1 to 7 channels, one group, dilation 1 along W) take the span form: one
            fill launch writes each output column's filter-row spans of the zero-padded input
            (``span_tensor``) and one the weights' (``span_weights``), so a filter row is one
@@ -35,7 +38,7 @@ Vectors:   Triton marks an integer argument only when it is a multiple of 16. Wh
            count or stride is a multiple of 8, 4 or 2 only (GoogLeNet's 24-channel 5x5 inputs,
            280-channel stacked dY'), the launcher passes that factor as a constexpr and the
            kernel writes the value as ``v // F * F``, so loads of F contiguous channels stay
-           whole vectors. The flattened forward also takes C as a constexpr (C < 32), so its
+           whole vectors. The flattened forward also takes C as a constexpr (C < 16), so its
            lane decode divides by constants.
 
 Limits: tensors are addressed through explicit strides (NCHW, channels_last or a channel slice

@@ -23,9 +23,10 @@ dX:        gather form over the flattened (r, s, k) index: input pixel h receive
 dW:        GEMM reducing over N*P*Q, split into chunks for parallelism; each chunk writes an fp32
            partial and the program that finishes a tile last (an atomic count per tile) sums the
            tile's partials in split order and writes dW (``store_split_tile``): bit-reproducible
-           run to run, one launch. Stride-1 'same' layers on pixel-linear NHWC tensors run
-           row-tiled (``_conv_bwd_weight_rows_kernel``: no pixel decode in the loop; below 32
-           channels with narrow tiles when the channels are whole 16-byte vectors). Layers whose
+           run to run, one launch. Layers on pixel-linear NHWC tensors run row-tiled
+           (``_conv_bwd_weight_rows_kernel``: no pixel decode in the loop, any stride and
+           padding; below 32 channels with narrow tiles when the channels are whole 16-byte
+           vectors). Layers whose
            channels are not (1- and 3-channel first layers) run the generic kernel's span form on
            a zero-padded copy of X that holds each output column's filter-row spans
            (``span_tensor``): 16-byte loads, pointers moved by scalars, no window test.
@@ -872,7 +873,7 @@ def _prune_dw_rows(configs, named_args, **kwargs):
 DW_ROW_LANES = 64
 
 
-@triton.autotune(configs=dw_rows_configs(), prune_configs_by={"early_config_prune": _prune_dw_rows}, key=["N", "C", "K", "CHUNK_ROWS", "P", "Q", "R", "S", "DIL_H", "DIL_W"])
+@triton.autotune(configs=dw_rows_configs(), prune_configs_by={"early_config_prune": _prune_dw_rows}, key=["N", "C", "K", "CHUNK_ROWS", "P", "Q", "R", "S", "DIL_H", "DIL_W", "HI", "WI", "STRIDE_H", "STRIDE_W"])
 @triton.jit
 def _conv_bwd_weight_rows_kernel(
     x_ptr, dy_ptr, dw_ptr, dw_part_ptr, count_ptr,
@@ -884,21 +885,24 @@ def _conv_bwd_weight_rows_kernel(
     stride_wk, stride_wc, stride_wr, stride_ws,
     XW_MULT: tl.constexpr, DYW_MULT: tl.constexpr,
     C_MULT: tl.constexpr,  # a known factor of C (8 of C = 24): the wrapped channel stays 8-wide contiguous
-    # P, Q (= H, W: stride 1, 'same' padding) are constexpr: the lane -> (row, column) split and
-    # the periodic row-validity pattern fold to constants once per program.
-    P: tl.constexpr, Q: tl.constexpr,
+    # P, Q (the output) and HI, WI (the input) are constexpr: the lane -> (row, column) split
+    # and the periodic row-validity pattern fold to constants once per program.
+    P: tl.constexpr, Q: tl.constexpr, HI: tl.constexpr, WI: tl.constexpr,
     R: tl.constexpr, S: tl.constexpr,
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Partial dW[k, (r,s,c)] as ``_conv_bwd_weight_kernel``, for stride-1 'same' convolutions whose
-    X and dY' are pixel-linear (NHWC with whole images, a channel slice allowed): the pixel of
-    output (n, p, q) and of its input through tap (r, s) are then i and i + (r*dh - pt)*W +
-    (s*dw - pl) with i = (n*P + p)*Q + q, so a step's addresses are loop-invariant lanes plus one
-    scalar. A step covers ROWS whole output rows (lane j: row j // Q, column j % Q; lanes past
-    ROWS*Q idle) or, for rows wider than BLOCK_K, one of SEGS equal segments of a row. Where the
+    """Partial dW[k, (r,s,c)] as ``_conv_bwd_weight_kernel``, for convolutions whose X and dY' are
+    pixel-linear (NHWC with whole images, a channel slice allowed): output pixel (n, p, q) is
+    i = (n*P + p)*Q + q and its input through tap (r, s) is ((n*HI + p*sh + r*dh - pt)*WI +
+    q*sw + s*dw - pl), so a step's addresses are loop-invariant lanes plus one scalar, and a
+    lane whose row is in the next image adds the image's skip (HI - P*sh)*WI (0 for stride-1
+    'same' layers and for stride-s layers whose input is s times the output). A step covers ROWS
+    whole output rows (lane j: row j // Q, column j % Q; lanes past ROWS*Q idle) or, for rows
+    wider than BLOCK_K, one of SEGS equal segments of a row. Where the
     tap leaves the image is a per-lane column test fixed for the program (per segment: one bit
     each) and a per-row test read from one scalar bit pattern, so the loop decodes no pixel index
     and divides nothing.
@@ -925,39 +929,53 @@ def _conv_bwd_weight_rows_kernel(
     x_ptrs = x_ptr + ((g * C + c % ((C // C_MULT) * C_MULT)) * stride_xc)[None, :]
     row0 = split * CHUNK_ROWS
     row_end = tl.minimum(row0 + CHUNK_ROWS, N * P)
-    tap = (r * DIL_H - PAD_H) * Q + (s * DIL_W - PAD_W)  # pixel shift of the tap; may be < 0
-    lo = tl.maximum(PAD_H - r * DIL_H, 0)  # output rows p in [lo, hi) read inside the image
-    hi = tl.minimum(P + PAD_H - r * DIL_H, P)
+    tap = (r * DIL_H - PAD_H) * WI + (s * DIL_W - PAD_W)  # input pixel shift of the tap; may be < 0
+    # Output rows p in [lo, hi) read inside the image: 0 <= p*sh + r*dh - pt < HI.
+    lo = tl.maximum(PAD_H - r * DIL_H + STRIDE_H - 1, 0) // STRIDE_H
+    top = HI - 1 + PAD_H - r * DIL_H
+    hi = tl.minimum(tl.where(top >= 0, top // STRIDE_H + 1, 0), P)
+    SKIP: tl.constexpr = (HI - P * STRIDE_H) * WI  # input pixels from an image's last output row to the next image's
+    ROW_X: tl.constexpr = STRIDE_H * WI  # input pixels per output row
     p0 = row0 % P
+    n0 = row0 // P
     j = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptrs + ((n0.to(tl.int64) * HI * WI + p0 * ROW_X + tap) * stride_xw)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     if ROWS >= 1:
         dr = j // Q
-        iw = j % Q + s * DIL_W - PAD_W
+        iw = (j % Q) * STRIDE_W + s * DIL_W - PAD_W
         # Lane j's row as one bit; 0 for idle lanes (and, for X, where the tap leaves the image
         # sideways): a lane loads when its bit meets the step's bit pattern of live rows.
         bit = tl.where(dr < ROWS, 1 << tl.minimum(dr, 31), 0)
-        bit_x = tl.where((iw >= 0) & (iw < Q), bit, 0)
+        bit_x = tl.where((iw >= 0) & (iw < WI), bit, 0)
         # Bit u: output row u mod P reads inside the image (u < 64; P + ROWS <= 65 is checked by
         # the launcher), so a step starting at row p0 reads its pattern as pat >> p0.
         u = tl.arange(0, 64)
         pat = tl.sum(tl.where((u % P >= lo) & (u % P < hi), tl.full((64,), 1, tl.uint64) << u.to(tl.uint64), 0), axis=0)
-        pix = row0.to(tl.int64) * Q
-        dy_ptrs = dy_ptrs + ((pix + j) * stride_dyw)[None, :]
-        x_ptrs = x_ptrs + ((pix + tap + j) * stride_xw)[:, None]
+        dy_ptrs = dy_ptrs + ((row0.to(tl.int64) * Q + j) * stride_dyw)[None, :]
+        x_lanes = dr * ROW_X + (j % Q) * STRIDE_W
+        if SKIP == 0:  # the lanes' addresses are one tile moved by a scalar
+            x_tile = x_ptrs + (x_lanes * stride_xw)[:, None]
         left = row_end - row0
         for _ in range(0, tl.cdiv(row_end - row0, ROWS)):
             live = ((tl.full((), 1, tl.int64) << tl.minimum(left, ROWS)) - 1).to(tl.int32)
             rows_x = (pat >> p0.to(tl.uint64)).to(tl.int32) & live
             a = tl.load(dy_ptrs, mask=((bit & live) != 0)[None, :], other=0.0)
-            xb = tl.load(x_ptrs, mask=((bit_x & rows_x) != 0)[:, None], other=0.0)
+            if SKIP == 0:
+                xb = tl.load(x_tile, mask=((bit_x & rows_x) != 0)[:, None], other=0.0)
+                x_tile += ROWS * ROW_X * stride_xw
+            else:  # a lane whose row lies in a later image skips the rest of each image before it
+                x_off = x_lanes + ((p0 + dr) // P) * SKIP
+                xb = tl.load(x_ptrs + (x_off * stride_xw)[:, None], mask=((bit_x & rows_x) != 0)[:, None], other=0.0)
             acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
             dy_ptrs += ROWS * Q * stride_dyw
-            x_ptrs += ROWS * Q * stride_xw
             left -= ROWS
-            p0 += ROWS % P
-            p0 = tl.where(p0 >= P, p0 - P, p0)
+            p_next = p0 + ROWS % P
+            if SKIP != 0:
+                wraps = ROWS // P + (p_next >= P).to(tl.int32)  # images entered by this step
+                x_ptrs += (ROWS * ROW_X + wraps * SKIP) * stride_xw
+            p0 = tl.where(p_next >= P, p_next - P, p_next)
     else:
         # A row in SEGS segments of WSEG columns (lanes past WSEG idle). Bit k of a lane's seg_dy
         # (seg_x): in segment k the lane's column is in the row (and its tap column in the
@@ -967,12 +985,12 @@ def _conv_bwd_weight_rows_kernel(
         seg_x = tl.zeros((BLOCK_K,), tl.int32)
         for k in tl.static_range(SEGS):
             q = k * WSEG + j
-            iw = q + s * DIL_W - PAD_W
+            iw = q * STRIDE_W + s * DIL_W - PAD_W
             ok = (j < WSEG) & (q < Q)
             seg_dy |= tl.where(ok, 1 << k, 0)
-            seg_x |= tl.where(ok & (iw >= 0) & (iw < Q), 1 << k, 0)
+            seg_x |= tl.where(ok & (iw >= 0) & (iw < WI), 1 << k, 0)
         dy_ptrs = dy_ptrs + ((row0.to(tl.int64) * Q + j) * stride_dyw)[None, :]
-        x_ptrs = x_ptrs + ((row0.to(tl.int64) * Q + tap + j) * stride_xw)[:, None]
+        x_ptrs = x_ptrs + ((j * STRIDE_W) * stride_xw)[:, None]
         seg_bit = tl.full((), 1, tl.int32)
         for _ in range(0, (row_end - row0) * SEGS):
             row_bit = tl.where((p0 >= lo) & (p0 < hi), seg_bit, 0)
@@ -981,13 +999,15 @@ def _conv_bwd_weight_rows_kernel(
             acc = mma(a, xb, acc, INPUT_PRECISION, UPCAST)
             seg_bit = seg_bit << 1
             wrap = seg_bit == (1 << SEGS)
-            # Next segment: WSEG columns on; after the last, column 0 of the next row.
-            step = tl.where(wrap, Q - (SEGS - 1) * WSEG, WSEG)
-            dy_ptrs += step * stride_dyw
-            x_ptrs += step * stride_xw
+            # Next segment: WSEG columns on; after the last, column 0 of the next row (of the
+            # next image after an image's last row).
+            dy_ptrs += tl.where(wrap, Q - (SEGS - 1) * WSEG, WSEG) * stride_dyw
             seg_bit = tl.where(wrap, 1, seg_bit)
             p0 = tl.where(wrap, p0 + 1, p0)
-            p0 = tl.where(p0 == P, 0, p0)
+            next_img = p0 == P
+            p0 = tl.where(next_img, 0, p0)
+            x_step = tl.where(wrap, ROW_X - (SEGS - 1) * WSEG * STRIDE_W, WSEG * STRIDE_W)
+            x_ptrs += (x_step + tl.where(next_img, SKIP, 0)) * stride_xw
 
     # Partials are laid out [split, g, k, (r,s,c)], contiguous, as the generic kernel's.
     tile = pid_m + tl.num_programs(0) * (pid_n + tl.num_programs(1) * g)
@@ -1436,16 +1456,13 @@ def conv2d_backward_weight(
             return (triton.cdiv(kg, meta["BLOCK_M"]), r * s * triton.cdiv(cg, meta["BLOCK_N"]), splits * groups)
 
         xw_mult, dyw_mult = vector_factor(x.stride(3)), vector_factor(grad_out.stride(3))
-        geometry = _geometry(weight_like, stride, padding, dilation)
-        for key in ("STRIDE_H", "STRIDE_W"):
-            del geometry[key]
         launch(_conv_bwd_weight_rows_kernel, grid_rows,
             x, grad_out, dw, dw_part, counters,
             n, cg, kg, groups, chunk_rows, splits,
             x.stride(1), x.stride(3) // xw_mult, grad_out.stride(1), grad_out.stride(3) // dyw_mult,
             *nchw_strides(dw),
             XW_MULT=xw_mult, DYW_MULT=dyw_mult, C_MULT=vector_factor(cg),
-            P=p, Q=q, **geometry,
+            P=p, Q=q, HI=h, WI=w, **_geometry(weight_like, stride, padding, dilation),
             **_dot_args(x.dtype),
         )
         return dw, db
@@ -1602,16 +1619,14 @@ def _pixel_linear(t: torch.Tensor) -> bool:
 
 
 def _dw_rows_apply(x: torch.Tensor, grad_out: torch.Tensor, stride, flat: bool, groups: int = 1) -> bool:
-    """Whether dW runs row-tiled (``_conv_bwd_weight_rows_kernel``): a stride-1 'same' convolution
-    (output size = input size) with pixel-linear X and dY', and rows either wider than the step
-    (segments) or few enough per image for the kernel's 64-bit row pattern. Below ``FLAT_BELOW``
-    channels per group (``flat``) only when a group's channels are whole 16-byte vectors (16 or
-    24 in bf16: GoogLeNet's 5x5 branches); 1- and 3-channel first layers take the span form."""
+    """Whether dW runs row-tiled (``_conv_bwd_weight_rows_kernel``): pixel-linear X and dY' (any
+    stride and padding), and rows either wider than the step (segments) or few enough per image
+    for the kernel's 64-bit row pattern. Below ``FLAT_BELOW`` channels per group (``flat``) only
+    when a group's channels are whole 16-byte vectors (16 or 24 in bf16: GoogLeNet's 5x5
+    branches); 1- and 3-channel first layers take the span form."""
     _, c, h, w = x.shape
     _, _, p, q = grad_out.shape
     if flat and (c // groups * x.element_size()) % 16:
-        return False
-    if tuple(stride) != (1, 1) or (p, q) != (h, w):
         return False
     if not (_pixel_linear(x) and _pixel_linear(grad_out)):
         return False

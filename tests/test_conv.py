@@ -233,30 +233,45 @@ DW_ROWS = [
     # Below FLAT_BELOW channels, channels in whole 16-byte vectors (GoogLeNet's 5x5 branches): narrow tiles.
     pytest.param(dict(n=3, c=24, h=7, w=7, k=16, r=5, s=5, pad=2, dil=1), id="5x5-C24-narrow"),
     pytest.param(dict(n=4, c=16, h=9, w=9, k=12, r=5, s=5, pad=2, dil=1, slice=True), id="5x5-C16-channel-slices"),
+    # Strided: an input twice the output (no skip between images), odd inputs and asymmetric
+    # padding (each image's input ends past its last output row: a skip, also inside a step),
+    # a 1x1 stride-2 downsample (the skip is negative), segments, dilation, groups.
+    pytest.param(dict(n=3, c=32, h=10, w=12, k=16, r=3, s=3, pad=1, dil=1, stride=2), id="3x3s2-even"),
+    pytest.param(dict(n=5, c=32, h=9, w=11, k=12, r=3, s=3, pad=(1, 2, 1, 2), dil=1, stride=2), id="3x3s2-pad12-odd"),
+    pytest.param(dict(n=4, c=40, h=9, w=9, k=24, r=1, s=1, pad=0, dil=1, stride=2), id="1x1s2-downsample"),
+    pytest.param(dict(n=2, c=32, h=5, w=141, k=8, r=3, s=3, pad=1, dil=1, stride=2), id="segments-s2"),
+    pytest.param(dict(n=3, c=32, h=13, w=12, k=8, r=3, s=3, pad=2, dil=2, stride=(2, 3)), id="dilated-s2x3"),
+    pytest.param(dict(n=3, c=64, h=9, w=10, k=24, r=3, s=3, pad=(1, 2, 1, 2), dil=1, stride=2, groups=2), id="grouped-s2"),
 ]
 
 
 @pytest.mark.parametrize("case", DW_ROWS)
 def test_dw_row_tiled(case):
     n, c, h, w, k = case["n"], case["c"], case["h"], case["w"], case["k"]
-    pad, dil = case["pad"], case["dil"]
+    dil, groups = case["dil"], case.get("groups", 1)
+    pad = case["pad"] if isinstance(case["pad"], tuple) else (case["pad"],) * 4
+    stride = case.get("stride", 1)
+    stride = stride if isinstance(stride, tuple) else (stride, stride)
+    r, s_ = case["r"], case["s"]
+    p = (h + pad[0] + pad[1] - dil * (r - 1) - 1) // stride[0] + 1
+    q = (w + pad[2] + pad[3] - dil * (s_ - 1) - 1) // stride[1] + 1
     if case.get("slice"):  # X and dY are channel slices of wider NHWC buffers
         x = torch.randn(n, c + 8, h, w, device=DEVICE).to(memory_format=torch.channels_last)[:, 3 : 3 + c]
-        dy = torch.randn(n, k + 5, h, w, device=DEVICE).to(memory_format=torch.channels_last)[:, 5:]
+        dy = torch.randn(n, k + 5, p, q, device=DEVICE).to(memory_format=torch.channels_last)[:, 5:]
     else:
         x = torch.randn(n, c, h, w, device=DEVICE).to(memory_format=torch.channels_last)
-        dy = torch.randn(n, k, h, w, device=DEVICE).to(memory_format=torch.channels_last)
-    wt = torch.randn(k, c, case["r"], case["s"], device=DEVICE)
-    assert kconv._dw_rows_apply(x, dy, (1, 1), c < kconv.FLAT_BELOW)
+        dy = torch.randn(n, k, p, q, device=DEVICE).to(memory_format=torch.channels_last)
+    wt = torch.randn(k, c // groups, r, s_, device=DEVICE)
+    assert kconv._dw_rows_apply(x, dy, stride, c // groups < kconv.FLAT_BELOW, groups)
     assert not kconv._pixel_linear(x.contiguous())  # NCHW: channels strided, the generic dW
-    geometry = ((1, 1), (pad,) * 4, (dil, dil), 1)
+    geometry = (stride, pad, (dil, dil), groups)
     for dtype in (torch.float32, torch.bfloat16):
         xd, dyd = x.to(dtype), dy.to(dtype)
         dw, db = kconv.conv2d_backward_weight(xd, dyd, None, wt.to(dtype), *geometry, "none", True)
-        xr = xd.double().requires_grad_()
+        xr = F.pad(xd.double(), (pad[2], pad[3], pad[0], pad[1])).requires_grad_()
         wr = wt.to(dtype).double().requires_grad_()
         br = torch.zeros(k, dtype=torch.float64, requires_grad=True)
-        F.conv2d(xr, wr, br, padding=pad, dilation=dil).backward(dyd.double())
+        F.conv2d(xr, wr, br, stride=stride, dilation=dil, groups=groups).backward(dyd.double())
         assert_close(dw, wr.grad, dtype, name="grad_weight")
         assert_close(db, br.grad, dtype, name="grad_bias")
 

@@ -87,7 +87,8 @@ LAYERS = {  # (N, C, H, K, R, stride, padding): each picks a different set of ke
     "flat-c3-11x11-s4": (2, 3, 23, 64, 11, 4, 2),  # span-form forward and dW, flattened dX
     "span-c1-3x3": (2, 1, 9, 16, 3, 1, 1),  # a 1-channel first layer: 8-wide spans
     "taps-c64-3x3": (2, 64, 8, 128, 3, 1, 1),  # tap-wise forward and dX, row-tiled dW
-    "taps-c96-5x5-s2": (2, 96, 9, 64, 5, 2, 2),  # strided: the generic tap-wise dW
+    "taps-c96-5x5-s2": (2, 96, 9, 64, 5, 2, 2),  # strided: the row-tiled dW, a skip between images
+    "nchw-c40-3x3-s2": (2, 40, 9, 24, 3, 2, 1),  # NCHW input: the generic tap-wise dW
     "narrow-c24-5x5": (2, 24, 7, 32, 5, 1, 2),  # 24 channels: narrow row tiles, a forward K slice of 32
     "pairs-c16-5x5": (2, 16, 6, 24, 5, 1, 2),  # 16 channels: the forward reads two taps a step
     "1x1-c96": (2, 96, 6, 80, 1, 1, 0),  # the 1x1 kernels
@@ -98,6 +99,7 @@ FAST = {
     "taps-c64-3x3",
     "narrow-c24-5x5",
     "pairs-c16-5x5",
+    "nchw-c40-3x3-s2",
     "1x1-c96",
     "span-c1-3x3",
     "1x1-c10",
@@ -116,7 +118,8 @@ def _cases():
 def test_conv_relu_at_every_gpu_config(name, dtype):
     n, c, h, k, r, stride, padding = LAYERS[name]
     torch.manual_seed(0)
-    x = torch.randn(n, c, h, h, dtype=dtype).to(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(n, c, h, h, dtype=dtype)
+    x = (x if name.startswith("nchw") else x.to(memory_format=torch.channels_last)).requires_grad_()
     w = (torch.randn(k, c, r, r, dtype=dtype) / (c * r * r) ** 0.5).to(memory_format=torch.channels_last)
     w.requires_grad_()
     b = torch.randn(k, dtype=dtype, requires_grad=True)

@@ -241,7 +241,9 @@ DW_ROWS = [
     pytest.param(dict(n=4, c=40, h=9, w=9, k=24, r=1, s=1, pad=0, dil=1, stride=2), id="1x1s2-downsample"),
     pytest.param(dict(n=2, c=32, h=5, w=141, k=8, r=3, s=3, pad=1, dil=1, stride=2), id="segments-s2"),
     pytest.param(dict(n=3, c=32, h=13, w=12, k=8, r=3, s=3, pad=2, dil=2, stride=(2, 3)), id="dilated-s2x3"),
-    pytest.param(dict(n=3, c=64, h=9, w=10, k=24, r=3, s=3, pad=(1, 2, 1, 2), dil=1, stride=2, groups=2), id="grouped-s2"),
+    pytest.param(
+        dict(n=3, c=64, h=9, w=10, k=24, r=3, s=3, pad=(1, 2, 1, 2), dil=1, stride=2, groups=2), id="grouped-s2"
+    ),
 ]
 
 

@@ -122,7 +122,7 @@ def prune_fwd(configs, named_args, **kwargs):
     kept = narrow_tiles(_prune_by_form(configs, named_args, **kwargs), named_args.get("K", kwargs.get("K")), "BLOCK_N")
     c = named_args.get("C", kwargs.get("C"))
     flat_or_span = kwargs.get("FLAT", named_args.get("FLAT")) or kwargs.get("SPAN", named_args.get("SPAN"))
-    if not INTERPRET and not flat_or_span and c < 64:
+    if not flat_or_span and c < 64:
         kept = narrow_channels(kept, c, named_args[next(iter(named_args))].element_size())
     if kwargs.get("SPAN", named_args.get("SPAN")) and not INTERPRET:
         # The span form on two warpgroups: Triton 3.6 serialises its wgmma (C7515; static, sm_90).
@@ -145,12 +145,16 @@ def narrow_channels(configs: list[triton.Config], c: int, element_size: int) -> 
     and 0.96x)."""
     pow2 = 1 << (c - 1).bit_length()
     bk = max(16, min(64, 2 * c if c == pow2 else pow2))
-    if element_size >= 4:
+    if element_size >= 4 and not INTERPRET:
         bk = 16
+
     def cfg(bm, bn, warps, stages):
         return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
     if bk == 64:
         return configs
+    if INTERPRET:  # the interpreter's large tile, with the GPU's K slice (fewer loop steps)
+        return [cfg(256, 128, 4, 1)]
     wide = any(cf.kwargs["BLOCK_N"] > 64 for cf in configs)  # narrow_tiles kept 128-wide tiles
     return [cfg(128, 128, 4, 4), cfg(128, 64, 4, 4)] if wide else [cfg(128, 64, 4, 4), cfg(128, 64, 4, 3)]
 

@@ -18,7 +18,7 @@ Forward:   Z[n,k,p,q]  = relu(b[k] + conv(X, W)[n,k,p,q])          (the conv lay
            Non-overlapping windows of 2, 4, 8 or 16 taps (VGG's 2x2/2, ``tap_rows``) take no tap
            loop: the tile's rows are (tap, pooled pixel) pairs, BLOCK_M / taps pooled pixels,
            so one GEMM over the whole reduction computes every tap and the epilogue takes each
-           pixel's max (a ``tl.reduce`` in torch's scan order, ``_scan_max``). Every conv pixel is
+           pixel's max (pairwise, in torch's scan order: ``_max_over_taps``, ``_scan_max``). Every conv pixel is
            computed once: the unfused FLOPs, a quarter of the bytes, and no wgmma wait per tap
            (static, sm_90: VGG's stem 1.83 -> 0.67x the anchor's instructions per HGMMA). Overlapping
            windows (3x3/2): a conv pixel under several windows is recomputed for each (9 taps per
@@ -294,8 +294,7 @@ def _conv_relu_max_pool_fwd_kernel(
                           PAD_W, DIL_H, DIL_W, POOL_R, POOL_S, POOL_DIL_H, POOL_DIL_W, HAS_BIAS, FLAT, RSC, BITS,
                           EVEN_C, SPAN, SPAN_T, False, INPUT_PRECISION, UPCAST, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
         taps = tl.broadcast_to((u * POOL_S + v)[:, None], (BLOCK_M, BLOCK_N))
-        best, arg = tl.reduce((tl.reshape(val, (TAP_ROWS, PM, BLOCK_N)), tl.reshape(taps, (TAP_ROWS, PM, BLOCK_N))),
-                              0, _scan_max)
+        best, arg = _max_over_taps(val, taps, TAP_ROWS, PM, BLOCK_N)
         offs_m = pid_m.to(tl.int64) * PM + tl.arange(0, PM)  # the pooled pixels, for the epilogue
         n_idx, pi, pj, _, _, u_lo, v_lo, _, _ = _window(offs_m % MP, P, Q, PP, QQ, POOL_R, POOL_S,
                                                         POOL_STRIDE_H, POOL_STRIDE_W, POOL_PAD_H, POOL_PAD_W,
@@ -329,6 +328,21 @@ def _conv_relu_max_pool_fwd_kernel(
     mask = (offs_m < MP)[:, None] & mask_n[None, :]
     tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(arg_ptr + y_off, arg.to(arg_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _max_over_taps(val, taps, TAP_ROWS: tl.constexpr, PM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(max, tap) over the TAP_ROWS row blocks of PM rows of ``val`` (row i: tap i // PM of
+    pixel i % PM), as [PM, BLOCK_N] tiles: the taps moved to the last axis and halved pairwise,
+    elementwise (``_scan_max`` is a total order, so any pairing gives torch's pick; a
+    ``tl.reduce`` with this combine runs element by element under the interpreter)."""
+    v = tl.permute(tl.reshape(val, (TAP_ROWS, PM, BLOCK_N)), (1, 2, 0))
+    t = tl.permute(tl.reshape(taps, (TAP_ROWS, PM, BLOCK_N)), (1, 2, 0))
+    for _ in tl.static_range(TAP_ROWS.bit_length() - 1):
+        v0, v1 = tl.split(tl.reshape(v, (PM, BLOCK_N, v.shape[2] // 2, 2)))
+        t0, t1 = tl.split(tl.reshape(t, (PM, BLOCK_N, t.shape[2] // 2, 2)))
+        v, t = _scan_max(v0, t0, v1, t1)
+    return tl.reshape(v, (PM, BLOCK_N)), tl.reshape(t, (PM, BLOCK_N))
 
 
 @triton.jit

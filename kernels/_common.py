@@ -121,14 +121,8 @@ def _is_fake(t: torch.Tensor) -> bool:
 
 
 def nchw_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
-    """(n, c, h, w) strides of a 4-D tensor, whatever its memory format. A batch of one may carry
-    any batch stride (a full backward hook hands NHWC images on with a batch stride of C): it is
-    passed as the image's extent, so a kernel specialised on strides divisible by 16 sees the
-    image's (GoogLeNet's batch-1 1x1 forward under hooks gathered 2 bytes at a time; static, sm_90)."""
-    n, c, h, w = t.stride()
-    if t.shape[0] == 1:
-        n = max(c * t.shape[1], h * t.shape[2], w * t.shape[3], 1)
-    return n, c, h, w
+    """(n, c, h, w) strides of a 4-D tensor, whatever its memory format."""
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
 
 def channels_last_copy(t: torch.Tensor) -> torch.Tensor:
@@ -176,7 +170,7 @@ def pixel_strides(*tensors: torch.Tensor) -> list[int]:
     """The n, h and w strides of 4-D tensors, in order (for ``vector_factor``)."""
     out = []
     for t in tensors:
-        n, _, h, w = nchw_strides(t)
+        n, _, h, w = t.stride()
         out += (n, h, w)
     return out
 

@@ -70,10 +70,9 @@ def _pixel_offsets(offs_m, HW, W, stride_n, stride_h, stride_w):
     return n * stride_n + (hw // W) * stride_h + (hw % W) * stride_w
 
 
-def short_length(n: int) -> int:
-    """A reduction length the kernels take as a constexpr (``SHORT``) when it is at most 64: then
-    ``short_reduction`` gives it a K slice of its own length, a single MMA with no loop."""
-    return n if n <= 64 else 0
+# A reduction of at most this many channels is passed as a constexpr (``SHORT``): then
+# ``short_reduction`` gives it a K slice of its own length, a single MMA with no loop.
+SHORT_MAX = 64
 
 
 def _prune_fwd(configs, named_args, **kwargs):
@@ -102,7 +101,7 @@ def _conv1x1_fwd_kernel(
     stride_y0n, stride_y0c, stride_y0h, stride_y0w,
     stride_y1n, stride_y1c, stride_y1h, stride_y1w,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, TWO_WAY: tl.constexpr,
-    SHORT: tl.constexpr,  # C when at most 64 (``short_length``), else 0
+    SHORT: tl.constexpr,  # C when at most SHORT_MAX, else 0
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -164,7 +163,7 @@ def _conv1x1_bwd_input_kernel(
     stride_wk, stride_wc,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
     K_MULT: tl.constexpr, DY_MULT: tl.constexpr,  # factors of K and of dY's pixel strides
-    SHORT: tl.constexpr,  # K when at most 64 (``short_length``), else 0
+    SHORT: tl.constexpr,  # K when at most SHORT_MAX, else 0
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -324,7 +323,7 @@ def conv1x1_forward(x, weight, bias, activation, y0, y1=None):
         m, h * w, w, c, k, split,
         *nchw_strides(x), weight.stride(0), weight.stride(1), bias.stride(0) if bias is not None else 0,
         *nchw_strides(y0), *nchw_strides(y1),
-        HAS_BIAS=bias is not None, ACTIVATION=activation, TWO_WAY=two_way, SHORT=short_length(c),
+        HAS_BIAS=bias is not None, ACTIVATION=activation, TWO_WAY=two_way, SHORT=c if c <= SHORT_MAX else 0,
         **_conv._dot_args(x.dtype),
     )
 
@@ -348,7 +347,7 @@ def conv1x1_backward_input(dy0, y0, weight, dx, activation, dy1=None, y1=None):
         dy, weight, dx,
         n * h * w, h * w, w, c, k,
         *nchw_strides(dy), weight.stride(0), weight.stride(1), *nchw_strides(dx),
-        K_MULT=vector_factor(k), DY_MULT=vector_factor(*pixel_strides(dy)), SHORT=short_length(k),
+        K_MULT=vector_factor(k), DY_MULT=vector_factor(*pixel_strides(dy)), SHORT=k if k <= SHORT_MAX else 0,
         **_conv._dot_args(dx.dtype),
     )
     return dx

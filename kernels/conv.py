@@ -1248,7 +1248,7 @@ def conv2d_forward(
         *nchw_strides(out),
         **geometry,
         FLAT=flat, HAS_BIAS=bias is not None, ACTIVATION=activation,
-        FLAT_C=cg if flat else 0, C_VEC=flat_vector(x, weight, cg) if cg < 64 and not span_t else 1, C_ALIGN=min(cg & -cg, 64),
+        FLAT_C=cg if flat else 0, C_VEC=flat_vector(x, weight, cg) if cg < 64 and not span_t else 1, C_ALIGN=vector_factor(cg, cap=64),
         C_POW2=cg if cg < 64 and cg & (cg - 1) == 0 else 0,
         SPAN=span_t > 0, SPAN_T=span_t, SPAN_RT_PAD=weight.shape[1] * span_t if span_t else 0,
         SPLITS=splits,

@@ -73,6 +73,7 @@ from ._common import (
     tile_of,
     tl_dtype,
     to_dtype,
+    vector_factor,
 )
 from .conv import FLAT_BELOW, conv_output_size, fwd_span_width, span_gemm, span_tensor, span_weights
 from .conv import prune_fwd as conv_forward_prune
@@ -107,9 +108,9 @@ def _prune(configs, named_args, **kwargs):
     def arg(name):
         return kwargs.get(name, named_args.get(name))
 
-    first = named_args[next(iter(named_args))]
     if arg("TAP_ROWS"):
         return conv_forward_prune(configs, named_args, **kwargs)
+    first = named_args[next(iter(named_args))]
     return fit_to_dtype(convpool_configs(bool(arg("FLAT") or arg("SPAN"))), first.element_size())
 
 
@@ -539,7 +540,7 @@ def conv2d_relu_max_pool2d_forward(
         *nchw_strides(y),
         **geometry,
         FLAT=flat, HAS_BIAS=bias is not None,
-        RSC=r * s * cg if flat else 0, C_ALIGN=_pow2_dividing(cg),
+        RSC=r * s * cg if flat else 0, C_ALIGN=vector_factor(cg, cap=64),
         SPAN=span_t > 0, SPAN_T=span_t, SPAN_RT_PAD=weight.shape[1] * span_t if span_t else 0, TAP_ROWS=taps,
         INPUT_PRECISION=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype), ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
     )
@@ -730,11 +731,6 @@ def _max_pool_conv1x1_fwd_kernel(
              mask=((s_r < S) & (h_r < H))[:, None] & mask_n[None, :])
 
 
-def _pow2_dividing(c: int, cap: int = 64) -> int:
-    """The largest power of two dividing ``c``, at most ``cap``."""
-    return min(c & -c, cap) if c else cap
-
-
 @on_tensor_device
 def max_pool_conv1x1_forward(
     x: torch.Tensor,
@@ -781,7 +777,7 @@ def max_pool_conv1x1_forward(
         bias.stride(0) if bias is not None else 0,
         *nchw_strides(out),
         POOL_R=pool_kernel[0], POOL_S=pool_kernel[1], PAD_H=pool_padding[0], PAD_W=pool_padding[1],
-        HAS_BIAS=bias is not None, ACTIVATION=activation, C_ALIGN=_pow2_dividing(c),
+        HAS_BIAS=bias is not None, ACTIVATION=activation, C_ALIGN=vector_factor(c, cap=64),
         INPUT_PRECISION=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype), ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
     )
     return out

@@ -126,13 +126,16 @@ def _conv_grads(ctx, grad_y):
         grad_b = g.sum((0, 2, 3)) if need_b else None
     else:
         g, grad_b = prepared_grad(grad_y, y, ctx.activation, need_b)
+        prepared = ctx.activation == "relu"
+        return *input_weight_grads(g, x, weight, ctx.geometry, ctx.channels_last, need_x, need_w, prepared), grad_b
     return *input_weight_grads(g, x, weight, ctx.geometry, ctx.channels_last, need_x, need_w), grad_b
 
 
-def input_weight_grads(g, x, weight, geometry, channels_last, need_x, need_w):
+def input_weight_grads(g, x, weight, geometry, channels_last, need_x, need_w, prepared=False):
     """(dX, dW) of a convolution of ``x`` by ``weight`` for the masked output gradient ``g``
     (those flagged): the differentiable functions under grad mode (``create_graph=True``), else
-    the kernels' ops."""
+    the kernels' ops (``prepared``: ``g`` is ``conv2d_backward_prep``'s output, its channel
+    padding zero, which the dX kernel may read)."""
     grad_x = grad_w = None
     if torch.is_grad_enabled():
         if need_x:
@@ -142,7 +145,7 @@ def input_weight_grads(g, x, weight, geometry, channels_last, need_x, need_w):
         return grad_x, grad_w
     if need_x:
         grad_x = torch.ops.cnnkernels.conv2d_backward_input(
-            g, g, weight, list(x.shape), *geometry, "none", channels_last
+            g, g, weight, list(x.shape), *geometry, "prepared" if prepared else "none", channels_last
         )
     if need_w:
         grad_w, _ = torch.ops.cnnkernels.conv2d_backward_weight(x, g, g, weight, *geometry, "none", False)

@@ -302,7 +302,7 @@ class Conv1x1ReLUConv2dReLUMaxPool2dFunction(torch.autograd.Function):
             g1, db1 = torch.ops.cnnkernels.conv2d_backward_prep(dz1, z1, "relu", need[2] and ctx.has_bias1)
             if need[0]:
                 dx = torch.ops.cnnkernels.conv2d_backward_input(
-                    g1, g1, w1, list(x.shape), *_POINTWISE, "none", ctx.channels_last1
+                    g1, g1, w1, list(x.shape), *_POINTWISE, "prepared", ctx.channels_last1
                 )
             if need[1]:
                 dw1, _ = torch.ops.cnnkernels.conv2d_backward_weight(x, g1, g1, w1, *_POINTWISE, "none", False)

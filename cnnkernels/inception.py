@@ -105,8 +105,8 @@ def inception_backward_op(
     g2, db22 = _kc.conv2d_backward_prep(g2, y2, "relu", True)
     g3, db32 = _kc.conv2d_backward_prep(g3, y3, "relu", True)
     d_scratch = empty_padded_channels(*scratch.shape, x.device, x.dtype)
-    _kc.conv2d_backward_input(g2, None, w22, tuple(s2.shape), _ONE, _PAD3, _ONE, 1, "none", dx=d_scratch[:, :c2a])
-    _kc.conv2d_backward_input(g3, None, w32, tuple(s3.shape), _ONE, _PAD5, _ONE, 1, "none", dx=d_scratch[:, c2a:])
+    _kc.conv2d_backward_input(g2, None, w22, tuple(s2.shape), _ONE, _PAD3, _ONE, 1, "prepared", dx=d_scratch[:, :c2a])
+    _kc.conv2d_backward_input(g3, None, w32, tuple(s3.shape), _ONE, _PAD5, _ONE, 1, "prepared", dx=d_scratch[:, c2a:])
     dw22, _ = _kc.conv2d_backward_weight(s2, g2, None, w22, _ONE, _PAD3, _ONE, 1, "none", False)
     dw32, _ = _kc.conv2d_backward_weight(s3, g3, None, w32, _ONE, _PAD5, _ONE, 1, "none", False)
     # The three input-side 1x1 convs: one dY' from two places (dOut's first slice and d_scratch),

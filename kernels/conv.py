@@ -478,7 +478,21 @@ def _dx_tap(h, w, mask_m, tap, P, Q, S: tl.constexpr, STRIDE_H: tl.constexpr, ST
     return r, s, p, q, ok
 
 
-@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_by_form}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY])
+def _prune_dx(configs, named_args, **kwargs):
+    """``_prune_by_form``; at most 64 input channels per group keep the 64-wide tiles only
+    (``narrow_tiles``: GoogLeNet's 24-channel 5x5 dX on a 128-wide tile, 1.31-1.33x the anchor's
+    instructions per HGMMA, static, sm_90); with K_POW2, the K slice of two taps' dY' channels
+    (``narrow_channels``) on tiles at most 64 wide: 128x128 on one warpgroup spills (over 900
+    bytes, static, sm_90), the tile's non-finite fallback holding a second accumulator."""
+    kept = narrow_tiles(_prune_by_form(configs, named_args, **kwargs), named_args["C"], "BLOCK_N")
+    k_pow2 = kwargs.get("K_POW2", named_args.get("K_POW2"))
+    if not k_pow2:
+        return kept
+    kept = [cfg for cfg in kept if cfg.kwargs["BLOCK_N"] <= 64] or kept
+    return narrow_channels(kept, k_pow2, named_args["dy_ptr"].element_size())
+
+
+@triton.autotune(configs=_all_conv_configs(), prune_configs_by={"early_config_prune": _prune_dx}, key=["N", "H", "W", "C", "K", "P", "Q", *_GEOMETRY_KEY, "K_POW2"])
 @triton.jit
 def _conv_bwd_input_kernel(
     dy_ptr, w_ptr, dx_ptr,
@@ -492,6 +506,9 @@ def _conv_bwd_input_kernel(
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,
     FLAT: tl.constexpr, RESIDUE: tl.constexpr,
     W_MULT: tl.constexpr,  # a factor of C and of W's k, r, s strides (``vector_factor``)
+    # 16 or 32 when dY' has that many channels a pixel, those past K zero (``conv2d_backward_prep``'s
+    # padding), stride 1, one group: BLOCK_K = 2 * K_POW2 takes two taps a step. Else 0.
+    K_POW2: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -539,10 +556,34 @@ def _conv_bwd_input_kernel(
         w = hw % W
     dy_base = dy_ptr + g * K * stride_dyc + n_idx * stride_dyn
     w_base = w_ptr + g * K * stride_wk + offs_n * stride_wc
+    # Two taps a step (NiN's 10-class 3x3: a flattened step of 2-byte loads through registers,
+    # 2.6-2.8x the anchor's instructions per HGMMA, static, sm_90): lanes [0, K_POW2) read tap
+    # t's dY' channels, lanes [K_POW2, 2 K_POW2) tap t + 1's, as whole vectors (the channels
+    # past K are zeros, their filter rows masked). Stride 1: tap (r, s) reads output pixel
+    # (h + pt - r*dh, w + pl - s*dw), rows built once, a tap a scalar shift; bit r*S + s of
+    # tap_bits says whether that pixel is in the output.
+    PAIRS: tl.constexpr = (not FLAT) and (not RESIDUE) and K_POW2 > 0 and BLOCK_K == 2 * K_POW2
+    if PAIRS:
+        tl.static_assert(STRIDE_H == 1 and STRIDE_W == 1 and R * S <= 31)
+        # One group: no g * K channel offset (K = 10 would hide the rows' 16-byte alignment).
+        dy_rows = dy_ptr + n_idx * stride_dyn + (h + PAD_H) * stride_dyh + (w + PAD_W) * stride_dyw  # tap (0, 0)
+        tap_bits = tl.zeros((BLOCK_M,), tl.int32)
+        for tp in tl.static_range(R * S):
+            ph = h + PAD_H - (tp // S) * DIL_H
+            pw = w + PAD_W - (tp % S) * DIL_W
+            tap_bits |= tl.where(mask_m & (ph >= 0) & (ph < P) & (pw >= 0) & (pw < Q), 1 << tp, 0)
+        lanes = tl.arange(0, BLOCK_K)
+        second = lanes // K_POW2  # 1 on the lanes of the step's second tap
+        ch = lanes % K_POW2
+        tap_r = tl.full((), 0, tl.int32)
+        tap_s = tl.full((), 0, tl.int32)
+        tap_bit = tl.full((), 1, tl.int32)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     if FLAT:
         steps = tl.cdiv(R * S * K, BLOCK_K)
+    elif PAIRS:
+        steps = tl.cdiv(K, BLOCK_K) * ((R * S + 1) // 2)  # cdiv 1, at run time: the loop stays a loop
     elif RESIDUE:
         k_blocks = tl.cdiv(K, BLOCK_K)
         steps = taps_r * taps_s * k_blocks
@@ -563,6 +604,25 @@ def _conv_bwd_input_kernel(
             ok = (ph >= 0) & (pw >= 0) & (p * STRIDE_H == ph) & (q * STRIDE_W == pw) & (p < P) & (q < Q)
             mask_a = mask_m[:, None] & k_ok[None, :] & ok
             dy_ptrs = dy_base[:, None] + p * stride_dyh + q * stride_dyw + (k * stride_dyc)[None, :]
+            w_off = k * stride_wk + r * stride_wr + s * stride_ws
+        elif PAIRS:
+            # Taps (tap_r, tap_s) and the next (r1, s1); past the last tap (R*S odd) r1 = R: no
+            # row has its bit and its filter lanes are masked.
+            wrap = tap_s + 1 == S
+            r1 = tl.where(wrap, tap_r + 1, tap_r)
+            s1 = tl.where(wrap, 0, tap_s + 1)
+            mask_a = (tap_bits[:, None] & (tap_bit << second)[None, :]) != 0
+            off0 = -(tap_r * (DIL_H * stride_dyh) + tap_s * (DIL_W * stride_dyw))
+            off1 = -(r1 * (DIL_H * stride_dyh) + s1 * (DIL_W * stride_dyw))
+            # base + second * delta (not a select of two offsets): K_POW2 contiguous lanes a tap.
+            dy_ptrs = dy_rows[:, None] + (off0 + second * (off1 - off0) + ch * stride_dyc)[None, :]
+            w0 = tap_r * stride_wr + tap_s * stride_ws
+            w_off = ch * stride_wk + w0 + second * (r1 * stride_wr + s1 * stride_ws - w0)
+            k_ok = (ch < K) & (second * r1 < R)
+            wrap = s1 + 1 == S
+            tap_r = tl.where(wrap, r1 + 1, r1)
+            tap_s = tl.where(wrap, 0, s1 + 1)
+            tap_bit = tap_bit << 2
         else:
             tap = t // k_blocks
             k = (t % k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -579,8 +639,8 @@ def _conv_bwd_input_kernel(
                 r, s, p, q, ok = _dx_tap(h, w, mask_m, tap, P, Q, S, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W)
             mask_a = ok[:, None] & k_ok[None, :]
             dy_ptrs = (dy_base + p * stride_dyh + q * stride_dyw)[:, None] + (k * stride_dyc)[None, :]
+            w_off = k * stride_wk + r * stride_wr + s * stride_ws
         a = tl.load(dy_ptrs, mask=mask_a, other=0.0)
-        w_off = k * stride_wk + r * stride_wr + s * stride_ws
         b = tl.load(w_base[None, :] + w_off[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST)
 
@@ -889,6 +949,7 @@ def _conv_bwd_weight_rows_kernel(
     stride_wk, stride_wc, stride_wr, stride_ws,
     XW_MULT: tl.constexpr, DYW_MULT: tl.constexpr,
     C_MULT: tl.constexpr,  # a known factor of C (8 of C = 24): the wrapped channel stays 8-wide contiguous
+    K_READ: tl.constexpr,  # 0, or a power of two > K of dY' channels readable at every pixel (``readable_channels``)
     # P, Q (the output) and HI, WI (the input) are constexpr: the lane -> (row, column) split
     # and the periodic row-validity pattern fold to constants once per program.
     P: tl.constexpr, Q: tl.constexpr, HI: tl.constexpr, WI: tl.constexpr,
@@ -928,8 +989,13 @@ def _conv_bwd_weight_rows_kernel(
     s = rs % S
     c = (pid_n % c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
     # Rows past K and columns past C load row k % K and column c % C instead (no mask in the
-    # loop); their results are never stored.
-    dy_ptrs = dy_ptr + ((g * K + offs_k % K) * stride_dyc)[:, None]
+    # loop); their results are never stored. With K_READ, rows k % K_READ: K_READ-wide vectors
+    # of a pixel's channels (NiN's 10-class layer: 16 channels, 32 bytes, not ten 2-byte loads),
+    # the rows past K reading the pixel's padding, whatever it holds.
+    if K_READ > 0:
+        dy_ptrs = dy_ptr + ((g * K + offs_k % K_READ) * stride_dyc)[:, None]
+    else:
+        dy_ptrs = dy_ptr + ((g * K + offs_k % K) * stride_dyc)[:, None]
     x_ptrs = x_ptr + ((g * C + c % ((C // C_MULT) * C_MULT)) * stride_xc)[None, :]
     row0 = split * CHUNK_ROWS
     row_end = tl.minimum(row0 + CHUNK_ROWS, N * P)
@@ -1055,6 +1121,7 @@ def _two_way_load(t0_ptr, t1_ptr, n, h, w, offs_c, mask, in0, SPLIT,
 def _conv_bwd_prep_kernel(
     dy0_ptr, dy1_ptr, y0_ptr, y1_ptr, out_ptr, db_part_ptr,
     M, PQ, Q, K, SPLIT,  # M = N*P*Q pixels; channels below SPLIT come from dy0/y0, the rest from dy1/y1
+    K_STORE,  # channels written a pixel: K, then zeros up to the out buffer's pixel stride
     stride_dy0n, stride_dy0c, stride_dy0h, stride_dy0w,
     stride_dy1n, stride_dy1c, stride_dy1h, stride_dy1w,
     stride_y0n, stride_y0c, stride_y0h, stride_y0w,
@@ -1099,9 +1166,9 @@ def _conv_bwd_prep_kernel(
                            stride_y1n, stride_y1c, stride_y1h, stride_y1w, TWO_WAY)
         # Compared in ACC_DTYPE: exact, and under the interpreter bf16 compares raw bit patterns.
         a = tl.where(yv.to(ACC_DTYPE) <= 0, tl.zeros_like(a), a)
-    if WRITE_OUT:
+    if WRITE_OUT:  # a (zero past K) also fills the buffer's padding: the dX kernel's K_POW2 reads it
         o = (n * stride_on + h * stride_oh + w * stride_ow)[:, None] + (offs_c * stride_oc)[None, :]
-        tl.store(out_ptr + o, a, mask=mask)
+        tl.store(out_ptr + o, a, mask=(offs_m < M)[:, None] & (offs_c < K_STORE)[None, :])
     if NEED_DB:
         col = tl.sum(tl.where(mask, a.to(ACC_DTYPE), 0.0), axis=0)
         tl.store(db_part_ptr + pid_m.to(tl.int64) * K + offs_c, col, mask=offs_c < K)
@@ -1323,7 +1390,7 @@ def conv2d_backward_prep(
 
     launch(_conv_bwd_prep_kernel, grid,
         grad_out, dy1, y0, y1, masked if write else grad_out, db_part,
-        m, p * q, q, k, k0,
+        m, p * q, q, k, k0, masked.stride(3) if write else k,
         *nchw_strides(grad_out), *nchw_strides(dy1), *nchw_strides(y0), *nchw_strides(y1),
         *nchw_strides(masked if write else grad_out),
         ACTIVATION="relu" if relu else "none", TWO_WAY=two_way, WRITE_OUT=write, NEED_DB=need_bias,
@@ -1350,7 +1417,9 @@ def conv2d_backward_input(
     dx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """dX of ``conv2d_forward``; under ReLU, ``out`` is the saved forward output (dY is masked
-    once by ``conv2d_backward_prep``; pass activation "none" with a dY' already masked). ``dx``
+    once by ``conv2d_backward_prep``; pass activation "none" with a dY' already masked, or
+    "prepared" when that dY' is ``conv2d_backward_prep``'s own output: its channel padding is
+    zero, and layers of 9 to 31 filters then read it as whole vectors, ``dx_pairs``). ``dx``
     may be given as any strided view of ``input_shape`` (e.g. a channel slice of a larger buffer)."""
     _check(grad_out, weight)
     n, c_in, h, w = input_shape
@@ -1367,9 +1436,10 @@ def conv2d_backward_input(
     if activation == "relu":
         grad_out, _ = conv2d_backward_prep(grad_out, out, "relu", False)
     kg = k_out // groups
-    flat = kg < FLAT_BELOW
-    residue = not flat and dilation == (1, 1)
     sh, sw = stride
+    k_pow2 = dx_pairs(grad_out, kg, groups, r * s, stride, activation in ("relu", "prepared"))
+    flat = kg < FLAT_BELOW and not k_pow2
+    residue = not flat and dilation == (1, 1) and not k_pow2
 
     def grid(meta):
         if residue:
@@ -1383,10 +1453,24 @@ def conv2d_backward_input(
         n, h, w, cg, p, q, kg,
         *nchw_strides(grad_out), *nchw_strides(weight), *nchw_strides(dx),
         **_geometry(weight, stride, padding, dilation),
-        FLAT=flat, RESIDUE=residue, W_MULT=vector_factor(cg, *pixel_strides(weight)),
+        FLAT=flat, RESIDUE=residue, W_MULT=vector_factor(cg, *pixel_strides(weight)), K_POW2=k_pow2,
         **_dot_args(grad_out.dtype),
     )
     return dx
+
+
+def dx_pairs(grad_out: torch.Tensor, kg: int, groups: int, taps: int, stride, prepared: bool) -> int:
+    """The dX kernel's K_POW2 (two taps a step): 16 or 32 for a stride-1, one-group layer of at
+    most 31 taps whose dY' has 9 to 32 channels, when a pixel's channels up to that power of two
+    are dY' itself (16 or 32 channels) or zeros (a ``prepared`` dY' is ``conv2d_backward_prep``'s
+    output, zero-padded to a multiple of 16 channels); else 0."""
+    if not (8 < kg <= 32 and groups == 1 and taps <= 31 and tuple(stride) == (1, 1)):
+        return 0
+    k_pow2 = 16 if kg <= 16 else 32
+    if kg == k_pow2:
+        return k_pow2
+    padded = prepared and grad_out.stride(1) == 1 and grad_out.stride(3) == -(-kg // 16) * 16
+    return k_pow2 if padded else 0
 
 
 def _dw_chunk(npq: int, tiles: int) -> int:
@@ -1466,6 +1550,7 @@ def conv2d_backward_weight(
             x.stride(1), x.stride(3) // xw_mult, grad_out.stride(1), grad_out.stride(3) // dyw_mult,
             *nchw_strides(dw),
             XW_MULT=xw_mult, DYW_MULT=dyw_mult, C_MULT=vector_factor(cg),
+            K_READ=readable_channels(grad_out) if groups == 1 else 0,
             P=p, Q=q, HI=h, WI=w, **_geometry(weight_like, stride, padding, dilation),
             **_dot_args(x.dtype),
         )
@@ -1612,6 +1697,18 @@ def split_counters(device: torch.device, n: int) -> torch.Tensor:
         buf.replay_lookup = functools.partial(split_counters, device, buf.numel())
         _COUNTERS[key] = buf
     return buf
+
+
+def readable_channels(t: torch.Tensor) -> int:
+    """For an NHWC ``t`` of fewer than 16 channels, not a power of two: 16 when every pixel's
+    first 16 channels lie in its storage (the pixel stride of ``empty_padded_channels``), else
+    0. The dW kernels then read 16 channels a pixel as whole vectors; what the padding holds
+    reaches only rows of dW they never store."""
+    n, c, h, w = t.shape
+    if c >= 16 or c & (c - 1) == 0 or t.stride(1) != 1 or t.stride(3) < 16:
+        return 0
+    last = t.storage_offset() + sum((size - 1) * st for size, st in zip(t.shape, t.stride()) if size > 0)
+    return 16 if last - (c - 1) + 16 <= t.untyped_storage().nbytes() // t.element_size() else 0
 
 
 def _pixel_linear(t: torch.Tensor) -> bool:

@@ -184,6 +184,47 @@ def test_forward_two_taps_a_step(monkeypatch, r, stride, pad, dil):
     assert pow2 == [32, 32]
 
 
+@pytest.mark.parametrize(
+    "k,r,pad,dil,relu,pow2",
+    [
+        (10, 3, 1, 1, True, 16),
+        (10, 3, 1, 1, False, 0),
+        (16, 5, 2, 1, False, 16),
+        (20, 3, 2, 2, True, 32),
+        (12, 2, 1, 1, True, 16),
+    ],
+    ids=["nin-10-prepared", "10-unmasked-flat", "16-5x5-odd-taps", "20-dilated-padded-to-32", "12-2x2-even-taps"],
+)
+def test_dx_two_taps_a_step(monkeypatch, k, r, pad, dil, relu, pow2):
+    """dX of a stride-1 layer of 9 to 32 filters reads two taps' dY' channels a step (K_POW2):
+    dY' of 16 or 32 channels, or fewer zero-padded to that by ``conv2d_backward_prep`` (ReLU);
+    an unmasked dY' of 10 channels has no such padding and keeps the flattened form. Odd and
+    even tap counts, dilation; every gradient against float64."""
+    seen = _launch_kwargs(monkeypatch, kconv._conv_bwd_input_kernel, "K_POW2")
+    case = dict(n=2, c=12, h=7, w=6, k=k, r=r, s=r, stride=1, padding=pad, dilation=dil)
+    for dtype in (torch.float32, torch.bfloat16):
+        _check(case, dtype, relu)
+    assert seen == [pow2, pow2]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in matmul")
+def test_dx_two_taps_nonfinite_weight_like_torch(monkeypatch):
+    """An inf in W reaches exactly the dX pixels torch's reaches: the two-tap step's masked lanes
+    multiply it by zero (NaN), and the tile is recomputed without the unreached taps."""
+    seen = _launch_kwargs(monkeypatch, kconv._conv_bwd_input_kernel, "K_POW2")
+    x = torch.randn(1, 8, 6, 6, device=DEVICE)
+    w = torch.randn(16, 8, 3, 3, device=DEVICE)
+    w[3, 2, 0, 0] = float("inf")
+    dy = torch.randn(1, 16, 6, 6, device=DEVICE)
+    dx = kconv.conv2d_backward_input(dy, None, w, tuple(x.shape), (1, 1), (1, 1, 1, 1), (1, 1), 1, "none")
+    ref = torch.nn.grad.conv2d_input(x.shape, w.double(), dy.double(), padding=1)
+    assert torch.equal(torch.isnan(dx), torch.isnan(ref)) and torch.equal(torch.isinf(dx), torch.isinf(ref))
+    assert torch.isinf(ref).any()
+    finite = torch.isfinite(ref)
+    assert_close(dx[finite], ref[finite], torch.float32)
+    assert seen == [16]
+
+
 def test_every_output_element_written():
     """Outputs come from torch.empty: a poisoned allocator would show unwritten elements as NaN,
     so the check is direct: run into a NaN-filled ``out`` of the full shape."""
@@ -244,11 +285,15 @@ DW_ROWS = [
     pytest.param(
         dict(n=3, c=64, h=9, w=10, k=24, r=3, s=3, pad=(1, 2, 1, 2), dil=1, stride=2, groups=2), id="grouped-s2"
     ),
+    # 10 filters, dY' in a buffer of 16 channels a pixel (conv2d_backward_prep's): dW reads 16
+    # channels a pixel whole (K_READ), the padding NaN here, reaching no stored element.
+    pytest.param(dict(n=3, c=32, h=6, w=5, k=10, r=3, s=3, pad=1, dil=1, padded=True), id="10-filters-nan-padding"),
 ]
 
 
 @pytest.mark.parametrize("case", DW_ROWS)
-def test_dw_row_tiled(case):
+def test_dw_row_tiled(case, monkeypatch):
+    k_read = _launch_kwargs(monkeypatch, kconv._conv_bwd_weight_rows_kernel, "K_READ")
     n, c, h, w, k = case["n"], case["c"], case["h"], case["w"], case["k"]
     dil, groups = case["dil"], case.get("groups", 1)
     pad = case["pad"] if isinstance(case["pad"], tuple) else (case["pad"],) * 4
@@ -260,6 +305,10 @@ def test_dw_row_tiled(case):
     if case.get("slice"):  # X and dY are channel slices of wider NHWC buffers
         x = torch.randn(n, c + 8, h, w, device=DEVICE).to(memory_format=torch.channels_last)[:, 3 : 3 + c]
         dy = torch.randn(n, k + 5, p, q, device=DEVICE).to(memory_format=torch.channels_last)[:, 5:]
+    elif case.get("padded"):
+        x = torch.randn(n, c, h, w, device=DEVICE).to(memory_format=torch.channels_last)
+        dy = poison_(torch.empty(n, 16, p, q, device=DEVICE).to(memory_format=torch.channels_last))[:, :k]
+        dy.copy_(torch.randn(n, k, p, q, device=DEVICE))
     else:
         x = torch.randn(n, c, h, w, device=DEVICE).to(memory_format=torch.channels_last)
         dy = torch.randn(n, k, p, q, device=DEVICE).to(memory_format=torch.channels_last)
@@ -269,6 +318,9 @@ def test_dw_row_tiled(case):
     geometry = (stride, pad, (dil, dil), groups)
     for dtype in (torch.float32, torch.bfloat16):
         xd, dyd = x.to(dtype), dy.to(dtype)
+        if case.get("padded"):  # .to() of the view drops the padding
+            dyd = poison_(torch.empty(n, 16, p, q, device=DEVICE, dtype=dtype).to(memory_format=torch.channels_last))
+            dyd = dyd[:, :k].copy_(dy)
         dw, db = kconv.conv2d_backward_weight(xd, dyd, None, wt.to(dtype), *geometry, "none", True)
         xr = F.pad(xd.double(), (pad[2], pad[3], pad[0], pad[1])).requires_grad_()
         wr = wt.to(dtype).double().requires_grad_()
@@ -276,6 +328,7 @@ def test_dw_row_tiled(case):
         F.conv2d(xr, wr, br, stride=stride, dilation=dil, groups=groups).backward(dyd.double())
         assert_close(dw, wr.grad, dtype, name="grad_weight")
         assert_close(db, br.grad, dtype, name="grad_bias")
+    assert k_read == [16 if case.get("padded") else 0] * 2
 
 
 def _launch_kwargs(monkeypatch, kernel, key: str) -> list:

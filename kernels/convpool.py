@@ -102,26 +102,41 @@ def convpool_configs(flat: bool) -> list[triton.Config]:
     return pick_configs(gpu=gpu, interpreter=[cfg(128, 128, 64, 4, 1)])
 
 
+def nine_tap_configs() -> list[triton.Config]:
+    """Tiles of the span form with a 3x3 window's nine accumulators (``NINE_TAPS``): nine 64x32
+    fp32 tiles are 144 registers a thread on one warpgroup (64x64 ones spill, static, sm_90);
+    nine A tiles a step, so 64-wide K slices on two stages, or 32-wide on three, fit the 227 KB
+    of shared memory."""
+
+    def cfg(bm, bn, bk, warps, stages):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+    return pick_configs(gpu=[cfg(64, 32, 64, 4, 2), cfg(64, 32, 32, 4, 3)], interpreter=[cfg(128, 128, 64, 4, 1)])
+
+
 def _prune(configs, named_args, **kwargs):
     """The tap loop's configs per form; with ``TAP_ROWS`` (the max in the epilogue, no running
-    max across a loop) the conv forward's own, per form (``kernels/conv.py``: ``prune_fwd``)."""
+    max across a loop) the conv forward's own, per form (``kernels/conv.py``: ``prune_fwd``);
+    with ``NINE_TAPS``, ``nine_tap_configs``."""
     def arg(name):
         return kwargs.get(name, named_args.get(name))
 
     if arg("TAP_ROWS"):
         return conv_forward_prune(configs, named_args, **kwargs)
     first = named_args[next(iter(named_args))]
+    if arg("NINE_TAPS"):
+        return fit_to_dtype(nine_tap_configs(), first.element_size())
     return fit_to_dtype(convpool_configs(bool(arg("FLAT") or arg("SPAN"))), first.element_size())
 
 
 def _all_configs() -> list[triton.Config]:
     if INTERPRET:
         return convpool_configs(False)
-    return convpool_configs(False) + convpool_configs(True)
+    return convpool_configs(False) + convpool_configs(True) + nine_tap_configs()
 
 
 _KEY = ["N", "H", "W", "C", "K", "P", "Q", "PP", "QQ", "R", "S", "STRIDE_H", "STRIDE_W", "POOL_R", "POOL_S", "FLAT",
-        "C_ALIGN", "SPAN", "TAP_ROWS"]
+        "C_ALIGN", "SPAN", "TAP_ROWS", "NINE_TAPS"]
 
 
 @triton.jit
@@ -246,6 +261,9 @@ def _conv_relu_max_pool_fwd_kernel(
     # tile's rows are (tap, pooled pixel) pairs, the max taken in the epilogue; else 0, a loop
     # over the taps keeping a running max.
     TAP_ROWS: tl.constexpr,
+    # The span form with a 3x3 window that overlaps its neighbours (AlexNet's and GoogLeNet's
+    # stems, 3x3/2): one GEMM into nine accumulators, one a tap, the max in the epilogue.
+    NINE_TAPS: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -300,6 +318,15 @@ def _conv_relu_max_pool_fwd_kernel(
         n_idx, pi, pj, _, _, u_lo, v_lo, _, _ = _window(offs_m % MP, P, Q, PP, QQ, POOL_R, POOL_S,
                                                         POOL_STRIDE_H, POOL_STRIDE_W, POOL_PAD_H, POOL_PAD_W,
                                                         POOL_DIL_H, POOL_DIL_W)
+    elif NINE_TAPS:
+        tl.static_assert(SPAN and POOL_R == 3 and POOL_S == 3)
+        offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        n_idx, pi, pj, p0, q0, u_lo, v_lo, u_hi, v_hi = _window(offs_m % MP, P, Q, PP, QQ, POOL_R, POOL_S,
+                                                                POOL_STRIDE_H, POOL_STRIDE_W, POOL_PAD_H,
+                                                                POOL_PAD_W, POOL_DIL_H, POOL_DIL_W)
+        best, arg = _nine_taps(x_ptr, w_base, bias, y_ptr, n_idx, p0, q0, u_lo, v_lo, u_hi, v_hi, H, W, Q,
+                               R, STRIDE_H, DIL_H, POOL_DIL_H, POOL_DIL_W, HAS_BIAS, SPAN_T,
+                               INPUT_PRECISION, UPCAST, ACC_DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
         n_idx, pi, pj, p0, q0, u_lo, v_lo, u_hi, v_hi = _window(offs_m % MP, P, Q, PP, QQ, POOL_R, POOL_S,
@@ -329,6 +356,107 @@ def _conv_relu_max_pool_fwd_kernel(
     mask = (offs_m < MP)[:, None] & mask_n[None, :]
     tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(arg_ptr + y_off, arg.to(arg_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _tap_mma(acc, a_ptrs, ok, lane_ok, b, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc += A @ b, A loaded at ``a_ptrs`` on the rows where the tap is ``ok`` (and ``lane_ok``)."""
+    a = tl.load(a_ptrs, mask=ok[:, None] & lane_ok[None, :], other=0.0)
+    return mma(a, b, acc, INPUT_PRECISION, UPCAST)
+
+
+@triton.jit
+def _nine_step(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8, a_ptrs, du, dv,
+               ok0, ok1, ok2, ok3, ok4, ok5, ok6, ok7, ok8, lane_ok, b,
+               INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """One step of ``_nine_taps``: tap (u, v) reads A at ``a_ptrs`` + u*du + v*dv."""
+    acc0 = _tap_mma(acc0, a_ptrs, ok0, lane_ok, b, INPUT_PRECISION, UPCAST)
+    acc1 = _tap_mma(acc1, a_ptrs + dv, ok1, lane_ok, b, INPUT_PRECISION, UPCAST)
+    acc2 = _tap_mma(acc2, a_ptrs + 2 * dv, ok2, lane_ok, b, INPUT_PRECISION, UPCAST)
+    acc3 = _tap_mma(acc3, a_ptrs + du, ok3, lane_ok, b, INPUT_PRECISION, UPCAST)
+    acc4 = _tap_mma(acc4, a_ptrs + du + dv, ok4, lane_ok, b, INPUT_PRECISION, UPCAST)
+    acc5 = _tap_mma(acc5, a_ptrs + du + 2 * dv, ok5, lane_ok, b, INPUT_PRECISION, UPCAST)
+    acc6 = _tap_mma(acc6, a_ptrs + 2 * du, ok6, lane_ok, b, INPUT_PRECISION, UPCAST)
+    acc7 = _tap_mma(acc7, a_ptrs + 2 * du + dv, ok7, lane_ok, b, INPUT_PRECISION, UPCAST)
+    acc8 = _tap_mma(acc8, a_ptrs + 2 * du + 2 * dv, ok8, lane_ok, b, INPUT_PRECISION, UPCAST)
+    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8
+
+
+@triton.jit
+def _tap_merge(best, arg, acc, ok, tap: tl.constexpr, bias, y_ptr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """The running max and argmax after tap ``tap`` (row-major), whose value is b + acc rounded to
+    the output dtype (the unfused path's values); rows where the tap lies outside the conv
+    output skip it."""
+    if HAS_BIAS:
+        acc += bias[None, :]
+    val = to_dtype(acc, y_ptr.dtype.element_ty).to(ACC_DTYPE)
+    take = ok[:, None] & ((val > best) | (val != val))
+    return tl.where(take, val, best), tl.where(take, tap, arg)
+
+
+@triton.jit
+def _nine_taps(xs_ptr, w_rows, bias, y_ptr, n_idx, p0, q0, u_lo, v_lo, u_hi, v_hi, HS, RT, Q,
+               R: tl.constexpr, STRIDE_H: tl.constexpr, DIL_H: tl.constexpr,
+               POOL_DIL_H: tl.constexpr, POOL_DIL_W: tl.constexpr, HAS_BIAS: tl.constexpr, T: tl.constexpr,
+               INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(max, tap) over a 3x3 window of the span form's conv values: one loop over the reduction
+    feeds nine accumulators, tap (u, v) reading conv pixel (p0 + u*dh, q0 + v*dw), a scalar shift
+    of the span rows; each step loads the filter tile once and one A tile a tap, so no wgmma
+    waits inside the loop (a GEMM a tap merged into a running max waits for each: 3 waits to
+    zero per step on AlexNet's stem, static, sm_90). Rows whose tap lies outside the conv output
+    load nothing and skip it; the scan order is the tap loop's."""
+    row_step = DIL_H * Q * T
+    x0 = xs_ptr + ((n_idx * HS + p0 * STRIDE_H) * Q + q0) * T  # tap (0, 0); may lie outside
+    du = POOL_DIL_H * STRIDE_H * Q * T  # one tap down: POOL_DIL_H conv rows
+    dv = POOL_DIL_W * T  # one tap right: POOL_DIL_W conv columns
+    ok0 = (u_lo <= 0) & (v_lo <= 0)
+    ok1 = (u_lo <= 0) & (v_lo <= 1) & (v_hi >= 1)
+    ok2 = (u_lo <= 0) & (v_hi >= 2)
+    ok3 = (u_lo <= 1) & (u_hi >= 1) & (v_lo <= 0)
+    ok4 = (u_lo <= 1) & (u_hi >= 1) & (v_lo <= 1) & (v_hi >= 1)
+    ok5 = (u_lo <= 1) & (u_hi >= 1) & (v_hi >= 2)
+    ok6 = (u_hi >= 2) & (v_lo <= 0)
+    ok7 = (u_hi >= 2) & (v_lo <= 1) & (v_hi >= 1)
+    ok8 = (u_hi >= 2) & (v_hi >= 2)
+    kk = tl.arange(0, BLOCK_K)
+    # Runs of 8 lanes contiguous and 8-aligned (T and row_step are multiples of 8), as span_gemm.
+    lanes = tl.max_contiguous(tl.multiple_of((kk // T) * row_step + kk % T, 8), 8)
+    acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    acc4 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    acc5 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    acc6 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    acc7 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    acc8 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    # Whole steps, then the last partial one under a constexpr lane mask (``span_gemm``).
+    TAIL: tl.constexpr = (R * T) % BLOCK_K
+    full = RT - TAIL
+    for k0 in range(0, full, BLOCK_K):
+        step = tl.multiple_of((k0 // T) * row_step + k0 % T, 8)
+        b = tl.load(w_rows[None, :] + (k0 + kk)[:, None])
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8 = _nine_step(
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8, x0[:, None] + (step + lanes)[None, :], du, dv,
+            ok0, ok1, ok2, ok3, ok4, ok5, ok6, ok7, ok8, kk < BLOCK_K, b, INPUT_PRECISION, UPCAST)
+    if TAIL > 0:
+        b = tl.load(w_rows[None, :] + (full + kk)[:, None])
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8 = _nine_step(
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8, x0[:, None] + ((full // T) * row_step + lanes)[None, :],
+            du, dv, ok0, ok1, ok2, ok3, ok4, ok5, ok6, ok7, ok8, kk < TAIL, b, INPUT_PRECISION, UPCAST)
+    best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), dtype=ACC_DTYPE)
+    arg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    best, arg = _tap_merge(best, arg, acc0, ok0, 0, bias, y_ptr, HAS_BIAS, ACC_DTYPE)
+    best, arg = _tap_merge(best, arg, acc1, ok1, 1, bias, y_ptr, HAS_BIAS, ACC_DTYPE)
+    best, arg = _tap_merge(best, arg, acc2, ok2, 2, bias, y_ptr, HAS_BIAS, ACC_DTYPE)
+    best, arg = _tap_merge(best, arg, acc3, ok3, 3, bias, y_ptr, HAS_BIAS, ACC_DTYPE)
+    best, arg = _tap_merge(best, arg, acc4, ok4, 4, bias, y_ptr, HAS_BIAS, ACC_DTYPE)
+    best, arg = _tap_merge(best, arg, acc5, ok5, 5, bias, y_ptr, HAS_BIAS, ACC_DTYPE)
+    best, arg = _tap_merge(best, arg, acc6, ok6, 6, bias, y_ptr, HAS_BIAS, ACC_DTYPE)
+    best, arg = _tap_merge(best, arg, acc7, ok7, 7, bias, y_ptr, HAS_BIAS, ACC_DTYPE)
+    best, arg = _tap_merge(best, arg, acc8, ok8, 8, bias, y_ptr, HAS_BIAS, ACC_DTYPE)
+    return best, arg
 
 
 @triton.jit
@@ -527,6 +655,7 @@ def conv2d_relu_max_pool2d_forward(
         weight = span_weights(weight, span_t)
         h, w, flat = x.shape[1], r * span_t, False  # W: the span loop's runtime bound
     taps = tap_rows(pool_kernel, pool_stride, pool_dilation)
+    nine = span_t > 0 and not taps and tuple(pool_kernel) == (3, 3)
 
     def grid(meta):  # tile_of; with TAP_ROWS a tile holds BLOCK_M / taps pooled pixels
         pixels = meta["BLOCK_M"] // max(taps, 1)
@@ -542,6 +671,7 @@ def conv2d_relu_max_pool2d_forward(
         FLAT=flat, HAS_BIAS=bias is not None,
         RSC=r * s * cg if flat else 0, C_ALIGN=vector_factor(cg, cap=64),
         SPAN=span_t > 0, SPAN_T=span_t, SPAN_RT_PAD=weight.shape[1] * span_t if span_t else 0, TAP_ROWS=taps,
+        NINE_TAPS=nine,
         INPUT_PRECISION=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype), ACC_DTYPE=tl_dtype(acc_dtype(x.dtype)),
     )
     return y, arg

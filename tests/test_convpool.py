@@ -131,12 +131,21 @@ def test_both_forward_schemes_give_the_composition(name, one_kernel):
         ((2, 64, 7, 6), 5, 3, 1, 1, 1, (3, 2, 1, True)),  # tap-wise, whole channel blocks, clamped taps
         ((1, 3, 12, 11), 4, 3, 1, 8, 8, (2, 2, 0, True)),  # flattened, dilation 8: coordinates compared
         ((1, 40, 11, 10), 3, 2, 1, 8, 15, (3, 2, 1, False)),  # tap-wise, dilation 15: coordinates compared
-        ((2, 1, 13, 12), 4, 5, 2, 2, 1, (3, 2, 1, True)),  # 1 channel: the span form, clamped taps
+        ((2, 1, 13, 12), 4, 5, 2, 2, 1, (3, 2, 1, True)),  # 1 channel: the span form, nine accumulators
+        ((1, 3, 16, 15), 6, 3, 1, 2, 2, (3, 2, 1, False)),  # 3 channels, dilated span form, nine accumulators
         # Disjoint 2x2 windows (``tap_rows``): the max over a tile's tap rows in the epilogue.
         ((2, 64, 9, 7), 5, 3, 1, 1, 1, (2, 2, 1, True)),  # tap-wise, clamped taps at both ends
         ((2, 1, 11, 9), 6, 3, 1, 1, 1, (2, 2, 0, True)),  # 1 channel (VGG's stem): the span form
     ],
-    ids=["tapwise-c64-pad-ceil", "flat-dilated", "tapwise-dilated", "span-c1-pad-ceil", "rows-c64", "rows-span-c1"],
+    ids=[
+        "tapwise-c64-pad-ceil",
+        "flat-dilated",
+        "tapwise-dilated",
+        "span-c1-pad-ceil",
+        "span-c3-dilated-pad",
+        "rows-c64",
+        "rows-span-c1",
+    ],
 )
 def test_one_kernel_ties_nan_and_argmax_like_torch(x_shape, k, r, stride, padding, dilation, pool):
     """The one-kernel forward against torch's max_pool2d(relu(conv2d)) with its indices: integer
@@ -157,6 +166,27 @@ def test_one_kernel_ties_nan_and_argmax_like_torch(x_shape, k, r, stride, paddin
     rows = torch.arange(y.shape[2], device=DEVICE).view(1, 1, -1, 1) * ps - pp + arg.long() // pk
     cols = torch.arange(y.shape[3], device=DEVICE).view(1, 1, 1, -1) * ps - pp + arg.long() % pk
     assert torch.equal(rows * z.shape[3] + cols, idx)
+
+
+def test_nine_accumulators_for_the_span_form_under_3x3_windows(monkeypatch):
+    """Overlapping 3x3 windows over a span-form conv (AlexNet's and GoogLeNet's stems) run one
+    GEMM into nine accumulators (``NINE_TAPS``); a tap-wise conv under them keeps the tap loop,
+    and 2x2/2 windows take the tap rows."""
+    seen = []
+    launch = kcp.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if kernel is kcp._conv_relu_max_pool_fwd_kernel:
+            seen.append((kwargs["SPAN"], kwargs["NINE_TAPS"], kwargs["TAP_ROWS"]))
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(kcp, "launch", spy)
+    for c, pool in ((3, (3, 2, 0, False)), (40, (3, 2, 0, False)), (3, (2, 2, 0, False))):
+        x = torch.randn(1, c, 12, 12, device=DEVICE)
+        w = torch.randn(4, c, 3, 3, device=DEVICE) / c
+        y, _ = _op(x, w, None, 1, 1, 1, 1, pool=pool, one_kernel=True)
+        assert_close(y, F.max_pool2d(F.relu(F.conv2d(x, w, None, 1, 1)), *pool[:3]))
+    assert seen == [(True, True, 0), (False, False, 0), (True, False, 4)]
 
 
 def test_tap_rows_only_for_disjoint_power_of_two_windows():

@@ -171,15 +171,17 @@ def test_pooling_and_cat_at_every_gpu_config(name):
             break
 
 
-@pytest.mark.parametrize("pool", [3, 2], ids=["3x3s2-tap-loop", "2x2s2-tap-rows"])
-def test_conv_relu_max_pool_at_every_gpu_config(pool):
-    """Overlapping windows (a GEMM per tap, a running max) and disjoint ones (the tile's rows
-    are (tap, pixel), the max in the epilogue: the conv forward's configs). fp32: in fp16 two
-    conv outputs of a window can round to a tie that float64 breaks the other way, moving the
-    gradient to another pixel."""
+@pytest.mark.parametrize(
+    "pool,c", [(3, 32), (2, 32), (3, 3)], ids=["3x3s2-tap-loop", "2x2s2-tap-rows", "3x3s2-span-nine-taps"]
+)
+def test_conv_relu_max_pool_at_every_gpu_config(pool, c):
+    """Overlapping windows (a GEMM per tap, a running max; over a 3-channel span-form conv, one
+    GEMM into nine accumulators) and disjoint ones (the tile's rows are (tap, pixel), the max in
+    the epilogue: the conv forward's configs). fp32: in fp16 two conv outputs of a window can
+    round to a tie that float64 breaks the other way, moving the gradient to another pixel."""
     torch.manual_seed(0)
-    x = torch.randn(2, 32, 12, 12, dtype=torch.float32).to(memory_format=torch.channels_last).requires_grad_()
-    w = (torch.randn(64, 32, 3, 3, dtype=torch.float32) / 17).to(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(2, c, 12, 12, dtype=torch.float32).to(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(64, c, 3, 3, dtype=torch.float32) / 17).to(memory_format=torch.channels_last).requires_grad_()
     b = torch.randn(64, dtype=torch.float32, requires_grad=True)
     x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
     y64 = F.max_pool2d(F.relu(F.conv2d(x64, w64, b64, 1, 1)), pool, 2)

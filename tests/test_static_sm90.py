@@ -25,13 +25,6 @@ PYTHONS = {"3.9": sys.executable, "3.6": str(ROOT / ".venv" / "triton36" / "bin"
 
 # (triton, kernel, dtype, config) of the quick report: the limit it breaks today (static, sm_90) and
 # where the kernel work to fix it lies. Remove an entry once its row passes.
-_CONVPOOL = (
-    "the fused conv + ReLU + max-pool forward (kernels/convpool.py, _conv_relu_max_pool_fwd_kernel) "
-    "on the C = 1 stem: its loop is one pool tap, the span form's one step of 7 filter rows x 8 lanes "
-    "(4 HGMMAs, 16-byte loads), then the bias, the rounding to the output dtype and a running max and "
-    "argmax over the tile, which wait for the tap's wgmma (fp32: two steps, two waits); the tap-wise "
-    "layers are under the 1.3x ceiling"
-)
 _POOL_ON_LOAD = (
     "the 1x1 conv whose operand is max-pooled as it loads (kernels/convpool.py, _max_pool_conv1x1_fwd_kernel): "
     "each step pools its next A tile (12 loads and 40 packed maxes per thread for 3x3 at BLOCK_K = 32), "
@@ -40,17 +33,7 @@ _POOL_ON_LOAD = (
     "load, so Triton's pipeliner waits for the wgmma to zero each step (Triton places no local_store "
     "of computed values into a pipelined buffer)"
 )
-_STEM = ("M=64,N=64,K=64 w8 s2", {"3.9": "1.91", "3.6": "1.97"})
 KNOWN_FAILING: dict[tuple[str, str, str, str], str] = {
-    **{
-        (v, "conv_relu_max_pool_fwd", d, _STEM[0]): f"loop ratio {_STEM[1][v]}, 1 wait to zero: " + _CONVPOOL
-        for v in ("3.9", "3.6")
-        for d in ("bf16", "fp16")
-    },
-    **{
-        (v, "conv_relu_max_pool_fwd", "fp32", "M=64,N=64,K=32 w8 s2"): "2 waits to zero: " + _CONVPOOL
-        for v in ("3.9", "3.6")
-    },
     **{
         (v, "max_pool_conv1x1_fwd", d, c): "1 wait to zero: " + _POOL_ON_LOAD
         for v in ("3.9", "3.6")

@@ -143,6 +143,16 @@ def input_weight_grads(g, x, weight, geometry, channels_last, need_x, need_w, pr
         if need_w:
             grad_w = Conv2dBackwardWeightFunction.apply(x, g, weight, *geometry)
         return grad_x, grad_w
+    stride, padding, _, groups = geometry
+    if conv1x1.eligible(weight, stride, padding, groups):
+        # The 1x1 GEMM kernels: a plain loop over pixels (the generic row-tiled dW took NiN's
+        # fused 27x27 and 13x13 1x1 layers at 1.35-1.42x the anchor's instructions per HGMMA,
+        # its steps whole rows of 27 or 13 pixels; static, sm_90).
+        if need_x:
+            grad_x = torch.ops.cnnkernels.conv1x1_backward_input(g, g, weight, list(x.shape), "none", channels_last)
+        if need_w:
+            grad_w, _ = torch.ops.cnnkernels.conv1x1_backward_weight(x, g, g, weight, "none", False)
+        return grad_x, grad_w
     if need_x:
         grad_x = torch.ops.cnnkernels.conv2d_backward_input(
             g, g, weight, list(x.shape), *geometry, "prepared" if prepared else "none", channels_last

@@ -271,7 +271,7 @@ class Conv1x1ReLUConv2dReLUMaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode):
         ctx.channels_last1 = is_channels_last(x) or is_channels_last(w1)
-        z1 = torch.ops.cnnkernels.conv2d(x, w1, b1, *_POINTWISE, "relu", ctx.channels_last1)
+        z1 = torch.ops.cnnkernels.conv1x1(x, w1, b1, "relu", ctx.channels_last1)
         args, y, arg = _forward(z1, w2, b2, stride, padding, dilation, groups, pk, ps, pp, pd, ceil_mode)
         _remember(ctx, args, (y, arg))
         ctx.has_bias1 = b1 is not None
@@ -294,24 +294,20 @@ class Conv1x1ReLUConv2dReLUMaxPool2dFunction(torch.autograd.Function):
 
             return *recompute_grads(chain, (x, w1, b1, w2, b2), (grad_y,), need[:5]), *rest
         with torch.no_grad():
-            z1 = torch.ops.cnnkernels.conv2d(x, w1, b1, *_POINTWISE, "relu", ctx.channels_last1)
+            z1 = torch.ops.cnnkernels.conv1x1(x, w1, b1, "relu", ctx.channels_last1)
         need_stage1 = need[0] or need[1] or (need[2] and ctx.has_bias1)
         dz1, dw2, db2 = stage_grads(ctx, grad_y, z1, w2, y, arg, (need_stage1, need[3], need[4]))
         dx = dw1 = db1 = None
         if need_stage1:
             g1, db1 = torch.ops.cnnkernels.conv2d_backward_prep(dz1, z1, "relu", need[2] and ctx.has_bias1)
+            # The 1x1 GEMM kernels (``conv1x1``), as ``input_weight_grads`` takes for a 1x1 conv.
             if need[0]:
-                dx = torch.ops.cnnkernels.conv2d_backward_input(
-                    g1, g1, w1, list(x.shape), *_POINTWISE, "prepared", ctx.channels_last1
-                )
+                dx = torch.ops.cnnkernels.conv1x1_backward_input(g1, g1, w1, list(x.shape), "none", ctx.channels_last1)
             if need[1]:
-                dw1, _ = torch.ops.cnnkernels.conv2d_backward_weight(x, g1, g1, w1, *_POINTWISE, "none", False)
+                dw1, _ = torch.ops.cnnkernels.conv1x1_backward_weight(x, g1, g1, w1, "none", False)
             if not (need[2] and ctx.has_bias1):
                 db1 = None
         return dx, dw1, db1, dw2, db2, *rest
-
-
-_POINTWISE = ([1, 1], [0, 0, 0, 0], [1, 1], 1)  # stride, padding, dilation, groups of a 1x1 conv
 
 
 def conv1x1_relu_conv2d_relu_max_pool2d(

@@ -75,7 +75,7 @@ from ._common import (
     to_dtype,
     vector_factor,
 )
-from .conv import FLAT_BELOW, conv_output_size, fwd_span_width, span_gemm, span_tensor, span_weights
+from .conv import FLAT_BELOW, _sm_count, conv_output_size, fwd_span_width, span_gemm, span_tensor, span_weights
 from .conv import prune_fwd as conv_forward_prune
 from .pool import argmax_dtype, pool_output_size
 
@@ -694,21 +694,22 @@ def tap_rows(pool_kernel, pool_stride, pool_dilation) -> int:
 
 
 def poolconv_configs() -> list[triton.Config]:
-    """Tiles of the 1x1 GEMM whose A operand is pooled as it is loaded (``BLOCK_M`` pixels as
-    ``BLOCK_M / 2`` vertical pairs, two GEMMs of ``BLOCK_M / 2`` rows; the extra loads mostly hit
-    L1/L2: neighbouring pixels share their windows). The max runs in registers, so A reaches the
-    MMA from registers. Eight warps: the two warpgroups split N and each pools half of the A
-    tile, so a thread pools half as much per HGMMA (static, sm_90, bf16, GoogLeNet's 14x14x512
-    pool branch: 0.7-0.8x the anchor's instructions per HGMMA, 136-250 registers, no spills;
-    four warps 1.2x, 64x128 tiles on four warps spill)."""
+    """Tiles of the pool-on-load 1x1 conv (``_max_pool_conv1x1_fwd_kernel``): BLOCK_M pixels as
+    BLOCK_M / 2 vertical pairs (the pooling's loads mostly hit L1/L2: neighbouring pixels share
+    their windows), eight warps, each pooling BLOCK_M * BLOCK_K / 256 elements a step; the GEMM
+    over the staged rows pipelined like a plain one. At most ``STAGE_ROWS`` rows."""
 
     def cfg(bm, bn, bk, warps, stages):
         return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
 
     return pick_configs(
-        gpu=[cfg(128, 128, 32, 8, 1), cfg(128, 64, 64, 8, 1), cfg(128, 128, 64, 8, 1)],
+        gpu=[cfg(128, 128, 64, 8, 3), cfg(128, 64, 64, 8, 3), cfg(128, 128, 32, 8, 4)],
         interpreter=[cfg(256, 128, 64, 4, 1)],
     )
+
+
+# Staged rows a program of the pool-on-load kernel holds: the largest BLOCK_M of its configs.
+STAGE_ROWS = max(cfg.kwargs["BLOCK_M"] for cfg in poolconv_configs())
 
 
 _INTERPRET = tl.constexpr(INTERPRET)
@@ -793,8 +794,9 @@ def _prune_poolconv(configs, named_args, **kwargs):
                  key=["N", "H", "W", "C", "K", "POOL_R", "POOL_S", "C_ALIGN"])
 @triton.jit
 def _max_pool_conv1x1_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, stage_ptr,
     N, H, W, C, K,
+    C_STAGE,  # a staged row's length: C rounded up to a multiple of 64 (every BLOCK_K)
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wk, stride_wc,
     stride_b,
@@ -807,14 +809,17 @@ def _max_pool_conv1x1_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Y[n,k,h,w] = act(b[k] + sum_c W[k,c] * max_{u,v} X[n,c,h+u-ph,w+v-pw]) over the taps inside
-    X: the pooled A tile is the max of the window's shifted loads (NaN propagates, as torch's max
-    pool), so the pooled tensor is never written.
+    X (NaN propagates, as torch's max pool), the pooled tensor never written to the output's
+    memory: each program pools a tile of pixels over all channels into its own staging rows
+    (``stage_ptr``, BLOCK_M x C_STAGE a program: a few MB in all, one program per SM, rewritten
+    tile after tile), then runs the 1x1 GEMM over them for every block of filters. The GEMM's
+    loop loads both operands (16-byte asynchronous copies, pipelined, no wgmma wait); pooling in
+    that loop instead had a computed operand, which Triton's pipeliner cannot multi-buffer (a
+    wgmma wait to zero per step) and 1.6-2.5x the anchor's instructions per HGMMA (static, sm_90).
+    Persistent: program i takes tiles i, i + programs, ...
 
-    A program's BLOCK_M pixels are pairs of vertically adjacent pixels (h, w) and (h + 1, w), h
-    even: rows 0 .. BLOCK_M / 2 - 1 of the A tile are the upper pixel of each pair, the rest the
-    lower one, one GEMM against the W tile. Each step's pooled tile is computed at the end of the
-    step before and carried into it: an operand carried by the loop reaches the wgmma from shared
-    memory (SS; computed in the same step, Triton gives it to the wgmma from registers, RS).
+    A tile's BLOCK_M pixels are pairs of vertically adjacent pixels (h, w) and (h + 1, w), h
+    even: rows 0 .. BLOCK_M / 2 - 1 are the upper pixel of each pair, the rest the lower one.
     The pool is separable: the row maxima of the POOL_R + 1 image rows under a pair are loaded
     once and feed both pixels' windows (per pair POOL_S * (POOL_R + 1) loads, not
     2 * POOL_R * POOL_S).
@@ -822,43 +827,46 @@ def _max_pool_conv1x1_fwd_kernel(
     clamped to the image: a member of the same window, since the pool keeps the size), which
     leaves the max unchanged, so no tap is masked; pairs past the batch load pair s % S and the
     lower pixel of a pair on an odd image's last row loads clamped rows (neither is stored);
-    channels are masked only when C is not a multiple of BLOCK_K (``C_ALIGN``)."""
+    channels past C stage zeros (their filter rows are masked too)."""
     HALF: tl.constexpr = BLOCK_M // 2
-    pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(K, BLOCK_N))
     HS = (H + 1) // 2
     S = N * HS * W  # pixel pairs
-    offs_s = pid_m.to(tl.int64) * HALF + tl.arange(0, HALF)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < K
-    n_idx = (offs_s % S) // (HS * W)
-    sw = (offs_s % (HS * W)).to(tl.int32)
-    h = (sw // W) * 2  # the upper pixel's row
-    w = sw % W
-    x_img = x_ptr + n_idx * stride_xn
-    w_base = w_ptr + (offs_n % K) * stride_wk
     EVEN_C: tl.constexpr = C_ALIGN % BLOCK_K == 0
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    a = _pool_pair_tile(x_img, h, w, 0, C, H, W, stride_xc, stride_xh, stride_xw,
-                        POOL_R, POOL_S, PAD_H, PAD_W, EVEN_C, UPCAST, ACC_DTYPE, BLOCK_K)
-    for c_next in range(BLOCK_K, C, BLOCK_K):
-        acc = mma(a, _w_tile(w_base, c_next - BLOCK_K, C, stride_wc, EVEN_C, BLOCK_K), acc, INPUT_PRECISION, UPCAST)
-        a = _pool_pair_tile(x_img, h, w, c_next, C, H, W, stride_xc, stride_xh, stride_xw,
-                            POOL_R, POOL_S, PAD_H, PAD_W, EVEN_C, UPCAST, ACC_DTYPE, BLOCK_K)
-    c_last = (C - 1) // BLOCK_K * BLOCK_K
-    acc = mma(a, _w_tile(w_base, c_last, C, stride_wc, EVEN_C, BLOCK_K), acc, INPUT_PRECISION, UPCAST)
-
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
-    if ACTIVATION == "relu":
-        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    kk = tl.arange(0, BLOCK_K)
     r = tl.arange(0, BLOCK_M)
-    s_r = pid_m.to(tl.int64) * HALF + r % HALF
-    sw_r = (s_r % (HS * W)).to(tl.int32)
-    h_r = (sw_r // W) * 2 + r // HALF
-    y_row = (s_r // (HS * W)) * stride_yn + h_r * stride_yh + (sw_r % W) * stride_yw
-    tl.store(y_ptr + y_row[:, None] + (offs_n * stride_yc)[None, :], to_dtype(acc, y_ptr.dtype.element_ty),
-             mask=((s_r < S) & (h_r < H))[:, None] & mask_n[None, :])
+    stage_rows = stage_ptr + tl.program_id(0).to(tl.int64) * BLOCK_M * C_STAGE + (r * C_STAGE)[:, None]
+    for tile in range(tl.program_id(0), tl.cdiv(S, HALF), tl.num_programs(0)):
+        s0 = tl.zeros((), tl.int64) + tile * HALF  # the tile's first pair (an int under the interpreter)
+        offs_s = s0 + tl.arange(0, HALF)
+        n_idx = (offs_s % S) // (HS * W)
+        sw = (offs_s % (HS * W)).to(tl.int32)
+        x_img = x_ptr + n_idx * stride_xn
+        for c0 in range(0, C, BLOCK_K):
+            a = _pool_pair_tile(x_img, (sw // W) * 2, sw % W, c0, C, H, W, stride_xc, stride_xh, stride_xw,
+                                POOL_R, POOL_S, PAD_H, PAD_W, EVEN_C, UPCAST, ACC_DTYPE, BLOCK_K)
+            tl.store(stage_rows + (c0 + kk)[None, :], a)
+        tl.debug_barrier()  # the tile's staged rows, written by every warp, before any reads them
+
+        s_r = s0 + r % HALF
+        sw_r = (s_r % (HS * W)).to(tl.int32)
+        h_r = (sw_r // W) * 2 + r // HALF
+        y_row = (s_r // (HS * W)) * stride_yn + h_r * stride_yh + (sw_r % W) * stride_yw
+        row_ok = (s_r < S) & (h_r < H)
+        for n0 in range(0, K, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < K
+            w_base = w_ptr + (offs_n % K) * stride_wk
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+            for c0 in range(0, C, BLOCK_K):
+                a = tl.load(stage_rows + (c0 + kk)[None, :])
+                acc = mma(a, _w_tile(w_base, c0, C, stride_wc, EVEN_C, BLOCK_K), acc, INPUT_PRECISION, UPCAST)
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
+            if ACTIVATION == "relu":
+                acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+            tl.store(y_ptr + y_row[:, None] + (offs_n * stride_yc)[None, :], to_dtype(acc, y_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & mask_n[None, :])
+        tl.debug_barrier()  # every warp done reading the staged rows before the next tile's are written
 
 
 @on_tensor_device
@@ -897,12 +905,17 @@ def max_pool_conv1x1_forward(
         # registers; static, sm_90).
         x = channels_last_copy(x)
 
-    def grid(meta):  # a program's BLOCK_M pixels are BLOCK_M / 2 vertical pairs
-        return (triton.cdiv(n * ((h + 1) // 2) * w, meta["BLOCK_M"] // 2) * triton.cdiv(k, meta["BLOCK_N"]),)  # tile_of
+    # One program an SM (4 under the interpreter), each with BLOCK_M <= STAGE_ROWS staged rows.
+    programs = 4 if INTERPRET else _sm_count()
+    c_stage = triton.cdiv(c, 64) * 64
+    stage = torch.empty((programs * STAGE_ROWS * c_stage,), device=x.device, dtype=x.dtype)
+
+    def grid(meta):  # a tile's BLOCK_M pixels are BLOCK_M / 2 vertical pairs
+        return (min(programs, triton.cdiv(n * ((h + 1) // 2) * w, meta["BLOCK_M"] // 2)),)
 
     launch(_max_pool_conv1x1_fwd_kernel, grid,
-        x, weight, bias if bias is not None else weight, out,
-        n, h, w, c, k,
+        x, weight, bias if bias is not None else weight, out, stage,
+        n, h, w, c, k, c_stage,
         *nchw_strides(x), weight.stride(0), weight.stride(1),
         bias.stride(0) if bias is not None else 0,
         *nchw_strides(out),

@@ -4,8 +4,7 @@ every config its autotuner keeps) compiled as a launch compiles, held to ``repor
 The report runs in a subprocess with ``TRITON_INTERPRET=1`` still set (this suite sets it): the
 report must re-run itself without the interpreter. When the Triton 3.6 side venv exists
 (``make venv36``), the same quick report runs under Triton 3.6 and is held to the same limits.
-Rows that break a limit today are listed in ``KNOWN_FAILING`` with the kernel work they wait on;
-each is an ``xfail(strict=True)``, so fixing one makes its entry fail until it is removed.
+Every row must hold every limit: no row is excused.
 """
 
 from __future__ import annotations
@@ -22,29 +21,6 @@ from cnnkernels import report
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHONS = {"3.9": sys.executable, "3.6": str(ROOT / ".venv" / "triton36" / "bin" / "python")}
-
-# (triton, kernel, dtype, config) of the quick report: the limit it breaks today (static, sm_90) and
-# where the kernel work to fix it lies. Remove an entry once its row passes.
-_POOL_ON_LOAD = (
-    "the 1x1 conv whose operand is max-pooled as it loads (kernels/convpool.py, _max_pool_conv1x1_fwd_kernel): "
-    "each step pools its next A tile (12 loads and 40 packed maxes per thread for 3x3 at BLOCK_K = 32), "
-    "work no plain GEMM loop has, hence 1.6-1.9x the anchor's instructions per HGMMA; the pooled tile "
-    "reaches the wgmma from shared memory (SS) as a loop-carried value, but it is no multi-buffered "
-    "load, so Triton's pipeliner waits for the wgmma to zero each step (Triton places no local_store "
-    "of computed values into a pipelined buffer)"
-)
-KNOWN_FAILING: dict[tuple[str, str, str, str], str] = {
-    **{
-        (v, "max_pool_conv1x1_fwd", d, c): "1 wait to zero: " + _POOL_ON_LOAD
-        for v in ("3.9", "3.6")
-        for d, cs in {
-            "bf16": ("M=128,N=128,K=32", "M=128,N=64,K=64", "M=128,N=128,K=64"),
-            "fp16": ("M=128,N=128,K=32", "M=128,N=64,K=64", "M=128,N=128,K=64"),
-            "fp32": ("M=128,N=128,K=16", "M=128,N=64,K=32", "M=128,N=128,K=32"),
-        }.items()
-        for c in (f"{x} w8 s1" for x in cs)
-    },
-}
 
 
 def _run(python: str, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
@@ -137,31 +113,19 @@ def test_half_precision_dots_use_hgmma(quick):
         "conv_bwd_weight",
         "conv_bwd_weight_rows",
         "conv1x1_fwd",
+        "conv1x1_bwd_input",
         "conv1x1_bwd_weight",
+        "conv_relu_max_pool_fwd",
+        "max_pool_conv1x1_fwd",
     )
     for family in families:
         assert any(r["kernel"] == family and r["dtype"] == "bf16" and r["hgmma"] for r in rows), family
 
 
-def test_no_unexpected_failures(quick):
+def test_every_row_holds_the_limits(quick):
     version, _, rows, _ = quick
-    bad = {_key(version, r): r["failures"] for r in rows if not r["ok"] and _key(version, r) not in KNOWN_FAILING}
+    bad = {_key(version, r): r["failures"] for r in rows if not r["ok"]}
     assert not bad, "\n".join(f"{k}: {v}" for k, v in bad.items())
-
-
-@pytest.mark.parametrize(
-    "key",
-    [
-        pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=why), id="-".join(k))
-        for k, why in KNOWN_FAILING.items()
-    ],
-)
-def test_known_failing_row(quick, key):
-    version, _, rows, _ = quick
-    if key[0] != version:
-        pytest.skip(f"a Triton {key[0]} row; this run is Triton {version}")
-    matching = [r for r in rows if _key(version, r) == key]
-    assert matching and all(r["ok"] for r in matching), [r["failures"] for r in matching]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -141,6 +141,33 @@ def test_dw_copies_operands_whose_pixels_are_not_linear(n, h, w, dy_layout, monk
     assert_close(runs[0][1], br.grad, torch.float32, name="grad_bias")
 
 
+@pytest.mark.parametrize("padded_dy", [True, False], ids=["dy-padded-nan", "dy-plain"])
+def test_dw_of_ten_channels_reads_whole_vectors(padded_dy, monkeypatch):
+    """NiN's 10-class 1x1 layer: X (10 channels, 20-byte pixels) is copied into 16-channel pixels
+    and read 16 channels a pixel (C_READ); dY' in a 16-channel buffer (the prep pass's) is read
+    likewise (K_READ), its padding NaN here, reaching no stored element."""
+    seen = []
+    launch = k1.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if kernel is k1._conv1x1_bwd_weight_kernel:
+            seen.append((kwargs["K_READ"], kwargs["C_READ"]))
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(k1, "launch", spy)
+    x = torch.randn(3, 10, 6, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    dy = torch.randn(3, 10, 6, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    if padded_dy:
+        buf = poison_(torch.empty(3, 16, 6, 5, device=DEVICE).to(memory_format=torch.channels_last))
+        dy = buf[:, :10].copy_(dy)
+    wt = torch.randn(10, 10, 1, 1, device=DEVICE)
+    dw, db = k1.conv1x1_backward_weight(x, dy, None, wt, "none", False)  # dY read as given
+    assert db is None and seen == [(16 if padded_dy else 0, 16)]
+    wr = wt.double().requires_grad_()
+    F.conv2d(x.double(), wr).backward(dy.double())
+    assert_close(dw, wr.grad, torch.float32, name="grad_weight")
+
+
 @pytest.mark.parametrize("layout", ["nchw", "hooked-batch1"], ids=["nchw", "nhwc-batch-stride-c"])
 def test_forward_reads_channels_contiguously(layout, monkeypatch):
     """The forward's kernel always receives X with contiguous channels: an NCHW input (what

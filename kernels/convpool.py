@@ -708,8 +708,10 @@ def poolconv_configs() -> list[triton.Config]:
     )
 
 
-# Staged rows a program of the pool-on-load kernel holds: the largest BLOCK_M of its configs.
+# Staged rows a program of the pool-on-load kernel holds: the largest BLOCK_M of its configs
+# (and the smallest, which bounds the number of tiles).
 STAGE_ROWS = max(cfg.kwargs["BLOCK_M"] for cfg in poolconv_configs())
+STAGE_MIN_ROWS = min(cfg.kwargs["BLOCK_M"] for cfg in poolconv_configs())
 
 
 _INTERPRET = tl.constexpr(INTERPRET)
@@ -905,13 +907,16 @@ def max_pool_conv1x1_forward(
         # registers; static, sm_90).
         x = channels_last_copy(x)
 
-    # One program an SM (4 under the interpreter), each with BLOCK_M <= STAGE_ROWS staged rows.
-    programs = 4 if INTERPRET else _sm_count()
+    # At most one program an SM (4 under the interpreter) and one a tile, each with BLOCK_M <=
+    # STAGE_ROWS staged rows (C_STAGE each): e.g. 132 x 128 x 512 bf16, 17 MB, for GoogLeNet's
+    # 14x14 blocks at batch 128; one program's 213 KB for its 7x7x832 block at batch 1.
+    pairs = n * ((h + 1) // 2) * w
+    programs = min(4 if INTERPRET else _sm_count(), triton.cdiv(pairs, STAGE_MIN_ROWS // 2))
     c_stage = triton.cdiv(c, 64) * 64
     stage = torch.empty((programs * STAGE_ROWS * c_stage,), device=x.device, dtype=x.dtype)
 
     def grid(meta):  # a tile's BLOCK_M pixels are BLOCK_M / 2 vertical pairs
-        return (min(programs, triton.cdiv(n * ((h + 1) // 2) * w, meta["BLOCK_M"] // 2)),)
+        return (min(programs, triton.cdiv(pairs, meta["BLOCK_M"] // 2)),)
 
     launch(_max_pool_conv1x1_fwd_kernel, grid,
         x, weight, bias if bias is not None else weight, out, stage,

@@ -481,23 +481,30 @@ def test_max_pool_conv1x1_kernel_against_the_composition():
 
 
 @pytest.mark.parametrize(
-    "n,c,h,w,pool",
-    [(3, 64, 9, 11, (3, 3)), (2, 37, 7, 4, (5, 3)), (2, 16, 1, 3, (3, 3))],
-    ids=["whole-channel-blocks-odd-rows", "partial-channel-block-5x3", "one-row"],
+    "n,c,h,w,pool,k",
+    [
+        (3, 64, 9, 11, (3, 3), 5),
+        (2, 37, 7, 4, (5, 3), 5),
+        (2, 16, 1, 3, (3, 3), 5),
+        (2, 24, 33, 32, (3, 3), 130),
+    ],
+    ids=["whole-channel-blocks-odd-rows", "partial-channel-block-5x3", "one-row", "tiles-per-program-filter-blocks"],
 )
-def test_max_pool_conv1x1_pairs_of_rows_nan_and_edges(n, c, h, w, pool):
+def test_max_pool_conv1x1_pairs_of_rows_nan_and_edges(n, c, h, w, pool, k):
     """The kernel pools pairs of vertically adjacent pixels from shared row maxima, loads clamped
     coordinates for taps outside the image and wraps pairs past the batch: an odd image height
-    (the last pair's lower pixel is outside), more pairs than one program holds, channel counts
-    that fill whole blocks or not, a 5x3 window, NaN and inf at edges and corners."""
+    (the last pair's lower pixel is outside), more pairs than one program holds, more tiles than
+    programs (each restages its rows per tile) and more filters than one block (the GEMM runs
+    over the staged rows per block), channel counts that fill whole blocks or not, a 5x3 window,
+    NaN and inf at edges and corners."""
     x = torch.randn(n, c, h, w, dtype=torch.float64, device=DEVICE)
     x[0, 1, 0, 0] = float("nan")
     x[-1, 2, h - 1, w - 1] = float("nan")
     x[0, 3, h // 2, w - 1] = float("inf")
     x[-1, 0, h - 1, 0] = float("-inf")
     x = x.to(memory_format=torch.channels_last)
-    wt = torch.randn(5, c, 1, 1, dtype=torch.float64, device=DEVICE)
-    b = torch.randn(5, dtype=torch.float64, device=DEVICE)
+    wt = torch.randn(k, c, 1, 1, dtype=torch.float64, device=DEVICE)
+    b = torch.randn(k, dtype=torch.float64, device=DEVICE)
     pad = (pool[0] // 2, pool[1] // 2)
     y = kcp.max_pool_conv1x1_forward(x, wt, b, pool, pad, "none")
     ref = F.conv2d(F.max_pool2d(x, pool, 1, pad), wt, b)

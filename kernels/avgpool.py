@@ -28,6 +28,7 @@ from ._common import (
     acc_dtype,
     check_runnable,
     launch,
+    narrow_tiles,
     nchw_strides,
     on_tensor_device,
     pick_configs,
@@ -64,6 +65,12 @@ def global_avgpool_configs() -> list[triton.Config]:
 
 
 _KEY = ["N", "C", "H", "W", "P", "Q"]
+
+
+def _prune_narrow(configs, named_args, **kwargs):
+    """At most 64 channels keep the tiles at most 64 channels wide (``narrow_tiles``): NiN's
+    10-class global pool backward on a 128-wide block spilled 10 bytes under Triton 3.6 (static, sm_90)."""
+    return narrow_tiles(list(configs), named_args["C"], "BLOCK_C")
 
 
 @triton.autotune(configs=avgpool_configs(), key=_KEY)
@@ -111,7 +118,7 @@ def _adaptive_avg_pool2d_fwd_kernel(
     tl.store(y_ptr + y_off, to_dtype(out, y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
 
 
-@triton.autotune(configs=avgpool_configs(), key=_KEY)
+@triton.autotune(configs=avgpool_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune_narrow})
 @triton.jit
 def _adaptive_avg_pool2d_bwd_kernel(
     dy_ptr, dx_ptr,
@@ -190,7 +197,7 @@ def _global_avg_pool2d_fwd_kernel(
     tl.store(y_ptr + n * stride_yn + offs_c * stride_yc, to_dtype(total, y_ptr.dtype.element_ty), mask=mask_c)
 
 
-@triton.autotune(configs=avgpool_configs(), key=["N", "C", "H", "W"])
+@triton.autotune(configs=avgpool_configs(), key=["N", "C", "H", "W"], prune_configs_by={"early_config_prune": _prune_narrow})
 @triton.jit
 def _global_avg_pool2d_bwd_kernel(
     dy_ptr, dx_ptr,

@@ -192,7 +192,7 @@ class Inception(nn.Module):
             params = [p.to(cast) for p in params]
         elif any(p.dtype != x4.dtype for p in params):
             raise TypeError(f"input dtype {x4.dtype} differs from the block's parameter dtype {params[0].dtype}")
-        pooled = None  # the pool branch pools while its 1x1 GEMM loads x: no pooled tensor
+        pooled = None  # the pool branch is pooled in its 1x1 GEMM's kernel: no pooled tensor
 
         def plan(record, out):
             # First launch: args 1-2 the stacked 1x1 weights and biases (recomputed), 4 the scratch.

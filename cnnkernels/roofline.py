@@ -15,7 +15,9 @@ Counting rules:
   (each Inception branch writes its slice) costs nothing. A max pool saves a 1-byte argmax in
   training. A max pool computed in its conv's kernel moves nothing itself: the conv writes the
   pooled output and argmax, its backward reads those and the pooled dY. The Inception pool branch,
-  pooled while its 1x1 conv loads the input, writes nothing; its backward reads the input again.
+  pooled in its 1x1 conv's kernel, writes nothing to HBM (its per-SM staging rows, rewritten tile
+  after tile, are taken to stay in L2: an assumption for the GPU check); its backward reads the
+  input again.
 * Training step: training forward + backward + an SGD update (read w and grad, write w; 2 FLOPs).
 * Floor: ``max(flops / peak, bytes / bandwidth)`` per layer, summed over the layers.
 * ``unfused_extra_bytes_*``: what a layer-by-layer library moves on top: a separate ReLU reads and
@@ -237,13 +239,14 @@ def _computed_in(pool: Layer, where: str, **fields) -> Layer:
 
 
 def _pooled_on_load(pool: Layer, conv: str) -> Layer:
-    """The Inception block's 3x3/1 max pool, pooled while its 1x1 conv ``conv`` loads the input: its
-    backward reads the input again (the argmax); unfused, the pooled tensor and a 1-byte argmax."""
+    """The Inception block's 3x3/1 max pool, pooled in its 1x1 conv ``conv``'s kernel (per-SM staging
+    rows taken to stay in L2): its backward reads the input again (the argmax); unfused, the pooled
+    tensor and a 1-byte argmax."""
     b, x, y = DTYPE_BYTES[pool.dtype], math.prod(pool.in_shape), math.prod(pool.out_shape)
     extra = dict(unfused_extra_bytes_fwd=2 * y * b, unfused_extra_bytes_bwd=2 * y - x * b)
     bwd = dict(bytes_bwd=3 * x * b if pool.needs_input_grad else 0)
     bwd["bytes_formula_bwd"] = "3 * N*C*H*W * bytes [x again for the argmax, dY, dX]"
-    return _computed_in(pool, conv, bytes_formula="0 (pooled while the 1x1 conv loads its input)", **extra, **bwd)
+    return _computed_in(pool, conv, bytes_formula="0 (pooled in the 1x1 conv's kernel)", **extra, **bwd)
 
 
 def _architecture(model):

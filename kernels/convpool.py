@@ -28,20 +28,26 @@ Forward:   Z[n,k,p,q]  = relu(b[k] + conv(X, W)[n,k,p,q])          (the conv lay
 First layers (1- to 7-channel, one group, dilation 1 along W) take the conv's span form
 (``kernels/conv.py``: ``span_tensor``, ``span_weights``, ``span_gemm``): a conv pixel's window is
 R contiguous 16-byte aligned runs of a zero-padded span tensor, read as vectors with no window
-test; its steps are unrolled inside the pool's tap loop.
+test. Under overlapping 3x3 windows (AlexNet's and GoogLeNet's stems, ``NINE_TAPS``) there is no
+tap loop either: one loop over the reduction feeds nine accumulators, one a tap (a step loads the
+filter tile once and nine A tiles, each a scalar shift of the span rows), and the epilogue takes
+the max in the tap loop's scan order; no wgmma wait inside the loop.
 Backward:  (host side, ``cnnkernels/convpool.py``, from existing kernels) the pooled dY is masked
            where Y <= 0 (the pooled value is the conv output at the argmax, so this is the conv's
            ReLU mask) and db summed in the same pass; the max-pool backward scatters it to the
            argmax (gather form, no atomics), which is the conv's masked dY' for its dX and dW.
 
 Max pool on load (``_max_pool_conv1x1_fwd_kernel``): a stride-1 max pool that keeps the size
-(Inception's 3x3/1, padding 1) feeding a 1x1 convolution. The GEMM's A tile is the max of the
-window's shifted loads of X (NaN propagates), so the pooled tensor is neither written nor read
-back: per block 2*|X| fewer HBM bytes, the extra loads hitting L1/L2 (neighbouring pixels share
-their windows). A program pools pairs of vertically adjacent pixels from shared row maxima
-(4 rows x 3 loads per pair for 3x3, not 2 x 9), and taps outside the image load a clamped
-in-window pixel instead of being masked. Each step pools the next step's A tile, which the loop
-carries, so it reaches the wgmma from shared memory. Its backward (host side,
+(Inception's 3x3/1, padding 1) feeding a 1x1 convolution, in one persistent kernel: a program
+(at most one an SM) pools a tile of pixels over all channels (NaN propagates) into its own
+staging rows, then runs the 1x1 GEMM over them, and moves on to its next tile, rewriting the
+same rows. The pooled tensor is never written out: the staging rows (programs x 128 x C) are
+meant to stay in L2, so per block about 2*|X| fewer HBM bytes than a pool kernel and a GEMM, the
+pool's extra loads hitting L1/L2 (neighbouring pixels share their windows). Pixels are pooled in
+pairs of vertically adjacent ones from shared row maxima (4 rows x 3 loads per pair for 3x3, not
+2 x 9), and taps outside the image load a clamped in-window pixel instead of being masked. The
+GEMM's loop loads both operands (pipelined, no wgmma wait); pooling inside it made A a computed
+operand, which Triton's pipeliner cannot multi-buffer (a wait to zero per step). Its backward (host side,
 ``cnnkernels/inception.py``) recomputes the pool's argmax from the saved X, so nothing pooled is
 saved either.
 

@@ -121,14 +121,14 @@ def _conv_grads(ctx, grad_y):
     x, weight, y = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_b = need_b and ctx.has_bias
+    prepared = False
     if torch.is_grad_enabled():  # create_graph=True: differentiable all the way down
         g = relu_mask(grad_y, y)
         grad_b = g.sum((0, 2, 3)) if need_b else None
     else:
         g, grad_b = prepared_grad(grad_y, y, ctx.activation, need_b)
-        prepared = ctx.activation == "relu"
-        return *input_weight_grads(g, x, weight, ctx.geometry, ctx.channels_last, need_x, need_w, prepared), grad_b
-    return *input_weight_grads(g, x, weight, ctx.geometry, ctx.channels_last, need_x, need_w), grad_b
+        prepared = ctx.activation == "relu"  # g is the prep pass's output
+    return *input_weight_grads(g, x, weight, ctx.geometry, ctx.channels_last, need_x, need_w, prepared), grad_b
 
 
 def input_weight_grads(g, x, weight, geometry, channels_last, need_x, need_w, prepared=False):

@@ -34,6 +34,7 @@ from . import _fast
 from . import conv as _conv
 from ._utils import autocast_inputs, is_channels_last, memory_format
 from .conv import conv2d_args, input_weight_grads, relu_mask
+from .conv1x1 import _GEOMETRY as _GEOMETRY_1X1
 from .inception import recompute_grads
 from .pool import MaxPool2dBackwardFunction, max_pool2d_args
 
@@ -300,11 +301,7 @@ class Conv1x1ReLUConv2dReLUMaxPool2dFunction(torch.autograd.Function):
         dx = dw1 = db1 = None
         if need_stage1:
             g1, db1 = torch.ops.cnnkernels.conv2d_backward_prep(dz1, z1, "relu", need[2] and ctx.has_bias1)
-            # The 1x1 GEMM kernels (``conv1x1``), as ``input_weight_grads`` takes for a 1x1 conv.
-            if need[0]:
-                dx = torch.ops.cnnkernels.conv1x1_backward_input(g1, g1, w1, list(x.shape), "none", ctx.channels_last1)
-            if need[1]:
-                dw1, _ = torch.ops.cnnkernels.conv1x1_backward_weight(x, g1, g1, w1, "none", False)
+            dx, dw1 = input_weight_grads(g1, x, w1, _GEOMETRY_1X1, ctx.channels_last1, need[0], need[1])
             if not (need[2] and ctx.has_bias1):
                 db1 = None
         return dx, dw1, db1, dw2, db2, *rest

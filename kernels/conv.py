@@ -992,10 +992,7 @@ def _conv_bwd_weight_rows_kernel(
     # loop); their results are never stored. With K_READ, rows k % K_READ: K_READ-wide vectors
     # of a pixel's channels (NiN's 10-class layer: 16 channels, 32 bytes, not ten 2-byte loads),
     # the rows past K reading the pixel's padding, whatever it holds.
-    if K_READ > 0:
-        dy_ptrs = dy_ptr + ((g * K + offs_k % K_READ) * stride_dyc)[:, None]
-    else:
-        dy_ptrs = dy_ptr + ((g * K + offs_k % K) * stride_dyc)[:, None]
+    dy_ptrs = dy_ptr + ((g * K + offs_k % (K_READ if K_READ > 0 else K)) * stride_dyc)[:, None]
     x_ptrs = x_ptr + ((g * C + c % ((C // C_MULT) * C_MULT)) * stride_xc)[None, :]
     row0 = split * CHUNK_ROWS
     row_end = tl.minimum(row0 + CHUNK_ROWS, N * P)
@@ -1419,7 +1416,7 @@ def conv2d_backward_input(
     """dX of ``conv2d_forward``; under ReLU, ``out`` is the saved forward output (dY is masked
     once by ``conv2d_backward_prep``; pass activation "none" with a dY' already masked, or
     "prepared" when that dY' is ``conv2d_backward_prep``'s own output: its channel padding is
-    zero, and layers of 9 to 31 filters then read it as whole vectors, ``dx_pairs``). ``dx``
+    zero, and layers of 9 to 32 filters then read it as whole vectors, ``dx_pairs``). ``dx``
     may be given as any strided view of ``input_shape`` (e.g. a channel slice of a larger buffer)."""
     _check(grad_out, weight)
     n, c_in, h, w = input_shape

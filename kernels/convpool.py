@@ -416,15 +416,10 @@ def _nine_taps(xs_ptr, w_rows, bias, y_ptr, n_idx, p0, q0, u_lo, v_lo, u_hi, v_h
     x0 = xs_ptr + ((n_idx * HS + p0 * STRIDE_H) * Q + q0) * T  # tap (0, 0); may lie outside
     du = POOL_DIL_H * STRIDE_H * Q * T  # one tap down: POOL_DIL_H conv rows
     dv = POOL_DIL_W * T  # one tap right: POOL_DIL_W conv columns
-    ok0 = (u_lo <= 0) & (v_lo <= 0)
-    ok1 = (u_lo <= 0) & (v_lo <= 1) & (v_hi >= 1)
-    ok2 = (u_lo <= 0) & (v_hi >= 2)
-    ok3 = (u_lo <= 1) & (u_hi >= 1) & (v_lo <= 0)
-    ok4 = (u_lo <= 1) & (u_hi >= 1) & (v_lo <= 1) & (v_hi >= 1)
-    ok5 = (u_lo <= 1) & (u_hi >= 1) & (v_hi >= 2)
-    ok6 = (u_hi >= 2) & (v_lo <= 0)
-    ok7 = (u_hi >= 2) & (v_lo <= 1) & (v_hi >= 1)
-    ok8 = (u_hi >= 2) & (v_hi >= 2)
+    # Per row, whether tap (u, v) lies inside the conv output: u in [u_lo, u_hi], v in [v_lo, v_hi].
+    u0, u1, u2 = u_lo <= 0, (u_lo <= 1) & (u_hi >= 1), u_hi >= 2
+    v0, v1, v2 = v_lo <= 0, (v_lo <= 1) & (v_hi >= 1), v_hi >= 2
+    ok0, ok1, ok2, ok3, ok4, ok5, ok6, ok7, ok8 = u0 & v0, u0 & v1, u0 & v2, u1 & v0, u1 & v1, u1 & v2, u2 & v0, u2 & v1, u2 & v2
     kk = tl.arange(0, BLOCK_K)
     # Runs of 8 lanes contiguous and 8-aligned (T and row_step are multiples of 8), as span_gemm.
     lanes = tl.max_contiguous(tl.multiple_of((kk // T) * row_step + kk % T, 8), 8)
